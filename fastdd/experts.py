@@ -1,0 +1,350 @@
+"""Expert trajectories: networks trained on the real data, snapshotted at init and after every epoch.
+
+On disk (a folder)::
+
+    manifest.json                  model spec, data set, training settings, shards, checksums
+    experts_0000.safetensors       tensors "expert_<i>" of shape (epochs + 1, num_params), float32
+    experts_0001.safetensors       ...
+
+Each shard holds ``shard_size`` experts and is written atomically; the manifest is rewritten
+(atomically) after every shard, so an interrupted run keeps its finished shards and resumes from them.
+Nothing is unpickled on load. ``import_reference_buffer`` converts the reference code's
+``replay_buffer_*.pt`` files (loaded with ``torch.load(weights_only=True)``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+
+from .data import Dataset
+from .errors import CorruptFileError, ModelMismatchError
+from .io import atomic_save_safetensors, atomic_write_json, sha256_file
+from .models import FunctionalNet, build_model, default_convnet_depth, model_from_spec
+from .rng import generator
+from .runs import progress
+
+FORMAT = "fastdd.experts/1"
+
+
+@dataclass
+class ExpertConfig:
+    """How experts are trained (SGD on the real train split). Defaults follow MTT's buffer.py."""
+
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    decay: bool = False  # ×0.1 once at epoch epochs // 2 + 1
+    augment: str | None = None  # None | "dsa"
+
+
+def _accuracy(net: FunctionalNet, theta: torch.Tensor, buffers: torch.Tensor | None, images: torch.Tensor,
+              labels: torch.Tensor, batch: int = 1024) -> float:
+    correct = 0
+    with torch.no_grad():
+        for x, y in zip(images.split(batch), labels.split(batch)):
+            correct += int((net(x, theta, buffers, train=buffers is None).argmax(1) == y).sum())
+    return correct / max(len(labels), 1)
+
+
+def train_one(net: FunctionalNet, ds: Dataset, epochs: int, cfg: ExpertConfig, seed: int,
+              on_epoch=None) -> tuple[torch.Tensor, float]:
+    """Train one expert; returns ``(trajectory (epochs + 1, P) float32 on CPU, final test accuracy)``."""
+    dev = ds.device
+    theta = torch.nn.Parameter(net.init(generator(seed, "init"), device=dev))
+    buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
+    g = generator(seed, "batches")
+    aug = None
+    if cfg.augment == "dsa":
+        from .augment import DSA, DSAConfig, strategy_for
+        aug = DSA(DSAConfig(strategy=strategy_for(ds.name)))
+        g_aug = generator(seed, "augment")
+    elif cfg.augment not in (None, "none"):
+        raise ValueError(f"expert augment must be None or 'dsa', got {cfg.augment!r}")
+
+    def make_opt(lr):
+        return torch.optim.SGD([theta], lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    opt = make_opt(cfg.lr)
+    snaps = [theta.detach().cpu().clone()]
+    x_all, y_all = ds.train.images, ds.train.labels
+    n = len(y_all)
+    for ep in range(epochs):
+        if cfg.decay and ep == epochs // 2 + 1:
+            opt = make_opt(cfg.lr * 0.1)
+        perm = torch.randperm(n, generator=g).to(dev)
+        for idx in perm.split(cfg.batch_size):
+            x = x_all[idx]
+            if aug is not None:
+                x = aug(x, g_aug)
+            loss = F.cross_entropy(net(x, theta, buffers, train=True), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        snaps.append(theta.detach().cpu().clone())
+        if on_epoch is not None:
+            on_epoch(ep, float(loss.detach()))
+    acc = _accuracy(net, theta.detach(), buffers, ds.test.images, ds.test.labels)
+    return torch.stack(snaps), acc
+
+
+def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_experts: int = 10, epochs: int = 20,
+                  out: str | os.PathLike | None = "runs/experts", seed: int = 0, *, lr: float = 0.01,
+                  momentum: float = 0.0, weight_decay: float = 0.0, batch_size: int = 256, decay: bool = False,
+                  augment: str | None = None, shard_size: int = 10, model_kwargs: dict[str, Any] | None = None,
+                  resume: bool = True, show_progress: bool = True) -> "ExpertBuffer":
+    """Train ``num_experts`` networks on ``ds.train`` and save their trajectories under ``out``.
+
+    Args:
+        model: a registry name (``"convnet"``, ...) or a built :class:`FunctionalNet`.
+        epochs: snapshots are taken at init and after every epoch (``epochs + 1`` per expert).
+        seed: expert ``i`` is initialised and shuffled from streams derived from ``(seed, i)``.
+        lr, momentum, weight_decay, batch_size, decay: SGD settings (MTT: 0.01, 0, 0, 256, off).
+        augment: ``None`` or ``"dsa"`` (MTT trains experts with DSA).
+        shard_size: experts per file.
+        resume: keep shards already in ``out`` from a run with the same settings.
+
+    Returns the :class:`ExpertBuffer` over ``out``.
+    """
+    if num_experts < 1 or epochs < 1:
+        raise ValueError(f"num_experts and epochs must be >= 1, got {num_experts} and {epochs}")
+    if isinstance(model, str):
+        kw = dict(model_kwargs or {})
+        if model.lower().startswith("convnet") and "depth" not in kw and model.lower() in ("convnet", "convnetbn"):
+            kw["depth"] = default_convnet_depth(ds.im_size)
+        net = build_model(model, in_channels=ds.channels, num_classes=ds.num_classes, im_size=ds.im_size, **kw)
+    else:
+        net = model
+    if out is None:
+        import tempfile
+        out = tempfile.mkdtemp(prefix="fastdd-experts-")
+    out = Path(out)
+    cfg = ExpertConfig(lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, decay=decay,
+                       augment=augment)
+    header = {"format": FORMAT, "model": net.name, "model_spec": net.spec, "init": net.init_scheme,
+              "num_params": net.num_params, "dataset": ds.name, "zca": ds.zca is not None, "epochs": epochs,
+              "seed": seed, "shard_size": shard_size, "train": asdict(cfg)}
+    manifest = {**header, "num_experts": num_experts, "shards": [], "test_accuracy": [], "complete": False}
+    mpath = out / "manifest.json"
+    if mpath.exists() and resume:
+        old = json.loads(mpath.read_text())
+        if {k: old.get(k) for k in header} != header:
+            raise ValueError(f"{out} holds experts trained with other settings; use another folder or resume=False")
+        manifest["shards"], manifest["test_accuracy"] = old["shards"], old["test_accuracy"]
+    out.mkdir(parents=True, exist_ok=True)
+    done = sum(len(s["experts"]) for s in manifest["shards"])
+    todo = list(range(done, num_experts))
+    bar = progress(total=len(todo) * epochs, desc=f"experts ({net.name}, {ds.name})", disable=not show_progress)
+    shard: dict[str, torch.Tensor] = {}
+    accs: list[float] = []
+    for i in todo:
+        traj, acc = train_one(net, ds, epochs, cfg, seed=_expert_seed(seed, i),
+                              on_epoch=lambda ep, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+        shard[f"expert_{i}"] = traj
+        accs.append(acc)
+        if len(shard) == shard_size or i == num_experts - 1:
+            k = len(manifest["shards"])
+            fname = f"experts_{k:04d}.safetensors"
+            atomic_save_safetensors(out / fname, shard, metadata={"format": FORMAT})
+            manifest["shards"].append({"file": fname, "experts": [int(n.split("_")[1]) for n in shard],
+                                       "bytes": (out / fname).stat().st_size, "sha256": sha256_file(out / fname)})
+            manifest["test_accuracy"].extend(accs)
+            manifest["complete"] = sum(len(s["experts"]) for s in manifest["shards"]) >= num_experts
+            atomic_write_json(mpath, manifest)
+            shard, accs = {}, []
+    bar.close()
+    if not manifest["complete"]:  # num_experts already reached by resumed shards
+        manifest["complete"] = True
+        atomic_write_json(mpath, manifest)
+    return ExpertBuffer(out)
+
+
+def _expert_seed(seed: int, i: int) -> int:
+    from .rng import derive_seed
+    return derive_seed(seed, "expert", i)
+
+
+class ExpertBuffer:
+    """Read access to a folder of expert trajectories.
+
+    ``buf[i]`` is expert ``i``'s trajectory ``(epochs + 1, num_params)``; :meth:`snapshots` reads
+    only the requested epochs. Shards are checked against the manifest (size always; SHA-256 the
+    first time a shard is opened, unless ``verify=False``).
+    """
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True):
+        self.path = Path(path)
+        mpath = self.path / "manifest.json"
+        if not mpath.exists():
+            raise FileNotFoundError(f"{mpath} not found: {self.path} is not an expert folder "
+                                    "(make one with `fastdd experts` or fastdd.train_experts)")
+        try:
+            self.manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise CorruptFileError(f"{mpath} is not valid JSON ({e}); the expert folder is damaged") from e
+        if self.manifest.get("format") != FORMAT:
+            raise CorruptFileError(f"{mpath} is not a {FORMAT} manifest")
+        self.verify = verify
+        self._verified: set[str] = set()
+        self._where: dict[int, str] = {}
+        for s in self.manifest["shards"]:
+            f = self.path / s["file"]
+            if not f.exists():
+                raise CorruptFileError(f"expert shard {f} listed in {mpath} is missing")
+            if f.stat().st_size != s["bytes"]:
+                raise CorruptFileError(f"expert shard {f} is truncated or corrupt: {f.stat().st_size} bytes, "
+                                       f"the manifest says {s['bytes']}")
+            for e in s["experts"]:
+                self._where[e] = s["file"]
+        self.ids = sorted(self._where)
+
+    # ---------------------------------------------------------------- metadata
+    @property
+    def num_epochs(self) -> int:
+        return int(self.manifest["epochs"])
+
+    @property
+    def num_params(self) -> int:
+        return int(self.manifest["num_params"])
+
+    @property
+    def dataset(self) -> str:
+        return self.manifest["dataset"]
+
+    def model(self) -> FunctionalNet:
+        """The network the experts were trained with."""
+        return model_from_spec(self.manifest["model"], self.manifest["model_spec"], self.manifest.get("init", "default"))
+
+    def check_model(self, net: FunctionalNet) -> None:
+        """Raise :class:`ModelMismatchError` unless ``net`` has the experts' architecture."""
+        m = self.manifest
+        if net.name != m["model"] or net.spec != m["model_spec"]:
+            raise ModelMismatchError(f"experts in {self.path} were trained with {m['model']}({m['model_spec']}), "
+                                     f"but the student is {net.describe()}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"<ExpertBuffer {self.path}: {len(self)} experts × {self.num_epochs + 1} snapshots of "
+                f"{m['model']} on {m['dataset']}>")
+
+    # ---------------------------------------------------------------- reading
+    def _open(self, file: str):
+        f = self.path / file
+        if self.verify and file not in self._verified:
+            want = next(s["sha256"] for s in self.manifest["shards"] if s["file"] == file)
+            if sha256_file(f) != want:
+                raise CorruptFileError(f"expert shard {f} is corrupt: its SHA-256 does not match {self.path / 'manifest.json'}")
+            self._verified.add(file)
+        try:
+            return safe_open(str(f), framework="pt")
+        except (SafetensorError, OSError) as e:
+            raise CorruptFileError(f"expert shard {f} is truncated or corrupt: {e}") from e
+
+    def _key(self, i: int) -> tuple[str, str]:
+        if i not in self._where:
+            raise IndexError(f"expert {i} is not in {self.path} (it holds {len(self)}: ids {self.ids[0]}..{self.ids[-1]})")
+        return self._where[i], f"expert_{i}"
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        file, key = self._key(i)
+        with self._open(file) as f:
+            t = f.get_tensor(key)
+        self._check(t, file)
+        return t
+
+    def snapshots(self, i: int, epochs: Sequence[int]) -> torch.Tensor:
+        """``(len(epochs), num_params)``: expert ``i``'s parameters after the given epochs (0 = init)."""
+        for e in epochs:
+            if not 0 <= e <= self.num_epochs:
+                raise IndexError(f"epoch {e} is outside 0..{self.num_epochs} for the experts in {self.path}")
+        file, key = self._key(i)
+        with self._open(file) as f:
+            sl = f.get_slice(key)
+            t = torch.stack([sl[e:e + 1].reshape(-1) for e in epochs])
+        return t
+
+    def _check(self, t: torch.Tensor, file: str) -> None:
+        if t.shape != (self.num_epochs + 1, self.num_params):
+            raise CorruptFileError(f"{self.path / file}: a trajectory has shape {tuple(t.shape)}, expected "
+                                   f"({self.num_epochs + 1}, {self.num_params})")
+
+    def load_all(self) -> torch.Tensor:
+        """All trajectories in memory: ``(num_experts, epochs + 1, num_params)``."""
+        return torch.stack([self[i] for i in self.ids])
+
+    def stream(self, gen: torch.Generator) -> Iterator[tuple[int, torch.Tensor]]:
+        """Endless ``(id, trajectory)`` pairs: shards in shuffled order, experts shuffled within each
+        shard (one shard in memory at a time), reshuffled every pass."""
+        shards = self.manifest["shards"]
+        while True:
+            for si in torch.randperm(len(shards), generator=gen).tolist():
+                s = shards[si]
+                with self._open(s["file"]) as f:
+                    trajs = {e: f.get_tensor(f"expert_{e}") for e in s["experts"]}
+                for j in torch.randperm(len(s["experts"]), generator=gen).tolist():
+                    e = s["experts"][j]
+                    self._check(trajs[e], s["file"])
+                    yield e, trajs[e]
+
+
+def import_reference_buffer(files: Sequence[str | os.PathLike], net: FunctionalNet, out: str | os.PathLike,
+                            dataset: str = "unknown", shard_size: int = 10) -> ExpertBuffer:
+    """Convert the reference code's ``replay_buffer_*.pt`` files into an expert folder.
+
+    Each file is a list of experts, each a list of epochs, each a list of parameter tensors in
+    ``nn.Module.parameters()`` order. Files are read with ``torch.load(weights_only=True)`` (no code
+    is unpickled). Raises :class:`ModelMismatchError` when the tensors do not match ``net``'s parameters.
+    """
+    if not files:
+        raise ValueError("import_reference_buffer needs at least one replay_buffer_*.pt file")
+    shapes = [p.shape for p in net.params]
+    trajs: list[torch.Tensor] = []
+    epochs = None
+    for fpath in files:
+        try:
+            data = torch.load(fpath, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # unpickling errors, truncated zip, ...
+            raise CorruptFileError(f"{fpath} is not a readable replay buffer (torch.load weights_only): {e}") from e
+        if not isinstance(data, list) or not all(isinstance(x, list) for x in data):
+            raise CorruptFileError(f"{fpath}: expected a list of experts, each a list of epochs")
+        for ei, expert in enumerate(data):
+            snaps = []
+            for ep, params in enumerate(expert):
+                if len(params) != len(shapes) or any(tuple(t.shape) != s for t, s in zip(params, shapes)):
+                    got = [tuple(t.shape) for t in params][:4]
+                    raise ModelMismatchError(
+                        f"{fpath}: expert {ei} epoch {ep} has {len(params)} tensors {got}..., which does not match "
+                        f"{net.describe()} ({len(shapes)} tensors {shapes[:4]}...)")
+                snaps.append(torch.cat([t.detach().float().reshape(-1) for t in params]))
+            if epochs is None:
+                epochs = len(snaps) - 1
+            elif len(snaps) - 1 != epochs:
+                raise CorruptFileError(f"{fpath}: expert {ei} has {len(snaps)} snapshots, earlier experts {epochs + 1}")
+            trajs.append(torch.stack(snaps))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": FORMAT, "model": net.name, "model_spec": net.spec, "init": net.init_scheme,
+                "num_params": net.num_params, "dataset": dataset, "zca": None, "epochs": epochs, "seed": None,
+                "shard_size": shard_size, "train": {"imported_from": [os.fspath(f) for f in files]},
+                "num_experts": len(trajs), "shards": [], "test_accuracy": [], "complete": True}
+    for k in range(0, len(trajs), shard_size):
+        fname = f"experts_{k // shard_size:04d}.safetensors"
+        ids = list(range(k, min(k + shard_size, len(trajs))))
+        atomic_save_safetensors(out / fname, {f"expert_{i}": trajs[i] for i in ids}, metadata={"format": FORMAT})
+        manifest["shards"].append({"file": fname, "experts": ids, "bytes": (out / fname).stat().st_size,
+                                   "sha256": sha256_file(out / fname)})
+    atomic_write_json(out / "manifest.json", manifest)
+    return ExpertBuffer(out)

@@ -1,0 +1,67 @@
+"""PNG pictures: image grids (one row per class) and simple curves. Matplotlib runs headless (Agg)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, labels: torch.Tensor | None = None,
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                    max_per_class: int = 10) -> None:
+    """Save ``images`` ``(M, C, H, W)`` as a grid: one row per class (at most ``max_per_class`` each).
+
+    Images are un-normalised with ``mean``/``std`` when given (else min-max scaled) and clipped to [0, 1].
+    """
+    from torchvision.utils import make_grid, save_image
+
+    x = images.detach().float().cpu()
+    if mean is not None and std is not None:
+        x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    else:
+        x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
+    x = x.clamp(0, 1)
+    if labels is not None:
+        labels = labels.cpu()
+        rows = [x[labels == c][:max_per_class] for c in labels.unique(sorted=True)]
+        ncol = max(len(r) for r in rows)
+        blank = torch.ones((1,) + tuple(x.shape[1:]))
+        x = torch.cat([torch.cat([r, blank.expand(ncol - len(r), *x.shape[1:])]) for r in rows])
+    else:
+        ncol = min(len(x), max_per_class)
+    tmp = f"{os.fspath(path)}.tmp.png"
+    save_image(make_grid(x, nrow=ncol, padding=1, pad_value=1.0), tmp)
+    os.replace(tmp, path)
+
+
+def save_curves(path: str | os.PathLike, series: dict[str, tuple[Sequence[float], Sequence[float]]],
+                xlabel: str, ylabel: str, title: str = "", logy: bool = False) -> None:
+    """Line plot of named ``(x, y)`` series."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for name, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), marker="o" if len(xs) < 30 else None, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    if len(series) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = f"{os.fspath(path)}.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
