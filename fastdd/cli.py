@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .errors import FastDDError
 
@@ -104,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--num-experts", type=int, default=2)
     p.add_argument("--expert-epochs", type=int, default=3)
-    p.add_argument("--eval-epochs", type=int, default=300)
-    p.add_argument("--num-eval", type=int, default=3)
+    p.add_argument("--eval-epochs", type=int, default=200)
+    p.add_argument("--num-eval", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_quickstart)
 

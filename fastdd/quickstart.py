@@ -20,9 +20,10 @@ from .select import random_indices, real_subset
 
 
 def quickstart(out: str | os.PathLike = "runs/quickstart", *, num_experts: int = 2, expert_epochs: int = 3,
-               ipcs: tuple[int, ...] = (1, 10), eval_epochs: int = 300, num_eval: int = 3, seed: int = 0,
-               show_progress: bool = True, echo=print) -> dict:
+               ipcs: tuple[int, ...] = (1, 10), eval_epochs: int = 200, num_eval: int = 2, seed: int = 0,
+               show_progress: bool = True, echo=None) -> dict:
     """Run the quickstart into ``out``; returns the numbers it reported."""
+    echo = echo or (lambda msg: print(msg, flush=True))
     t0 = time.time()
     config = dict(dataset="mnist5k", num_experts=num_experts, expert_epochs=expert_epochs, ipcs=list(ipcs),
                   eval_epochs=eval_epochs, num_eval=num_eval, seed=seed)

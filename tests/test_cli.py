@@ -1,0 +1,51 @@
+"""The fastdd command line: help for every command, clear errors, a small end-to-end run on digits."""
+import subprocess
+import sys
+
+import pytest
+
+from fastdd.cli import build_parser, main
+
+COMMANDS = ["quickstart", "experts", "select", "evaluate", "import-buffer", "datasets"]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: fastdd " + cmd in capsys.readouterr().out
+
+
+def test_console_script_installed():
+    out = subprocess.run([sys.executable, "-m", "fastdd.cli", "--help"], capture_output=True, text=True, check=True)
+    assert all(c in out.stdout for c in COMMANDS)
+
+
+def test_errors_are_reported_not_raised(capsys, tmp_path):
+    assert main(["select", "--dataset", "nosuchdata", "--ipc", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown dataset 'nosuchdata'" in capsys.readouterr().err
+    assert main(["select", "--dataset", "digits", "--ipc", "1000", "--out", str(tmp_path / "x")]) == 2
+    assert "larger than the smallest class" in capsys.readouterr().err
+    assert main(["evaluate", "--dataset", "cifar10", "--root", str(tmp_path / "nodata"), "--random-ipc", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "nodata" in err and "download" in err
+    assert not (tmp_path / "x").exists(), "nothing written on error"
+
+
+def test_end_to_end_on_digits(tmp_path, capsys):
+    assert main(["experts", "--dataset", "digits", "--num-experts", "1", "--epochs", "1", "--model", "convnet",
+                 "--out", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "manifest.json").exists() and (tmp_path / "exp" / "config.yaml").exists()
+    assert main(["select", "--dataset", "digits", "--ipc", "2", "--out", str(tmp_path / "sel")]) == 0
+    assert main(["evaluate", "--dataset", "digits", "--syn", str(tmp_path / "sel"), "--epochs", "2", "--num-eval", "1",
+                 "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "% (1 runs, protocol mtt)" in out
+    assert (tmp_path / "ev" / "result.json").exists()
+
+
+def test_parser_has_every_command():
+    p = build_parser()
+    sub = next(a for a in p._actions if a.dest == "command")
+    assert set(COMMANDS) <= set(sub.choices)
