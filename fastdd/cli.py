@@ -6,6 +6,7 @@ import json
 import sys
 
 from .errors import FastDDError
+from .io import atomic_write_json
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -24,7 +25,9 @@ def _load(args):
 def cmd_experts(args) -> int:
     from .experts import train_experts
     from .runs import RunDir
+    from .models import model_for
     ds = _load(args)
+    model_for(ds, args.model)  # a model that does not fit the data fails here, before anything is written
     RunDir(args.out, vars(args) | {"command": "experts"})
     buf = train_experts(ds, args.model, num_experts=args.num_experts, epochs=args.epochs, out=args.out, seed=args.seed,
                         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
@@ -62,7 +65,12 @@ def cmd_evaluate(args) -> int:
     print(res)
     if args.out:
         run = RunDir(args.out, vars(args) | {"command": "evaluate"})
-        (run / "result.json").write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+        atomic_write_json(run / "result.json", res.to_dict())
+        log = run.csv("log.csv", ["set", "run", "test_accuracy"])
+        for name, r in (("evaluated", res), ("random", res.random)):
+            for i, a in enumerate(r.accuracies if r is not None else []):
+                log.log(set=name, run=i, test_accuracy=a)
+        log.close()
         print(f"result -> {run / 'result.json'}")
     return 0
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Dataset
-from .models import FunctionalNet, build_model, default_convnet_depth
+from .models import FunctionalNet, model_for
 from .rng import generator
 from .runs import progress
 from .select import random_indices, real_subset
@@ -100,13 +100,6 @@ def resolve_protocol(protocol: str | Protocol, **overrides: Any) -> Protocol:
     return replace(protocol, **overrides)
 
 
-def _build_eval_net(p: Protocol, ds: Dataset) -> FunctionalNet:
-    kw = dict(p.model_kwargs)
-    if p.model in ("convnet", "convnetbn") and "depth" not in kw:
-        kw["depth"] = default_convnet_depth(ds.im_size)
-    return build_model(p.model, in_channels=ds.channels, num_classes=ds.num_classes, im_size=ds.im_size, **kw)
-
-
 def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if targets.dim() == 2:  # soft labels: cross-entropy against target probabilities
         return -(targets * F.log_softmax(logits, 1)).sum(1).mean()
@@ -133,7 +126,7 @@ def train_on(images: torch.Tensor, labels: torch.Tensor, ds: Dataset, p: Protoco
 
     dev = ds.device
     images, labels = images.to(dev), labels.to(dev)
-    net = _build_eval_net(p, ds)
+    net = model_for(ds, p.model, **p.model_kwargs)
     theta = torch.nn.Parameter(net.init(generator(seed, "eval.init"), device=dev))
     buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
     g_batch, g_aug = generator(seed, "eval.batches"), generator(seed, "eval.augment")

@@ -27,9 +27,9 @@ from safetensors import SafetensorError, safe_open
 from .data import Dataset
 from .errors import CorruptFileError, ModelMismatchError
 from .io import atomic_save_safetensors, atomic_write_json, sha256_file
-from .models import FunctionalNet, build_model, default_convnet_depth, model_from_spec
+from .models import FunctionalNet, model_for, model_from_spec
 from .rng import generator
-from .runs import progress
+from .runs import CSVLog, progress
 
 FORMAT = "fastdd.experts/1"
 
@@ -116,13 +116,7 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
     """
     if num_experts < 1 or epochs < 1:
         raise ValueError(f"num_experts and epochs must be >= 1, got {num_experts} and {epochs}")
-    if isinstance(model, str):
-        kw = dict(model_kwargs or {})
-        if model.lower().startswith("convnet") and "depth" not in kw and model.lower() in ("convnet", "convnetbn"):
-            kw["depth"] = default_convnet_depth(ds.im_size)
-        net = build_model(model, in_channels=ds.channels, num_classes=ds.num_classes, im_size=ds.im_size, **kw)
-    else:
-        net = model
+    net = model_for(ds, model, **(model_kwargs or {})) if isinstance(model, str) else model
     if out is None:
         import tempfile
         out = tempfile.mkdtemp(prefix="fastdd-experts-")
@@ -143,11 +137,17 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
     done = sum(len(s["experts"]) for s in manifest["shards"])
     todo = list(range(done, num_experts))
     bar = progress(total=len(todo) * epochs, desc=f"experts ({net.name}, {ds.name})", disable=not show_progress)
+    log = CSVLog(out / "log.csv", ["expert", "epoch", "train_loss", "test_accuracy"])
     shard: dict[str, torch.Tensor] = {}
     accs: list[float] = []
     for i in todo:
-        traj, acc = train_one(net, ds, epochs, cfg, seed=_expert_seed(seed, i),
-                              on_epoch=lambda ep, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+        def on_epoch(ep: int, loss: float, i: int = i) -> None:
+            bar.update(1)
+            bar.set_postfix(expert=i, loss=f"{loss:.3f}")
+            log.log(expert=i, epoch=ep + 1, train_loss=loss, test_accuracy="")
+
+        traj, acc = train_one(net, ds, epochs, cfg, seed=_expert_seed(seed, i), on_epoch=on_epoch)
+        log.log(expert=i, epoch=epochs, train_loss="", test_accuracy=acc)
         shard[f"expert_{i}"] = traj
         accs.append(acc)
         if len(shard) == shard_size or i == num_experts - 1:
@@ -161,6 +161,7 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
             atomic_write_json(mpath, manifest)
             shard, accs = {}, []
     bar.close()
+    log.close()
     if not manifest["complete"]:  # num_experts already reached by resumed shards
         manifest["complete"] = True
         atomic_write_json(mpath, manifest)

@@ -30,6 +30,8 @@ def test_errors_are_reported_not_raised(capsys, tmp_path):
     assert main(["evaluate", "--dataset", "cifar10", "--root", str(tmp_path / "nodata"), "--random-ipc", "1"]) == 2
     err = capsys.readouterr().err
     assert "nodata" in err and "download" in err
+    assert main(["experts", "--dataset", "digits", "--model", "lenet", "--out", str(tmp_path / "x")]) == 2
+    assert "does not fit 8x8" in capsys.readouterr().err
     assert not (tmp_path / "x").exists(), "nothing written on error"
 
 
@@ -43,6 +45,8 @@ def test_end_to_end_on_digits(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "% (1 runs, protocol mtt)" in out
     assert (tmp_path / "ev" / "result.json").exists()
+    assert (tmp_path / "ev" / "log.csv").read_text().splitlines()[0] == "set,run,test_accuracy"
+    assert (tmp_path / "exp" / "log.csv").read_text().splitlines()[0] == "expert,epoch,train_loss,test_accuracy"
 
 
 def test_parser_has_every_command():

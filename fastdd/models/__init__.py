@@ -48,7 +48,13 @@ def model_from_spec(name: str, spec: dict[str, Any], init: str = "default") -> F
 
 
 def model_for(ds, name: str = "convnet", **kwargs: Any) -> FunctionalNet:
-    """``build_model`` with the channels, classes and image size taken from a :class:`fastdd.data.Dataset`."""
+    """``build_model`` with the channels, classes and image size taken from a :class:`fastdd.data.Dataset`.
+
+    ``"convnet"`` / ``"convnetbn"`` without an explicit ``depth`` get the literature's depth for the
+    resolution (:func:`default_convnet_depth`: D3 up to 32 px, D4 at 64 px, D5 at 128 px).
+    """
+    if name.lower() in ("convnet", "convnetbn") and "depth" not in kwargs:
+        kwargs["depth"] = default_convnet_depth(ds.im_size)
     return build_model(name, in_channels=ds.channels, num_classes=ds.num_classes, im_size=ds.im_size, **kwargs)
 
 
