@@ -18,6 +18,7 @@ from .dsa import (
     siamese_dsa,
     strategy_for,
 )
+from .replay import StepAugment
 from .simple import (
     CombinedParams,
     CropFlipParams,
@@ -30,6 +31,7 @@ from .simple import (
 )
 
 __all__ = [
+    "StepAugment",
     "FAMILIES",
     "FULL_STRATEGY",
     "NO_FLIP_STRATEGY",

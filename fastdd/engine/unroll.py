@@ -1,0 +1,285 @@
+"""The engine: unrolled student training and its meta-gradient.
+
+Student (one step per entry of ``batches``)::
+
+    θ_{i+1} = θ_i − η_i · ∇_θ ℓ(f(aug_i(X[b_i]); θ_i), y[b_i]),   i = 0 .. N−1
+
+and an outer loss ``L(θ_N)`` (trajectory matching, or Wang et al.'s loss on real data). We need
+∂L/∂X, ∂L/∂η_i (and ∂L/∂y for learnable soft labels). Gradient modes:
+
+``bptt``
+    autograd through the whole unroll (``create_graph=True`` at every step): memory grows with N.
+``adjoint``
+    exact reverse mode with recomputation. The forward keeps only θ_i (no graph); the backward walks
+    i = N−1 .. 0 carrying the adjoint λ = ∂L/∂θ_{i+1}, recomputes step i with a graph, and one
+    double-backward of ``g_iᵀλ`` gives ∂L/∂X[b_i] += −η_i ∂(g_iᵀλ)/∂X, ∂L/∂η_i = −g_iᵀλ and the
+    Hessian-vector product for λ ← λ − η_i H_i λ. Activation memory of one step, independent of N.
+``tesla``
+    the direct-term approximation (TESLA): the same backward walk with λ frozen at ∂L/∂θ_N, i.e.
+    no Hessian terms. Exact for the last step, approximate for earlier ones.
+``auto``
+    ``bptt`` when its predicted graph memory fits ``memory_budget`` bytes, else ``adjoint``.
+
+Augmentation is a callable ``(x, step) -> x`` that must be deterministic per step (sample once,
+replay): the adjoint recomputes step i and must see the same augmentation.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..models import FunctionalNet
+
+MODES = ("bptt", "adjoint", "tesla", "auto")
+Augment = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class UnrollGrads:
+    """What one unroll returns. Gradients are ``None`` for inputs that do not require them."""
+
+    loss: torch.Tensor             # 0-d, detached
+    images: torch.Tensor | None    # (M, C, H, W)
+    lrs: torch.Tensor | None       # (N,) ∂L/∂η_i per step
+    labels: torch.Tensor | None    # (M, K) for soft labels
+    theta_final: torch.Tensor      # (P,) detached θ_N
+    mode: str                      # the mode actually used ("auto" resolved)
+
+
+def student_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy; ``targets`` are class indices ``(B,)`` or target probabilities ``(B, K)``."""
+    if targets.dim() == 2:
+        return -(targets * F.log_softmax(logits, 1)).sum(1).mean()
+    return F.cross_entropy(logits, targets)
+
+
+def _step_grad(model: FunctionalNet, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, create_graph: bool
+               ) -> torch.Tensor:
+    loss = student_loss(model(x, theta), y)
+    return torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
+
+
+def _check(model, images, labels, lrs, theta0, batches):
+    if images.dim() != 4:
+        raise ValueError(f"images must be (M, C, H, W), got {tuple(images.shape)}")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels has {labels.shape[0]} rows, images {images.shape[0]}")
+    if lrs.dim() != 1 or lrs.shape[0] != len(batches):
+        raise ValueError(f"need one learning rate per step: lrs has shape {tuple(lrs.shape)}, {len(batches)} batches")
+    if theta0.shape != (model.num_params,):
+        raise ValueError(f"start parameters have shape {tuple(theta0.shape)}, the model needs ({model.num_params},)")
+    if len(batches) == 0:
+        raise ValueError("batches is empty: at least one unrolled step is needed")
+
+
+def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, lrs: torch.Tensor,
+                theta0: torch.Tensor, batches: Sequence[torch.Tensor], outer: Callable[[torch.Tensor], torch.Tensor],
+                augment: Augment | None = None, mode: str = "adjoint", *, memory_budget: int | None = None,
+                store_on_host: bool = False) -> UnrollGrads:
+    """Run the student unroll and return the outer loss and its gradients.
+
+    Args:
+        model: the student network (``fastdd.build_model``).
+        images: ``(M, C, H, W)`` the (synthetic) images X; its gradient is returned if it requires grad.
+        labels: ``(M,)`` int64 or ``(M, K)`` probabilities; gradient returned if it requires grad.
+        lrs: ``(N,)`` per-step learning rates η_i; gradient returned if it requires grad.
+        theta0: ``(P,)`` start parameters (a constant).
+        batches: ``N`` index tensors into ``images``, one per step.
+        outer: ``θ_N -> L`` differentiable outer loss (a 0-d tensor).
+        augment: ``None`` or ``(x, step) -> x`` deterministic per step.
+        mode: ``"bptt"``, ``"adjoint"``, ``"tesla"`` or ``"auto"``.
+        memory_budget: bytes ``auto`` may spend on a BPTT graph (default: half the free memory).
+        store_on_host: adjoint / tesla keep the N parameter vectors θ_i on the CPU (for CUDA students).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown gradient mode {mode!r}; choose one of: {', '.join(MODES)}")
+    _check(model, images, labels, lrs, theta0, batches)
+    if mode == "auto":
+        mode = _choose_mode(model, images, labels, theta0, batches, augment, memory_budget)
+    if mode == "bptt":
+        return _bptt(model, images, labels, lrs, theta0, batches, outer, augment)
+    return _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact=(mode == "adjoint"),
+                    store_on_host=store_on_host)
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_(t.requires_grad)
+
+
+def _bptt(model, images, labels, lrs, theta0, batches, outer, augment) -> UnrollGrads:
+    X, Y, eta = _leaf(images), _leaf(labels), _leaf(lrs)
+    with torch.enable_grad():
+        theta = theta0.detach().requires_grad_(True)
+        for i, idx in enumerate(batches):
+            x = X[idx]
+            if augment is not None:
+                x = augment(x, i)
+            g = _step_grad(model, theta, x, Y[idx], create_graph=True)
+            theta = theta - eta[i] * g
+        loss = outer(theta)
+        wrt = [t for t in (X, eta, Y) if t.requires_grad]
+        grads = list(torch.autograd.grad(loss, wrt, allow_unused=True)) if wrt else []
+    out = []
+    for t in (X, eta, Y):
+        if not t.requires_grad:
+            out.append(None)
+            continue
+        gr = grads.pop(0)
+        out.append(torch.zeros_like(t) if gr is None else gr)  # e.g. images no batch ever used
+    return UnrollGrads(loss.detach(), out[0], out[1], out[2], theta.detach(), "bptt")
+
+
+def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact: bool, store_on_host: bool
+             ) -> UnrollGrads:
+    X, Y = images.detach(), labels.detach()
+    eta = lrs.detach()
+    want_x, want_y, want_lr = images.requires_grad, labels.requires_grad, lrs.requires_grad
+    n = len(batches)
+    # forward: keep θ_i only
+    thetas: list[torch.Tensor] = []
+    theta = theta0.detach()
+    for i, idx in enumerate(batches):
+        thetas.append(theta.to("cpu", non_blocking=True) if store_on_host else theta)
+        with torch.enable_grad():
+            th = theta.detach().requires_grad_(True)
+            x = X[idx]
+            if augment is not None:
+                x = augment(x, i)
+            g = _step_grad(model, th, x, Y[idx], create_graph=False)
+        theta = (theta - eta[i] * g).detach()
+    theta_n = theta
+    with torch.enable_grad():
+        th_n = theta_n.detach().requires_grad_(True)
+        loss = outer(th_n)
+        lam = torch.autograd.grad(loss, th_n)[0].detach()
+    gX = torch.zeros_like(X) if want_x else None
+    gY = torch.zeros_like(Y) if want_y else None
+    g_eta = torch.zeros_like(eta) if want_lr else None
+    # backward: recompute step i, one double-backward of g_iᵀλ
+    for i in range(n - 1, -1, -1):
+        idx = batches[i]
+        with torch.enable_grad():
+            th = thetas[i].to(theta0.device).detach().requires_grad_(True)
+            xb = X[idx].detach().requires_grad_(want_x)
+            yb = Y[idx].detach().requires_grad_(want_y)
+            x = augment(xb, i) if augment is not None else xb
+            g = _step_grad(model, th, x, yb, create_graph=True)
+            gl = torch.dot(g.reshape(-1), lam)
+            wrt = [th] + [t for t, w in ((xb, want_x), (yb, want_y)) if w]
+            parts = torch.autograd.grad(gl, wrt, allow_unused=True)
+        hvp, rest = parts[0], list(parts[1:])
+        if want_lr:
+            g_eta[i] = -gl.detach()
+        if want_x:
+            gx = rest.pop(0)
+            if gx is not None:
+                gX.index_add_(0, idx, -eta[i] * gx)
+        if want_y:
+            gy = rest.pop(0)
+            if gy is not None:
+                gY.index_add_(0, idx, -eta[i] * gy)
+        if exact and hvp is not None:
+            lam = lam - eta[i] * hvp.detach()
+        thetas[i] = None  # free as we go
+    return UnrollGrads(loss.detach(), gX, g_eta, gY, theta_n, "adjoint" if exact else "tesla")
+
+
+def _choose_mode(model, images, labels, theta0, batches, augment, memory_budget) -> str:
+    """Predict BPTT's graph memory from one probe step (bytes autograd saves), times N."""
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        th = theta0.detach().requires_grad_(True)
+        x = images.detach()[batches[0]].requires_grad_(True)
+        if augment is not None:
+            x = augment(x, 0)
+        g = _step_grad(model, th, x, labels.detach()[batches[0]], create_graph=True)
+        torch.autograd.grad(g.sum(), th, retain_graph=False)
+    max_b = max(len(b) for b in batches)
+    predicted = saved * len(batches) * max_b / max(len(batches[0]), 1)
+    budget = memory_budget if memory_budget is not None else _free_memory(images.device) // 2
+    return "bptt" if predicted <= budget else "adjoint"
+
+
+def _free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover
+        pass
+    return int(os.environ.get("FASTDD_MEMORY_BUDGET", 4 << 30))  # pragma: no cover
+
+
+# ------------------------------------------------------------------------------------ objectives
+def matching_loss(start_params: torch.Tensor, target_params: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """MTT's normalised parameter-matching loss ``‖θ_N − θ*‖² / ‖θ_0 − θ*‖²``."""
+    target = target_params.detach()
+    denom = (start_params.detach() - target).pow(2).sum()
+    return lambda theta: (theta - target).pow(2).sum() / denom
+
+
+def trajectory_matching_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, syn_lr: torch.Tensor,
+                             start_params: torch.Tensor, target_params: torch.Tensor,
+                             batches: Sequence[torch.Tensor], augment: Augment | None = None, mode: str = "adjoint",
+                             **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MTT's objective and its gradients: returns ``(loss, ∂L/∂images, ∂L/∂syn_lr)``.
+
+    The student takes ``len(batches)`` SGD steps with the one learning rate ``syn_lr`` (0-d) from
+    ``start_params`` on ``images[b]``; the loss is ``‖θ_N − θ*‖² / ‖θ_0 − θ*‖²`` with
+    ``θ* = target_params``. ``mode``: ``"bptt"``, ``"adjoint"`` (exact, constant activation
+    memory), ``"tesla"`` (approximate) or ``"auto"``. Extra keyword arguments go to :func:`unroll_grad`.
+    """
+    if syn_lr.dim() != 0:
+        raise ValueError(f"syn_lr must be a 0-d tensor, got shape {tuple(syn_lr.shape)}")
+    n = len(batches)
+    lrs = syn_lr.detach().expand(n).clone().requires_grad_(True)
+    res = unroll_grad(model, images.detach().requires_grad_(True), labels, lrs, start_params, batches,
+                      matching_loss(start_params, target_params), augment, mode, **kwargs)
+    return res.loss, res.images, res.lrs.sum()
+
+
+def real_data_loss(model: FunctionalNet, x_real: torch.Tensor, y_real: torch.Tensor,
+                   buffers: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wang et al.'s outer objective: cross-entropy of ``f(x_real; θ_T)`` on real data (labels may be
+    relabelled by the caller for the poisoning objective). Uses batch statistics for batch norm
+    unless ``buffers`` (running statistics) are given."""
+    return lambda theta: F.cross_entropy(model(x_real, theta, buffers, train=buffers is None), y_real)
+
+
+def dd_grad(model: FunctionalNet, step_images: torch.Tensor, step_labels: torch.Tensor, lrs: torch.Tensor,
+            theta0: torch.Tensor, x_real: torch.Tensor, y_real: torch.Tensor, epochs: int = 1,
+            mode: str = "adjoint", **kwargs) -> UnrollGrads:
+    """Wang et al.'s objective: ``S`` steps of images ``step_images`` ``(S, n, C, H, W)`` (labels
+    ``(S, n)`` or ``(S, n, K)``) cycled ``epochs`` times with one learning rate per applied step
+    (``lrs`` ``(S·epochs,)``), then cross-entropy on ``(x_real, y_real)``.
+
+    Returns :class:`UnrollGrads` whose ``images`` has the shape of ``step_images``.
+    """
+    s, n = step_images.shape[:2]
+    if lrs.shape != (s * epochs,):
+        raise ValueError(f"lrs must have shape ({s * epochs},) = steps × epochs, got {tuple(lrs.shape)}")
+    flat_x = step_images.reshape(s * n, *step_images.shape[2:])
+    flat_y = step_labels.reshape(s * n, *step_labels.shape[2:])
+    ar = torch.arange(s * n, device=step_images.device).view(s, n)
+    batches = [ar[t % s] for t in range(s * epochs)]
+    res = unroll_grad(model, flat_x, flat_y, lrs, theta0, batches, real_data_loss(model, x_real, y_real), None,
+                      mode, **kwargs)
+    if res.images is not None:
+        res.images = res.images.view_as(step_images)
+    if res.labels is not None:
+        res.labels = res.labels.view_as(step_labels)
+    return res
