@@ -245,6 +245,9 @@ def trajectory_matching_grad(model: FunctionalNet, images: torch.Tensor, labels:
     """
     if syn_lr.dim() != 0:
         raise ValueError(f"syn_lr must be a 0-d tensor, got shape {tuple(syn_lr.shape)}")
+    for name, t in (("start parameters", start_params), ("target parameters", target_params)):
+        if t.shape != (model.num_params,):
+            raise ValueError(f"{name} have shape {tuple(t.shape)}, the model needs ({model.num_params},)")
     n = len(batches)
     lrs = syn_lr.detach().expand(n).clone().requires_grad_(True)
     res = unroll_grad(model, images.detach().requires_grad_(True), labels, lrs, start_params, batches,
