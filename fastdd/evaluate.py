@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .data import Dataset
+from .data import Dataset, minibatches
 from .models import FunctionalNet, model_for
 from .rng import generator
 from .runs import progress
@@ -37,7 +37,7 @@ class Protocol:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int | None = 1000  # None: by IPC ratio (selmatch rule)
     batch_size: int = 256
-    lr: float | None = None  # None: the set's learned lr, else lr_default
+    lr: float | str | None = None  # None: the set's learned lr if it has one, else lr_default; "learned": must have one
     lr_default: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -151,15 +151,14 @@ def train_on(images: torch.Tensor, labels: torch.Tensor, ds: Dataset, p: Protoco
     for ep in progress(range(epochs + 1), desc=desc, disable=not show_progress):
         if p.schedule == "step" and ep == epochs // 2 + 1:
             opt = make_opt(lr * 0.1)
-        perm = torch.randperm(n, generator=g_batch).to(dev)
-        for idx in perm.split(p.batch_size):
+        for idx in minibatches(n, p.batch_size, g_batch, dev, min_last=2 if net.has_batchnorm else 1):
             x, y = images[idx], labels[idx]
             if p.augment == "dsa":
                 x = dsa(x, g_aug)
             elif p.augment == "combined":
                 x = combined_augment(x, distilled[idx], g_aug, cfg)
             elif p.augment == "crop_flip":
-                x = crop_flip(x, g_aug)
+                x = crop_flip(x, g_aug, prob_flip=cfg.prob_flip if "flip" in cfg.families else 0.0)
             elif p.augment != "none":
                 raise ValueError(f"unknown augmentation {p.augment!r}")
             loss = _loss(net(x, theta, buffers, train=True), y)
@@ -192,13 +191,20 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
     if syn.num_classes != ds.num_classes or tuple(syn.images.shape[1:]) != (ds.channels, *ds.im_size):
         raise ValueError(f"the synthetic set ({syn.num_classes} classes, images {tuple(syn.images.shape[1:])}) does not "
                          f"belong to {ds.name} ({ds.num_classes} classes, images {(ds.channels, *ds.im_size)})")
+    for key, have in (("dataset", ds.name), ("zca", ds.zca is not None)):
+        if key in syn.meta and syn.meta[key] != have:
+            raise ValueError(f"the synthetic set was made with {key}={syn.meta[key]!r}, but the data set has "
+                             f"{key}={have!r}: evaluate it on the data it came from")
     p = resolve_protocol(protocol, **overrides)
-    if p.lr is not None:
-        lr = p.lr
-    elif syn.lr is not None and syn.lr.dim() == 0:
-        lr = float(syn.lr)
+    learned = float(syn.lr.reshape(())) if syn.lr is not None and syn.lr.numel() == 1 else None
+    if p.lr == "learned":
+        if learned is None:
+            raise ValueError("lr='learned' needs a synthetic set with one learned learning rate")
+        lr = learned
+    elif p.lr is not None:
+        lr = float(p.lr)
     else:
-        lr = p.lr_default
+        lr = learned if learned is not None else p.lr_default
     distilled = None if syn.frozen is None else ~syn.frozen
     info = {**asdict(p), "lr_used": lr, "ipc": syn.ipc, "num_images": len(syn), "seed": seed}
     accs = [train_on(syn.images, syn.labels, ds, p, lr, seed=_run_seed(seed, r), distilled=distilled,

@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
-from .data import Dataset
+from .data import Dataset, minibatches
 from .errors import CorruptFileError, ModelMismatchError
 from .io import atomic_save_safetensors, atomic_write_json, sha256_file
 from .models import FunctionalNet, model_for, model_from_spec
 from .rng import generator
-from .runs import CSVLog, progress
+from .runs import CSVLog, RunDir, progress
 
 FORMAT = "fastdd.experts/1"
 
@@ -80,8 +80,7 @@ def train_one(net: FunctionalNet, ds: Dataset, epochs: int, cfg: ExpertConfig, s
     for ep in range(epochs):
         if cfg.decay and ep == epochs // 2 + 1:
             opt = make_opt(cfg.lr * 0.1)
-        perm = torch.randperm(n, generator=g).to(dev)
-        for idx in perm.split(cfg.batch_size):
+        for idx in minibatches(n, cfg.batch_size, g, dev, min_last=2 if net.has_batchnorm else 1):
             x = x_all[idx]
             if aug is not None:
                 x = aug(x, g_aug)
@@ -100,7 +99,8 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
                   out: str | os.PathLike | None = "runs/experts", seed: int = 0, *, lr: float = 0.01,
                   momentum: float = 0.0, weight_decay: float = 0.0, batch_size: int = 256, decay: bool = False,
                   augment: str | None = None, shard_size: int = 10, model_kwargs: dict[str, Any] | None = None,
-                  resume: bool = True, show_progress: bool = True) -> "ExpertBuffer":
+                  resume: bool = True, show_progress: bool = True,
+                  run_config: dict[str, Any] | None = None) -> "ExpertBuffer":
     """Train ``num_experts`` networks on ``ds.train`` and save their trajectories under ``out``.
 
     Args:
@@ -111,6 +111,7 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
         augment: ``None`` or ``"dsa"`` (MTT trains experts with DSA).
         shard_size: experts per file.
         resume: keep shards already in ``out`` from a run with the same settings.
+        run_config: if given, written to ``out/config.yaml`` (after the folder is checked).
 
     Returns the :class:`ExpertBuffer` over ``out``.
     """
@@ -128,13 +129,18 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
               "seed": seed, "shard_size": shard_size, "train": asdict(cfg)}
     manifest = {**header, "num_experts": num_experts, "shards": [], "test_accuracy": [], "complete": False}
     mpath = out / "manifest.json"
+    if mpath.exists() and not resume:
+        raise ValueError(f"{out} already holds experts; pass resume=True to continue them or use another folder")
     if mpath.exists() and resume:
         old = json.loads(mpath.read_text())
         if {k: old.get(k) for k in header} != header:
-            raise ValueError(f"{out} holds experts trained with other settings; use another folder or resume=False")
+            raise ValueError(f"{out} holds experts trained with other settings; use another folder")
         manifest["shards"], manifest["test_accuracy"] = old["shards"], old["test_accuracy"]
     out.mkdir(parents=True, exist_ok=True)
+    if run_config is not None:  # written only once the folder is known to be usable
+        RunDir(out, run_config)
     done = sum(len(s["experts"]) for s in manifest["shards"])
+    manifest["num_experts"] = max(num_experts, done)
     todo = list(range(done, num_experts))
     bar = progress(total=len(todo) * epochs, desc=f"experts ({net.name}, {ds.name})", disable=not show_progress)
     log = CSVLog(out / "log.csv", ["expert", "epoch", "train_loss", "test_accuracy"])
@@ -303,12 +309,14 @@ def import_reference_buffer(files: Sequence[str | os.PathLike], net: FunctionalN
                             dataset: str = "unknown", shard_size: int = 10) -> ExpertBuffer:
     """Convert the reference code's ``replay_buffer_*.pt`` files into an expert folder.
 
-    Each file is a list of experts, each a list of epochs, each a list of parameter tensors in
+    Files are taken in natural order (``replay_buffer_2`` before ``replay_buffer_10``). Each file is a list of experts, each a list of epochs, each a list of parameter tensors in
     ``nn.Module.parameters()`` order. Files are read with ``torch.load(weights_only=True)`` (no code
     is unpickled). Raises :class:`ModelMismatchError` when the tensors do not match ``net``'s parameters.
     """
     if not files:
         raise ValueError("import_reference_buffer needs at least one replay_buffer_*.pt file")
+    import re
+    files = sorted(files, key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.fspath(f))])
     shapes = [p.shape for p in net.params]
     trajs: list[torch.Tensor] = []
     epochs = None

@@ -14,6 +14,7 @@ from pathlib import Path
 from .data import load_dataset
 from .evaluate import evaluate
 from .experts import train_experts
+from .io import atomic_write_text
 from .plots import save_curves, save_image_grid
 from .runs import RunDir
 from .select import random_indices, real_subset
@@ -37,6 +38,7 @@ def quickstart(out: str | os.PathLike = "runs/quickstart", *, num_experts: int =
     echo(f"[2/3] experts: {len(buf)} ConvNets x {expert_epochs} epochs (SGD lr 0.01) -> test accuracy "
          + ", ".join(f"{100 * a:.1f}%" for a in accs) + f"; trajectories in {buf.path}")
 
+    (run / "log.csv").unlink(missing_ok=True)  # a re-run starts a fresh log
     log = run.csv("log.csv", ["stage", "ipc", "mean", "std", "runs", "seconds"])
     rows = []
     for ipc in ipcs:
@@ -63,6 +65,6 @@ def quickstart(out: str | os.PathLike = "runs/quickstart", *, num_experts: int =
     lines += [f"| random real | {ipc} | {100 * r.mean:.2f} ± {100 * r.std:.2f} |" for ipc, r in rows]
     lines += ["", "![accuracy vs IPC](accuracy_vs_ipc.png)", "", "![random images](random_images.png)", "",
               f"Total time: {time.time() - t0:.0f} s."]
-    (run / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(run / "report.md", "\n".join(lines) + "\n")
     echo(f"report: {run / 'report.md'} ({time.time() - t0:.0f} s)")
     return {"expert_accuracy": accs, "random": {ipc: r.to_dict() for ipc, r in rows}, "out": str(Path(out))}

@@ -80,9 +80,14 @@ class SyntheticSet:
         return SyntheticSet(self.images.to(device), self.labels.to(device), mv(self.lr), mv(self.frozen), dict(self.meta))
 
     # ------------------------------------------------------------------ io
-    def save(self, path: str | os.PathLike, grid: bool = True) -> Path:
+    def save(self, path: str | os.PathLike, grid: bool = True, denormalize=None) -> Path:
         """Save into folder ``path``: ``synthetic.safetensors`` (tensors), ``synthetic.json``
-        (metadata) and, with ``grid``, ``images.png``. Each file is written atomically."""
+        (metadata) and, with ``grid``, ``images.png``. Each file is written atomically.
+
+        ``denormalize``: a callable mapping images back to ``[0, 1]`` pixels for the picture, e.g.
+        ``ds.denormalize`` (needed for ZCA'd sets); by default the stored mean/std are used.
+        """
+        from . import __version__
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {"images": self.images, "labels": self.labels}
@@ -91,12 +96,17 @@ class SyntheticSet:
         if self.frozen is not None:
             tensors["frozen"] = self.frozen.to(torch.uint8)
         atomic_save_safetensors(path / "synthetic.safetensors", tensors, metadata={"format": FORMAT})
-        meta = dict(self.meta, format=FORMAT, lr_shape=list(self.lr.shape) if self.lr is not None else None)
+        meta = dict(self.meta, format=FORMAT, fastdd_version=__version__,
+                    lr_shape=list(self.lr.shape) if self.lr is not None else None)
         atomic_write_json(path / "synthetic.json", meta)
         if grid:
             from .plots import save_image_grid
-            save_image_grid(self.images, path / "images.png", labels=self.hard_labels,
-                            mean=self.meta.get("mean"), std=self.meta.get("std"))
+            if denormalize is not None:
+                save_image_grid(denormalize(self.images), path / "images.png", labels=self.hard_labels,
+                                mean=[0.0] * self.images.shape[1], std=[1.0] * self.images.shape[1])
+            else:
+                save_image_grid(self.images, path / "images.png", labels=self.hard_labels,
+                                mean=self.meta.get("mean"), std=self.meta.get("std"))
         return path
 
     @classmethod

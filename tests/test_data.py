@@ -101,3 +101,13 @@ def test_bad_ipc(tiny_ds, ipc, match):
 def test_unknown_selection_method(tiny_ds):
     with pytest.raises(ValueError, match="unknown selection method"):
         fastdd.select(tiny_ds, "oracle", ipc=1)
+
+
+def test_minibatches_partition_and_merge_singletons():
+    from fastdd.data import minibatches
+    g = torch.Generator().manual_seed(0)
+    chunks = minibatches(7, 3, g)
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    assert sorted(torch.cat(chunks).tolist()) == list(range(7))
+    merged = minibatches(7, 3, torch.Generator().manual_seed(0), min_last=2)
+    assert [len(c) for c in merged] == [3, 4] and torch.equal(torch.cat(merged), torch.cat(chunks))

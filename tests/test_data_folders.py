@@ -86,10 +86,7 @@ def test_mnist_truncated_file_is_corrupt(tmp_path):
 # ---------------------------------------------------------------------------------------------- CIFAR / SVHN
 # torchvision checks their files' MD5s, which fake files cannot match: the checks are patched out here.
 
-def test_cifar10_hwc_to_chw(tmp_path, monkeypatch):
-    import torchvision.datasets.cifar as tv_cifar
-
-    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+def test_cifar10_hwc_to_chw(tmp_path):
     rng = np.random.default_rng(1)
     base = tmp_path / "cifar-10-batches-py"
     base.mkdir()
@@ -109,6 +106,16 @@ def test_cifar10_hwc_to_chw(tmp_path, monkeypatch):
     assert ds.train.labels.tolist() == sum((lab for _, lab in train), [])
     assert ds.test.labels.tolist() == batches["test_batch"][1]
     assert ds.class_names == names
+
+
+def test_cifar_files_cannot_run_code(tmp_path):
+    """CIFAR batches are pickles: fastdd's reader allows numpy arrays and containers, nothing else."""
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (base / name).write_bytes(pickle.dumps({"data": os.system, "labels": [0]}))
+    with pytest.raises(CorruptFileError, match="refusing to load"):
+        load_dataset("cifar10", root=tmp_path)
 
 
 def test_svhn_labels_and_shape(tmp_path, monkeypatch):

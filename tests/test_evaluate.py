@@ -113,3 +113,18 @@ def test_protocol_presets():
         ("convnet", 1000, 256, 0.9, 5e-4, "step", "dsa")
     assert (sel.model, sel.lr, sel.batch_size, sel.schedule, sel.eta_min, sel.augment) == \
         ("resnet18bn", 0.1, 128, "cosine", 0.001, "combined")
+
+
+def test_set_from_other_data_or_zca_is_refused():
+    digits, whitened = fastdd.load_dataset("digits"), fastdd.load_dataset("digits", zca=True)
+    syn = real_subset(whitened, random_indices(whitened, 1))
+    with pytest.raises(ValueError, match="zca=True"):
+        fastdd.evaluate(syn, digits, "mtt", num_eval=1, epochs=1)
+
+
+def test_batchnorm_net_survives_a_last_batch_of_one(tiny_ds):
+    # 13 images, batch 12: the last chunk of 1 is merged (batch norm cannot normalise a single image)
+    syn = real_subset(tiny_ds, torch.arange(13))
+    p = resolve_protocol("mtt", model="resnet18bn", epochs=0, batch_size=12, augment="none")  # 1x1 maps in layer4
+    acc = train_on(syn.images, syn.labels, tiny_ds, p, lr=0.01, seed=0)
+    assert 0 <= acc <= 1

@@ -152,3 +152,13 @@ def test_default_convnet_reaches_95_percent_on_mnist5k(mnist5k, tmp_path):
     acc = buf.manifest["test_accuracy"][0]
     print(f"mnist5k ConvNet test accuracy after 3 epochs: {100 * acc:.2f}%")
     assert acc >= 0.95
+
+
+def test_import_takes_files_in_natural_order(tmp_path):
+    net = build_model("mlp", in_channels=1, num_classes=2, im_size=(2, 2), width=2)
+    mod = net.module()
+    for i in (1, 2, 10):
+        torch.save([[[torch.full(p.shape, float(i)) for p in mod.parameters()]]], tmp_path / f"replay_buffer_{i}.pt")
+    files = sorted(tmp_path.glob("*.pt"))  # lexical: 1, 10, 2
+    buf = import_reference_buffer(files, net, tmp_path / "out")
+    assert [buf[i][0, 0].item() for i in range(3)] == [1.0, 2.0, 10.0]

@@ -155,8 +155,10 @@ def sample_combined(distilled_mask: Tensor, im_size: int | Sequence[int], genera
     if mask.dim() != 1:
         raise ValueError(f"distilled_mask must be 1-D (N,), got shape {tuple(mask.shape)}")
     n = mask.shape[0]
-    dsa = sample_dsa(n, im_size, config, generator, per_sample_family=True)
-    cf = sample_crop_flip(n, generator, padding=padding)
+    cfg = config or DSAConfig()
+    dsa = sample_dsa(n, im_size, cfg, generator, per_sample_family=True)
+    # real images are flipped only when the strategy flips (no flips for digits, as DSA there)
+    cf = sample_crop_flip(n, generator, padding=padding, prob_flip=cfg.prob_flip if "flip" in cfg.families else 0.0)
     return CombinedParams(dsa, cf, mask.to(device=generator.device, dtype=torch.bool))
 
 

@@ -11,7 +11,7 @@ import os
 import torch
 
 from ..errors import DataNotFoundError
-from .core import Dataset, Split, from_pixels
+from .core import Dataset, Split, from_pixels, minibatches
 from .zca import ZCA
 
 # Per-channel mean / std of the reference implementations (None: computed on the train split).
@@ -85,4 +85,4 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: 
                        device=device)
 
 
-__all__ = ["Dataset", "Split", "ZCA", "load_dataset", "from_pixels", "DATASETS", "EMBEDDED", "STATS"]
+__all__ = ["Dataset", "Split", "ZCA", "load_dataset", "from_pixels", "minibatches", "DATASETS", "EMBEDDED", "STATS"]

@@ -106,6 +106,16 @@ class Dataset:
                 f"{c}x{h}x{w}{z}, on {self.device}")
 
 
+def minibatches(n: int, batch_size: int, generator: torch.Generator, device=None,
+                min_last: int = 1) -> list[torch.Tensor]:
+    """Chunks of one random permutation of ``range(n)`` (the last may be short). A last chunk
+    smaller than ``min_last`` is merged into the one before (batch norm cannot train on 1 image)."""
+    chunks = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) < min_last:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return [c.to(device) for c in chunks] if device is not None else chunks
+
+
 def from_pixels(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                 num_classes: int, *, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
                 zca: bool = False, zca_eps: float = 0.1, class_names: list[str] | None = None,

@@ -90,6 +90,82 @@ def _torchvision_arrays(key: str, ds) -> tuple[torch.Tensor, torch.Tensor]:
     return _to_unit_float(x), y.to(torch.int64).contiguous()
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays: the CIFAR batch files need nothing else, and
+    a file a user downloaded must not be able to run code (``pickle.load`` would import anything)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays and plain containers "
+                                     "are allowed in a CIFAR batch file")
+
+
+def _read_cifar_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise DataNotFoundError(f"{path} not found")
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise CorruptFileError(f"{path} is truncated, corrupt or not a CIFAR batch file ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise CorruptFileError(f"{path} is not a CIFAR batch file (no dict inside)")
+    return obj
+
+
+_CIFAR = {  # folder, train files, test files, label key, meta file, class-name key
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels",
+                "batches.meta", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "meta", "fine_label_names"),
+}
+
+
+def cifar_pixels(key: str, root: str, download: bool = False) -> Pixels:
+    """CIFAR-10 / CIFAR-100 from torchvision's python layout, read without unpickling code."""
+    folder, train_files, test_files, label_key, meta_file, names_key = _CIFAR[key]
+    base = os.path.join(root, folder)
+    how = "pass download=True (CLI: --download) to let torchvision fetch it, or place the files there yourself"
+    if download and not os.path.isdir(base):
+        import torchvision.datasets as tvd
+        from torchvision.datasets.utils import download_and_extract_archive
+        cls = tvd.CIFAR10 if key == "cifar10" else tvd.CIFAR100
+        try:
+            download_and_extract_archive(cls.url, root, filename=cls.filename, md5=cls.tgz_md5)
+        except Exception as e:  # network errors of every kind
+            raise DataNotFoundError(f"{key}: downloading into {root} failed ({e}); place the files at {base} "
+                                    "yourself") from e
+    if not os.path.isdir(root):
+        raise DataNotFoundError(f"{key}: data folder {root} does not exist (expected the data at {base}); {how}")
+    if not os.path.isdir(base):
+        raise DataNotFoundError(f"{key} not found: expected the folder {base}; {how}")
+
+    def read(files):
+        xs, ys = [], []
+        for name in files:
+            d = _read_cifar_file(os.path.join(base, name))
+            if "data" not in d or label_key not in d:
+                raise CorruptFileError(f"{os.path.join(base, name)} lacks the 'data' / '{label_key}' entries")
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[label_key], dtype=np.int64))
+        return _to_unit_float(torch.from_numpy(np.concatenate(xs))), torch.from_numpy(np.concatenate(ys))
+
+    tx, ty = read(train_files)
+    vx, vy = read(test_files)
+    meta_path = os.path.join(base, meta_file)
+    if os.path.isfile(meta_path):
+        names = [str(n) for n in _read_cifar_file(meta_path).get(names_key, [])]
+    else:
+        names = []
+    if not names:
+        names = [str(c) for c in range(10 if key == "cifar10" else 100)]
+    return tx, ty, vx, vy, names
+
+
 def torchvision_pixels(key: str, root: str | os.PathLike, download: bool = False) -> Pixels:
     """MNIST / FashionMNIST / SVHN / CIFAR-10 / CIFAR-100 from ``root`` in torchvision's layout.
 
@@ -102,6 +178,8 @@ def torchvision_pixels(key: str, root: str | os.PathLike, download: bool = False
     if key not in _TORCHVISION:
         raise ValueError(f"unknown torchvision data set {key!r}; choose one of: {', '.join(_TORCHVISION)}")
     root = os.path.expanduser(os.fspath(root))
+    if key in _CIFAR:
+        return cifar_pixels(key, root, download)
     tr = _torchvision_split(key, root, True, download)
     te = _torchvision_split(key, root, False, download)
     tx, ty = _torchvision_arrays(key, tr)

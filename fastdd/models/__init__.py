@@ -8,7 +8,8 @@ from .classic import MLP, VGG11, AlexCifarNet, LeNet
 from .convnet import ConvNet
 from .resnet import ResNet18
 
-# name -> (class, default keyword arguments). Aliases follow the reference code's names.
+# name -> (class, default keyword arguments). Aliases follow the reference code's names: a "bn" suffix
+# means batch norm, none means instance norm (GroupNorm(C, C)), as in the reference's get_network.
 MODELS: dict[str, tuple[type[FunctionalNet], dict[str, Any]]] = {
     "convnet": (ConvNet, {}),
     "convnetbn": (ConvNet, {"norm": "batchnorm"}),
@@ -17,7 +18,7 @@ MODELS: dict[str, tuple[type[FunctionalNet], dict[str, Any]]] = {
     "convnetd5": (ConvNet, {"depth": 5}),
     "lenet": (LeNet, {}),
     "alexcifarnet": (AlexCifarNet, {}),
-    "resnet18": (ResNet18, {}),
+    "resnet18": (ResNet18, {"norm": "instancenorm"}),
     "resnet18bn": (ResNet18, {"norm": "batchnorm"}),
     "vgg11": (VGG11, {}),
     "vgg11bn": (VGG11, {"norm": "batchnorm"}),
