@@ -178,7 +178,8 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
         syn: the set to evaluate (distilled, selected or real).
         ds: the data set it came from (its test split is used; its train split only for the
             random baseline).
-        protocol: ``"mtt"``, ``"selmatch"`` or a :class:`Protocol`.
+        protocol: ``"mtt"``, ``"selmatch"``, a :class:`Protocol`, or ``"dd"`` (a DD set: replay its
+            learned steps with its learned rates on held-out start weights).
         num_eval: independent runs (network init, batch order, augmentation all seeded per run).
         random_baseline: also evaluate, under the same protocol and lr, a random class-balanced real
             subset with the same per-class counts (a fresh subset per run); stored in ``result.random``.
@@ -188,6 +189,10 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
     """
     if num_eval < 1:
         raise ValueError(f"num_eval must be >= 1, got {num_eval}")
+    if protocol == "dd":
+        from .distill.dd import evaluate_dd
+        accs, info = evaluate_dd(syn, ds, num_eval, seed, experts=overrides.pop("experts", None))
+        return EvalResult(accs, info)
     if syn.num_classes != ds.num_classes or tuple(syn.images.shape[1:]) != (ds.channels, *ds.im_size):
         raise ValueError(f"the synthetic set ({syn.num_classes} classes, images {tuple(syn.images.shape[1:])}) does not "
                          f"belong to {ds.name} ({ds.num_classes} classes, images {(ds.channels, *ds.im_size)})")

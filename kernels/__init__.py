@@ -1,11 +1,18 @@
 """Triton kernels for fastdd's hot paths, installed as ``fastdd.kernels``.
 
 This folder sits at the top of the repository and is mapped onto the subpackage ``fastdd.kernels``
-by ``pyproject.toml``; it never becomes a top-level ``kernels`` module. The kernels themselves (DSA
-families, the ConvNet block's norm + activation + pool with its double backward) arrive with the
-distillation engine; until then fastdd runs its plain torch paths everywhere.
+by ``pyproject.toml``; it never becomes a top-level ``kernels`` module. Fused kernels (the DSA
+families; the ConvNet block's norm + activation + pool with its double backward) are planned; until
+they land every operation runs its plain torch implementation, and ``use_backend("triton")`` says so.
 """
 from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+BACKENDS = ("torch", "triton")
+_state = {"backend": os.environ.get("FASTDD_BACKEND", "auto")}
 
 
 def triton_available() -> bool:
@@ -15,3 +22,24 @@ def triton_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def current_backend() -> str:
+    """``"torch"`` or ``"triton"``: the backend operations dispatch to (``auto`` = torch until kernels land)."""
+    b = _state["backend"]
+    return "torch" if b == "auto" else b
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Select the backend inside a ``with`` block. ``"triton"`` raises until the kernels exist."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    if name == "triton":
+        raise NotImplementedError("fastdd's Triton kernels have not landed yet: every operation runs on torch")
+    old = _state["backend"]
+    _state["backend"] = name
+    try:
+        yield
+    finally:
+        _state["backend"] = old

@@ -1,0 +1,215 @@
+"""Dataset Distillation (Wang et al. 2018): learn per-step images and per-step learning rates.
+
+``steps`` groups of images (``images_per_class`` per class each) are applied in order, the whole
+sequence ``epochs`` times, each application with its own learning rate η_t = softplus(ρ_t)
+(T = steps × epochs rates, always positive). The outer loss is the cross-entropy of the trained
+network on a real minibatch (the *poisoning* objective relabels real class ``a`` as ``b`` there).
+Images and ρ are learned with Adam (lr 0.01, betas (0.5, 0.999)), the rate halved every
+``decay_every`` iterations. Initialisations: ``fixed`` (``n_nets`` inits drawn once), ``random``
+(fresh inits every iteration), ``pretrained`` (final snapshots of an expert buffer).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data import Dataset, minibatches
+from ..engine import dd_grad
+from ..experts import ExpertBuffer
+from ..models import FunctionalNet, model_for
+from ..rng import generator
+from ..runs import RunDir, progress
+from ..synthetic import SyntheticSet
+from .mtt import _truncate_log
+from .state import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class DDConfig:
+    model: str = "lenet"
+    steps: int = 10
+    epochs: int = 3
+    images_per_class: int = 1      # per step
+    lr_init: float = 0.02          # initial η (softplus⁻¹ stored)
+    lr: float = 0.01               # Adam
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_every: int | None = None  # iterations; None = iterations // 10
+    decay_factor: float = 0.5
+    real_batch: int = 1024
+    init_mode: str = "fixed"        # "fixed" | "random" | "pretrained"
+    n_nets: int = 1                 # inits per iteration (fixed: drawn once)
+    init: str = "default"           # weight init scheme of the network ("default" | "xavier")
+    attack: tuple[int, int] | None = None  # poisoning: relabel real class a as b in the outer loss
+    mode: str = "auto"
+
+    def validate(self, num_classes: int) -> None:
+        if self.init_mode not in ("fixed", "random", "pretrained"):
+            raise ValueError(f"init_mode must be 'fixed', 'random' or 'pretrained', got {self.init_mode!r}")
+        if self.steps < 1 or self.epochs < 1 or self.images_per_class < 1 or self.n_nets < 1:
+            raise ValueError("steps, epochs, images_per_class and n_nets must be >= 1")
+        if self.attack is not None:
+            a, b = self.attack
+            if not (0 <= a < num_classes and 0 <= b < num_classes and a != b):
+                raise ValueError(f"attack=(a, b) needs two different classes in [0, {num_classes}), got {self.attack}")
+
+
+def inverse_softplus(x: float) -> float:
+    return math.log(math.expm1(x))
+
+
+def dd_inits(net: FunctionalNet, cfg: DDConfig, seed: int, it: int, device, buf: ExpertBuffer | None,
+             g: torch.Generator) -> list[torch.Tensor]:
+    """The start parameters of iteration ``it``."""
+    if cfg.init_mode == "fixed":
+        return [net.init(generator(seed, "dd.fixed", j), device=device) for j in range(cfg.n_nets)]
+    if cfg.init_mode == "random":
+        return [net.init(generator(seed, "dd.random", it, j), device=device) for j in range(cfg.n_nets)]
+    ids = torch.randint(len(buf.ids), (cfg.n_nets,), generator=g).tolist()
+    return [buf[buf.ids[i]][-1].to(device) for i in ids]
+
+
+def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: ExpertBuffer | None = None,
+           out: str | Path | None = None, resume: bool = False, checkpoint_every: int = 200,
+           show_progress: bool = True, extra_meta: dict[str, Any] | None = None) -> SyntheticSet:
+    cfg.validate(ds.num_classes)
+    if cfg.init_mode == "pretrained":
+        if experts is None:
+            raise ValueError("init_mode='pretrained' needs experts= (their final snapshots are the start weights)")
+        net = experts.model()
+    else:
+        net = model_for(ds, cfg.model, init=cfg.init)
+    dev = ds.device
+    fixed = dd_inits(net, cfg, seed, 0, dev, experts, None) if cfg.init_mode == "fixed" else None
+    k, s, n_img = ds.num_classes, cfg.steps, cfg.images_per_class
+    g_init, g_iter = generator(seed, "dd", "images"), generator(seed, "dd", "iter")
+    images = torch.randn((s, k * n_img, ds.channels, *ds.im_size), generator=g_init).to(dev).requires_grad_(True)
+    labels = torch.arange(k, device=dev).repeat_interleave(n_img).repeat(s, 1)
+    rho = torch.full((s * cfg.epochs,), inverse_softplus(cfg.lr_init), device=dev, requires_grad=True)
+    opt = torch.optim.Adam([images, rho], lr=cfg.lr, betas=cfg.betas)
+    decay = cfg.decay_every or max(1, iterations // 10)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=decay, gamma=cfg.decay_factor)
+    tensors, gens = {"images": images, "rho": rho}, {"iter": g_iter}
+    run = RunDir(out) if out is not None else None
+    start_it, skipped = 0, 0
+    if run is not None and resume:
+        meta = load_checkpoint(run.path, tensors, {"adam": opt}, gens)
+        if meta is not None:
+            if meta["extra"].get("config") != _jsonable(asdict(cfg)):
+                raise ValueError(f"the checkpoint in {run.path} was made with other settings; use another folder")
+            start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
+            sched.last_epoch = start_it
+            for grp, base in zip(opt.param_groups, sched.base_lrs):
+                grp["lr"] = base * cfg.decay_factor ** (start_it // decay)
+            _truncate_log(run.path / "log.csv", start_it)
+    log = run.csv("log.csv", ["iteration", "loss", "mean_lr", "skipped", "seconds"]) if run is not None else None
+    per_epoch = -(-len(ds.train) // cfg.real_batch)
+    real_batches: list[torch.Tensor] = []
+    bar = progress(range(start_it, iterations), desc="dd", disable=not show_progress, initial=start_it,
+                   total=iterations)
+    for it in bar:
+        t0 = time.time()
+        if it % per_epoch == 0 or not real_batches:  # one permutation per real epoch, a function of it: resumable
+            real_batches = minibatches(len(ds.train), cfg.real_batch, generator(seed, "dd.real", it // per_epoch), dev)
+        idx = real_batches[it % per_epoch]
+        xr, yr = ds.train.images[idx], ds.train.labels[idx]
+        if cfg.attack is not None:
+            yr = torch.where(yr == cfg.attack[0], torch.full_like(yr, cfg.attack[1]), yr)
+        thetas = fixed if fixed is not None else dd_inits(net, cfg, seed, it, dev, experts, g_iter)
+        eta = F.softplus(rho.detach())
+        g_x, g_eta, loss = torch.zeros_like(images), torch.zeros_like(eta), 0.0
+        for theta0 in thetas:
+            res = dd_grad(net, images.detach().requires_grad_(True), labels, eta.clone().requires_grad_(True),
+                          theta0, xr, yr, cfg.epochs, mode=cfg.mode)
+            g_x += res.images / len(thetas)
+            g_eta += res.lrs / len(thetas)
+            loss += float(res.loss) / len(thetas)
+        if math.isfinite(loss) and bool(torch.isfinite(g_x).all()) and bool(torch.isfinite(g_eta).all()):
+            images.grad = g_x
+            rho.grad = g_eta * torch.sigmoid(rho.detach())  # d softplus(ρ)/dρ = sigmoid(ρ)
+            opt.step()
+        else:
+            skipped += 1
+            bar.write(f"dd: iteration {it} skipped (non-finite loss or gradient)")
+        sched.step()
+        if log is not None:
+            log.log(iteration=it, loss=loss, mean_lr=float(F.softplus(rho.detach()).mean()), skipped=skipped,
+                    seconds=time.time() - t0)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if run is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
+            save_checkpoint(run.path, it + 1, tensors, {"adam": opt}, gens,
+                            {"config": _jsonable(asdict(cfg)), "skipped": skipped})
+    if log is not None:
+        log.close()
+    meta = {"method": "dd", "ipc": s * n_img, "dataset": ds.name, "zca": ds.zca is not None,
+            "num_classes": k, "mean": list(ds.mean), "std": list(ds.std), "seed": seed, "iterations": iterations,
+            "skipped_iterations": skipped, "steps": s, "epochs": cfg.epochs, "images_per_step": k * n_img,
+            "model": net.name, "model_spec": net.spec, "init_scheme": net.init_scheme,
+            "experts": str(experts.path) if experts is not None else None, "config": _jsonable(asdict(cfg)),
+            **(extra_meta or {})}
+    return SyntheticSet(images.detach().reshape(s * k * n_img, ds.channels, *ds.im_size).clone(),
+                        labels.reshape(-1).clone(), F.softplus(rho.detach()).clone(), None, meta)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def replay(syn: SyntheticSet, net: FunctionalNet, theta0: torch.Tensor) -> torch.Tensor:
+    """Train ``theta0`` by replaying a DD set's learned steps (plain SGD with the learned rates)."""
+    s, per = syn.meta["steps"], syn.meta["images_per_step"]
+    x = syn.images.view(s, per, *syn.images.shape[1:])
+    y = syn.labels.view(s, per, *syn.labels.shape[1:])
+    theta = theta0.detach()
+    for t, eta in enumerate(syn.lr.tolist()):
+        with torch.enable_grad():
+            th = theta.requires_grad_(True)
+            logits = net(x[t % s], th)
+            loss = F.cross_entropy(logits, y[t % s]) if y.dim() == 2 else \
+                -(y[t % s] * F.log_softmax(logits, 1)).sum(1).mean()
+            g = torch.autograd.grad(loss, th)[0]
+        theta = (theta - eta * g).detach()
+    return theta
+
+
+def evaluate_dd(syn: SyntheticSet, ds: Dataset, num_eval: int = 5, seed: int = 0,
+                experts: ExpertBuffer | None = None) -> tuple[list[float], dict[str, Any]]:
+    """Wang et al.'s evaluation: replay the learned steps on start weights and test on ``ds.test``.
+
+    ``fixed``: the training inits (cycled); ``random``: held-out inits (a stream the distillation
+    never used); ``pretrained``: the experts' final snapshots. Returns accuracies and, for the
+    poisoning objective, the per-run fraction of test images of class ``a`` predicted as ``b``.
+    """
+    from ..models import model_from_spec
+    m = syn.meta
+    if m.get("method") != "dd":
+        raise ValueError("protocol 'dd' replays the learned steps of a set made by method='dd'")
+    net = model_from_spec(m["model"], m["model_spec"], m.get("init_scheme", "default"))
+    cfg = m["config"]
+    accs, hits = [], []
+    for r in range(num_eval):
+        if cfg["init_mode"] == "fixed":
+            theta0 = net.init(generator(m["seed"], "dd.fixed", r % cfg["n_nets"]), device=ds.device)
+        elif cfg["init_mode"] == "random":
+            theta0 = net.init(generator(seed, "dd.heldout", r), device=ds.device)
+        else:
+            if experts is None:
+                raise ValueError("evaluating a 'pretrained' DD set needs experts=")
+            theta0 = experts[experts.ids[r % len(experts.ids)]][-1].to(ds.device)
+        theta = replay(syn.to(ds.device), net, theta0)
+        with torch.no_grad():
+            pred = torch.cat([net(x, theta).argmax(1) for x in ds.test.images.split(1024)])
+        accs.append(float((pred == ds.test.labels).float().mean()))
+        if cfg.get("attack"):
+            a, b = cfg["attack"]
+            sel = ds.test.labels == a
+            hits.append(float((pred[sel] == b).float().mean()))
+    info = {"name": "dd", "init_mode": cfg["init_mode"], "steps": m["steps"], "epochs": m["epochs"]}
+    if hits:
+        info["attack_success"] = hits
+    return accs, info

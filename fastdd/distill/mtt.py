@@ -1,0 +1,280 @@
+"""Trajectory matching (MTT) and the methods that are policies on it: SelMatch, TESLA, DATM.
+
+One outer iteration: pick a random expert and a start epoch ``s``; the student starts at the
+expert's parameters after epoch ``s`` and takes ``syn_steps`` SGD steps on (augmented) synthetic
+minibatches with the learnable rate α; the loss ``‖θ_N − θ*‖² / ‖θ_0 − θ*‖²`` compares it with the
+expert ``expert_epochs`` later. Pixels and α take one SGD step (momentum 0.5) on the meta-gradient
+from :func:`fastdd.engine.unroll_grad`.
+
+Policies:
+- ``init="real" | "noise"`` (MTT), ``"window"`` (SelMatch: per-class difficulty window; the harder
+  ``ipc − int(ipc·alpha)`` images stay frozen real images that still take part in the student's
+  batches but get no gradient), ``"correct"`` (DATM: real images the experts classify correctly).
+- ``soft_labels="tesla"``: labels = softmax of the target expert's logits, recomputed every iteration.
+  ``soft_labels="datm"``: learnable logits initialised from experts that classify the image correctly.
+- DATM's start-epoch schedule (``current_max_start_epoch`` → ``max_start_epoch`` by ``expansion_end``)
+  and loss-threshold gate (``threshold``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..augment import DSAConfig, StepAugment, strategy_for
+from ..data import Dataset
+from ..engine import matching_loss, unroll_grad
+from ..errors import ModelMismatchError
+from ..experts import ExpertBuffer
+from ..rng import generator
+from ..runs import CSVLog, RunDir, progress
+from ..synthetic import SyntheticSet
+from .state import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class MTTConfig:
+    """Hyper-parameters of trajectory matching (defaults: MTT's code; presets set the papers' values)."""
+
+    syn_steps: int = 20             # N, unrolled student steps per iteration
+    expert_epochs: int = 2          # M, target = start + M
+    max_start_epoch: int = 20       # T⁺, start ~ U{min_start_epoch, ..., T⁺ − 1}
+    min_start_epoch: int = 0
+    lr_img: float = 1000.0          # SGD (momentum 0.5) on pixels
+    lr_lr: float = 1e-5             # SGD (momentum 0.5) on α
+    lr_init: float = 0.01           # initial α (MTT: the experts' lr; SelMatch: 0.001)
+    lr_floor: float = 1e-6          # α is clamped here after every step: it cannot go negative
+    batch_syn: int | None = None    # student minibatch; None = the whole set
+    init: str = "real"              # "real" | "noise" | "window" | "correct"
+    dsa: bool = True
+    mode: str = "auto"              # gradient mode of the engine
+    # SelMatch
+    alpha: float = 1.0              # fraction of each class that is distilled (the rest frozen)
+    beta: float = 0.0               # window start, in multiples of ipc
+    hardest: str = "low"            # "low" for C-scores, "high" for forgetting
+    # TESLA / DATM
+    soft_labels: str | None = None  # None | "tesla" | "datm"
+    lr_y: float = 2.0               # SGD (momentum 0.9) on DATM's label logits
+    threshold: float | None = None  # DATM: skip the update when the loss exceeds this
+    current_max_start_epoch: int | None = None  # DATM: upper bound starts here ...
+    expansion_end: int | None = None            # ... and grows linearly to max_start_epoch by this iteration
+
+    def validate(self) -> None:
+        if self.init not in ("real", "noise", "window", "correct"):
+            raise ValueError(f"init must be 'real', 'noise', 'window' or 'correct', got {self.init!r}")
+        if self.soft_labels not in (None, "tesla", "datm"):
+            raise ValueError(f"soft_labels must be None, 'tesla' or 'datm', got {self.soft_labels!r}")
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha (fraction distilled) must be in (0, 1], got {self.alpha}")
+        if self.syn_steps < 1 or self.expert_epochs < 1:
+            raise ValueError("syn_steps and expert_epochs must be >= 1")
+        if not 0 <= self.min_start_epoch < self.max_start_epoch:
+            raise ValueError(f"need 0 <= min_start_epoch < max_start_epoch, got {self.min_start_epoch}, "
+                             f"{self.max_start_epoch}")
+
+
+def start_upper_bound(cfg: MTTConfig, it: int) -> int:
+    """Exclusive upper bound of the start epoch at iteration ``it`` (DATM's sequential generation)."""
+    if cfg.current_max_start_epoch is None or cfg.expansion_end is None:
+        return cfg.max_start_epoch
+    lo = cfg.current_max_start_epoch
+    return min(cfg.max_start_epoch, lo + int((cfg.max_start_epoch - lo) * it / cfg.expansion_end))
+
+
+def student_batches(m: int, batch: int, steps: int, g: torch.Generator, device) -> list[torch.Tensor]:
+    """``steps`` index chunks: consecutive chunks of fresh permutations of ``range(m)`` (each
+    permutation's last chunk may be short), as the reference pops chunks of a permutation."""
+    out: list[torch.Tensor] = []
+    while len(out) < steps:
+        out.extend(torch.randperm(m, generator=g).split(batch))
+    return [b.to(device) for b in out[:steps]]
+
+
+def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scores, buf: ExpertBuffer | None,
+                 net) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Class-major ``(images, labels, frozen, soft_logits)``."""
+    k = ds.num_classes
+    labels = torch.arange(k, device=ds.device).repeat_interleave(ipc)
+    frozen = None
+    logits = None
+    if cfg.init == "noise":
+        images = torch.randn((k * ipc, ds.channels, *ds.im_size), generator=g).to(ds.device)
+    elif cfg.init == "real":
+        idx = torch.cat([ci.cpu()[torch.randperm(len(ci), generator=g)[:ipc]] for ci in ds.class_indices])
+        images = ds.train.images[idx.to(ds.device)].clone()
+    elif cfg.init == "window":
+        from ..select import window_indices
+        if scores is None:
+            raise ValueError("init='window' (SelMatch) needs difficulty scores: pass scores=")
+        scores = torch.as_tensor(scores)
+        if scores.shape != (len(ds.train),):
+            raise ValueError(f"scores must have one value per training image ({len(ds.train)}), "
+                             f"got shape {tuple(scores.shape)}")
+        win = torch.as_tensor(window_indices(ds.train.labels.cpu(), scores, ipc=ipc, beta=cfg.beta,
+                                             hardest=cfg.hardest))
+        # per class: ranks [0, spc) frozen (harder), [spc, ipc) distilled (easier)
+        spc = ipc - int(ipc * cfg.alpha)
+        images = ds.train.images[win.to(ds.device)].clone()
+        frozen = (torch.arange(k * ipc) % ipc < spc).to(ds.device)
+    else:  # "correct" (DATM): images the last snapshot of the first expert classifies correctly
+        final = buf[buf.ids[0]][-1].to(ds.device)
+        idx = []
+        for ci in ds.class_indices:
+            perm = ci[torch.randperm(len(ci), generator=g).to(ci.device)]
+            with torch.no_grad():
+                ok = net(ds.train.images[perm], final).argmax(1) == ds.train.labels[perm]
+            good = perm[ok]
+            if len(good) < ipc:  # not enough: fill with the rest, in the same random order
+                good = torch.cat([good, perm[~ok]])
+            idx.append(good[:ipc])
+        images = ds.train.images[torch.cat(idx)].clone()
+    if cfg.soft_labels == "datm":
+        logits = _correct_expert_logits(images, labels, buf, net)
+    return images, labels, frozen, logits
+
+
+def _correct_expert_logits(images, labels, buf: ExpertBuffer, net) -> torch.Tensor:
+    """Per image, the mean final-epoch logits of the experts that classify it correctly (all experts
+    when none does)."""
+    total = torch.zeros(len(images), net.spec["num_classes"], device=images.device)
+    count = torch.zeros(len(images), 1, device=images.device)
+    fallback = torch.zeros_like(total)
+    with torch.no_grad():
+        for e in buf.ids:
+            theta = buf[e][-1].to(images.device)
+            out = torch.cat([net(x, theta) for x in images.split(512)])
+            ok = (out.argmax(1) == labels).float().unsqueeze(1)
+            total += out * ok
+            count += ok
+            fallback += out
+    return torch.where(count > 0, total / count.clamp_min(1), fallback / len(buf.ids))
+
+
+def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterations: int, seed: int,
+            method: str, scores=None, out: str | Path | None = None, resume: bool = False,
+            checkpoint_every: int = 100, show_progress: bool = True, log_every: int = 1,
+            extra_meta: dict[str, Any] | None = None) -> SyntheticSet:
+    cfg.validate()
+    net = experts.model()
+    if (net.spec["in_channels"], tuple(net.spec["im_size"]), net.spec["num_classes"]) != \
+            (ds.channels, ds.im_size, ds.num_classes):
+        raise ModelMismatchError(f"experts in {experts.path} were trained on {net.spec['in_channels']}x"
+                                 f"{tuple(net.spec['im_size'])} images with {net.spec['num_classes']} classes; "
+                                 f"{ds.name} has {ds.channels}x{ds.im_size} and {ds.num_classes}")
+    if experts.dataset not in (ds.name, "unknown") or experts.manifest.get("zca") not in (None, ds.zca is not None):
+        raise ModelMismatchError(f"experts in {experts.path} were trained on {experts.dataset} "
+                                 f"(zca={experts.manifest.get('zca')}), not on {ds.name} (zca={ds.zca is not None})")
+    if cfg.max_start_epoch + cfg.expert_epochs > experts.num_epochs:
+        raise ValueError(f"max_start_epoch {cfg.max_start_epoch} + expert_epochs {cfg.expert_epochs} exceeds the "
+                         f"{experts.num_epochs} epochs of the experts in {experts.path}")
+    if cfg.init == "window":
+        from ..select import check_ipc
+        check_ipc(ds, int(ipc * cfg.beta) + ipc)
+    else:
+        from ..select import check_ipc
+        check_ipc(ds, ipc)
+    dev = ds.device
+    g_init, g_iter, g_aug = generator(seed, method, "init"), generator(seed, method, "iter"), \
+        generator(seed, method, "augment")
+    images, labels, frozen, logits = _init_images(ds, ipc, cfg, g_init, scores, experts, net)
+    syn_lr = torch.tensor(cfg.lr_init, device=dev)
+    images.requires_grad_(True)
+    syn_lr.requires_grad_(True)
+    opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=0.5)
+    opt_lr = torch.optim.SGD([syn_lr], lr=cfg.lr_lr, momentum=0.5)
+    opts = {"img": opt_img, "lr": opt_lr}
+    tensors = {"images": images, "syn_lr": syn_lr}
+    if logits is not None:
+        logits.requires_grad_(True)
+        opts["y"] = torch.optim.SGD([logits], lr=cfg.lr_y, momentum=0.9)
+        tensors["logits"] = logits
+    m = len(images)
+    batch = m if cfg.batch_syn is None else min(cfg.batch_syn, m)
+    dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
+    gens = {"iter": g_iter, "augment": g_aug}
+
+    run = RunDir(out) if out is not None else None
+    start_it, skipped = 0, 0
+    if run is not None and resume:
+        meta = load_checkpoint(run.path, tensors, opts, gens)
+        if meta is not None:
+            if meta["extra"].get("config") != asdict(cfg):
+                raise ValueError(f"the checkpoint in {run.path} was made with other settings; use another folder")
+            start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
+            _truncate_log(run.path / "log.csv", start_it)
+    log = run.csv("log.csv", ["iteration", "loss", "syn_lr", "expert", "start_epoch", "skipped", "seconds"]) \
+        if run is not None else None
+    bar = progress(range(start_it, iterations), desc=f"{method} ipc={ipc}", disable=not show_progress,
+                   initial=start_it, total=iterations)
+    losses: list[float] = []
+    for it in bar:
+        t0 = time.time()
+        e = experts.ids[int(torch.randint(len(experts.ids), (1,), generator=g_iter))]
+        ub = start_upper_bound(cfg, it)
+        start = int(torch.randint(cfg.min_start_epoch, max(ub, cfg.min_start_epoch + 1), (1,), generator=g_iter))
+        snaps = experts.snapshots(e, [start, start + cfg.expert_epochs]).to(dev)
+        theta0, target = snaps[0], snaps[1]
+        batches = student_batches(m, batch, cfg.syn_steps, g_iter, dev)
+        aug = StepAugment(dsa_cfg, g_aug) if cfg.dsa else None
+        if cfg.soft_labels == "tesla":
+            with torch.no_grad():
+                y = torch.softmax(torch.cat([net(x, target) for x in images.detach().split(512)]), 1)
+        elif cfg.soft_labels == "datm":
+            y_probs = torch.softmax(logits, 1)
+            y = y_probs.detach().requires_grad_(True)
+        else:
+            y = labels
+        lrs = syn_lr.detach().expand(cfg.syn_steps).clone().requires_grad_(True)
+        res = unroll_grad(net, images.detach().requires_grad_(True), y, lrs, theta0, batches,
+                          matching_loss(theta0, target), aug, cfg.mode)
+        loss = float(res.loss)
+        ok = math.isfinite(loss) and bool(torch.isfinite(res.images).all()) and bool(torch.isfinite(res.lrs).all())
+        reason = "" if ok else "non-finite loss or gradient"
+        if ok and cfg.threshold is not None and loss > cfg.threshold:
+            ok, reason = False, f"loss {loss:.3f} above threshold {cfg.threshold}"
+        if ok:
+            g_img = res.images
+            if frozen is not None:
+                g_img = g_img.masked_fill(frozen.view(-1, 1, 1, 1), 0.0)
+            images.grad = g_img
+            opt_img.step()
+            syn_lr.grad = res.lrs.sum().reshape(())
+            opt_lr.step()
+            with torch.no_grad():
+                syn_lr.clamp_(min=cfg.lr_floor)
+            if cfg.soft_labels == "datm":
+                logits.grad = torch.autograd.grad(y_probs, logits, res.labels)[0]
+                opts["y"].step()
+            losses.append(loss)
+        else:
+            skipped += 1
+            bar.write(f"{method}: iteration {it} skipped ({reason})")
+        if log is not None and (it % log_every == 0 or not ok):
+            log.log(iteration=it, loss=loss, syn_lr=float(syn_lr.detach()), expert=e, start_epoch=start,
+                    skipped=skipped, seconds=time.time() - t0)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(syn_lr.detach()):.2e}")
+        if run is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
+            save_checkpoint(run.path, it + 1, tensors, opts, gens, {"config": asdict(cfg), "skipped": skipped})
+    if log is not None:
+        log.close()
+    labels_out = torch.softmax(logits.detach(), 1) if logits is not None else labels
+    meta = {"method": method, "ipc": ipc, "dataset": ds.name, "zca": ds.zca is not None,
+            "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std), "seed": seed,
+            "iterations": iterations, "skipped_iterations": skipped, "experts": str(experts.path),
+            "model": net.name, "model_spec": net.spec, "config": asdict(cfg), **(extra_meta or {})}
+    return SyntheticSet(images.detach().clone(), labels_out, syn_lr.detach().clone(),
+                        frozen.clone() if frozen is not None else None, meta)
+
+
+def _truncate_log(path: Path, upto: int) -> None:
+    """Drop log rows of iterations >= ``upto`` (they are re-run after a resume)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = lines[:1] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) < upto]
+    path.write_text("\n".join(keep) + "\n")

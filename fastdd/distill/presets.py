@@ -1,0 +1,102 @@
+"""The papers' settings by name: ``fastdd.distill(ds, preset="mtt-cifar10-ipc10", experts=...)``.
+
+Sources (see ../shared/reference): MTT — the author-provided table reprinted by DC-BENCH; SelMatch —
+its scripts; DATM — its configs; TESLA — its README; DD — the official code's README commands.
+Every preset records the data set, ipc, method, whether the paper trained in ZCA space, the number
+of iterations and the method's hyper-parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    method: str
+    dataset: str
+    ipc: int
+    zca: bool
+    iterations: int
+    options: dict[str, Any] = field(default_factory=dict)
+    eval_protocol: str = "mtt"
+    source: str = ""
+
+
+def _mtt(ds, ipc, n, m, t, batch, zca, lr_img, lr_lr, lr_init):
+    opts = dict(syn_steps=n, expert_epochs=m, max_start_epoch=t, batch_syn=batch, lr_img=lr_img, lr_lr=lr_lr,
+                lr_init=lr_init, init="real")
+    return Preset(f"mtt-{ds}-ipc{ipc}", "mtt", ds, ipc, zca, 5000, opts, "mtt",
+                  "MTT author table (DC-BENCH methods/tm/readme.md)")
+
+
+def _selmatch(ds, ipc, alpha, beta, lr_img, syn_steps=55):
+    opts = dict(syn_steps=syn_steps, expert_epochs=2, max_start_epoch=80, batch_syn=125, lr_img=lr_img,
+                lr_lr=1e-5, lr_init=0.001, init="window", alpha=alpha, beta=beta,
+                hardest="high" if ds == "tinyimagenet" else "low")
+    return Preset(f"selmatch-{ds}-ipc{ipc}", "selmatch", ds, ipc, False, 10000, opts, "selmatch",
+                  "SelMatch scripts (C-scores for CIFAR, forgetting for Tiny-ImageNet)")
+
+
+def _datm(ds, ipc, n, m, lr_img, lr_lr, lr_y, batch, t_min, t_cur, t_max, expansion, thr):
+    opts = dict(syn_steps=n, expert_epochs=m, lr_img=lr_img, lr_lr=lr_lr, lr_y=lr_y, batch_syn=batch,
+                min_start_epoch=t_min, max_start_epoch=t_max, current_max_start_epoch=t_cur if expansion else None,
+                expansion_end=expansion, threshold=thr, init="correct", soft_labels="datm", lr_init=0.01)
+    return Preset(f"datm-{ds}-ipc{ipc}", "datm", ds, ipc, True, 10000, opts, "mtt", "DATM configs (ConvIN)")
+
+
+_ALL = [
+    # MTT: dataset, ipc, N, M, T+, batch_syn (None = all), ZCA, lr_img, lr_lr, lr_teacher
+    _mtt("cifar10", 1, 50, 2, 2, None, True, 100, 1e-7, 0.01),
+    _mtt("cifar10", 10, 30, 2, 20, None, True, 100, 1e-5, 0.001),
+    _mtt("cifar10", 50, 30, 2, 40, None, False, 1000, 1e-5, 0.001),
+    _mtt("cifar100", 1, 20, 3, 20, None, True, 1000, 1e-5, 0.01),
+    _mtt("cifar100", 10, 20, 2, 20, None, False, 1000, 1e-5, 0.01),
+    _mtt("cifar100", 50, 80, 2, 40, 125, True, 1000, 1e-5, 0.01),
+    _mtt("tinyimagenet", 1, 10, 2, 10, None, False, 10000, 1e-4, 0.01),
+    _mtt("tinyimagenet", 10, 20, 2, 40, 200, False, 10000, 1e-4, 0.01),
+    _mtt("tinyimagenet", 50, 20, 2, 40, 300, False, 10000, 1e-4, 0.01),
+    # SelMatch: dataset, ipc, alpha, beta, lr_img
+    _selmatch("cifar10", 250, 0.6, 0.5, 1000), _selmatch("cifar10", 500, 0.2, 0.3, 1000),
+    _selmatch("cifar10", 1000, 0.1, 0.2, 10000), _selmatch("cifar10", 1500, 0.1, 0.2, 10000),
+    _selmatch("cifar100", 25, 0.8, 0.8, 1000), _selmatch("cifar100", 50, 0.6, 0.7, 1000),
+    _selmatch("cifar100", 100, 0.3, 0.6, 1000), _selmatch("cifar100", 150, 0.2, 0.4, 1000),
+    _selmatch("tinyimagenet", 50, 0.6, 0.8, 1000, syn_steps=20),
+    _selmatch("tinyimagenet", 100, 0.5, 0.7, 1000, syn_steps=20),
+    # DATM: dataset, ipc, N, M, lr_img, lr_lr, lr_y, batch_syn, T, T_cur, T+, expansion end, threshold
+    _datm("cifar10", 1, 80, 2, 100, 1e-7, 5, 10, 0, 4, 4, None, 1.1),
+    _datm("cifar10", 10, 80, 2, 100, 1e-5, 2, 100, 0, 10, 20, 1000, 1.0),
+    _datm("cifar10", 50, 80, 2, 1000, 1e-5, 2, 500, 0, 20, 40, 2000, 1.0),
+    _datm("cifar10", 500, 40, 2, 50, 1e-5, 10, 1000, 40, 60, 60, None, 1.0),
+    _datm("cifar10", 1000, 100, 2, 50, 1e-5, 10, 1000, 40, 60, 60, None, 1.0),
+    _datm("cifar100", 1, 40, 3, 1000, 1e-5, 10, None, 0, 10, 20, 1000, 1.0),
+    _datm("cifar100", 10, 80, 2, 1000, 1e-5, 10, 1000, 0, 30, 50, 2000, 1.0),
+    _datm("cifar100", 50, 80, 2, 1000, 1e-5, 10, 1000, 20, 70, 70, None, 1.0),
+    _datm("cifar100", 100, 80, 2, 50, 1e-5, 10, 1000, 30, 70, 70, None, 1.0),
+    _datm("tinyimagenet", 1, 40, 2, 10000, 1e-4, 10, None, 0, 15, 20, 2000, 1.0),
+    _datm("tinyimagenet", 10, 40, 2, 100, 1e-4, 10, 500, 10, 50, 50, None, 1.0),
+    _datm("tinyimagenet", 50, 20, 2, 100, 1e-4, 10, 1000, 40, 70, 70, None, 1.0),
+    # TESLA (README): soft labels from the target expert, the direct-term gradient
+    Preset("tesla-cifar10-ipc1", "tesla", "cifar10", 1, False, 5000,
+           dict(syn_steps=50, expert_epochs=2, max_start_epoch=5, lr_img=1000, lr_lr=1e-7, lr_init=0.01,
+                mode="tesla"), "mtt", "TESLA README"),
+    Preset("tesla-cifar100-ipc50", "tesla", "cifar100", 50, True, 5000,
+           dict(syn_steps=80, expert_epochs=2, max_start_epoch=40, lr_img=1000, lr_lr=1e-5, lr_init=0.01,
+                batch_syn=125, mode="tesla"), "mtt", "TESLA README"),
+    # DD (official README): MNIST fixed init, 10 images, 1 step x 3 epochs; CIFAR-10 100 images
+    Preset("dd-mnist-fixed", "dd", "mnist", 1, False, 23600,
+           dict(model="lenet", steps=1, epochs=3, images_per_class=1, lr_init=0.02, init_mode="fixed",
+                init="xavier"), "dd", "official README (known_init, n_nets 1)"),
+    Preset("dd-cifar10-fixed", "dd", "cifar10", 10, False, 19600,
+           dict(model="alexcifarnet", steps=10, epochs=3, images_per_class=1, lr_init=0.001, init_mode="fixed",
+                init="xavier"), "dd", "official README (lr 0.001 for CIFAR-10)"),
+]
+
+PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,99 @@
+"""Atomic checkpoints of a distillation run: tensors, optimiser states, generator states, iteration.
+
+Layout in the run folder: ``checkpoint_<it>.safetensors`` (every tensor) and ``checkpoint.json``
+(iteration, non-tensor optimiser state, the tensor file's name). The tensor file is written first,
+then ``checkpoint.json`` is replaced atomically, then the previous tensor file is removed: a crash
+at any point leaves a consistent checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..errors import CorruptFileError
+from ..io import atomic_save_safetensors, atomic_write_json
+
+
+def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    sd = opt.state_dict()
+    meta[prefix] = {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        meta[prefix]["state"][str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{pid}.{k}"] = v
+                meta[prefix]["state"][str(pid)][k] = "tensor"
+            else:
+                meta[prefix]["state"][str(pid)][k] = v
+
+
+def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    m = meta[prefix]
+    state = {}
+    for pid, st in m["state"].items():
+        state[int(pid)] = {k: (tensors[f"{prefix}.{pid}.{k}"] if v == "tensor" else v) for k, v in st.items()}
+    opt.load_state_dict({"state": state, "param_groups": m["param_groups"]})
+
+
+def save_checkpoint(folder: str | Path, iteration: int, tensors: dict[str, torch.Tensor],
+                    optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator],
+                    extra: dict[str, Any]) -> None:
+    folder = Path(folder)
+    all_t = {f"t.{k}": v.detach() for k, v in tensors.items()}
+    meta: dict[str, Any] = {"iteration": iteration, "extra": extra, "optimizers": {}}
+    opt_t: dict[str, torch.Tensor] = {}
+    for name, opt in optimizers.items():
+        _flatten_optimizer(name, opt, opt_t, meta["optimizers"])
+    all_t.update({f"o.{k}": v.detach() for k, v in opt_t.items()})
+    for name, g in generators.items():
+        all_t[f"g.{name}"] = g.get_state()
+    fname = f"checkpoint_{iteration}.safetensors"
+    atomic_save_safetensors(folder / fname, all_t)
+    old = _read_json(folder / "checkpoint.json")
+    meta["file"] = fname
+    atomic_write_json(folder / "checkpoint.json", meta)
+    if old and old.get("file") != fname:
+        (folder / old["file"]).unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"{path} is not valid JSON ({e}); delete it to start over") from e
+
+
+def load_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer],
+                    generators: dict[str, torch.Generator]) -> dict[str, Any] | None:
+    """Restore in place (tensors are copied into the given ones). Returns the saved metadata
+    (``iteration``, ``extra``), or ``None`` when the folder has no checkpoint."""
+    folder = Path(folder)
+    meta = _read_json(folder / "checkpoint.json")
+    if meta is None:
+        return None
+    f = folder / meta["file"]
+    try:
+        saved = load_file(str(f))
+    except (SafetensorError, OSError) as e:
+        raise CorruptFileError(f"checkpoint {f} is truncated or corrupt: {e}") from e
+    with torch.no_grad():
+        for k, v in tensors.items():
+            src = saved.get(f"t.{k}")
+            if src is None or src.shape != v.shape:
+                raise CorruptFileError(f"checkpoint {f} does not match this run: tensor {k!r} "
+                                       f"{None if src is None else tuple(src.shape)} vs {tuple(v.shape)}")
+            v.copy_(src)
+    device = next(iter(tensors.values())).device
+    ots = {k[2:]: v.to(device) for k, v in saved.items() if k.startswith("o.")}
+    for name, opt in optimizers.items():
+        _restore_optimizer(name, opt, ots, meta["optimizers"])
+    for name, g in generators.items():
+        g.set_state(saved[f"g.{name}"])
+    return meta
