@@ -6,16 +6,30 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .coverage import coverage, coverage_of
 from .data import Dataset, Split, load_dataset
+from .distill import PRESETS, distill
+from .engine import trajectory_matching_grad
 from .errors import CorruptFileError, DataNotFoundError, FastDDError, ModelMismatchError
 from .evaluate import PROTOCOLS, EvalResult, Protocol, evaluate
 from .experts import ExpertBuffer, import_reference_buffer, train_experts
 from .models import FunctionalNet, build_model
-from .select import real_subset, select
+from .scores import forgetting_scores, load_scores
+from .select import real_subset, select, window_indices
 from .synthetic import SyntheticSet
+
+
+
+def use_backend(name: str):
+    """Context manager selecting the kernel backend: ``"torch"`` or ``"triton"`` (see ``fastdd.kernels``)."""
+    from .kernels import use_backend as _use
+    return _use(name)
+
 
 __all__ = [
     "__version__", "Dataset", "Split", "load_dataset", "FastDDError", "DataNotFoundError", "CorruptFileError",
     "ModelMismatchError", "build_model", "FunctionalNet", "train_experts", "ExpertBuffer", "import_reference_buffer",
     "evaluate", "EvalResult", "Protocol", "PROTOCOLS", "select", "real_subset", "SyntheticSet",
+    "window_indices", "coverage", "coverage_of", "forgetting_scores", "load_scores",
+    "distill", "PRESETS", "trajectory_matching_grad", "use_backend",
 ]

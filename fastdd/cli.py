@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import FastDDError
 from .io import atomic_write_json
@@ -17,6 +18,11 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
+def _config(args) -> dict:
+    """The parsed arguments as a plain dict for config.yaml."""
+    return {k: v for k, v in vars(args).items() if k != "func"}
+
+
 def _load(args):
     from .data import load_dataset
     return load_dataset(args.dataset, args.root, download=args.download, zca=args.zca, device=args.device)
@@ -24,13 +30,12 @@ def _load(args):
 
 def cmd_experts(args) -> int:
     from .experts import train_experts
-    from .runs import RunDir
     from .models import model_for
     ds = _load(args)
-    model_for(ds, args.model)  # a model that does not fit the data fails here, before anything is written
-    RunDir(args.out, vars(args) | {"command": "experts"})
+    kw = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    model_for(ds, args.model, **kw)  # a model that does not fit the data fails here, before anything is written
     buf = train_experts(ds, args.model, num_experts=args.num_experts, epochs=args.epochs, out=args.out, seed=args.seed,
-                        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                        model_kwargs=kw, resume=not args.no_resume, run_config=_config(args), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
                         decay=args.decay, augment=args.augment, shard_size=args.shard_size)
     accs = buf.manifest["test_accuracy"]
     print(f"{buf}\nfinal test accuracy per expert: " + ", ".join(f"{100 * a:.2f}%" for a in accs))
@@ -40,8 +45,24 @@ def cmd_experts(args) -> int:
 def cmd_select(args) -> int:
     from .select import real_subset, select
     ds = _load(args)
-    idx = select(ds, args.method, args.ipc, seed=args.seed)
-    syn = real_subset(ds, idx, method=args.method, ipc=args.ipc, seed=args.seed)
+    extra = {}
+    if getattr(args, "scores", None):
+        from .scores import load_scores
+        extra["scores"] = load_scores(args.scores, ds)
+    for k in ("beta", "hardest"):
+        if getattr(args, k, None) is not None:
+            extra[k] = getattr(args, k)
+    if args.method in ("herding", "kcenter", "kmeans"):
+        from .select import check_ipc, default_extractor, resolve_extractor
+        check_ipc(ds, args.ipc)  # before training an extractor
+        extra["extractor"] = (resolve_extractor(ds, args.extractor) if args.extractor else
+                              default_extractor(ds, args.seed, epochs=args.extractor_epochs, show_progress=True))
+    try:
+        idx = select(ds, args.method, args.ipc, seed=args.seed, show_progress=True, **extra)
+    except TypeError as e:  # an option the method does not use
+        raise ValueError(str(e)) from e
+    meta = {k: v for k, v in (("beta", getattr(args, "beta", None)), ("scores", getattr(args, "scores", None))) if v is not None}
+    syn = real_subset(ds, idx, method=args.method, ipc=args.ipc, seed=args.seed, **meta)
     path = syn.save(args.out)
     print(f"selected {len(idx)} images ({args.ipc} per class, {args.method}) from {ds.name} -> {path}")
     return 0
@@ -64,7 +85,7 @@ def cmd_evaluate(args) -> int:
                    **overrides)
     print(res)
     if args.out:
-        run = RunDir(args.out, vars(args) | {"command": "evaluate"})
+        run = RunDir(args.out, _config(args))
         atomic_write_json(run / "result.json", res.to_dict())
         log = run.csv("log.csv", ["set", "run", "test_accuracy"])
         for name, r in (("evaluated", res), ("random", res.random)):
@@ -75,21 +96,192 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _scores_for(args, ds):
+    """The --scores argument: a file, or 'forgetting' to compute forgetting counts (saved under --out)."""
+    from .scores import Scores, forgetting_scores, load_scores
+    if args.scores == "forgetting":
+        import io
+        import numpy as np
+        from .io import atomic_write_bytes
+        vals = forgetting_scores(ds, epochs=args.forgetting_epochs, runs=args.forgetting_runs, seed=args.seed)
+        buf = io.BytesIO()
+        np.save(buf, vals.numpy())
+        atomic_write_bytes(f"{args.out}/forgetting.npy", buf.getvalue())
+        print(f"forgetting scores ({args.forgetting_epochs} epochs x {args.forgetting_runs} runs) -> "
+              f"{args.out}/forgetting.npy")
+        return Scores(vals, hardest="high", kind="forgetting", source=f"{args.out}/forgetting.npy")
+    return load_scores(args.scores, ds)
+
+
+def cmd_sweep_window(args) -> int:
+    from .evaluate import evaluate
+    from .plots import save_curves
+    from .runs import RunDir, progress
+    from .select import beta_grid, check_ipc, real_subset, window_indices
+    ds = _load(args)
+    check_ipc(ds, args.ipc)
+    scores = _scores_for(args, ds) if args.scores != "forgetting" else None  # a bad file fails before --out is made
+    run = RunDir(args.out, _config(args) | {"command": "sweep window"})
+    if scores is None:
+        scores = _scores_for(args, ds)
+    if args.hardest is not None and args.hardest != scores.hardest:
+        from .scores import Scores
+        scores = Scores(scores.values, hardest=args.hardest, kind=scores.kind, source=scores.source)
+    betas = args.betas if args.betas else beta_grid(min(ds.class_counts()), args.ipc, args.beta_step, args.beta_max)
+    print(f"window sweep on {ds.name}, ipc {args.ipc}, {scores.kind} scores (hardest={scores.hardest}), "
+          f"{len(betas)} betas: {', '.join(f'{b:g}' for b in betas)}")
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "model", "batch_size")}
+    log = run.csv("sweep.csv", ["beta", "mean", "std"])
+    rows = []
+    bar = progress(betas, desc="beta sweep")
+    for beta in bar:
+        idx = window_indices(ds.train.labels, scores, args.ipc, beta)
+        syn = real_subset(ds, idx, method="window", ipc=args.ipc, beta=beta)
+        res = evaluate(syn, ds, args.protocol, num_eval=args.num_eval, seed=args.seed, show_progress=False, **overrides)
+        log.log(beta=beta, mean=res.mean, std=res.std)
+        rows.append({"beta": beta, "start_rank": int(args.ipc * beta), **res.to_dict()})
+        bar.set_postfix(beta=beta, acc=f"{100 * res.mean:.2f}%")
+        print(f"beta {beta:g} (ranks {int(args.ipc * beta)}..{int(args.ipc * beta) + args.ipc - 1}): {res}")
+    log.close()
+    best = max(rows, key=lambda r: r["mean"])
+    atomic_write_json(run / "sweep.json", {"ipc": args.ipc, "scores": scores.source, "hardest": scores.hardest,
+                                           "best_beta": best["beta"], "results": rows})
+    save_curves(run / "sweep.png", {f"ipc {args.ipc}": ([r["beta"] for r in rows], [100 * r["mean"] for r in rows])},
+                xlabel="beta (window start / ipc)", ylabel="test accuracy (%)",
+                title=f"window selection on {ds.name}, protocol {args.protocol}")
+    print(f"best beta: {best['beta']:g} ({100 * best['mean']:.2f} ± {100 * best['std']:.2f} %) -> "
+          f"{run / 'sweep.csv'}, {run / 'sweep.png'}")
+    return 0
+
+
+def cmd_coverage(args) -> int:
+    from .coverage import coverage_from_features, mean_nn_distance
+    from .plots import save_curves
+    from .runs import RunDir, progress
+    from .select import default_extractor, extract_features, random_indices, real_subset, resolve_extractor
+    from .synthetic import SyntheticSet
+    if not args.syn and not args.random_ipc:
+        raise SystemExit("fastdd coverage: give --syn FOLDER [FOLDER ...] and/or --random-ipc N [N ...]")
+    ds = _load(args)
+    sets = []
+    for path in args.syn or []:
+        syn = SyntheticSet.load(path, device=args.device)
+        sets.append((str(path), syn.meta.get("method", "unknown"), syn))
+    for ipc in args.random_ipc or []:
+        sets.append((f"random ipc {ipc}", "random", real_subset(ds, random_indices(ds, ipc, seed=args.seed))))
+    run = RunDir(args.out, _config(args) | {"command": "coverage"})
+    scores = None
+    if args.scores:
+        from .scores import load_scores
+        scores = load_scores(args.scores, ds)
+    if args.extractor:
+        fn = resolve_extractor(ds, args.extractor)
+    else:
+        fn = default_extractor(ds, args.seed, epochs=args.extractor_epochs, show_progress=True)
+    print(f"feature space: {getattr(fn, 'description', fn)}")
+    train_f = extract_features(ds, "train", fn, show_progress=True)
+    test_f = extract_features(ds, "test", fn, show_progress=True) if args.split != "train" else None
+    radius = mean_nn_distance(train_f, show_progress=True)
+    print(f"radius r = {radius:.6g} (mean nearest-neighbour distance among {len(train_f)} train features)")
+    fields = ["set", "method", "ipc", "num_images", "radius", "train", "train_easy", "train_hard", "test"]
+    log = run.csv("coverage.csv", fields)
+    results = []
+    for name, method, syn in progress(sets, desc="coverage"):
+        res = coverage_from_features(train_f, extract_features(ds, extractor=fn, images=syn.images),
+                                     train_labels=ds.train.labels, test_features=test_f, scores=scores,
+                                     radius=radius, split=args.split)
+        row = {"set": name, "method": method, "ipc": syn.ipc, "num_images": len(syn), "radius": radius,
+               **{k: ("" if getattr(res, k) is None else getattr(res, k)) for k in fields[5:]}}
+        log.log(**row)
+        results.append(row)
+        print(f"{name}: {res}")
+    log.close()
+    by_method: dict[str, list[dict]] = {}
+    for r in results:
+        by_method.setdefault(r["method"], []).append(r)
+    series = {}
+    for method, rs in by_method.items():
+        rs = sorted(rs, key=lambda r: r["ipc"])
+        for split in ("train", "test"):
+            if rs[0][split] != "":
+                series[f"{method} ({split})"] = ([r["ipc"] for r in rs], [100 * r[split] for r in rs])
+    save_curves(run / "coverage_vs_ipc.png", series, xlabel="images per class", ylabel="coverage (%)",
+                title=f"coverage of {ds.name} (r = {radius:.3g})")
+    pngs = [run / "coverage_vs_ipc.png"]
+    if scores is not None and args.split != "test":
+        series = {}
+        for method, rs in by_method.items():
+            rs = sorted(rs, key=lambda r: r["ipc"])
+            for group in ("easy", "hard"):
+                series[f"{method} {group}"] = ([r["ipc"] for r in rs], [100 * r[f"train_{group}"] for r in rs])
+        save_curves(run / "coverage_easy_hard.png", series, xlabel="images per class", ylabel="coverage (%)",
+                    title=f"{ds.name} train: easy vs hard half ({scores.kind})")
+        pngs.append(run / "coverage_easy_hard.png")
+    print(f"-> {run / 'coverage.csv'}, " + ", ".join(str(p) for p in pngs))
+    return 0
+
+
 def cmd_import_buffer(args) -> int:
     from .experts import import_reference_buffer
     from .models import build_model
     kw = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    net = build_model(args.model, in_channels=args.channels, num_classes=args.num_classes,
-                      im_size=(args.im_size, args.im_size), **kw)
-    buf = import_reference_buffer(args.files, net, args.out, dataset=args.dataset)
+    size = args.im_size if len(args.im_size) == 2 else args.im_size * 2
+    net = build_model(args.model, in_channels=args.channels, num_classes=args.num_classes, im_size=tuple(size), **kw)
+    buf = import_reference_buffer(args.files, net, args.out, dataset=args.dataset, shard_size=args.shard_size)
     print(f"imported {buf}")
     return 0
 
 
 def cmd_quickstart(args) -> int:
     from .quickstart import quickstart
-    quickstart(args.out, num_experts=args.num_experts, expert_epochs=args.expert_epochs, eval_epochs=args.eval_epochs,
+    quickstart(args.out, ipc=args.ipc, num_experts=args.num_experts, expert_epochs=args.expert_epochs,
+               iterations=args.iterations, alpha=args.alpha, beta=args.beta, eval_epochs=args.eval_epochs,
                num_eval=args.num_eval, seed=args.seed)
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from .distill import distill
+    from .runs import RunDir
+    ds = _load(args)
+    options = json.loads(args.options) if args.options else {}
+    scores = None
+    if args.scores:
+        from .scores import load_scores
+        scores = load_scores(args.scores, ds)
+    syn = distill(ds, args.method, args.ipc, experts=args.experts, iterations=args.iterations, seed=args.seed,
+                  preset=args.preset, scores=scores, out=args.out, resume=args.resume,
+                  checkpoint_every=args.checkpoint_every, **options)
+    RunDir(args.out, _config(args))
+    syn.save(Path(args.out) / "synthetic", denormalize=ds.denormalize)
+    _curves(Path(args.out))
+    print(f"distilled {len(syn)} images ({syn.meta['method']}, ipc {syn.ipc}) -> {Path(args.out) / 'synthetic'}")
+    if args.evaluate:
+        from .evaluate import evaluate
+        protocol = "dd" if syn.meta["method"] == "dd" else args.protocol
+        print(evaluate(syn, ds, protocol, num_eval=args.num_eval, seed=args.seed,
+                       random_baseline=protocol != "dd"))
+    return 0
+
+
+def _curves(folder: Path) -> None:
+    """loss.png and lr.png from a run's log.csv."""
+    import csv
+    from .plots import save_curves
+    rows = list(csv.DictReader(open(folder / "log.csv")))
+    if not rows:
+        return
+    its = [int(r["iteration"]) for r in rows]
+    save_curves(folder / "loss.png", {"loss": (its, [float(r["loss"]) for r in rows])}, "iteration", "loss")
+    key = "syn_lr" if "syn_lr" in rows[0] else "mean_lr"
+    save_curves(folder / "lr.png", {key: (its, [float(r[key]) for r in rows])}, "iteration", "learning rate")
+
+
+def cmd_bench(args) -> int:
+    from .bench import memory_scaling
+    memory_scaling(args.steps, args.modes, batch=args.batch, im_size=args.im_size, channels=args.channels,
+                   width=args.width, device=args.device, max_mib=args.max_mib, out=args.out)
+    print(f"table and plot -> {args.out}")
     return 0
 
 
@@ -106,20 +298,60 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"fastdd {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="command")
 
-    p = sub.add_parser("quickstart", help="experts + evaluation on the embedded MNIST digits, with a report",
-                       description="Train a few experts on mnist5k, evaluate random subsets, write report.md.")
+    p = sub.add_parser("quickstart", help="the whole pipeline on the embedded MNIST digits, with a report",
+                       description="Experts, difficulty scores, SelMatch and its evaluation beside a random subset "
+                                   "on mnist5k; writes report.md and PNGs. A few minutes on 2 CPU cores.")
     p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--num-experts", type=int, default=2)
-    p.add_argument("--expert-epochs", type=int, default=3)
-    p.add_argument("--eval-epochs", type=int, default=200)
+    p.add_argument("--expert-epochs", type=int, default=4)
+    p.add_argument("--iterations", type=int, default=20, help="SelMatch iterations")
+    p.add_argument("--alpha", type=float, default=0.5, help="fraction of each class that is distilled")
+    p.add_argument("--beta", type=float, default=0.5, help="window start, in multiples of ipc")
+    p.add_argument("--eval-epochs", type=int, default=150)
     p.add_argument("--num-eval", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("distill", help="distil a data set (dd, mtt, selmatch, tesla, datm)",
+                       description="Distil with a method or a preset; writes log.csv, checkpoints, the synthetic "
+                                   "set, images.png, loss.png and lr.png into --out.")
+    _data_args(p)
+    p.add_argument("--method", default="mtt", choices=["dd", "mtt", "selmatch", "tesla", "datm"])
+    p.add_argument("--preset", default=None, help="a name from fastdd.PRESETS (sets method, ipc, options)")
+    p.add_argument("--ipc", type=int, default=None)
+    p.add_argument("--experts", default=None, help="expert folder (MTT family)")
+    p.add_argument("--scores", default=None, help="difficulty score file (.npz C-scores / .npy forgetting) for SelMatch")
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--options", default=None, help='JSON method options, e.g. \'{"syn_steps": 20, "mode": "adjoint"}\'')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--evaluate", action="store_true", help="evaluate the result (and a random subset) afterwards")
+    p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch"])
+    p.add_argument("--num-eval", type=int, default=3)
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("bench", help="benchmarks (memory-scaling)", description="Benchmarks that write a table and a plot.")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="benchmark")
+    b = bsub.add_parser("memory-scaling", help="peak memory of one meta-gradient vs unrolled steps, per mode")
+    b.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 80])
+    b.add_argument("--modes", nargs="+", default=["adjoint", "bptt"], choices=["adjoint", "bptt", "tesla"])
+    b.add_argument("--batch", type=int, default=100)
+    b.add_argument("--im-size", type=int, default=32)
+    b.add_argument("--channels", type=int, default=3)
+    b.add_argument("--width", type=int, default=128)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--max-mib", type=float, default=16000, help="skip points predicted to need more")
+    b.add_argument("--out", default="runs/bench/memory_scaling")
+    b.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("experts", help="train expert trajectories", description="Train expert networks on the real "
                        "train split; snapshot their parameters at init and after every epoch.")
     _data_args(p)
     p.add_argument("--model", default="convnet")
+    p.add_argument("--model-kwargs", default=None, help='JSON model options, e.g. \'{"width": 64}\'')
     p.add_argument("--num-experts", type=int, default=10)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.01)
@@ -131,13 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/experts", help="folder for the trajectories (resumes if it has some)")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue experts already in --out")
     p.set_defaults(func=cmd_experts)
 
     p = sub.add_parser("select", help="select real images per class and save them as a set",
                        description="Class-balanced selection of real training images.")
     _data_args(p)
-    p.add_argument("--method", default="random")
+    p.add_argument("--method", default="random",
+                   help="random | window | forgetting | herding | kcenter | kmeans (default: random)")
     p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--scores", default=None, help="window / forgetting: score file (.npz C-scores, .npy forgetting)")
+    p.add_argument("--beta", type=float, default=None, help="window: start at rank int(ipc*beta) of each class")
+    p.add_argument("--hardest", choices=["low", "high"], default=None,
+                   help="which end of the scores is hard (default: the file type's convention)")
+    p.add_argument("--extractor", default=None, help="herding / kcenter / kmeans: expert folder whose final snapshot "
+                   "gives the features (default: a ConvNet trained --extractor-epochs epochs on the train split)")
+    p.add_argument("--extractor-epochs", type=int, default=5, help="epochs of the default extractor (default: 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_select)
@@ -158,6 +399,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder for config.yaml and result.json")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("sweep", help="hyper-parameter sweeps (window: SelMatch's sliding-window search over beta)",
+                       description="Sweeps that evaluate one setting per grid point.")
+    sweeps = p.add_subparsers(dest="sweep", required=True, metavar="sweep")
+    p = sweeps.add_parser("window", help="evaluate the window selection at every beta of a grid",
+                          description="For one IPC, select the window [int(ipc*beta), int(ipc*beta)+ipc) of every "
+                          "class (hardest first) at each beta and evaluate it; writes sweep.csv (beta, mean, std), "
+                          "sweep.json and sweep.png into --out and prints the best beta.")
+    _data_args(p)
+    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--scores", required=True,
+                   help="score file (.npz C-scores, .npy forgetting counts), or 'forgetting' to compute them")
+    p.add_argument("--hardest", choices=["low", "high"], default=None, help="override the scores' convention")
+    p.add_argument("--forgetting-epochs", type=int, default=20, help="with --scores forgetting (default: 20)")
+    p.add_argument("--forgetting-runs", type=int, default=1, help="with --scores forgetting (default: 1)")
+    p.add_argument("--betas", type=float, nargs="+", default=None, help="explicit grid (default: 0, 0.1, ... up to "
+                   "the largest beta whose window fits in the smallest class)")
+    p.add_argument("--beta-step", type=float, default=0.1)
+    p.add_argument("--beta-max", type=float, default=None, help="cap the default grid")
+    p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch"])
+    p.add_argument("--num-eval", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
+    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    p.add_argument("--model", default=None, help="override the protocol's network")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder")
+    p.set_defaults(func=cmd_sweep_window)
+
+    p = sub.add_parser("coverage", help="coverage of the real data by saved sets / random subsets",
+                       description="Fraction of real samples within r (the mean nearest-neighbour distance among "
+                       "the real train features) of some image of the set, in a feature space; overall and, with "
+                       "--scores, for the easy / hard half of each class. Writes coverage.csv and PNG plots.")
+    _data_args(p)
+    p.add_argument("--syn", nargs="+", default=None, help="folders of saved SyntheticSets")
+    p.add_argument("--random-ipc", type=int, nargs="+", default=None, help="also random real subsets of these IPCs")
+    p.add_argument("--scores", default=None, help="score file for the easy / hard halves of the train split")
+    p.add_argument("--extractor", default=None, help="expert folder whose final snapshot gives the features "
+                   "(default: a ConvNet trained --extractor-epochs epochs on the train split)")
+    p.add_argument("--extractor-epochs", type=int, default=5, help="epochs of the default extractor (default: 5)")
+    p.add_argument("--split", choices=["train", "test", "both"], default="both")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder")
+    p.set_defaults(func=cmd_coverage)
+
     p = sub.add_parser("import-buffer", help="convert the reference code's replay_buffer_*.pt files",
                        description="Import MTT-style replay_buffer_*.pt expert files (read with weights_only=True).")
     p.add_argument("files", nargs="+")
@@ -165,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-kwargs", default=None, help='JSON, e.g. \'{"depth": 4}\'')
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--im-size", type=int, default=32)
+    p.add_argument("--im-size", type=int, nargs="+", default=[32], help="H [W] of the images")
+    p.add_argument("--shard-size", type=int, default=10, help="experts per output file")
     p.add_argument("--dataset", default="unknown")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_import_buffer)

@@ -1,13 +1,48 @@
-"""Choosing real training images: class-balanced subsets (``fastdd.select``)."""
+"""Choosing real training images: class-balanced subsets (``fastdd.select``).
+
+Methods (all pick exactly ``ipc`` images of every class; the result is class-major, classes in
+order 0..K-1):
+
+- ``random``: uniform without replacement per class (seeded).
+- ``window``: SelMatch's sliding window over a difficulty ranking (:func:`window_indices`).
+- ``forgetting``: forgetting-ranked, the most-forgotten ``ipc`` per class (a window at ``beta=0``
+  with ``hardest="high"``; ``beta`` shifts it, ``hardest="low"`` takes the least-forgotten).
+- ``herding``, ``kcenter``, ``kmeans``: on features of a network (:func:`extract_features`).
+
+Within a class, indices come in rank order (window, forgetting), pick order (herding, k-center),
+centroid order (k-means) or random order (random).
+"""
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 import torch
 
 from .data import Dataset
-from .rng import generator
+from .rng import derive_seed, generator
+from .runs import progress
+from .scores import Scores, as_scores
 from .synthetic import SyntheticSet
 
-METHODS = ("random",)
+METHODS = ("random", "window", "forgetting", "herding", "kcenter", "kmeans")
+
+# What each method reads besides (ds, ipc, seed).
+_METHOD_ARGS = {
+    "random": set(),
+    "window": {"scores", "beta", "hardest"},
+    "forgetting": {"scores", "beta", "hardest"},
+    "herding": {"features", "extractor"},
+    "kcenter": {"features", "extractor"},
+    "kmeans": {"features", "extractor"},
+}
+
+DEFAULT_EXTRACTOR_EPOCHS = 5
+
+# None (default ConvNet) | callable images -> (B, D) | (net, theta[, buffers]) | ExpertBuffer | its folder
+Extractor = Any
 
 
 def check_ipc(ds: Dataset, ipc: int) -> None:
@@ -30,21 +65,360 @@ def random_indices(ds: Dataset, ipc: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(out)
 
 
-def select(ds: Dataset, method: str = "random", ipc: int = 10, *, seed: int = 0, **kwargs) -> torch.Tensor:
+# ----------------------------------------------------------------------------------------------- window
+def window_indices(labels: Any, scores: Any, ipc: int, beta: float, hardest: str | None = None) -> torch.Tensor:
+    """SelMatch's sliding-window selection: per class, ranks ``[int(ipc·beta), int(ipc·beta) + ipc)``.
+
+    Args:
+        labels: ``(N,)`` integer class labels (tensor, array or list).
+        scores: ``(N,)`` difficulty scores (tensor, array, list or :class:`fastdd.scores.Scores`).
+        ipc: images per class (the window's length).
+        beta: the window's start as a multiple of ``ipc`` (``int(ipc * beta)`` ranks are skipped).
+        hardest: ``"low"`` (C-scores) or ``"high"`` (forgetting counts). ``None``: a
+            :class:`Scores`' own convention, ``"low"`` for plain arrays.
+
+    Each class (in ascending class order) is sorted hardest-first; ties keep ascending dataset-index
+    order (a stable sort, as Python's ``sorted(..., reverse=...)``). Returns ``(K·ipc,)`` int64
+    dataset indices, concatenated class by class, each class in rank order. Raises ``ValueError``
+    when the window runs past the end of a class.
+    """
+    if not isinstance(ipc, (int, np.integer)) or isinstance(ipc, bool) or ipc < 1:
+        raise ValueError(f"ipc must be a positive integer, got {ipc!r}")
+    beta = float(beta)
+    if not np.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    s = as_scores(scores, hardest=hardest, what="scores")
+    lab = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).cpu()
+    if lab.dim() != 1 or lab.is_floating_point():
+        raise ValueError(f"labels must be a 1-D integer (N,) array, got shape {tuple(lab.shape)} dtype {lab.dtype}")
+    if len(lab) != len(s):
+        raise ValueError(f"labels ({len(lab)}) and scores ({len(s)}) must have the same length")
+    key = s.values.double()  # exact for float32/float64/int scores
+    if s.hardest == "high":
+        key = -key  # ascending sort of -score = descending by score, stable
+    start = int(ipc * beta)
+    # two stable sorts: by difficulty (ties keep dataset order), then by class (keeps that order)
+    order = torch.sort(key, stable=True).indices
+    order = order[torch.sort(lab[order], stable=True).indices]
+    classes, counts = torch.unique_consecutive(lab[order], return_counts=True)
+    short = torch.nonzero(counts < start + ipc).flatten()
+    if len(short):
+        c = int(short[0])
+        raise ValueError(f"the window [{start}, {start + ipc}) (ipc={ipc}, beta={beta}) runs past the end of class "
+                         f"{int(classes[c])}, which has {int(counts[c])} examples")
+    first = torch.cumsum(counts, 0) - counts  # where each class starts in `order`
+    pick = first[:, None] + start + torch.arange(ipc)[None, :]
+    return order[pick.flatten()].long()
+
+
+def max_window_beta(class_size: int, ipc: int, step: float = 0.1) -> float:
+    """The largest β on the grid ``0, step, 2·step, ...`` whose window ``int(ipc·β) + ipc`` fits in ``class_size``."""
+    if ipc > class_size:
+        raise ValueError(f"ipc={ipc} is larger than the smallest class ({class_size} examples)")
+    k = 0
+    while int(ipc * _grid(k + 1, step)) + ipc <= class_size:
+        k += 1
+    return _grid(k, step)
+
+
+def beta_grid(class_size: int, ipc: int, step: float = 0.1, beta_max: float | None = None) -> list[float]:
+    """``[0, step, 2·step, ...]`` up to the largest β whose window fits (and ``<= beta_max`` if given).
+
+    Values are ``k * step`` rounded to 10 decimals, so ``0.3`` is the float ``float("0.3")``, as in
+    SelMatch's ``seq 0 0.1 0.9`` scripts.
+    """
+    if step <= 0:
+        raise ValueError(f"beta step must be > 0, got {step}")
+    top = max_window_beta(class_size, ipc, step)
+    if beta_max is not None:
+        top = min(top, beta_max)
+    out, k = [], 0
+    while _grid(k, step) <= top + 1e-12:
+        out.append(_grid(k, step))
+        k += 1
+    return out
+
+
+def _grid(k: int, step: float) -> float:
+    return round(k * step, 10)
+
+
+# ------------------------------------------------------------------------------------------- features
+class FeatureExtractor:
+    """Penultimate features of a functional net: ``extractor(images (B, C, H, W)) -> (B, D)``.
+
+    Runs ``net.embed(x, theta, buffers, train=buffers is None)`` without gradients. Nets with batch
+    norm and no ``buffers`` (e.g. an expert snapshot: running statistics are not stored) use batch
+    statistics, so their features depend on the batch.
+    """
+
+    def __init__(self, net: Any, theta: torch.Tensor, buffers: torch.Tensor | None = None, description: str = ""):
+        self.net, self.theta, self.buffers = net, theta.detach(), None if buffers is None else buffers.detach()
+        self.description = description or net.describe()
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.net.feature_dim)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = images.to(self.theta.device)
+            return self.net.embed(x, self.theta, self.buffers, train=self.buffers is None)
+
+    def __repr__(self) -> str:
+        return f"<FeatureExtractor {self.description}>"
+
+
+def default_extractor(ds: Dataset, seed: int = 0, *, model: str = "convnet", epochs: int = DEFAULT_EXTRACTOR_EPOCHS,
+                      lr: float = 0.01, momentum: float = 0.9, batch_size: int = 256,
+                      model_kwargs: dict[str, Any] | None = None, show_progress: bool = False) -> FeatureExtractor:
+    """A ConvNet (depth by resolution) trained for ``epochs`` epochs on ``ds.train`` (SGD, seeded by
+    ``seed``); its penultimate layer is the feature space (``width·(H/2^d)·(W/2^d)`` dims: 2,048 on CIFAR)."""
+    from .experts import ExpertConfig, train_one
+    from .models import model_for
+
+    net = model_for(ds, model, **(model_kwargs or {}))
+    cfg = ExpertConfig(lr=lr, momentum=momentum, batch_size=batch_size)
+    bar = progress(total=epochs, desc=f"feature extractor ({net.name}, {ds.name})", disable=not show_progress)
+    traj, acc = train_one(net, ds, epochs, cfg, seed=derive_seed(seed, "select.extractor"),
+                          on_epoch=lambda ep, loss: bar.update(1))
+    bar.close()
+    theta = traj[-1].to(ds.device)
+    buffers = None
+    if net.has_batchnorm:  # train_one keeps no running statistics: estimate them on the train split
+        buffers = net.init_buffers(device=ds.device)
+        with torch.no_grad():
+            for x in ds.train.images.split(batch_size):
+                net(x, theta, buffers, train=True)
+    return FeatureExtractor(net, theta, buffers, description=f"{net.describe()} trained {epochs} epochs on "
+                            f"{ds.name} (seed {seed}, test accuracy {100 * acc:.1f}%)")
+
+
+def resolve_extractor(ds: Dataset, extractor: Extractor = None, seed: int = 0,
+                      show_progress: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Turn ``extractor`` into a callable ``images -> (B, D)`` features.
+
+    Accepted: ``None`` (:func:`default_extractor`), a callable, a ``(net, theta)`` or
+    ``(net, theta, buffers)`` tuple, an :class:`fastdd.ExpertBuffer` or the folder of one (the final
+    snapshot of its first expert).
+    """
+    from .experts import ExpertBuffer
+
+    if extractor is None:
+        return default_extractor(ds, seed, show_progress=show_progress)
+    if isinstance(extractor, (str, os.PathLike)):
+        extractor = ExpertBuffer(extractor)
+    if isinstance(extractor, ExpertBuffer):
+        i = extractor.ids[0]
+        theta = extractor.snapshots(i, [extractor.num_epochs])[0].to(ds.device)
+        return FeatureExtractor(extractor.model(), theta, description=f"expert {i} of {extractor.path} after epoch "
+                                f"{extractor.num_epochs}")
+    if isinstance(extractor, tuple):
+        if len(extractor) not in (2, 3):
+            raise ValueError(f"extractor tuple must be (net, theta) or (net, theta, buffers), got {len(extractor)} items")
+        return FeatureExtractor(*extractor)
+    if callable(extractor):
+        return extractor
+    raise TypeError(f"extractor must be None, a callable, (net, theta[, buffers]), an ExpertBuffer or its folder; "
+                    f"got {type(extractor).__name__}")
+
+
+def extract_features(ds: Dataset, split: str = "train", extractor: Extractor = None, batch: int = 512, seed: int = 0,
+                     show_progress: bool = False, images: torch.Tensor | None = None) -> torch.Tensor:
+    """Features of a split's images (or of ``images``): ``(N, D)`` float32 on ``ds.device``.
+
+    Args:
+        split: ``"train"`` or ``"test"`` (ignored when ``images`` is given).
+        extractor: see :func:`resolve_extractor`; ``None`` trains the default ConvNet (seeded).
+        batch: images per forward pass.
+        images: ``(M, C, H, W)`` images in the data set's training space, instead of a split.
+    """
+    if images is None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        images = getattr(ds, split).images
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    fn = resolve_extractor(ds, extractor, seed, show_progress=show_progress)
+    chunks = []
+    with torch.no_grad():
+        for x in progress(images.split(batch), desc="features", disable=not show_progress):
+            f = fn(x.to(ds.device))
+            if not isinstance(f, torch.Tensor) or f.dim() != 2 or f.shape[0] != x.shape[0]:
+                shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+                raise ValueError(f"the feature extractor must return a ({x.shape[0]}, D) tensor for {x.shape[0]} "
+                                 f"images, got {shape}")
+            chunks.append(f.float())
+    return torch.cat(chunks)
+
+
+# ------------------------------------------------------------------------------------ greedy on features
+def herding_order(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Herding on one class's features ``(n, D)``: ``k`` positions in pick order.
+
+    With μ the class mean, step ``i`` (1-based) picks the unselected ``j`` minimising
+    ``‖(i·μ − Σ_selected f) − f_j‖`` (ties: the lowest position). Computed in float64.
+    """
+    f = _check_features(features, k)
+    mu = f.mean(0)
+    chosen = torch.zeros(len(f), dtype=torch.bool)
+    total = torch.zeros_like(mu)
+    out = []
+    for i in range(1, k + 1):
+        target = i * mu - total
+        d = (f - target).pow(2).sum(1)
+        d[chosen] = float("inf")
+        j = int(torch.argmin(d))
+        out.append(j)
+        chosen[j] = True
+        total += f[j]
+    return torch.tensor(out, dtype=torch.long)
+
+
+def kcenter_order(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy k-center on one class's features ``(n, D)``: ``k`` positions in pick order.
+
+    Starts with the sample nearest the class mean, then repeatedly adds the sample whose distance
+    to the nearest selected sample is largest (ties: the lowest position). Computed in float64.
+    """
+    f = _check_features(features, k)
+    first = int(torch.argmin((f - f.mean(0)).pow(2).sum(1)))
+    out = [first]
+    mind = (f - f[first]).pow(2).sum(1)
+    chosen = torch.zeros(len(f), dtype=torch.bool)
+    chosen[first] = True
+    for _ in range(k - 1):
+        d = mind.clone()
+        d[chosen] = -float("inf")
+        j = int(torch.argmax(d))
+        out.append(j)
+        chosen[j] = True
+        mind = torch.minimum(mind, (f - f[j]).pow(2).sum(1))
+    return torch.tensor(out, dtype=torch.long)
+
+
+def kmeans_order(features: torch.Tensor, k: int, seed: int = 0, niter: int = 20) -> torch.Tensor:
+    """FAISS k-means (``k`` centroids) on one class's features ``(n, D)``; for each centroid the
+    position of a distinct nearest sample, in centroid order.
+
+    No sample is used twice: every unassigned centroid proposes its nearest unused sample, the
+    closest proposer wins (ties: lower centroid index, lower sample position), repeat.
+    """
+    import faiss
+
+    f = _check_features(features, k)
+    x = np.ascontiguousarray(f.numpy().astype(np.float32))
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(derive_seed(seed, "kmeans") % (2 ** 31 - 1)),
+                      min_points_per_centroid=1, max_points_per_centroid=max(1, len(x)), verbose=False)
+    km.train(x)
+    cent = torch.from_numpy(km.centroids.astype(np.float64))
+    d = torch.cdist(cent, f, compute_mode="donot_use_mm_for_euclid_dist")  # (k, n)
+    assigned = torch.full((k,), -1, dtype=torch.long)
+    used = torch.zeros(len(f), dtype=torch.bool)
+    while bool((assigned < 0).any()):
+        free = torch.nonzero(assigned < 0).flatten()
+        dm = d[free].clone()
+        dm[:, used] = float("inf")
+        prop = dm.argmin(1)
+        dprop = dm.gather(1, prop[:, None]).flatten()
+        best = torch.full((len(f),), float("inf"), dtype=d.dtype).scatter_reduce(0, prop, dprop, "amin")
+        cand = dprop == best[prop]
+        pos = torch.arange(len(free))
+        first = torch.full((len(f),), len(free), dtype=torch.long).scatter_reduce(0, prop[cand], pos[cand], "amin")
+        win = cand & (first[prop] == pos)
+        assigned[free[win]] = prop[win]
+        used[prop[win]] = True
+    return assigned
+
+
+def _check_features(features: torch.Tensor, k: int) -> torch.Tensor:
+    f = torch.as_tensor(features).detach().cpu().double()
+    if f.dim() != 2:
+        raise ValueError(f"features must be (n, D), got shape {tuple(f.shape)}")
+    if not 1 <= k <= len(f):
+        raise ValueError(f"cannot pick {k} of {len(f)} samples")
+    if not torch.isfinite(f).all():
+        raise ValueError("features contain NaN or inf")
+    return f
+
+
+# ------------------------------------------------------------------------------------------------ select
+def select(ds: Dataset, method: str = "random", ipc: int = 10, *, seed: int = 0, scores: Any = None,
+           beta: float | None = None, hardest: str | None = None, features: torch.Tensor | None = None,
+           extractor: Extractor = None, show_progress: bool = False, **kwargs: Any) -> torch.Tensor:
     """Indices into ``ds.train`` of a class-balanced selection of ``ipc`` images per class.
 
-    Methods available: ``"random"``.
+    Args:
+        method: one of :data:`METHODS` (see the module docstring).
+        ipc: images per class.
+        seed: for ``random``, ``kmeans`` and the default feature extractor.
+        scores: ``window`` / ``forgetting``: a :class:`fastdd.scores.Scores` (from
+            :func:`fastdd.load_scores`), or a ``(N,)`` tensor/array with ``hardest``.
+        beta: ``window`` (required): the window starts at rank ``int(ipc·beta)``; ``forgetting``:
+            default 0 (the hardest ``ipc``).
+        hardest: ``"low"`` / ``"high"``; ``None`` uses a :class:`Scores`' own convention, else ``"low"``
+            for ``window`` and ``"high"`` for ``forgetting``.
+        features: ``herding`` / ``kcenter`` / ``kmeans``: ``(N, D)`` features of ``ds.train``;
+            if ``None``, computed with ``extractor`` (:func:`extract_features`).
+
+    Returns ``(K·ipc,)`` int64 indices on the CPU, class-major. Raises ``ValueError`` for a missing
+    argument (e.g. ``window`` without ``scores``) and ``TypeError`` for an argument the method does
+    not use.
     """
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; available: {', '.join(METHODS)}")
     if kwargs:
         raise TypeError(f"select(method={method!r}) got unexpected arguments: {', '.join(kwargs)}")
-    return random_indices(ds, ipc, seed)
+    given = {k for k, v in dict(scores=scores, beta=beta, hardest=hardest, features=features,
+                                extractor=extractor).items() if v is not None}
+    unused = given - _METHOD_ARGS[method]
+    if unused:
+        raise TypeError(f"select(method={method!r}) does not use {', '.join(sorted(unused))}")
+    check_ipc(ds, ipc)
+    if method == "random":
+        return random_indices(ds, ipc, seed)
+    if method in ("window", "forgetting"):
+        if scores is None:
+            hint = ("fastdd.load_scores(path, ds) or fastdd.forgetting_scores(ds)" if method == "window"
+                    else "fastdd.forgetting_scores(ds) or fastdd.load_scores('forgetting_*.npy', ds)")
+            raise ValueError(f"select(method={method!r}) needs scores= ({hint})")
+        if method == "window" and beta is None:
+            raise ValueError("select(method='window') needs beta= (the window starts at rank int(ipc*beta) of each "
+                             "class, hardest first)")
+        if method == "forgetting" and isinstance(scores, Scores) and scores.kind == "cscore":
+            raise ValueError("select(method='forgetting') got C-scores; use method='window' for them")
+        s = as_scores(scores, hardest=hardest, n=len(ds.train), what="scores",
+                      default_hardest="high" if method == "forgetting" else "low")
+        return window_indices(ds.train.labels, s, ipc, 0.0 if beta is None else beta)
+    if features is None:
+        features = extract_features(ds, "train", extractor, seed=seed, show_progress=show_progress)
+    features = torch.as_tensor(features)
+    if features.dim() != 2 or features.shape[0] != len(ds.train):
+        raise ValueError(f"features must be ({len(ds.train)}, D) for {ds.name}'s train split, "
+                         f"got {tuple(features.shape)}")
+    out = []
+    for c, idx in enumerate(progress(ds.class_indices, desc=method, disable=not show_progress)):
+        idx = idx.cpu()
+        fc = features[idx.to(features.device)]
+        if method == "herding":
+            pos = herding_order(fc, ipc)
+        elif method == "kcenter":
+            pos = kcenter_order(fc, ipc)
+        else:
+            pos = kmeans_order(fc, ipc, seed=derive_seed(seed, "select.kmeans", c))
+        out.append(idx[pos])
+    return torch.cat(out).long()
 
 
 def real_subset(ds: Dataset, idx: torch.Tensor, method: str = "random", **meta) -> SyntheticSet:
     """A :class:`SyntheticSet` made of real training images ``ds.train[idx]`` (hard labels, nothing learned)."""
     sub = ds.train.subset(idx)
     return SyntheticSet(sub.images.clone(), sub.labels.clone(), meta=dict(
-        method=method, dataset=ds.name, num_classes=ds.num_classes, mean=list(ds.mean), std=list(ds.std),
+        method=method, dataset=ds.name, zca=ds.zca is not None, num_classes=ds.num_classes, mean=list(ds.mean),
+        std=list(ds.std),
         indices=idx.tolist(), **meta))
+
+
+__all__ = ["METHODS", "check_ipc", "random_indices", "window_indices", "max_window_beta", "beta_grid",
+           "FeatureExtractor", "default_extractor", "resolve_extractor", "extract_features", "herding_order",
+           "kcenter_order", "kmeans_order", "select", "real_subset"]

@@ -53,3 +53,15 @@ def test_parser_has_every_command():
     p = build_parser()
     sub = next(a for a in p._actions if a.dest == "command")
     assert set(COMMANDS) <= set(sub.choices)
+
+
+def test_experts_in_a_folder_with_other_settings_keeps_its_config(tmp_path, capsys):
+    out = str(tmp_path / "exp")
+    base = ["experts", "--dataset", "digits", "--num-experts", "1", "--model-kwargs", '{"width": 8}', "--out", out]
+    assert main(base + ["--epochs", "1"]) == 0
+    config = (tmp_path / "exp" / "config.yaml").read_text()
+    assert "func" not in config and "width" in config
+    assert main(base + ["--epochs", "2"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert (tmp_path / "exp" / "config.yaml").read_text() == config
+    assert main(base + ["--epochs", "1", "--no-resume"]) == 2

@@ -119,8 +119,9 @@ def test_expert_and_model_mismatch_refused(tiny_ds, experts):
     digits = fastdd.load_dataset("digits")
     with pytest.raises(fastdd.ModelMismatchError, match="trained on"):
         _mtt(digits, experts)
+    _mtt(tiny_ds, experts, max_start_epoch=3, iterations=1)  # starts 0..2, targets up to epoch 3: fits
     with pytest.raises(ValueError, match="exceeds"):
-        _mtt(tiny_ds, experts, max_start_epoch=3)
+        _mtt(tiny_ds, experts, max_start_epoch=4)
     with pytest.raises(TypeError, match="no option"):
         _mtt(tiny_ds, experts, syn_stepz=3)
     with pytest.raises(ValueError, match="unknown method"):
@@ -198,3 +199,40 @@ def test_preset_must_match_data(tiny_ds, experts):
         fastdd.distill(tiny_ds, preset="mtt-cifar10-ipc10", experts=experts)
     with pytest.raises(ValueError, match="unknown preset"):
         fastdd.distill(tiny_ds, preset="mtt-cifar11-ipc10", experts=experts)
+
+
+def test_forgetting_from_expert_snapshots(tiny_ds, experts):
+    from fastdd.scores import forgetting_from_experts
+    s = forgetting_from_experts(experts, tiny_ds)
+    assert s.hardest == "high" and s.values.shape == (len(tiny_ds.train),)
+    net = experts.model()
+    want = torch.zeros(len(tiny_ds.train), dtype=torch.float64)
+    for e in experts.ids:  # plain loops: per example, count 1 -> 0 between consecutive epochs
+        traj = experts[e]
+        correct = [(net(tiny_ds.train.images, traj[ep]).argmax(1) == tiny_ds.train.labels).tolist()
+                   for ep in range(1, traj.shape[0])]
+        for i in range(len(tiny_ds.train)):
+            seq = [c[i] for c in correct]
+            want[i] += sum(a and not b for a, b in zip(seq, seq[1:])) if any(seq) else len(seq)
+    torch.testing.assert_close(s.values.double(), want / len(experts.ids))
+
+
+def test_cli_distill_and_memory_bench(tmp_path, capsys):
+    from fastdd.cli import main
+    exp = str(tmp_path / "exp")
+    assert main(["experts", "--dataset", "digits", "--num-experts", "1", "--epochs", "3", "--model-kwargs",
+                 '{"width": 8, "depth": 2}', "--out", exp]) == 0
+    out = tmp_path / "mtt"
+    assert main(["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", exp, "--iterations",
+                 "2", "--options", '{"syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 2, "lr_img": 10}',
+                 "--out", str(out)]) == 0
+    for f in ("log.csv", "loss.png", "lr.png", "config.yaml", "checkpoint.json", "synthetic/synthetic.safetensors",
+              "synthetic/images.png"):
+        assert (out / f).exists(), f
+    assert main(["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", exp, "--iterations",
+                 "2", "--options", '{"max_start_epoch": 9}', "--out", str(tmp_path / "bad")]) == 2
+    assert "exceeds" in capsys.readouterr().err
+    assert main(["bench", "memory-scaling", "--steps", "1", "2", "--modes", "adjoint", "--batch", "4", "--width", "8",
+                 "--im-size", "8", "--out", str(tmp_path / "bench")]) == 0
+    rows = (tmp_path / "bench" / "memory_scaling.csv").read_text().splitlines()
+    assert rows[0].startswith("mode,steps") and len(rows) == 3 and (tmp_path / "bench" / "memory_scaling.png").exists()

@@ -97,6 +97,8 @@ def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: Expe
     tensors, gens = {"images": images, "rho": rho}, {"iter": g_iter}
     run = RunDir(out) if out is not None else None
     start_it, skipped = 0, 0
+    if run is not None and not resume:
+        (run.path / "log.csv").unlink(missing_ok=True)  # a fresh run starts a fresh log
     if run is not None and resume:
         meta = load_checkpoint(run.path, tensors, {"adam": opt}, gens)
         if meta is not None:

@@ -108,15 +108,13 @@ def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scor
         idx = torch.cat([ci.cpu()[torch.randperm(len(ci), generator=g)[:ipc]] for ci in ds.class_indices])
         images = ds.train.images[idx.to(ds.device)].clone()
     elif cfg.init == "window":
+        from ..scores import Scores, as_scores
         from ..select import window_indices
         if scores is None:
-            raise ValueError("init='window' (SelMatch) needs difficulty scores: pass scores=")
-        scores = torch.as_tensor(scores)
-        if scores.shape != (len(ds.train),):
-            raise ValueError(f"scores must have one value per training image ({len(ds.train)}), "
-                             f"got shape {tuple(scores.shape)}")
-        win = torch.as_tensor(window_indices(ds.train.labels.cpu(), scores, ipc=ipc, beta=cfg.beta,
-                                             hardest=cfg.hardest))
+            raise ValueError("init='window' (SelMatch) needs difficulty scores: pass scores= (fastdd.load_scores, "
+                             "fastdd.forgetting_scores, or a (N,) array with hardest='low'/'high')")
+        scores = as_scores(scores, hardest=None if isinstance(scores, Scores) else cfg.hardest, n=len(ds.train))
+        win = window_indices(ds.train.labels.cpu(), scores, ipc=ipc, beta=cfg.beta)
         # per class: ranks [0, spc) frozen (harder), [spc, ipc) distilled (easier)
         spc = ipc - int(ipc * cfg.alpha)
         images = ds.train.images[win.to(ds.device)].clone()
@@ -169,9 +167,9 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
     if experts.dataset not in (ds.name, "unknown") or experts.manifest.get("zca") not in (None, ds.zca is not None):
         raise ModelMismatchError(f"experts in {experts.path} were trained on {experts.dataset} "
                                  f"(zca={experts.manifest.get('zca')}), not on {ds.name} (zca={ds.zca is not None})")
-    if cfg.max_start_epoch + cfg.expert_epochs > experts.num_epochs:
-        raise ValueError(f"max_start_epoch {cfg.max_start_epoch} + expert_epochs {cfg.expert_epochs} exceeds the "
-                         f"{experts.num_epochs} epochs of the experts in {experts.path}")
+    if cfg.max_start_epoch - 1 + cfg.expert_epochs > experts.num_epochs:  # the latest target epoch
+        raise ValueError(f"the latest start epoch {cfg.max_start_epoch - 1} + expert_epochs {cfg.expert_epochs} exceeds "
+                         f"the {experts.num_epochs} epochs of the experts in {experts.path}")
     if cfg.init == "window":
         from ..select import check_ipc
         check_ipc(ds, int(ipc * cfg.beta) + ipc)
@@ -200,6 +198,8 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
 
     run = RunDir(out) if out is not None else None
     start_it, skipped = 0, 0
+    if run is not None and not resume:
+        (run.path / "log.csv").unlink(missing_ok=True)  # a fresh run starts a fresh log
     if run is not None and resume:
         meta = load_checkpoint(run.path, tensors, opts, gens)
         if meta is not None:
