@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import fastdd
-from fastdd.select import random_indices, real_subset
 
 
 def _save(out: Path, name: str, obj: dict) -> None:

@@ -27,7 +27,7 @@ def main(steps: int = 10, lrs=(0.001, 0.01, 0.03, 0.1)) -> None:
     target = theta0 + 0.01 * torch.randn(net.num_params, generator=g, dtype=torch.float64)
     gb = torch.Generator().manual_seed(1)
     batches = [c for _ in range(steps) for c in torch.randperm(100, generator=gb).split(50)][:steps]
-    print(f"| inner lr α | steps | rel. error ∂L/∂X | cosine ∂L/∂X | rel. error ∂L/∂α |")
+    print("| inner lr α | steps | rel. error ∂L/∂X | cosine ∂L/∂X | rel. error ∂L/∂α |")
     print("|---|---|---|---|---|")
     for lr in lrs:
         out = {}

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..augment import DSAConfig, StepAugment, strategy_for
 from ..data import Dataset
@@ -32,7 +31,7 @@ from ..engine import matching_loss, unroll_grad
 from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
 from ..rng import generator
-from ..runs import CSVLog, RunDir, progress
+from ..runs import RunDir, progress
 from ..synthetic import SyntheticSet
 from .state import load_checkpoint, save_checkpoint
 
