@@ -18,6 +18,16 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    """The evaluation protocol and its overrides."""
+    p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch"])
+    p.add_argument("--num-eval", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
+    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    p.add_argument("--model", default=None, help="override the protocol's network")
+    p.add_argument("--batch-size", type=int, default=None)
+
+
 def _config(args) -> dict:
     """The parsed arguments as a plain dict for config.yaml."""
     return {k: v for k, v in vars(args).items() if k != "func"}
@@ -388,12 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--syn", default=None, help="folder of a saved SyntheticSet")
     p.add_argument("--random-ipc", type=int, default=None, help="evaluate a random real subset of this IPC instead")
-    p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch"])
-    p.add_argument("--num-eval", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
-    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
-    p.add_argument("--model", default=None, help="override the protocol's network")
-    p.add_argument("--batch-size", type=int, default=None)
+    _eval_args(p)
     p.add_argument("--random-baseline", action="store_true", help="also evaluate random real subsets of the same IPC")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder for config.yaml and result.json")
@@ -417,12 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the largest beta whose window fits in the smallest class)")
     p.add_argument("--beta-step", type=float, default=0.1)
     p.add_argument("--beta-max", type=float, default=None, help="cap the default grid")
-    p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch"])
-    p.add_argument("--num-eval", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
-    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
-    p.add_argument("--model", default=None, help="override the protocol's network")
-    p.add_argument("--batch-size", type=int, default=None)
+    _eval_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(func=cmd_sweep_window)

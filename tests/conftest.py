@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +7,18 @@ import torch
 if not torch.cuda.is_available():
     # Triton kernels run in the interpreter on CPU tensors (must be set before kernel modules import).
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _scores_dir() -> Path | None:
+    for p in (Path(__file__).resolve().parents[2] / "shared/data/scores", os.environ.get("FASTDD_SCORES")):
+        if p and Path(p, "cscores_CIFAR10.npz").exists():
+            return Path(p)
+    return None
+
+
+SCORES = _scores_dir()
+needs_scores = pytest.mark.skipif(SCORES is None, reason="real score files not found beside the repo "
+                                  "(../shared/data/scores) nor in $FASTDD_SCORES")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,4 @@
 """Difficulty scores: forgetting bookkeeping (hand-traced), forgetting_scores, and the score-file loaders."""
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,16 +9,7 @@ from fastdd.errors import CorruptFileError
 from fastdd.scores import ForgettingTracker, Scores, load_cscores, load_forgetting, load_scores
 
 
-def _scores_dir() -> Path | None:
-    for p in (Path(__file__).resolve().parents[2] / "shared/data/scores", os.environ.get("FASTDD_SCORES")):
-        if p and Path(p, "cscores_CIFAR10.npz").exists():
-            return Path(p)
-    return None
-
-
-SCORES = _scores_dir()
-needs_scores = pytest.mark.skipif(SCORES is None, reason="real score files not found beside the repo "
-                                  "(../shared/data/scores) nor in $FASTDD_SCORES")
+from conftest import SCORES, needs_scores  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------- bookkeeping

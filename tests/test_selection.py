@@ -1,8 +1,6 @@
 """Selection: SelMatch's window on the real score files, herding / k-center / k-means on hand-made
 points, every method class-balanced and seeded, and the `sweep window` command."""
 import csv
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,16 +14,7 @@ from fastdd.select import (METHODS, beta_grid, extract_features, herding_order, 
                            max_window_beta, select, window_indices)
 
 
-def _scores_dir() -> Path | None:
-    for p in (Path(__file__).resolve().parents[2] / "shared/data/scores", os.environ.get("FASTDD_SCORES")):
-        if p and Path(p, "cscores_CIFAR10.npz").exists():
-            return Path(p)
-    return None
-
-
-SCORES = _scores_dir()
-needs_scores = pytest.mark.skipif(SCORES is None, reason="real score files not found beside the repo "
-                                  "(../shared/data/scores) nor in $FASTDD_SCORES")
+from conftest import SCORES, needs_scores  # noqa: E402
 
 
 def reference_window(labels: list[int], scores: list[float], ipc: int, beta: float, hardest: str) -> list[int]:
