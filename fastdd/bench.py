@@ -45,13 +45,13 @@ def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
-if device == "cuda":
+if device.startswith("cuda"):
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
 else:
     open("/proc/self/clear_refs", "w").write("5"); base = status("VmRSS:")
 t = time.time()
 trajectory_matching_grad(net, x, y, lr, theta0, target, batches, mode=mode)
-if device == "cuda":
+if device.startswith("cuda"):
     torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated() - base
 else:
     peak = status("VmHWM:") - base
@@ -74,8 +74,8 @@ def measure(mode: str, steps: int, batch: int = 100, im_size: int = 32, channels
 def memory_scaling(steps: list[int], modes: list[str], batch: int = 100, im_size: int = 32, channels: int = 3,
                    width: int = 128, device: str = "cpu", max_mib: float | None = None,
                    out: str | os.PathLike | None = None, echo=print) -> list[MemoryPoint]:
-    """Measure every (mode, steps) pair. ``bptt`` points predicted (linearly from the measured ones)
-    to exceed ``max_mib`` are skipped. Writes ``memory_scaling.csv`` / ``.json`` / ``.png`` into ``out``."""
+    """Measure every (mode, steps) pair. Points predicted (linearly from the mode's last two measured
+    ones) to exceed ``max_mib`` are skipped. Writes ``memory_scaling.csv`` / ``.json`` / ``.png`` into ``out``."""
     points: list[MemoryPoint] = []
     for mode in modes:
         seen: list[MemoryPoint] = []

@@ -259,9 +259,12 @@ def cmd_distill(args) -> int:
     if args.scores:
         from .scores import load_scores
         scores = load_scores(args.scores, ds)
-    syn = distill(ds, args.method, args.ipc, experts=args.experts, iterations=args.iterations, seed=args.seed,
-                  preset=args.preset, scores=scores, out=args.out, resume=args.resume,
-                  checkpoint_every=args.checkpoint_every, **options)
+    try:
+        syn = distill(ds, args.method, args.ipc, experts=args.experts, iterations=args.iterations, seed=args.seed,
+                      preset=args.preset, scores=scores, out=args.out, resume=args.resume,
+                      checkpoint_every=args.checkpoint_every, **options)
+    except TypeError as e:  # an unknown --options key
+        raise ValueError(str(e)) from e
     RunDir(args.out, _config(args))
     syn.save(Path(args.out) / "synthetic", denormalize=ds.denormalize)
     _curves(Path(args.out))
@@ -269,8 +272,10 @@ def cmd_distill(args) -> int:
     if args.evaluate:
         from .evaluate import evaluate
         protocol = "dd" if syn.meta["method"] == "dd" else args.protocol
-        print(evaluate(syn, ds, protocol, num_eval=args.num_eval, seed=args.seed,
-                       random_baseline=protocol != "dd"))
+        if protocol == "dd":
+            print(evaluate(syn, ds, "dd", num_eval=args.num_eval, seed=args.seed, experts=args.experts))
+        else:
+            print(evaluate(syn, ds, protocol, num_eval=args.num_eval, seed=args.seed, random_baseline=True))
     return 0
 
 
@@ -324,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("distill", help="distil a data set (dd, mtt, selmatch, tesla, datm)",
-                       description="Distil with a method or a preset; writes log.csv, checkpoints, the synthetic "
-                                   "set, images.png, loss.png and lr.png into --out.")
+                       description="Distil with a method or a preset; writes log.csv, checkpoints, loss.png, lr.png "
+                                   "and config.yaml into --out, and the set (with images.png) into --out/synthetic.")
     _data_args(p)
     p.add_argument("--method", default="mtt", choices=["dd", "mtt", "selmatch", "tesla", "datm"])
     p.add_argument("--preset", default=None, help="a name from fastdd.PRESETS (sets method, ipc, options)")

@@ -189,10 +189,7 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
     """
     if num_eval < 1:
         raise ValueError(f"num_eval must be >= 1, got {num_eval}")
-    if protocol == "dd":
-        from .distill.dd import evaluate_dd
-        accs, info = evaluate_dd(syn, ds, num_eval, seed, experts=overrides.pop("experts", None))
-        return EvalResult(accs, info)
+
     if syn.num_classes != ds.num_classes or tuple(syn.images.shape[1:]) != (ds.channels, *ds.im_size):
         raise ValueError(f"the synthetic set ({syn.num_classes} classes, images {tuple(syn.images.shape[1:])}) does not "
                          f"belong to {ds.name} ({ds.num_classes} classes, images {(ds.channels, *ds.im_size)})")
@@ -200,6 +197,16 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
         if key in syn.meta and syn.meta[key] != have:
             raise ValueError(f"the synthetic set was made with {key}={syn.meta[key]!r}, but the data set has "
                              f"{key}={have!r}: evaluate it on the data it came from")
+    if protocol == "dd":
+        from .distill.dd import evaluate_dd
+        from .experts import ExpertBuffer
+        experts = overrides.pop("experts", None)
+        if overrides or random_baseline:
+            raise TypeError(f"protocol 'dd' replays the learned steps; it takes no {', '.join(overrides) or 'random_baseline'}")
+        if experts is not None and not isinstance(experts, ExpertBuffer):
+            experts = ExpertBuffer(experts)
+        accs, info = evaluate_dd(syn, ds, num_eval, seed, experts=experts)
+        return EvalResult(accs, info)
     p = resolve_protocol(protocol, **overrides)
     learned = float(syn.lr.reshape(())) if syn.lr is not None and syn.lr.numel() == 1 else None
     if p.lr == "learned":

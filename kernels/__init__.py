@@ -27,6 +27,10 @@ def triton_available() -> bool:
 def current_backend() -> str:
     """``"torch"`` or ``"triton"``: the backend operations dispatch to (``auto`` = torch until kernels land)."""
     b = _state["backend"]
+    if b not in ("auto",) + BACKENDS:
+        raise ValueError(f"FASTDD_BACKEND={b!r}: choose one of auto, {', '.join(BACKENDS)}")
+    if b == "triton":
+        raise NotImplementedError("FASTDD_BACKEND=triton: fastdd's Triton kernels have not landed yet")
     return "torch" if b == "auto" else b
 
 

@@ -75,6 +75,9 @@ def test_selmatch_window_init_and_frozen_part(tiny_ds, experts):
     assert 0 <= res.mean <= 1
     with pytest.raises(ValueError, match="scores"):
         fastdd.distill(tiny_ds, "selmatch", ipc=4, experts=experts, iterations=1, show_progress=False, **FAST)
+    with pytest.raises(ValueError, match="would be distilled"):
+        fastdd.distill(tiny_ds, "selmatch", ipc=1, experts=experts, scores=scores, alpha=0.5, iterations=1,
+                       show_progress=False, **FAST)
 
 
 def test_nan_guard_skips_and_reports(tiny_ds, experts, monkeypatch, capsys):
@@ -232,6 +235,9 @@ def test_cli_distill_and_memory_bench(tmp_path, capsys):
     assert main(["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", exp, "--iterations",
                  "2", "--options", '{"max_start_epoch": 9}', "--out", str(tmp_path / "bad")]) == 2
     assert "exceeds" in capsys.readouterr().err
+    assert main(["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", exp, "--iterations",
+                 "1", "--options", '{"syn_stepz": 2}', "--out", str(tmp_path / "bad2")]) == 2
+    assert "no option(s) syn_stepz" in capsys.readouterr().err
     assert main(["bench", "memory-scaling", "--steps", "1", "2", "--modes", "adjoint", "--batch", "4", "--width", "8",
                  "--im-size", "8", "--out", str(tmp_path / "bench")]) == 0
     rows = (tmp_path / "bench" / "memory_scaling.csv").read_text().splitlines()

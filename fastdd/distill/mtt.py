@@ -172,6 +172,9 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
     if cfg.init == "window":
         from ..select import check_ipc
         check_ipc(ds, int(ipc * cfg.beta) + ipc)
+        if int(ipc * cfg.alpha) == 0:
+            raise ValueError(f"selmatch: int(ipc * alpha) = int({ipc} * {cfg.alpha}) = 0 images per class would be "
+                             "distilled; raise alpha or ipc")
     else:
         from ..select import check_ipc
         check_ipc(ds, ipc)
