@@ -87,3 +87,32 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def summarize(out: Path = Path("runs")) -> str:
+    """Markdown tables of the JSON results under ``out`` (used for docs/results.md)."""
+    import statistics as st
+    lines = []
+    dd = sorted(out.glob("results6k/dd_seed*.json"))
+    if dd:
+        accs = [json.loads(p.read_text())["accuracy"] for p in dd]
+        lines += ["| seed | test accuracy (%) | learned rates |", "|---|---|---|"]
+        for p in dd:
+            r = json.loads(p.read_text())
+            lines.append(f"| {r['seed']} | {100 * r['accuracy']:.1f} | " + ", ".join(f"{v:.3f}" for v in r["lrs"]) + " |")
+        lines += [f"| **mean ± std** | **{100 * st.mean(accs):.1f} ± {100 * st.pstdev(accs):.1f}** | |", ""]
+    mtt = sorted(out.glob("results/mtt_ipc1_seed*.json"))
+    if mtt:
+        lines += ["| seed | MTT runs (%) | random runs (%) | learned α |", "|---|---|---|---|"]
+        m_all, r_all = [], []
+        for p in mtt:
+            r = json.loads(p.read_text())
+            m_all += r["mtt"]
+            r_all += r["random"]
+            lines.append(f"| {r['seed']} | " + ", ".join(f"{100 * a:.1f}" for a in r["mtt"]) + " | "
+                         + ", ".join(f"{100 * a:.1f}" for a in r["random"]) + f" | {r['syn_lr']:.4f} |")
+        seeds_m = [st.mean(json.loads(p.read_text())["mtt"]) for p in mtt]
+        seeds_r = [st.mean(json.loads(p.read_text())["random"]) for p in mtt]
+        lines += [f"| **mean ± std over seeds** | **{100 * st.mean(seeds_m):.1f} ± {100 * st.pstdev(seeds_m):.1f}** | "
+                  f"**{100 * st.mean(seeds_r):.1f} ± {100 * st.pstdev(seeds_r):.1f}** | |", ""]
+    return "\n".join(lines)

@@ -147,3 +147,18 @@ def test_engine_errors():
         trajectory_matching_grad(net, x, y, torch.tensor(0.1, **F64), theta0[:-1], target, batches)
     with pytest.raises(ValueError, match="empty"):
         trajectory_matching_grad(net, x, y, torch.tensor(0.1, **F64), theta0, target, [])
+
+
+@pytest.mark.parametrize("storage", ["checkpoint", "all", "host"])
+@pytest.mark.parametrize("n_steps", [1, 5, 10])
+def test_theta_storage_modes_are_exact(storage, n_steps):
+    net, theta0, target, x, y, _ = _setup()
+    g = torch.Generator().manual_seed(4)
+    batches = [torch.randperm(7, generator=g)[:3] for _ in range(n_steps)]
+    lrs = torch.full((n_steps,), 0.3, requires_grad=True, **F64)
+    kw = dict(outer=matching_loss(theta0, target))
+    b = unroll_grad(net, x.clone().requires_grad_(), y, lrs, theta0, batches, mode="bptt", **kw)
+    a = unroll_grad(net, x.clone().requires_grad_(), y, lrs, theta0, batches, mode="adjoint", theta_storage=storage,
+                    **kw)
+    assert _rel(a.images, b.images) < 1e-10 and _rel(a.lrs, b.lrs) < 1e-10
+    assert torch.equal(a.theta_final, b.theta_final) or _rel(a.theta_final, b.theta_final) < 1e-14

@@ -25,6 +25,7 @@ replay): the adjoint recomputes step i and must see the same augmentation.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def _check(model, images, labels, lrs, theta0, batches):
 def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, lrs: torch.Tensor,
                 theta0: torch.Tensor, batches: Sequence[torch.Tensor], outer: Callable[[torch.Tensor], torch.Tensor],
                 augment: Augment | None = None, mode: str = "adjoint", *, memory_budget: int | None = None,
-                store_on_host: bool = False) -> UnrollGrads:
+                theta_storage: str = "checkpoint") -> UnrollGrads:
     """Run the student unroll and return the outer loss and its gradients.
 
     Args:
@@ -93,7 +94,10 @@ def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor
         augment: ``None`` or ``(x, step) -> x`` deterministic per step.
         mode: ``"bptt"``, ``"adjoint"``, ``"tesla"`` or ``"auto"``.
         memory_budget: bytes ``auto`` may spend on a BPTT graph (default: half the free memory).
-        store_on_host: adjoint / tesla keep the N parameter vectors θ_i on the CPU (for CUDA students).
+        theta_storage: where adjoint / tesla keep the parameters θ_i of the forward pass: ``"checkpoint"``
+            (every ⌈√N⌉-th, the others recomputed on the way back: memory flat in N, about one extra
+            forward-backward per step), ``"all"`` (every θ_i: N·P floats, no recomputation) or ``"host"``
+            (every θ_i in CPU memory, for CUDA students).
     """
     if mode not in MODES:
         raise ValueError(f"unknown gradient mode {mode!r}; choose one of: {', '.join(MODES)}")
@@ -102,8 +106,10 @@ def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor
         mode = _choose_mode(model, images, labels, theta0, batches, augment, memory_budget)
     if mode == "bptt":
         return _bptt(model, images, labels, lrs, theta0, batches, outer, augment)
+    if theta_storage not in THETA_STORAGE:
+        raise ValueError(f"theta_storage must be one of {', '.join(THETA_STORAGE)}, got {theta_storage!r}")
     return _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact=(mode == "adjoint"),
-                    store_on_host=store_on_host)
+                    theta_storage=theta_storage)
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -133,24 +139,35 @@ def _bptt(model, images, labels, lrs, theta0, batches, outer, augment) -> Unroll
     return UnrollGrads(loss.detach(), out[0], out[1], out[2], theta.detach(), "bptt")
 
 
-def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact: bool, store_on_host: bool
+THETA_STORAGE = ("checkpoint", "all", "host")
+
+
+def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact: bool, theta_storage: str
              ) -> UnrollGrads:
     X, Y = images.detach(), labels.detach()
     eta = lrs.detach()
     want_x, want_y, want_lr = images.requires_grad, labels.requires_grad, lrs.requires_grad
     n = len(batches)
-    # forward: keep θ_i only
-    thetas: list[torch.Tensor] = []
-    theta = theta0.detach()
-    for i, idx in enumerate(batches):
-        thetas.append(theta.to("cpu", non_blocking=True) if store_on_host else theta)
+    # θ_i storage: every step ("all", or on the CPU with "host"), or every k-th step with the steps in
+    # between recomputed segment by segment on the way back ("checkpoint", k ≈ √N: O(√N) vectors).
+    k = max(1, math.isqrt(n - 1) + 1) if theta_storage == "checkpoint" else 1
+    host = theta_storage == "host"
+
+    def step(theta: torch.Tensor, i: int) -> torch.Tensor:
         with torch.enable_grad():
             th = theta.detach().requires_grad_(True)
-            x = X[idx]
+            x = X[batches[i]]
             if augment is not None:
                 x = augment(x, i)
-            g = _step_grad(model, th, x, Y[idx], create_graph=False)
-        theta = (theta - eta[i] * g).detach()
+            g = _step_grad(model, th, x, Y[batches[i]], create_graph=False)
+        return (theta - eta[i] * g).detach()
+
+    stored: dict[int, torch.Tensor] = {}
+    theta = theta0.detach()
+    for i in range(n):
+        if i % k == 0:
+            stored[i] = theta.to("cpu", non_blocking=True) if host else theta
+        theta = step(theta, i)
     theta_n = theta
     with torch.enable_grad():
         th_n = theta_n.detach().requires_grad_(True)
@@ -159,32 +176,35 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
     gX = torch.zeros_like(X) if want_x else None
     gY = torch.zeros_like(Y) if want_y else None
     g_eta = torch.zeros_like(eta) if want_lr else None
-    # backward: recompute step i, one double-backward of g_iᵀλ
-    for i in range(n - 1, -1, -1):
-        idx = batches[i]
-        with torch.enable_grad():
-            th = thetas[i].to(theta0.device).detach().requires_grad_(True)
-            xb = X[idx].detach().requires_grad_(want_x)
-            yb = Y[idx].detach().requires_grad_(want_y)
-            x = augment(xb, i) if augment is not None else xb
-            g = _step_grad(model, th, x, yb, create_graph=True)
-            gl = torch.dot(g.reshape(-1), lam)
-            wrt = [th] + [t for t, w in ((xb, want_x), (yb, want_y)) if w]
-            parts = torch.autograd.grad(gl, wrt, allow_unused=True)
-        hvp, rest = parts[0], list(parts[1:])
-        if want_lr:
-            g_eta[i] = -gl.detach()
-        if want_x:
-            gx = rest.pop(0)
-            if gx is not None:
-                gX.index_add_(0, idx, -eta[i] * gx)
-        if want_y:
-            gy = rest.pop(0)
-            if gy is not None:
-                gY.index_add_(0, idx, -eta[i] * gy)
-        if exact and hvp is not None:
-            lam = lam - eta[i] * hvp.detach()
-        thetas[i] = None  # free as we go
+    for seg in range((n - 1) // k * k, -1, -k):
+        segment = [stored.pop(seg).to(theta0.device)]
+        for i in range(seg, min(seg + k, n) - 1):  # recompute θ_{seg+1} .. inside the segment
+            segment.append(step(segment[-1], i))
+        # backward: recompute step i with a graph, one double-backward of g_iᵀλ
+        for i in range(min(seg + k, n) - 1, seg - 1, -1):
+            idx = batches[i]
+            with torch.enable_grad():
+                th = segment.pop().detach().requires_grad_(True)
+                xb = X[idx].detach().requires_grad_(want_x)
+                yb = Y[idx].detach().requires_grad_(want_y)
+                x = augment(xb, i) if augment is not None else xb
+                g = _step_grad(model, th, x, yb, create_graph=True)
+                gl = torch.dot(g.reshape(-1), lam)
+                wrt = [th] + [t for t, w in ((xb, want_x), (yb, want_y)) if w]
+                parts = torch.autograd.grad(gl, wrt, allow_unused=True)
+            hvp, rest = parts[0], list(parts[1:])
+            if want_lr:
+                g_eta[i] = -gl.detach()
+            if want_x:
+                gx = rest.pop(0)
+                if gx is not None:
+                    gX.index_add_(0, idx, -eta[i] * gx)
+            if want_y:
+                gy = rest.pop(0)
+                if gy is not None:
+                    gY.index_add_(0, idx, -eta[i] * gy)
+            if exact and hvp is not None:
+                lam = lam - eta[i] * hvp.detach()
     return UnrollGrads(loss.detach(), gX, g_eta, gY, theta_n, "adjoint" if exact else "tesla")
 
 
