@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-epochs", type=int, default=4)
     p.add_argument("--iterations", type=int, default=20, help="SelMatch iterations")
     p.add_argument("--alpha", type=float, default=0.5, help="fraction of each class that is distilled")
-    p.add_argument("--beta", type=float, default=0.5, help="window start, in multiples of ipc")
+    p.add_argument("--beta", type=float, default=6.0, help="window start, in multiples of ipc (6: past the ~55 hardest digits per class, i.e. an easy window, as SelMatch prefers at small ipc)")
     p.add_argument("--eval-epochs", type=int, default=150)
     p.add_argument("--num-eval", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

@@ -29,7 +29,7 @@ from .scores import forgetting_from_experts
 
 
 def quickstart(out: str | os.PathLike = "runs/quickstart", *, ipc: int = 10, num_experts: int = 2,
-               expert_epochs: int = 4, iterations: int = 20, alpha: float = 0.5, beta: float = 0.5,
+               expert_epochs: int = 4, iterations: int = 20, alpha: float = 0.5, beta: float = 6.0,
                eval_epochs: int = 150, num_eval: int = 2, seed: int = 0, show_progress: bool = True,
                echo=None) -> dict:
     """Run the quickstart into ``out``; returns the numbers it reported."""
