@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .data import Dataset, minibatches
-from .models import FunctionalNet, model_for
+from .engine import student_loss
+from .models import accuracy, model_for
 from .rng import generator
 from .runs import progress
 from .select import random_indices, real_subset
@@ -100,19 +100,7 @@ def resolve_protocol(protocol: str | Protocol, **overrides: Any) -> Protocol:
     return replace(protocol, **overrides)
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if targets.dim() == 2:  # soft labels: cross-entropy against target probabilities
-        return -(targets * F.log_softmax(logits, 1)).sum(1).mean()
-    return F.cross_entropy(logits, targets)
-
-
-def test_accuracy(net: FunctionalNet, theta: torch.Tensor, buffers: torch.Tensor | None, ds: Dataset,
-                  batch: int = 1024) -> float:
-    correct = 0
-    with torch.no_grad():
-        for x, y in zip(ds.test.images.split(batch), ds.test.labels.split(batch)):
-            correct += int((net(x, theta, buffers, train=buffers is None).argmax(1) == y).sum())
-    return correct / len(ds.test)
+_loss = student_loss  # hard labels or target probabilities, as in the student's inner loop
 
 
 def train_on(images: torch.Tensor, labels: torch.Tensor, ds: Dataset, p: Protocol, lr: float, seed: int,
@@ -167,7 +155,7 @@ def train_on(images: torch.Tensor, labels: torch.Tensor, ds: Dataset, p: Protoco
             opt.step()
         if sched is not None:
             sched.step()
-    return test_accuracy(net, theta.detach(), buffers, ds)
+    return accuracy(net, theta.detach(), buffers, ds.test.images, ds.test.labels)
 
 
 def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", num_eval: int = 5, seed: int = 0, *,

@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from .data import Dataset, minibatches
 from .errors import CorruptFileError, ModelMismatchError
 from .io import atomic_save_safetensors, atomic_write_json, sha256_file
-from .models import FunctionalNet, model_for, model_from_spec
+from .models import FunctionalNet, accuracy, model_for, model_from_spec
 from .rng import generator
 from .runs import CSVLog, RunDir, progress
 
@@ -44,15 +44,6 @@ class ExpertConfig:
     batch_size: int = 256
     decay: bool = False  # ×0.1 once at epoch epochs // 2 + 1
     augment: str | None = None  # None | "dsa"
-
-
-def _accuracy(net: FunctionalNet, theta: torch.Tensor, buffers: torch.Tensor | None, images: torch.Tensor,
-              labels: torch.Tensor, batch: int = 1024) -> float:
-    correct = 0
-    with torch.no_grad():
-        for x, y in zip(images.split(batch), labels.split(batch)):
-            correct += int((net(x, theta, buffers, train=buffers is None).argmax(1) == y).sum())
-    return correct / max(len(labels), 1)
 
 
 def train_one(net: FunctionalNet, ds: Dataset, epochs: int, cfg: ExpertConfig, seed: int,
@@ -91,7 +82,7 @@ def train_one(net: FunctionalNet, ds: Dataset, epochs: int, cfg: ExpertConfig, s
         snaps.append(theta.detach().cpu().clone())
         if on_epoch is not None:
             on_epoch(ep, float(loss.detach()))
-    acc = _accuracy(net, theta.detach(), buffers, ds.test.images, ds.test.labels)
+    acc = accuracy(net, theta.detach(), buffers, ds.test.images, ds.test.labels)
     return torch.stack(snaps), acc
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, minibatches
-from ..engine import dd_grad
+from ..engine import dd_grad, student_loss
 from ..experts import ExpertBuffer
 from ..models import FunctionalNet, model_for
 from ..rng import generator
@@ -171,10 +171,7 @@ def replay(syn: SyntheticSet, net: FunctionalNet, theta0: torch.Tensor) -> torch
     for t, eta in enumerate(syn.lr.tolist()):
         with torch.enable_grad():
             th = theta.requires_grad_(True)
-            logits = net(x[t % s], th)
-            loss = F.cross_entropy(logits, y[t % s]) if y.dim() == 2 else \
-                -(y[t % s] * F.log_softmax(logits, 1)).sum(1).mean()
-            g = torch.autograd.grad(loss, th)[0]
+            g = torch.autograd.grad(student_loss(net(x[t % s], th), y[t % s]), th)[0]
         theta = (theta - eta * g).detach()
     return theta
 

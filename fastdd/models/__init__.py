@@ -59,6 +59,17 @@ def model_for(ds, name: str = "convnet", **kwargs: Any) -> FunctionalNet:
     return build_model(name, in_channels=ds.channels, num_classes=ds.num_classes, im_size=ds.im_size, **kwargs)
 
 
+def accuracy(net: FunctionalNet, theta, buffers, images, labels, batch: int = 1024) -> float:
+    """Fraction of ``images`` that ``net`` (parameters ``theta``) classifies as ``labels``. Batch norm uses
+    the running statistics in ``buffers`` when given, batch statistics otherwise."""
+    import torch
+    correct = 0
+    with torch.no_grad():
+        for x, y in zip(images.split(batch), labels.split(batch)):
+            correct += int((net(x, theta, buffers, train=buffers is None).argmax(1) == y).sum())
+    return correct / max(len(labels), 1)
+
+
 def default_convnet_depth(im_size) -> int:
     """The literature's ConvNet depth by resolution: 3 up to 32 px, 4 at 64 px, 5 at 128 px."""
     s = max(im_size)
@@ -66,4 +77,4 @@ def default_convnet_depth(im_size) -> int:
 
 
 __all__ = ["FunctionalNet", "ParamSpec", "ConvNet", "LeNet", "AlexCifarNet", "VGG11", "MLP", "ResNet18",
-           "MODELS", "build_model", "model_from_spec", "model_for", "default_convnet_depth"]
+           "MODELS", "accuracy", "build_model", "model_from_spec", "model_for", "default_convnet_depth"]
