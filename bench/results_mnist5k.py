@@ -3,7 +3,14 @@
     python bench/results_mnist5k.py dd --seeds 0 1 2                  # DD, fixed init, LeNet, 10 images
     python bench/results_mnist5k.py experts                            # ConvNet experts for MTT / SelMatch
     python bench/results_mnist5k.py mtt --ipc 1 --seeds 0 1 2          # MTT vs random at IPC 1
-    python bench/results_mnist5k.py selmatch --ipc 10 --seeds 0        # SelMatch (scores from the experts)
+
+The table of random / MTT / SelMatch at IPC 1, 10, 40 and the full train split (one protocol, ConvNet
+of width 32 throughout so that it fits a CPU budget):
+
+    python bench/results_mnist5k.py table-experts                     # 5 ConvNet-32 experts x 8 epochs + scores
+    python bench/results_mnist5k.py table-distill --method mtt --ipc 1 --seeds 0 1 2
+    python bench/results_mnist5k.py table-distill --method selmatch --ipc 10 --seeds 0
+    python bench/results_mnist5k.py table-eval                        # every cell, 3 runs each
 
 CPU budget note: everything here was run on a shared 2-core CPU; settings are scaled down from the papers'
 (iterations, evaluation epochs) and stated in each JSON file and in docs/results.md.
@@ -13,7 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 import fastdd
 
@@ -65,9 +75,189 @@ def run_mtt(args) -> None:
             "syn_lr": float(syn.lr), "seconds": time.time() - t})
 
 
+# ------------------------------------------------------------------------------------------ the table
+WIDTH = 32
+TABLE_IPCS = (1, 10, 40)
+# SelMatch: the window starts at rank 60 of 400 per class (hardest first) at every IPC; all of an
+# IPC-1 set is distilled (int(1 * 0.5) would distil nothing).
+DISTILL_SEEDS = {1: 3, 10: 3, 40: 3}  # distillation seeds per IPC (CPU budget); runs cycle over them
+SELMATCH = {1: dict(alpha=1.0, beta=60.0), 10: dict(alpha=0.5, beta=6.0), 40: dict(alpha=0.5, beta=1.5)}
+
+
+def table_protocol(ipc: int, class_size: int = 400) -> dict:
+    """One protocol for every cell: ConvNet-32, SGD lr 0.01 momentum 0.9 wd 5e-4, ×0.1 at mid-training,
+    DSA, batch 256, and SelMatch's equal-compute epoch rule with 20 (not 50) full-data epochs:
+    epochs = min(1000, round(20 · class_size / ipc)) (IPC 1: 1000, 10: 800, 40: 200, full: 20)."""
+    return dict(protocol="mtt", model_kwargs={"width": WIDTH}, lr=0.01,
+                epochs=min(1000, round(20 * class_size / ipc)))
+
+
+def run_table_experts(args) -> None:
+    from fastdd.scores import forgetting_from_experts
+    ds = fastdd.load_dataset("mnist5k")
+    buf = fastdd.train_experts(ds, "convnet", num_experts=args.num_experts, epochs=args.epochs,
+                               out=args.out / "table" / "experts", seed=0, model_kwargs={"width": WIDTH})
+    scores = forgetting_from_experts(buf, ds)
+    from safetensors.torch import save_file
+    save_file({"forgetting": scores.values.float().contiguous()}, str(args.out / "table" / "forgetting.safetensors"))
+    print("expert test accuracy:", buf.manifest["test_accuracy"])
+    v = scores.values
+    print(f"forgetting: mean {float(v.mean()):.3f}, never forgotten {int((v == 0).sum())} / {len(v)}")
+
+
+def table_scores(args):
+    from safetensors.torch import load_file
+
+    from fastdd.scores import Scores
+    v = load_file(str(args.out / "table" / "forgetting.safetensors"))["forgetting"]
+    return Scores(v, hardest="high", kind="forgetting", source="table experts")
+
+
+def test_forgetting(ds, buf):
+    """Forgetting over the experts' snapshots, counted on the test split (as forgetting_from_experts
+    does on train): the difficulty that splits the test digits into easy / hard halves."""
+    from fastdd.scores import ForgettingTracker, Scores
+    net, tracker = buf.model(), ForgettingTracker(len(ds.test))
+    every = torch.arange(len(ds.test))
+    for e in buf.ids:
+        traj = buf[e]
+        for epoch in range(1, traj.shape[0]):
+            with torch.no_grad():
+                tracker.update(every, net(ds.test.images, traj[epoch]).argmax(1) == ds.test.labels)
+        tracker.end_run()
+    return Scores(tracker.scores(), hardest="high", kind="forgetting", source="table experts, test split")
+
+
+def run_table_distill(args) -> None:
+    ds = fastdd.load_dataset("mnist5k")
+    buf = fastdd.ExpertBuffer(args.out / "table" / "experts")
+    ipc = args.ipc
+    for seed in args.seeds:
+        name = f"{args.method}_ipc{ipc}_seed{seed}"
+        folder = args.out / "table" / name
+        if (folder / "synthetic" / "synthetic.json").exists():
+            print(f"{name}: done already")
+            continue
+        t = time.time()
+        opts = dict(syn_steps=args.syn_steps, expert_epochs=2, max_start_epoch=min(args.max_start, buf.num_epochs - 2),
+                    lr_img=args.lr_img, lr_lr=1e-5, lr_init=0.01, batch_syn=min(10 * ipc, 100), mode="bptt")
+        extra = {}
+        if args.method == "selmatch":
+            opts.update(SELMATCH[ipc])
+            extra["scores"] = table_scores(args)
+        syn = fastdd.distill(ds, args.method, ipc=ipc, experts=buf, iterations=args.iterations, seed=seed,
+                             out=folder, checkpoint_every=25, resume=True, **extra, **opts)
+        syn.save(folder / "synthetic")
+        _save(args.out / "table", name, {"method": args.method, "ipc": ipc, "seed": seed,
+                                         "iterations": args.iterations, "options": opts, "syn_lr": float(syn.lr),
+                                         "seconds": time.time() - t})
+
+
+def run_table_eval(args) -> None:
+    """Every cell of the table, ``--num-eval`` runs each (JSON per cell; cells already done are kept)."""
+    from fastdd.evaluate import resolve_protocol, train_on
+    from fastdd.select import random_indices, real_subset
+    from fastdd.synthetic import SyntheticSet
+    ds = fastdd.load_dataset("mnist5k")
+    out = args.out / "table"
+    cells = [("random", ipc) for ipc in TABLE_IPCS] + [("full", 400)]
+    cells += [(m, ipc) for m in ("mtt", "selmatch") for ipc in TABLE_IPCS]
+    for method, ipc in cells:
+        path = out / f"eval_{method}_ipc{ipc}.json"
+        if path.exists():
+            continue
+        proto = table_protocol(ipc)
+        p = resolve_protocol(proto.pop("protocol"), **proto)
+        runs = []
+        for r in range(args.num_eval):
+            if method == "random":
+                sub, what = real_subset(ds, random_indices(ds, ipc, seed=r)), f"random subset seed {r}"
+            elif method == "full":
+                sub, what = real_subset(ds, torch.arange(len(ds.train))), "full train split"
+            else:
+                # one distilled set per seed when there are several, else runs of the seed-0 set
+                seeds = sorted(int(q.name.split("seed")[1]) for q in out.glob(f"{method}_ipc{ipc}_seed*")
+                               if (q / "synthetic" / "synthetic.json").exists())
+                if len(seeds) < DISTILL_SEEDS[ipc]:
+                    print(f"{method} ipc {ipc}: {len(seeds)} of {DISTILL_SEEDS[ipc]} distilled sets ready, skipped")
+                    break
+                s = seeds[r % len(seeds)]
+                sub, what = SyntheticSet.load(out / f"{method}_ipc{ipc}_seed{s}" / "synthetic"), f"distil seed {s}"
+            t = time.time()
+            distilled = None if sub.frozen is None else ~sub.frozen
+            acc = train_on(sub.images, sub.labels, ds, p, 0.01, seed=1000 + r, distilled=distilled, show_progress=True,
+                           desc=f"{method} ipc {ipc} run {r}")
+            runs.append({"set": what, "eval_seed": 1000 + r, "accuracy": acc, "seconds": time.time() - t})
+            print(method, ipc, runs[-1], flush=True)
+        if len(runs) == args.num_eval:
+            _save(out, f"eval_{method}_ipc{ipc}", {"method": method, "ipc": ipc, "protocol": asdict(p), "runs": runs})
+
+
+def run_table_coverage(args) -> None:
+    """Coverage (train overall / easy / hard half by forgetting, and test) of every table set, in the
+    feature space of expert 0's final snapshot; JSON + a figure under runs/results/table."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fastdd.coverage import coverage_from_features, mean_nn_distance
+    from fastdd.select import (
+        extract_features,
+        random_indices,
+        real_subset,
+        resolve_extractor,
+    )
+    from fastdd.synthetic import SyntheticSet
+    ds = fastdd.load_dataset("mnist5k")
+    out = args.out / "table"
+    fn = resolve_extractor(ds, out / "experts")
+    train_f, test_f = extract_features(ds, "train", fn), extract_features(ds, "test", fn)
+    radius = mean_nn_distance(train_f)
+    scores = table_scores(args)
+    test_scores = test_forgetting(ds, fastdd.ExpertBuffer(out / "experts"))
+    rows = []
+    for ipc in TABLE_IPCS:
+        sets = [("random", s, real_subset(ds, random_indices(ds, ipc, seed=s))) for s in range(3)]
+        for method in ("mtt", "selmatch"):
+            for q in sorted(out.glob(f"{method}_ipc{ipc}_seed*")):
+                if (q / "synthetic" / "synthetic.json").exists():
+                    sets.append((method, int(q.name.split("seed")[1]), SyntheticSet.load(q / "synthetic")))
+        for method, seed, syn in sets:
+            res = coverage_from_features(train_f, extract_features(ds, extractor=fn, images=syn.images),
+                                         train_labels=ds.train.labels, test_features=test_f,
+                                         test_labels=ds.test.labels, scores=scores, test_scores=test_scores,
+                                         radius=radius)
+            rows.append({"method": method, "ipc": ipc, "seed": seed, **{k: getattr(res, k) for k in
+                         ("train", "train_easy", "train_hard", "test", "test_easy", "test_hard")}})
+            print(rows[-1], flush=True)
+    _save(out, "coverage", {"radius": radius, "extractor": getattr(fn, "description", ""), "rows": rows})
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True)
+    keys = ("train", "train_easy", "train_hard", "test", "test_easy", "test_hard")
+    titles = [f"{split}, {part}" for split in ("train", "test") for part in ("all", "easy half", "hard half")]
+    for ax, key, title in zip(axes.flat, keys, titles):
+        for method, style in (("random", "o-"), ("mtt", "s-"), ("selmatch", "^-")):
+            xs = [i for i in TABLE_IPCS if any(r["method"] == method and r["ipc"] == i for r in rows)]
+            ys = [[100 * r[key] for r in rows if r["method"] == method and r["ipc"] == i] for i in xs]
+            if xs:
+                ax.errorbar(xs, [sum(y) / len(y) for y in ys],
+                            yerr=[(max(y) - min(y)) / 2 for y in ys], fmt=style, capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xticks(TABLE_IPCS, [str(i) for i in TABLE_IPCS])
+        ax.set_xlabel("images per class")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("coverage (%)")
+    axes[0, 0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "coverage.png", dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("experiment", choices=["dd", "experts", "mtt"])
+    ap.add_argument("experiment", choices=["dd", "experts", "mtt", "table-experts", "table-distill", "table-eval",
+                                               "table-coverage"])
+    ap.add_argument("--method", choices=["mtt", "selmatch"], default="mtt")
     ap.add_argument("--out", type=Path, default=Path("runs/results"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--iterations", type=int, default=2000)
@@ -82,7 +272,9 @@ def main() -> None:
     ap.add_argument("--decay-every", type=int, default=None, help="DD: halve the Adam rate every this many iterations")
     ap.add_argument("--eval-epochs", type=int, default=300)
     args = ap.parse_args()
-    {"dd": run_dd, "experts": run_experts, "mtt": run_mtt}[args.experiment](args)
+    {"dd": run_dd, "experts": run_experts, "mtt": run_mtt, "table-experts": run_table_experts,
+     "table-distill": run_table_distill, "table-eval": run_table_eval,
+     "table-coverage": run_table_coverage}[args.experiment](args)
 
 
 if __name__ == "__main__":
@@ -93,7 +285,7 @@ def summarize(out: Path = Path("runs")) -> str:
     """Markdown tables of the JSON results under ``out`` (used for docs/results.md)."""
     import statistics as st
     lines = []
-    dd = sorted(out.glob("results6k/dd_seed*.json"))
+    dd = sorted(out.glob("dd6k/dd_seed*.json"))
     if dd:
         accs = [json.loads(p.read_text())["accuracy"] for p in dd]
         lines += ["| seed | test accuracy (%) | learned rates |", "|---|---|---|"]
@@ -115,4 +307,37 @@ def summarize(out: Path = Path("runs")) -> str:
         seeds_r = [st.mean(json.loads(p.read_text())["random"]) for p in mtt]
         lines += [f"| **mean ± std over seeds** | **{100 * st.mean(seeds_m):.1f} ± {100 * st.pstdev(seeds_m):.1f}** | "
                   f"**{100 * st.mean(seeds_r):.1f} ± {100 * st.pstdev(seeds_r):.1f}** | |", ""]
+    return "\n".join(lines)
+
+
+def summarize_table(out: Path = Path("runs/results/table")) -> str:
+    """Markdown of the accuracy table (eval_*.json) and the coverage table (coverage.json)."""
+    import statistics as st
+
+    def cell(method: str, ipc: int) -> str:
+        p = out / f"eval_{method}_ipc{ipc}.json"
+        if not p.exists():
+            return "—"
+        accs = [100 * r["accuracy"] for r in json.loads(p.read_text())["runs"]]
+        return f"{st.mean(accs):.1f} ± {st.pstdev(accs):.1f}"
+
+    lines = ["| method | IPC 1 | IPC 10 | IPC 40 |", "|---|---|---|---|"]
+    for method, name in (("random", "random real"), ("mtt", "MTT"), ("selmatch", "SelMatch")):
+        lines.append(f"| {name} | " + " | ".join(cell(method, i) for i in TABLE_IPCS) + " |")
+    lines += [f"| full train split (400 per class) | {cell('full', 400)} | | |", ""]
+    cov = out / "coverage.json"
+    if cov.exists():
+        c = json.loads(cov.read_text())
+        lines += [f"Radius r = {c['radius']:.4g} ({c['extractor']}).", "",
+                  "| method | IPC | train, all | train, easy | train, hard | test, all | test, easy | test, hard |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for ipc in TABLE_IPCS:
+            for method, name in (("random", "random real"), ("mtt", "MTT"), ("selmatch", "SelMatch")):
+                rows = [r for r in c["rows"] if r["method"] == method and r["ipc"] == ipc]
+                if rows:
+                    lines.append(f"| {name} | {ipc} | " + " | ".join(
+                        f"{st.mean(100 * r[k] for r in rows):.1f}" + (f" ± {st.pstdev([100 * r[k] for r in rows]):.1f}"
+                                                                       if len(rows) > 1 else "")
+                        for k in ("train", "train_easy", "train_hard", "test", "test_easy", "test_hard")) + " |")
+        lines.append("")
     return "\n".join(lines)
