@@ -7,10 +7,11 @@
 The table of random / MTT / SelMatch at IPC 1, 10, 40 and the full train split (one protocol, ConvNet
 of width 32 throughout so that it fits a CPU budget):
 
-    python bench/results_mnist5k.py table-experts                     # 5 ConvNet-32 experts x 8 epochs + scores
-    python bench/results_mnist5k.py table-distill --method mtt --ipc 1 --seeds 0 1 2
-    python bench/results_mnist5k.py table-distill --method selmatch --ipc 10 --seeds 0
-    python bench/results_mnist5k.py table-eval                        # every cell, 3 runs each
+    python bench/results_mnist5k.py table-experts --num-experts 5 --epochs 8   # experts + forgetting scores
+    python bench/results_mnist5k.py table-distill --method mtt --ipc 10 --seeds 0 1 2 --iterations 200 --lr-img 1000
+                                                  # likewise --method selmatch; --ipc 1 (300 iterations), 40
+    python bench/results_mnist5k.py table-eval --num-eval 3           # every cell, 3 runs each
+    python bench/results_mnist5k.py table-coverage                     # coverage.json + coverage.png
 
 CPU budget note: everything here was run on a shared 2-core CPU; settings are scaled down from the papers'
 (iterations, evaluation epochs) and stated in each JSON file and in docs/results.md.
@@ -78,9 +79,9 @@ def run_mtt(args) -> None:
 # ------------------------------------------------------------------------------------------ the table
 WIDTH = 32
 TABLE_IPCS = (1, 10, 40)
+DISTILL_SEEDS = {1: 3, 10: 3, 40: 3}  # distilled sets per IPC; evaluation run r uses set r % count
 # SelMatch: the window starts at rank 60 of 400 per class (hardest first) at every IPC; all of an
 # IPC-1 set is distilled (int(1 * 0.5) would distil nothing).
-DISTILL_SEEDS = {1: 3, 10: 3, 40: 3}  # distillation seeds per IPC (CPU budget); runs cycle over them
 SELMATCH = {1: dict(alpha=1.0, beta=60.0), 10: dict(alpha=0.5, beta=6.0), 40: dict(alpha=0.5, beta=1.5)}
 
 
@@ -113,7 +114,7 @@ def table_scores(args):
     return Scores(v, hardest="high", kind="forgetting", source="table experts")
 
 
-def test_forgetting(ds, buf):
+def forgetting_on_test(ds, buf):
     """Forgetting over the experts' snapshots, counted on the test split (as forgetting_from_experts
     does on train): the difficulty that splits the test digits into easy / hard halves."""
     from fastdd.scores import ForgettingTracker, Scores
@@ -175,7 +176,6 @@ def run_table_eval(args) -> None:
             elif method == "full":
                 sub, what = real_subset(ds, torch.arange(len(ds.train))), "full train split"
             else:
-                # one distilled set per seed when there are several, else runs of the seed-0 set
                 seeds = sorted(int(q.name.split("seed")[1]) for q in out.glob(f"{method}_ipc{ipc}_seed*")
                                if (q / "synthetic" / "synthetic.json").exists())
                 if len(seeds) < DISTILL_SEEDS[ipc]:
@@ -185,12 +185,23 @@ def run_table_eval(args) -> None:
                 sub, what = SyntheticSet.load(out / f"{method}_ipc{ipc}_seed{s}" / "synthetic"), f"distil seed {s}"
             t = time.time()
             distilled = None if sub.frozen is None else ~sub.frozen
-            acc = train_on(sub.images, sub.labels, ds, p, 0.01, seed=1000 + r, distilled=distilled, show_progress=True,
+            acc = train_on(sub.images, sub.labels, ds, p, p.lr, seed=1000 + r, distilled=distilled, show_progress=True,
                            desc=f"{method} ipc {ipc} run {r}")
             runs.append({"set": what, "eval_seed": 1000 + r, "accuracy": acc, "seconds": time.time() - t})
             print(method, ipc, runs[-1], flush=True)
         if len(runs) == args.num_eval:
             _save(out, f"eval_{method}_ipc{ipc}", {"method": method, "ipc": ipc, "protocol": asdict(p), "runs": runs})
+
+
+def pixel_drift(ds, syn) -> float | None:
+    """Median, over the set's distilled images, of (pixel distance to the nearest training digit) /
+    (the image's norm): how far distillation moved the images from real digits (None: nothing distilled)."""
+    learned = torch.ones(len(syn), dtype=torch.bool) if syn.frozen is None else ~syn.frozen.cpu()
+    if syn.meta.get("method") == "random" or not bool(learned.any()):
+        return None
+    x = syn.images[learned].flatten(1)
+    d = torch.cdist(x, ds.train.images.flatten(1)).min(1).values
+    return float((d / x.norm(dim=1)).median())
 
 
 def run_table_coverage(args) -> None:
@@ -214,7 +225,7 @@ def run_table_coverage(args) -> None:
     train_f, test_f = extract_features(ds, "train", fn), extract_features(ds, "test", fn)
     radius = mean_nn_distance(train_f)
     scores = table_scores(args)
-    test_scores = test_forgetting(ds, fastdd.ExpertBuffer(out / "experts"))
+    test_scores = forgetting_on_test(ds, fastdd.ExpertBuffer(out / "experts"))
     rows = []
     for ipc in TABLE_IPCS:
         sets = [("random", s, real_subset(ds, random_indices(ds, ipc, seed=s))) for s in range(3)]
@@ -228,7 +239,8 @@ def run_table_coverage(args) -> None:
                                          test_labels=ds.test.labels, scores=scores, test_scores=test_scores,
                                          radius=radius)
             rows.append({"method": method, "ipc": ipc, "seed": seed, **{k: getattr(res, k) for k in
-                         ("train", "train_easy", "train_hard", "test", "test_easy", "test_hard")}})
+                         ("train", "train_easy", "train_hard", "test", "test_easy", "test_hard")},
+                         "drift": pixel_drift(ds, syn)})
             print(rows[-1], flush=True)
     _save(out, "coverage", {"radius": radius, "extractor": getattr(fn, "description", ""), "rows": rows})
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True)
@@ -321,10 +333,11 @@ def summarize_table(out: Path = Path("runs/results/table")) -> str:
         accs = [100 * r["accuracy"] for r in json.loads(p.read_text())["runs"]]
         return f"{st.mean(accs):.1f} ± {st.pstdev(accs):.1f}"
 
-    lines = ["| method | IPC 1 | IPC 10 | IPC 40 |", "|---|---|---|---|"]
+    lines = ["| method | IPC 1 | IPC 10 | IPC 40 | full train split (400 per class) |", "|---|---|---|---|---|"]
     for method, name in (("random", "random real"), ("mtt", "MTT"), ("selmatch", "SelMatch")):
-        lines.append(f"| {name} | " + " | ".join(cell(method, i) for i in TABLE_IPCS) + " |")
-    lines += [f"| full train split (400 per class) | {cell('full', 400)} | | |", ""]
+        full = cell("full", 400) if method == "random" else "—"
+        lines.append(f"| {name} | " + " | ".join(cell(method, i) for i in TABLE_IPCS) + f" | {full} |")
+    lines.append("")
     cov = out / "coverage.json"
     if cov.exists():
         c = json.loads(cov.read_text())
