@@ -31,7 +31,12 @@ def test_mtt_runs_learns_and_is_deterministic(tiny_ds, experts, tmp_path):
     assert syn.meta["method"] == "mtt" and syn.meta["skipped_iterations"] == 0
     again = _mtt(tiny_ds, experts)
     assert torch.equal(syn.images, again.images) and torch.equal(syn.lr, again.lr)
-    # init = real images of the right class, then moved by the updates
+    # init = real images of the right class (recorded in meta), then moved by the updates
+    idx = torch.tensor(syn.meta["init_indices"])
+    assert tiny_ds.train.labels[idx].tolist() == syn.labels.tolist() and len(set(idx.tolist())) == 12
+    start = _mtt(tiny_ds, experts, iterations=1, threshold=-1.0)  # the loss gate skips the one update
+    assert start.meta["init_indices"] == idx.tolist() and torch.equal(start.images, tiny_ds.train.images[idx])
+    assert not torch.equal(syn.images, start.images)
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert rows[0].startswith("iteration,loss") and len(rows) == 4
     other = _mtt(tiny_ds, experts, seed=1)
@@ -68,6 +73,7 @@ def test_selmatch_window_init_and_frozen_part(tiny_ds, experts):
         expect += sorted(idx, key=lambda i: float(scores[i]))[2:6]
     init = tiny_ds.train.images[torch.tensor(expect)]
     assert syn.frozen.tolist() == [True, True, False, False] * 4  # harder half frozen
+    assert syn.meta["init_indices"] == expect
     assert torch.equal(syn.images[syn.frozen], init[syn.frozen])
     assert not torch.equal(syn.images[~syn.frozen], init[~syn.frozen])
     res = fastdd.evaluate(syn, tiny_ds, "selmatch", num_eval=1, model="convnetbn",

@@ -95,12 +95,15 @@ def student_batches(m: int, batch: int, steps: int, g: torch.Generator, device) 
 
 
 def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scores, buf: ExpertBuffer | None,
-                 net) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Class-major ``(images, labels, frozen, soft_logits)``."""
+                 net) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None,
+                                torch.Tensor | None]:
+    """Class-major ``(images, labels, frozen, soft_logits, init_indices)``; ``init_indices`` ``(K·ipc,)``
+    are the training images the set starts from (``None`` for noise)."""
     k = ds.num_classes
     labels = torch.arange(k, device=ds.device).repeat_interleave(ipc)
     frozen = None
     logits = None
+    idx = None
     if cfg.init == "noise":
         images = torch.randn((k * ipc, ds.channels, *ds.im_size), generator=g).to(ds.device)
     elif cfg.init == "real":
@@ -113,10 +116,10 @@ def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scor
             raise ValueError("init='window' (SelMatch) needs difficulty scores: pass scores= (fastdd.load_scores, "
                              "fastdd.forgetting_scores, or a (N,) array with hardest='low'/'high')")
         scores = as_scores(scores, hardest=None if isinstance(scores, Scores) else cfg.hardest, n=len(ds.train))
-        win = window_indices(ds.train.labels.cpu(), scores, ipc=ipc, beta=cfg.beta)
+        idx = window_indices(ds.train.labels.cpu(), scores, ipc=ipc, beta=cfg.beta)
         # per class: ranks [0, spc) frozen (harder), [spc, ipc) distilled (easier)
         spc = ipc - int(ipc * cfg.alpha)
-        images = ds.train.images[win.to(ds.device)].clone()
+        images = ds.train.images[idx.to(ds.device)].clone()
         frozen = (torch.arange(k * ipc) % ipc < spc).to(ds.device)
     else:  # "correct" (DATM): images the last snapshot of the first expert classifies correctly
         final = buf[buf.ids[0]][-1].to(ds.device)
@@ -129,10 +132,11 @@ def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scor
             if len(good) < ipc:  # not enough: fill with the rest, in the same random order
                 good = torch.cat([good, perm[~ok]])
             idx.append(good[:ipc])
-        images = ds.train.images[torch.cat(idx)].clone()
+        idx = torch.cat(idx)
+        images = ds.train.images[idx].clone()
     if cfg.soft_labels == "datm":
         logits = _correct_expert_logits(images, labels, buf, net)
-    return images, labels, frozen, logits
+    return images, labels, frozen, logits, (None if idx is None else idx.cpu())
 
 
 def _correct_expert_logits(images, labels, buf: ExpertBuffer, net) -> torch.Tensor:
@@ -181,7 +185,7 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
     dev = ds.device
     g_init, g_iter, g_aug = generator(seed, method, "init"), generator(seed, method, "iter"), \
         generator(seed, method, "augment")
-    images, labels, frozen, logits = _init_images(ds, ipc, cfg, g_init, scores, experts, net)
+    images, labels, frozen, logits, init_idx = _init_images(ds, ipc, cfg, g_init, scores, experts, net)
     syn_lr = torch.tensor(cfg.lr_init, device=dev)
     images.requires_grad_(True)
     syn_lr.requires_grad_(True)
@@ -268,7 +272,8 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
     meta = {"method": method, "ipc": ipc, "dataset": ds.name, "zca": ds.zca is not None,
             "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std), "seed": seed,
             "iterations": iterations, "skipped_iterations": skipped, "experts": str(experts.path),
-            "model": net.name, "model_spec": net.spec, "config": asdict(cfg), **(extra_meta or {})}
+            "model": net.name, "model_spec": net.spec, "config": asdict(cfg),
+            "init_indices": None if init_idx is None else init_idx.tolist(), **(extra_meta or {})}
     return SyntheticSet(images.detach().clone(), labels_out, syn_lr.detach().clone(),
                         frozen.clone() if frozen is not None else None, meta)
 
