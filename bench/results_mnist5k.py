@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import fastdd
+from fastdd.evaluate import Protocol, resolve_protocol
 
 
 def _save(out: Path, name: str, obj: dict) -> None:
@@ -59,13 +60,18 @@ def _protocol(args) -> dict:
     return dict(protocol="mtt", num_eval=args.num_eval, epochs=args.eval_epochs)
 
 
+def _mtt_options(args, buf) -> dict:
+    """The MTT settings every mnist5k run here shares (SelMatch adds its window and α)."""
+    return dict(syn_steps=args.syn_steps, expert_epochs=2, max_start_epoch=min(args.max_start, buf.num_epochs - 2),
+                lr_img=args.lr_img, lr_lr=1e-5, lr_init=0.01, batch_syn=min(10 * args.ipc, 100), mode="bptt")
+
+
 def run_mtt(args) -> None:
     ds = fastdd.load_dataset("mnist5k")
     buf = fastdd.ExpertBuffer(args.out / "experts")
     for seed in args.seeds:
         t = time.time()
-        opts = dict(syn_steps=args.syn_steps, expert_epochs=2, max_start_epoch=min(args.max_start, buf.num_epochs - 2),
-                    lr_img=args.lr_img, lr_lr=1e-5, lr_init=0.01, batch_syn=min(10 * args.ipc, 100), mode="bptt")
+        opts = _mtt_options(args, buf)
         syn = fastdd.distill(ds, "mtt", ipc=args.ipc, experts=buf, iterations=args.iterations, seed=seed,
                              out=args.out / f"mtt_ipc{args.ipc}_seed{seed}", checkpoint_every=50, resume=True, **opts)
         syn.save(args.out / f"mtt_ipc{args.ipc}_seed{seed}" / "synthetic")
@@ -85,12 +91,11 @@ DISTILL_SEEDS = {1: 3, 10: 3, 40: 3}  # distilled sets per IPC; evaluation run r
 SELMATCH = {1: dict(alpha=1.0, beta=60.0), 10: dict(alpha=0.5, beta=6.0), 40: dict(alpha=0.5, beta=1.5)}
 
 
-def table_protocol(ipc: int, class_size: int = 400) -> dict:
+def table_protocol(ipc: int, class_size: int = 400) -> Protocol:
     """One protocol for every cell: ConvNet-32, SGD lr 0.01 momentum 0.9 wd 5e-4, ×0.1 at mid-training,
     DSA, batch 256, and SelMatch's equal-compute epoch rule with 20 (not 50) full-data epochs:
     epochs = min(1000, round(20 · class_size / ipc)) (IPC 1: 1000, 10: 800, 40: 200, full: 20)."""
-    return dict(protocol="mtt", model_kwargs={"width": WIDTH}, lr=0.01,
-                epochs=min(1000, round(20 * class_size / ipc)))
+    return resolve_protocol("mtt", model_kwargs={"width": WIDTH}, lr=0.01, epochs=min(1000, round(20 * class_size / ipc)))
 
 
 def run_table_experts(args) -> None:
@@ -114,19 +119,15 @@ def table_scores(args):
     return Scores(v, hardest="high", kind="forgetting", source="table experts")
 
 
-def forgetting_on_test(ds, buf):
-    """Forgetting over the experts' snapshots, counted on the test split (as forgetting_from_experts
-    does on train): the difficulty that splits the test digits into easy / hard halves."""
-    from fastdd.scores import ForgettingTracker, Scores
-    net, tracker = buf.model(), ForgettingTracker(len(ds.test))
-    every = torch.arange(len(ds.test))
-    for e in buf.ids:
-        traj = buf[e]
-        for epoch in range(1, traj.shape[0]):
-            with torch.no_grad():
-                tracker.update(every, net(ds.test.images, traj[epoch]).argmax(1) == ds.test.labels)
-        tracker.end_run()
-    return Scores(tracker.scores(), hardest="high", kind="forgetting", source="table experts, test split")
+def distilled_seeds(out: Path, method: str, ipc: int) -> list[int]:
+    """Seeds of the finished ``method`` sets at ``ipc`` under ``out`` (ascending)."""
+    return sorted(int(q.name.split("seed")[1]) for q in out.glob(f"{method}_ipc{ipc}_seed*")
+                  if (q / "synthetic" / "synthetic.json").exists())
+
+
+def load_distilled(out: Path, method: str, ipc: int, seed: int):
+    from fastdd.synthetic import SyntheticSet
+    return SyntheticSet.load(out / f"{method}_ipc{ipc}_seed{seed}" / "synthetic")
 
 
 def run_table_distill(args) -> None:
@@ -140,8 +141,7 @@ def run_table_distill(args) -> None:
             print(f"{name}: done already")
             continue
         t = time.time()
-        opts = dict(syn_steps=args.syn_steps, expert_epochs=2, max_start_epoch=min(args.max_start, buf.num_epochs - 2),
-                    lr_img=args.lr_img, lr_lr=1e-5, lr_init=0.01, batch_syn=min(10 * ipc, 100), mode="bptt")
+        opts = _mtt_options(args, buf)
         extra = {}
         if args.method == "selmatch":
             opts.update(SELMATCH[ipc])
@@ -156,9 +156,8 @@ def run_table_distill(args) -> None:
 
 def run_table_eval(args) -> None:
     """Every cell of the table, ``--num-eval`` runs each (JSON per cell; cells already done are kept)."""
-    from fastdd.evaluate import resolve_protocol, train_on
+    from fastdd.evaluate import train_on
     from fastdd.select import random_indices, real_subset
-    from fastdd.synthetic import SyntheticSet
     ds = fastdd.load_dataset("mnist5k")
     out = args.out / "table"
     cells = [("random", ipc) for ipc in TABLE_IPCS] + [("full", 400)]
@@ -167,8 +166,7 @@ def run_table_eval(args) -> None:
         path = out / f"eval_{method}_ipc{ipc}.json"
         if path.exists():
             continue
-        proto = table_protocol(ipc)
-        p = resolve_protocol(proto.pop("protocol"), **proto)
+        p = table_protocol(ipc)
         runs = []
         for r in range(args.num_eval):
             if method == "random":
@@ -176,13 +174,12 @@ def run_table_eval(args) -> None:
             elif method == "full":
                 sub, what = real_subset(ds, torch.arange(len(ds.train))), "full train split"
             else:
-                seeds = sorted(int(q.name.split("seed")[1]) for q in out.glob(f"{method}_ipc{ipc}_seed*")
-                               if (q / "synthetic" / "synthetic.json").exists())
+                seeds = distilled_seeds(out, method, ipc)
                 if len(seeds) < DISTILL_SEEDS[ipc]:
                     print(f"{method} ipc {ipc}: {len(seeds)} of {DISTILL_SEEDS[ipc]} distilled sets ready, skipped")
                     break
                 s = seeds[r % len(seeds)]
-                sub, what = SyntheticSet.load(out / f"{method}_ipc{ipc}_seed{s}" / "synthetic"), f"distil seed {s}"
+                sub, what = load_distilled(out, method, ipc, s), f"distil seed {s}"
             t = time.time()
             distilled = None if sub.frozen is None else ~sub.frozen
             acc = train_on(sub.images, sub.labels, ds, p, p.lr, seed=1000 + r, distilled=distilled, show_progress=True,
@@ -212,27 +209,25 @@ def run_table_coverage(args) -> None:
     import matplotlib.pyplot as plt
 
     from fastdd.coverage import coverage_from_features, mean_nn_distance
+    from fastdd.scores import forgetting_from_experts
     from fastdd.select import (
         extract_features,
         random_indices,
         real_subset,
         resolve_extractor,
     )
-    from fastdd.synthetic import SyntheticSet
     ds = fastdd.load_dataset("mnist5k")
     out = args.out / "table"
-    fn = resolve_extractor(ds, out / "experts")
+    buf = fastdd.ExpertBuffer(out / "experts")
+    fn = resolve_extractor(ds, buf)
     train_f, test_f = extract_features(ds, "train", fn), extract_features(ds, "test", fn)
     radius = mean_nn_distance(train_f)
     scores = table_scores(args)
-    test_scores = forgetting_on_test(ds, fastdd.ExpertBuffer(out / "experts"))
+    test_scores = forgetting_from_experts(buf, ds, split="test")
     rows = []
     for ipc in TABLE_IPCS:
         sets = [("random", s, real_subset(ds, random_indices(ds, ipc, seed=s))) for s in range(3)]
-        for method in ("mtt", "selmatch"):
-            for q in sorted(out.glob(f"{method}_ipc{ipc}_seed*")):
-                if (q / "synthetic" / "synthetic.json").exists():
-                    sets.append((method, int(q.name.split("seed")[1]), SyntheticSet.load(q / "synthetic")))
+        sets += [(m, s, load_distilled(out, m, ipc, s)) for m in ("mtt", "selmatch") for s in distilled_seeds(out, m, ipc)]
         for method, seed, syn in sets:
             res = coverage_from_features(train_f, extract_features(ds, extractor=fn, images=syn.images),
                                          train_labels=ds.train.labels, test_features=test_f,
@@ -289,10 +284,6 @@ def main() -> None:
      "table-coverage": run_table_coverage}[args.experiment](args)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def summarize(out: Path = Path("runs")) -> str:
     """Markdown tables of the JSON results under ``out`` (used for docs/results.md)."""
     import statistics as st
@@ -308,11 +299,8 @@ def summarize(out: Path = Path("runs")) -> str:
     mtt = sorted(out.glob("results/mtt_ipc1_seed*.json"))
     if mtt:
         lines += ["| seed | MTT runs (%) | random runs (%) | learned α |", "|---|---|---|---|"]
-        m_all, r_all = [], []
         for p in mtt:
             r = json.loads(p.read_text())
-            m_all += r["mtt"]
-            r_all += r["random"]
             lines.append(f"| {r['seed']} | " + ", ".join(f"{100 * a:.1f}" for a in r["mtt"]) + " | "
                          + ", ".join(f"{100 * a:.1f}" for a in r["random"]) + f" | {r['syn_lr']:.4f} |")
         seeds_m = [st.mean(json.loads(p.read_text())["mtt"]) for p in mtt]
@@ -354,3 +342,7 @@ def summarize_table(out: Path = Path("runs/results/table")) -> str:
                         for k in ("train", "train_easy", "train_hard", "test", "test_easy", "test_hard")) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -338,24 +338,27 @@ __all__ = ["Scores", "HARDEST", "check_hardest", "as_scores", "load_cscores", "l
            "ForgettingTracker", "forgetting_scores"]
 
 
-def forgetting_from_experts(buf, ds: Dataset, batch: int = 1024) -> Scores:
+def forgetting_from_experts(buf, ds: Dataset, batch: int = 1024, split: str = "train") -> Scores:
     """Forgetting counts read off expert trajectories, without training anything new.
 
-    Each expert's snapshots after epochs 1..E are evaluated on the training split (one
-    "presentation" per epoch, in evaluation after the epoch rather than during it); a 1 → 0 change
-    of correctness between consecutive epochs is a forgetting event, never-learned examples get E,
-    and counts are averaged over the experts (:class:`ForgettingTracker`). High = hard.
+    Each expert's snapshots after epochs 1..E are evaluated on ``ds``'s ``split`` (``"train"`` or
+    ``"test"``; one "presentation" per epoch, in evaluation after the epoch rather than during it);
+    a 1 → 0 change of correctness between consecutive epochs is a forgetting event, never-learned
+    examples get E, and counts are averaged over the experts (:class:`ForgettingTracker`). High = hard.
     """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    part = ds.train if split == "train" else ds.test
     net = buf.model()
-    tracker = ForgettingTracker(len(ds.train), device=ds.device)
-    every = torch.arange(len(ds.train), device=ds.device)
+    tracker = ForgettingTracker(len(part), device=ds.device)
+    every = torch.arange(len(part), device=ds.device)
     for e in buf.ids:
         traj = buf[e]
         for epoch in range(1, traj.shape[0]):
             theta = traj[epoch].to(ds.device)
             with torch.no_grad():
-                pred = torch.cat([net(x, theta).argmax(1) for x in ds.train.images.split(batch)])
-            tracker.update(every, pred == ds.train.labels)
+                pred = torch.cat([net(x, theta).argmax(1) for x in part.images.split(batch)])
+            tracker.update(every, pred == part.labels)
         tracker.end_run()
     return Scores(tracker.scores().cpu(), hardest="high", kind="forgetting",
-                  source=f"experts {buf.path}")
+                  source=f"experts {buf.path} ({split} split)")

@@ -210,17 +210,19 @@ def test_preset_must_match_data(tiny_ds, experts):
         fastdd.distill(tiny_ds, preset="mtt-cifar11-ipc10", experts=experts)
 
 
-def test_forgetting_from_expert_snapshots(tiny_ds, experts):
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_forgetting_from_expert_snapshots(tiny_ds, experts, split):
     from fastdd.scores import forgetting_from_experts
-    s = forgetting_from_experts(experts, tiny_ds)
-    assert s.hardest == "high" and s.values.shape == (len(tiny_ds.train),)
+    part = getattr(tiny_ds, split)
+    s = forgetting_from_experts(experts, tiny_ds, split=split)
+    assert s.hardest == "high" and s.values.shape == (len(part),)
     net = experts.model()
-    want = torch.zeros(len(tiny_ds.train), dtype=torch.float64)
+    want = torch.zeros(len(part), dtype=torch.float64)
     for e in experts.ids:  # plain loops: per example, count 1 -> 0 between consecutive epochs
         traj = experts[e]
-        correct = [(net(tiny_ds.train.images, traj[ep]).argmax(1) == tiny_ds.train.labels).tolist()
+        correct = [(net(part.images, traj[ep]).argmax(1) == part.labels).tolist()
                    for ep in range(1, traj.shape[0])]
-        for i in range(len(tiny_ds.train)):
+        for i in range(len(part)):
             seq = [c[i] for c in correct]
             want[i] += sum(a and not b for a, b in zip(seq, seq[1:])) if any(seq) else len(seq)
     torch.testing.assert_close(s.values.double(), want / len(experts.ids))
