@@ -17,13 +17,7 @@ from .models import FunctionalNet, build_model
 from .scores import forgetting_scores, load_scores
 from .select import real_subset, select, window_indices
 from .synthetic import SyntheticSet
-
-
-
-def use_backend(name: str):
-    """Context manager selecting the kernel backend: ``"torch"`` or ``"triton"`` (see ``fastdd.kernels``)."""
-    from .kernels import use_backend as _use
-    return _use(name)
+from .kernels import use_backend
 
 
 __all__ = [

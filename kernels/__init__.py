@@ -1,49 +1,57 @@
-"""Triton kernels for fastdd's hot paths, installed as ``fastdd.kernels``.
+"""fastdd's op layer, installed as ``fastdd.kernels``: the hot-path operations that models and
+augmentation call, each with a plain torch implementation and a Triton one computing the same function.
+
+=====================  ==========================================  =================================
+op                     what                                         Triton module
+=====================  ==========================================  =================================
+:func:`norm_act_pool`  the default ConvNet block after its conv:    :mod:`.convnet_block`
+                       instance norm (affine) → ReLU → 2×2 avg
+                       pool; forward, backward, double backward
+:func:`apply_dsa`      DSA augmentation (all six families, per-     :mod:`.dsa`
+                       sample parameters) in one launch; backward
+                       (the transpose) and its backward
+=====================  ==========================================  =================================
+
+The backend (``FASTDD_BACKEND`` or :func:`use_backend`): ``auto`` (default) runs Triton on CUDA
+tensors and torch on CPU tensors; ``triton`` forces the kernels (CUDA, or CPU under
+``TRITON_INTERPRET=1``); ``torch`` forces the torch ops. Convolutions always stay on cuDNN / oneDNN.
 
 This folder sits at the top of the repository and is mapped onto the subpackage ``fastdd.kernels``
-by ``pyproject.toml``; it never becomes a top-level ``kernels`` module. Fused kernels (the DSA
-families; the ConvNet block's norm + activation + pool with its double backward) are planned; until
-they land every operation runs its plain torch implementation, and ``use_backend("triton")`` says so.
+by ``pyproject.toml``; it never becomes a top-level ``kernels`` module. Triton is imported only when
+a Triton path runs, so the package also imports where Triton is not installed.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
+import torch
+import torch.nn.functional as F
 
-BACKENDS = ("torch", "triton")
-_state = {"backend": os.environ.get("FASTDD_BACKEND", "auto")}
+from ._backend import BACKENDS, current_backend, interpreting, resolve, triton_available, use_backend
 
 
-def triton_available() -> bool:
-    """True when Triton can be imported (kernels need a CUDA device, or TRITON_INTERPRET=1 on CPU)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def norm_act_pool_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """:func:`norm_act_pool` in torch ops: ``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2)``."""
+    return F.avg_pool2d(F.relu(F.group_norm(x, x.shape[1], weight, bias, eps=eps)), 2, 2)
 
 
-def current_backend() -> str:
-    """``"torch"`` or ``"triton"``: the backend operations dispatch to (``auto`` = torch until kernels land)."""
-    b = _state["backend"]
-    if b not in ("auto",) + BACKENDS:
-        raise ValueError(f"FASTDD_BACKEND={b!r}: choose one of auto, {', '.join(BACKENDS)}")
-    if b == "triton":
-        raise NotImplementedError("FASTDD_BACKEND=triton: fastdd's Triton kernels have not landed yet")
-    return "torch" if b == "auto" else b
+def norm_act_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Instance norm with affine ``weight``/``bias`` ``(C,)``, ReLU and 2×2 average pool of ``x``
+    ``(N, C, H, W)`` → ``(N, C, H // 2, W // 2)``: the default ConvNet block after its convolution.
+
+    Statistics are over each full ``H × W`` plane (biased variance, ``eps`` added); the pool drops an
+    odd last row / column. Differentiable twice (``create_graph=True`` and the engine's adjoint run the
+    fused double-backward kernel on the Triton path).
+    """
+    if resolve(x, "norm_act_pool") == "torch":
+        return norm_act_pool_torch(x, weight, bias, eps)
+    from .convnet_block import norm_act_pool_triton
+    return norm_act_pool_triton(x, weight, bias, eps)
 
 
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Select the backend inside a ``with`` block. ``"triton"`` raises until the kernels exist."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    if name == "triton":
-        raise NotImplementedError("fastdd's Triton kernels have not landed yet: every operation runs on torch")
-    old = _state["backend"]
-    _state["backend"] = name
-    try:
-        yield
-    finally:
-        _state["backend"] = old
+def apply_dsa(x: torch.Tensor, params) -> torch.Tensor:
+    """DSA augmentation: the contract of :func:`fastdd.augment.apply_dsa` (which calls this op layer)."""
+    from ..augment.dsa import apply_dsa as _apply
+    return _apply(x, params)
+
+
+__all__ = ["BACKENDS", "current_backend", "interpreting", "resolve", "triton_available", "use_backend",
+           "norm_act_pool", "norm_act_pool_torch", "apply_dsa"]

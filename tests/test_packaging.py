@@ -36,18 +36,3 @@ def test_public_api_names():
     for name in ["load_dataset", "build_model", "train_experts", "evaluate", "select", "SyntheticSet", "ExpertBuffer"]:
         assert hasattr(fastdd, name), name
     assert importlib.util.find_spec("fastdd.augment") is not None
-
-
-def test_backend_selection(monkeypatch):
-    import pytest
-
-    from fastdd import kernels
-    assert kernels.current_backend() == "torch"
-    with fastdd.use_backend("torch"):
-        assert kernels.current_backend() == "torch"
-    with pytest.raises(ValueError, match="unknown backend"):
-        with fastdd.use_backend("cuda"):
-            pass
-    monkeypatch.setitem(kernels._state, "backend", "bogus")
-    with pytest.raises(ValueError, match="FASTDD_BACKEND='bogus'"):
-        kernels.current_backend()

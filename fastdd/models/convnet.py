@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 from torch import nn
 
+from .. import kernels
 from .base import ACTIVATIONS, NORMS, FunctionalNet, act_module, declare_norm, norm_module
 
 POOLS = ("avgpool", "maxpool", "none")
@@ -50,9 +51,22 @@ class ConvNet(FunctionalNet):
         self.feature_dim = c * h * w
         self._linear("classifier", self.feature_dim, num_classes)
 
+    @property
+    def fused_block(self) -> bool:
+        """True for the default block (instance norm, ReLU, average pool): it runs as the op
+        :func:`fastdd.kernels.norm_act_pool` (a fused Triton kernel on CUDA, the torch ops on the CPU)."""
+        s = self.spec
+        return (s["norm"], s["act"], s["pool"]) == ("instancenorm", "relu", "avgpool")
+
     def _forward(self, x, ctx, features_only):
         norm, act, pool = self.spec["norm"], ACTIVATIONS[self.spec["act"]], self.spec["pool"]
+        fused = self.fused_block
         for (_, _, _, pad) in self.shapes:
+            if fused:
+                x = ctx.conv(x, padding=pad)
+                w, b = ctx.take(2)
+                x = kernels.norm_act_pool(x, w, b, eps=1e-5)
+                continue
             x = act(ctx.norm(ctx.conv(x, padding=pad), norm))
             if pool == "avgpool":
                 x = nn.functional.avg_pool2d(x, 2, 2)
