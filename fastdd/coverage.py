@@ -5,13 +5,16 @@
 nearest-neighbour distance among the real *training* features, each point's own match excluded
 (a duplicate of a point is another point: its distance 0 counts).
 
-Nearest neighbours come from a FAISS exact index (``IndexFlatL2``), searched in chunks of queries.
+Nearest neighbours come from a FAISS exact index (``IndexFlatL2``), searched in chunks of queries
+(without FAISS installed: the same ranking in torch, see :func:`search_backend`).
 FAISS ranks candidates in float32 (``‖q‖² + ‖x‖² − 2q·x``, on features centred by the database's
 mean, which leaves distances unchanged and keeps that expansion accurate); the distances of the
 best ``refine`` candidates are then recomputed directly in float64 (``‖q − x‖``), so a point at
 exactly distance ``r`` is counted as covered. A FAISS GPU index is used only when the features are CUDA
 tensors and the installed FAISS has GPU support (``StandardGpuResources`` present and
-``get_num_gpus() > 0``); otherwise the CPU index.
+``get_num_gpus() > 0``; ``pip install "fastdd[gpu]"``); then the features stay on the device (FAISS takes
+CUDA tensors through ``faiss.contrib.torch_utils``) and only the final distances come back. Otherwise
+the CPU index.
 
 ``coverage(syn, ds)`` reports coverage overall and for the easy and hard halves by a difficulty
 score (a **per-class median split**: in each class, the ``⌊n_c/2⌋`` hardest examples, ranked as
@@ -39,10 +42,12 @@ _REFINE_ELEMS = 1 << 24  # float64 elements per refinement block (128 MiB)
 
 
 def _faiss():
+    """The FAISS module, or ``None`` when neither faiss-cpu (``fastdd[cpu]``) nor faiss-gpu (``fastdd[gpu]``) is
+    installed; the search then runs on exact torch distances (same neighbours, up to float32 near-ties)."""
     try:
         import faiss
-    except ImportError as e:  # pragma: no cover - faiss-cpu is a dependency
-        raise ImportError("coverage needs FAISS: pip install faiss-cpu (or faiss-gpu)") from e
+    except ImportError:
+        return None
     return faiss
 
 
@@ -52,17 +57,52 @@ def faiss_gpu_available() -> bool:
     Never tested with ``hasattr(faiss, "knn_gpu")``: faiss-cpu has that name but it fails when called.
     """
     faiss = _faiss()
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def _index(d: int, on_gpu: bool, device: torch.device):
-    faiss = _faiss()
-    index = faiss.IndexFlatL2(d)
-    if on_gpu:
-        res = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(res, device.index or 0, index)
-        index._fastdd_res = res  # keep the resources alive as long as the index
-    return index
+def search_backend(x: torch.Tensor) -> str:
+    """Where :func:`nearest_distances` ranks candidates for features ``x``: ``"faiss-gpu"`` (CUDA features and
+    a GPU FAISS: tensors stay on the device), ``"faiss-cpu"``, or ``"torch"`` (no FAISS installed: chunked
+    exact distances on ``x``'s device)."""
+    if _faiss() is None:
+        return "torch"
+    return "faiss-gpu" if x.is_cuda and faiss_gpu_available() else "faiss-cpu"
+
+
+class _FaissSearch:
+    """FAISS ``IndexFlatL2`` over the (centred, float32) database; on the GPU, searched with torch tensors
+    through ``faiss.contrib.torch_utils`` so nothing is copied to the host."""
+
+    def __init__(self, xc: torch.Tensor, on_gpu: bool):
+        faiss = _faiss()
+        index = faiss.IndexFlatL2(xc.shape[1])
+        self.on_gpu = on_gpu
+        if on_gpu:
+            import faiss.contrib.torch_utils  # noqa: F401 - lets GPU indexes take and return CUDA tensors
+            self.res = faiss.StandardGpuResources()  # kept alive as long as the index
+            index = faiss.index_cpu_to_gpu(self.res, xc.device.index or 0, index)
+            index.add(xc.float().contiguous())
+        else:
+            index.add(np.ascontiguousarray(xc.float().numpy()))
+        self.index = index
+
+    def __call__(self, qc: torch.Tensor, k: int) -> torch.Tensor:
+        if self.on_gpu:
+            return self.index.search(qc.float().contiguous(), k)[1].long()
+        return torch.from_numpy(self.index.search(np.ascontiguousarray(qc.float().numpy()), k)[1]).long()
+
+
+class _TorchSearch:
+    """Exact float32 ranking ``‖q‖² + ‖x‖² − 2q·x`` with ``topk``, on the database's device."""
+
+    def __init__(self, xc: torch.Tensor):
+        self.x = xc.float()
+        self.sq = self.x.pow(2).sum(1)
+
+    def __call__(self, qc: torch.Tensor, k: int) -> torch.Tensor:
+        q = qc.float()
+        d2 = torch.addmm(self.sq[None, :], q, self.x.t(), alpha=-2.0)
+        return d2.topk(k, dim=1, largest=False, sorted=True).indices
 
 
 def _as_2d(x: Any, what: str) -> torch.Tensor:
@@ -104,34 +144,33 @@ def nearest_distances(queries: torch.Tensor, database: torch.Tensor, *, exclude_
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     k = min(max(1, refine), m) + (1 if exclude_self else 0)
-    on_gpu = x.is_cuda and faiss_gpu_available()
-    index = _index(x.shape[1], on_gpu, x.device)
-    x64 = x.detach().cpu().double()
+    backend = search_backend(x)
+    dev = torch.device("cpu") if backend == "faiss-cpu" else x.device
+    x64 = x.detach().to(dev, torch.float64)
     centre = x64.mean(0)  # distances do not change; float32 ranking loses far less precision on centred data
-    index.add(np.ascontiguousarray((x64 - centre).float().numpy()))
-    dist_out = torch.empty(q.shape[0], dtype=torch.float64)
-    idx_out = torch.empty(q.shape[0], dtype=torch.long)
-    qc = q.detach().cpu()
+    search = _TorchSearch(x64 - centre) if backend == "torch" else _FaissSearch(x64 - centre, backend == "faiss-gpu")
+    dist_out = torch.empty(q.shape[0], dtype=torch.float64, device=dev)
+    idx_out = torch.empty(q.shape[0], dtype=torch.long, device=dev)
+    qc = q.detach().to(dev)
     for s in progress(range(0, q.shape[0], chunk), desc="k-NN", disable=not show_progress):
-        qq = qc[s:s + chunk]
-        _, cand = index.search(np.ascontiguousarray((qq.double() - centre).float().numpy()), k)
-        cand = torch.from_numpy(cand).long()  # (B, k), -1 never happens: k <= M
+        qq = qc[s:s + chunk].double()
+        cand = search(qq - centre, k)  # (B, k) indices, nearest first; -1 never happens: k <= M
         if exclude_self:
-            rows = torch.arange(s, s + len(qq))[:, None]
+            rows = torch.arange(s, s + len(qq), device=dev)[:, None]
             is_self = cand == rows
-            # drop the own index; if FAISS did not return it (many duplicates), drop the last candidate
-            drop = torch.where(is_self.any(1), is_self.float().argmax(1), torch.full((len(qq),), k - 1))
+            # drop the own index; if the search did not return it (many duplicates), drop the last candidate
+            drop = torch.where(is_self.any(1), is_self.float().argmax(1), torch.full((len(qq),), k - 1, device=dev))
             keep = torch.ones_like(cand, dtype=torch.bool)
-            keep[torch.arange(len(qq)), drop] = False
+            keep[torch.arange(len(qq), device=dev), drop] = False
             cand = cand[keep].view(len(qq), k - 1)
         rows = max(1, _REFINE_ELEMS // (cand.shape[1] * x.shape[1]))  # bounds the float64 temporaries
         for b in range(0, len(qq), rows):
             cb = cand[b:b + rows]
-            d = (qq[b:b + rows].double()[:, None, :] - x64[cb]).pow(2).sum(-1).sqrt()  # (rows, k') exact float64
-            j = d.argmin(1)  # ties: FAISS's order (lower distance first, then lower index)
+            d = (qq[b:b + rows][:, None, :] - x64[cb]).pow(2).sum(-1).sqrt()  # (rows, k') exact float64
+            j = d.argmin(1)  # ties: the search's order (lower distance first, then lower index)
             dist_out[s + b:s + b + len(cb)] = d.gather(1, j[:, None]).flatten()
             idx_out[s + b:s + b + len(cb)] = cb.gather(1, j[:, None]).flatten()
-    return dist_out, idx_out
+    return dist_out.cpu(), idx_out.cpu()
 
 
 def mean_nn_distance(features: torch.Tensor, *, chunk: int = DEFAULT_CHUNK, show_progress: bool = False) -> float:
@@ -297,4 +336,5 @@ def coverage(syn: SyntheticSet, ds: Dataset, extractor: Extractor = None, scores
 
 
 __all__ = ["coverage", "coverage_of", "coverage_from_features", "CoverageResult", "nearest_distances",
-           "mean_nn_distance", "hard_mask", "faiss_gpu_available"]
+           "mean_nn_distance", "hard_mask", "faiss_gpu_available",
+           "search_backend"]

@@ -163,3 +163,21 @@ def test_cli_coverage_on_digits(tmp_path, capsys):
     assert len({r["radius"] for r in rows}) == 1
     assert (out / "coverage_vs_ipc.png").stat().st_size > 0 and (out / "coverage_easy_hard.png").stat().st_size > 0
     assert "radius r =" in capsys.readouterr().out
+
+
+def test_torch_search_without_faiss_matches_faiss(monkeypatch):
+    # without FAISS installed, the exact torch ranking finds the same neighbours and float64 distances
+    import sys
+    cov = sys.modules["fastdd.coverage"]  # (fastdd.coverage the attribute is the function)
+    g = torch.Generator().manual_seed(3)
+    pts = torch.randn(300, 12, generator=g, dtype=torch.float64)
+    q = torch.randn(50, 12, generator=g, dtype=torch.float64)
+    ref_self, ref_q = nearest_distances(pts, pts, exclude_self=True), nearest_distances(q, pts)
+    monkeypatch.setattr(cov, "_faiss", lambda: None)
+    assert cov.search_backend(pts) == "torch" and not faiss_gpu_available()
+    got_self, got_q = nearest_distances(pts, pts, exclude_self=True), nearest_distances(q, pts)
+    brute = torch.cdist(q, pts)
+    for (d, i), (rd, ri) in ((got_self, ref_self), (got_q, ref_q)):
+        assert torch.equal(i, ri)
+        torch.testing.assert_close(d, rd, rtol=0, atol=0)
+    torch.testing.assert_close(got_q[0], brute.min(1).values, rtol=1e-12, atol=1e-12)
