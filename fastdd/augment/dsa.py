@@ -46,6 +46,7 @@ __all__ = [
     "strategy_for",
     "sample_dsa",
     "apply_dsa",
+    "apply_dsa_torch",
     "siamese_dsa",
 ]
 
@@ -422,10 +423,21 @@ def _apply_per_sample(x: Tensor, fams: tuple[str, ...], t: dict[str, Tensor]) ->
 def apply_dsa(x: Tensor, params: DSAParams) -> Tensor:
     """Apply sampled DSA parameters to ``x`` ``(N, C, H, W)`` (any float dtype, any device).
 
-    Deterministic given ``params`` (replaying gives identical output) and differentiable w.r.t. ``x``.
-    ``params.n`` must equal ``N`` (use :meth:`DSAParams.expand` to broadcast one sample's transform).
-    Parameters are moved to ``x.device`` if needed.
+    Deterministic given ``params`` (replaying gives identical output) and differentiable w.r.t. ``x``
+    (twice: the engine differentiates through it with ``create_graph=True``). ``params.n`` must equal
+    ``N`` (use :meth:`DSAParams.expand` to broadcast one sample's transform). Parameters are moved to
+    ``x.device`` if needed. Runs the op :func:`fastdd.kernels.apply_dsa`: one fused Triton launch on
+    CUDA tensors, :func:`apply_dsa_torch` on CPU tensors (see :mod:`fastdd.kernels`).
     """
+    from .. import kernels
+    if kernels.resolve(x, "apply_dsa") == "torch":
+        return apply_dsa_torch(x, params)
+    from ..kernels.dsa import apply_dsa_triton
+    return apply_dsa_triton(x, params)
+
+
+def apply_dsa_torch(x: Tensor, params: DSAParams) -> Tensor:
+    """:func:`apply_dsa` in plain torch ops (the torch half of the op; what CPU tensors run)."""
     if x.dim() != 4:
         raise ValueError(f"apply_dsa expects x of shape (N, C, H, W), got {tuple(x.shape)}")
     if params.n != x.shape[0]:
