@@ -28,6 +28,14 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
 
 
+def _byte_count(text: str) -> int:
+    from .engine import parse_bytes
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def _config(args) -> dict:
     """The parsed arguments as a plain dict for config.yaml."""
     return {k: v for k, v in vars(args).items() if k != "func"}
@@ -259,6 +267,12 @@ def cmd_distill(args) -> int:
     if args.scores:
         from .scores import load_scores
         scores = load_scores(args.scores, ds)
+    # the engine flags win over the same keys in --options
+    options.update({k: v for k, v in (("theta_storage", args.theta_storage), ("memory_budget", args.memory_budget))
+                    if v is not None})
+    if args.deterministic:
+        options["deterministic"] = True
+    options.setdefault("device", args.device)
     try:
         syn = distill(ds, args.method, args.ipc, experts=args.experts, iterations=args.iterations, seed=args.seed,
                       preset=args.preset, scores=scores, out=args.out, resume=args.resume,
@@ -343,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--theta-storage", default=None, choices=["checkpoint", "all", "host"],
+                   help="where the adjoint keeps the student's parameters: every ceil(sqrt(N))-th (checkpoint, "
+                        "default), all of them, or all in host memory (host: pinned on CUDA machines)")
+    p.add_argument("--memory-budget", default=None, type=_byte_count, metavar="BYTES",
+                   help="what mode 'auto' may give a BPTT graph: bytes or e.g. 8GiB, 512MiB (default 4GiB); "
+                        "auto is decided once per run from this, never from the free memory")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic cuDNN / algorithms for the run (on CUDA: adjoint equals bptt, reruns agree)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the result (and a random subset) afterwards")
     p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch"])
     p.add_argument("--num-eval", type=int, default=3)

@@ -176,6 +176,10 @@ class ExpertBuffer:
     ``buf[i]`` is expert ``i``'s trajectory ``(epochs + 1, num_params)``; :meth:`snapshots` reads
     only the requested epochs. Shards are checked against the manifest (size always; SHA-256 the
     first time a shard is opened, unless ``verify=False``).
+
+    :meth:`to` gives a *resident* buffer: the same experts, served from memory on a device (each
+    trajectory read from its file once, then kept), so that ``buf[i]`` and :meth:`snapshots` return
+    tensors already there (no file read, no host→device copy per call).
     """
 
     def __init__(self, path: str | os.PathLike, verify: bool = True):
@@ -203,6 +207,23 @@ class ExpertBuffer:
             for e in s["experts"]:
                 self._where[e] = s["file"]
         self.ids = sorted(self._where)
+        self.device: torch.device | None = None  # None: read from the files on every call
+        self._resident: dict[int, torch.Tensor] = {}
+
+    def to(self, device: torch.device | str) -> "ExpertBuffer":
+        """A buffer over the same folder whose trajectories live on ``device``: each is read (and
+        checked) once, on first use, moved there and kept; ``buf[i]`` and :meth:`snapshots` then return
+        tensors on ``device`` (``buf[i]`` is the kept tensor itself: clone it before changing it in
+        place). Memory: up to ``len(buf) × (epochs + 1) × num_params`` floats on ``device``.
+        :meth:`stream` still reads the files."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        import copy
+        other = copy.copy(self)
+        other.device = device
+        other._resident = {}
+        return other
 
     # ---------------------------------------------------------------- metadata
     @property
@@ -233,8 +254,9 @@ class ExpertBuffer:
 
     def __repr__(self) -> str:
         m = self.manifest
+        where = f", resident on {self.device}" if self.device is not None else ""
         return (f"<ExpertBuffer {self.path}: {len(self)} experts × {self.num_epochs + 1} snapshots of "
-                f"{m['model']} on {m['dataset']}>")
+                f"{m['model']} on {m['dataset']}{where}>")
 
     # ---------------------------------------------------------------- reading
     def _open(self, file: str):
@@ -255,10 +277,22 @@ class ExpertBuffer:
         return self._where[i], f"expert_{i}"
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        if self.device is not None:
+            return self._load_resident(i)
+        return self._read(i)
+
+    def _read(self, i: int) -> torch.Tensor:
         file, key = self._key(i)
         with self._open(file) as f:
             t = f.get_tensor(key)
         self._check(t, file)
+        return t
+
+    def _load_resident(self, i: int) -> torch.Tensor:
+        t = self._resident.get(i)
+        if t is None:
+            t = self._read(i).to(self.device)
+            self._resident[i] = t
         return t
 
     def snapshots(self, i: int, epochs: Sequence[int]) -> torch.Tensor:
@@ -266,6 +300,9 @@ class ExpertBuffer:
         for e in epochs:
             if not 0 <= e <= self.num_epochs:
                 raise IndexError(f"epoch {e} is outside 0..{self.num_epochs} for the experts in {self.path}")
+        if self.device is not None:  # rows of the kept trajectory: stacking views is a device-side copy
+            traj = self._load_resident(i)
+            return torch.stack([traj[e] for e in epochs])
         file, key = self._key(i)
         with self._open(file) as f:
             sl = f.get_slice(key)

@@ -1,10 +1,15 @@
 """Per-step augmentation for the unrolled student: sampled once per step, replayed exactly.
 
 The adjoint gradient recomputes each student step on the way back, so step ``i`` must see the
-same augmentation both times. :class:`StepAugment` draws the DSA parameters of step ``i`` from its
-generator the first time step ``i`` is seen and stores them (parameters, not the augmented batch).
+same augmentation both times. :class:`StepAugment` stores each step's DSA parameters (parameters,
+not the augmented batch). They are drawn either all at once before the unroll with
+:meth:`StepAugment.prepare` (one host→device copy for every step: what the distillation loops do), or
+lazily, step ``i`` the first time it is seen (one copy per step). Both draw the same random numbers
+in the same order from the generator.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -19,6 +24,25 @@ class StepAugment:
         self.config = config or DSAConfig()
         self.generator = generator
         self.params: dict[int, DSAParams] = {}
+
+    def prepare(self, sizes: Sequence[int], im_size: int | Sequence[int], device: torch.device | str,
+                start: int = 0) -> "StepAugment":
+        """Draw the parameters of steps ``start .. start + len(sizes) − 1`` now, step ``start + j`` for
+        ``sizes[j]`` images of size ``im_size``, in step order (the same numbers the lazy path draws
+        when the unroll visits the steps in order), and move all of them to ``device`` with one
+        asynchronous copy (:func:`fastdd.engine.to_device_once`). Returns ``self``."""
+        from ..engine.unroll import to_device_once
+        steps = range(start, start + len(sizes))
+        taken = [i for i in steps if i in self.params]
+        if taken:
+            raise ValueError(f"steps {taken} already have augmentation parameters; call reset() first")
+        hw = tuple(im_size) if not isinstance(im_size, int) else im_size
+        drawn = [sample_dsa(int(n), hw, self.config, self.generator) for n in sizes]
+        flat = [t for p in drawn for t in p.tensors.values()]
+        moved = iter(to_device_once(flat, device))
+        for i, p in zip(steps, drawn):
+            self.params[i] = DSAParams(p.family, {k: next(moved) for k in p.tensors}, p.families)
+        return self
 
     def __call__(self, x: torch.Tensor, step: int) -> torch.Tensor:
         p = self.params.get(step)

@@ -10,7 +10,10 @@ import os
 from dataclasses import fields
 from typing import Any
 
+import torch
+
 from ..data import Dataset
+from ..engine import parse_bytes
 from ..experts import ExpertBuffer
 from ..synthetic import SyntheticSet
 from .dd import DDConfig, run_dd
@@ -30,7 +33,9 @@ _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts: ExpertBuffer | str | os.PathLike
             | None = None, iterations: int | None = None, seed: int = 0, preset: str | None = None,
             scores=None, out: str | os.PathLike | None = None, resume: bool = False, checkpoint_every: int = 100,
-            show_progress: bool = True, **options: Any) -> SyntheticSet:
+            show_progress: bool = True, theta_storage: str = "checkpoint", memory_budget: int | str | None = None,
+            device: str | torch.device | None = None, deterministic: bool = False,
+            resident_experts: bool | None = None, **options: Any) -> SyntheticSet:
     """Distil ``ds`` into a :class:`SyntheticSet` of ``ipc`` images per class.
 
     Args:
@@ -42,7 +47,21 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
         scores: difficulty scores ``(len(ds.train),)`` for SelMatch's window initialisation.
         out: run folder for the CSV log and atomic checkpoints every ``checkpoint_every`` iterations;
             with ``resume=True`` a run continues from its last checkpoint to the same result.
+        theta_storage: where the adjoint keeps the student's parameters θ_i: ``"checkpoint"`` (every
+            ⌈√N⌉-th, default), ``"all"`` or ``"host"`` (CPU memory, pinned on CUDA machines).
+        memory_budget: bytes (an int, or e.g. ``"8GiB"``) ``mode="auto"`` may give a BPTT graph; default
+            :data:`fastdd.engine.DEFAULT_MEMORY_BUDGET` (4 GiB). ``auto`` is resolved once per run from this
+            and the shapes (never from the free memory) and recorded in ``syn.meta["gradient_mode"]``.
+        device: run there (``"cpu"``, ``"cuda"``, ``"cuda:1"``): ``ds`` is moved if it is elsewhere; the
+            result lives there. Default: ``ds``'s device. May differ between a run and its resume.
+        deterministic: deterministic cuDNN and algorithms for the run
+            (:func:`fastdd.engine.deterministic_algorithms`), previous settings restored afterwards.
+        resident_experts: keep the expert trajectories in device memory (each read once); default:
+            on CUDA yes, on the CPU no (where it changes nothing).
         options: fields of :class:`MTTConfig` or :class:`DDConfig` (e.g. ``syn_steps=20``, ``mode="adjoint"``).
+
+    ``theta_storage``, ``memory_budget`` and ``deterministic`` are recorded in the run's config
+    (``syn.meta["config"]``, checkpoints): ``resume=True`` refuses a checkpoint made with other values.
     """
     extra: dict[str, Any] = {}
     if preset is not None:
@@ -64,21 +83,31 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     if isinstance(experts, (str, os.PathLike)):
         experts = ExpertBuffer(experts)
+    engine = {"theta_storage": theta_storage,
+              "memory_budget": None if memory_budget is None else parse_bytes(memory_budget),
+              "deterministic": bool(deterministic)}
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if ds.device != device:
+            ds = ds.to(device)
     if method == "dd":
-        cfg = _make(DDConfig, options, method)
+        cfg = _make(DDConfig, {**options, **engine}, method)
         if ipc is not None and ipc != cfg.steps * cfg.images_per_class:
             if ipc % cfg.steps:
                 raise ValueError(f"dd: ipc {ipc} is not a multiple of steps={cfg.steps}")
             cfg.images_per_class = ipc // cfg.steps
-        return run_dd(ds, cfg, iterations, seed, experts, out, resume, checkpoint_every, show_progress, extra)
+        return run_dd(ds, cfg, iterations, seed, experts, out, resume, checkpoint_every, show_progress, extra,
+                      resident_experts=resident_experts)
     if ipc is None:
         raise ValueError(f"{method}: pass ipc= (images per class)")
     if experts is None:
         raise ValueError(f"{method} matches expert trajectories: pass experts= (a buffer or its folder); "
                          "make them with fastdd.train_experts or `fastdd experts`")
-    cfg = _make(MTTConfig, {**_METHOD_DEFAULTS[method], **options}, method)
+    cfg = _make(MTTConfig, {**_METHOD_DEFAULTS[method], **options, **engine}, method)
     return run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resume, checkpoint_every,
-                   show_progress, extra_meta=extra)
+                   show_progress, extra_meta=extra, resident_experts=resident_experts)
 
 
 def _make(cls, options: dict[str, Any], method: str):

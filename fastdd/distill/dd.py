@@ -7,6 +7,9 @@ network on a real minibatch (the *poisoning* objective relabels real class ``a``
 Images and ρ are learned with Adam (lr 0.01, betas (0.5, 0.999)), the rate halved every
 ``decay_every`` iterations. Initialisations: ``fixed`` (``n_nets`` inits drawn once), ``random``
 (fresh inits every iteration), ``pretrained`` (final snapshots of an expert buffer).
+
+``mode="auto"`` is resolved once per run from ``memory_budget`` and the shapes (recorded in
+``syn.meta["gradient_mode"]`` and the checkpoints); the iteration's checks read one tensor back.
 """
 from __future__ import annotations
 
@@ -20,13 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, minibatches
-from ..engine import dd_grad, student_loss
+from ..engine import dd_grad, deterministic_algorithms, student_loss, to_device_once
 from ..experts import ExpertBuffer
 from ..models import FunctionalNet, model_for
 from ..rng import generator
 from ..runs import RunDir, progress
 from ..synthetic import SyntheticSet
-from .mtt import _truncate_log
+from .mtt import _read_back, _truncate_log, check_engine_options, config_matches, resolve_mode
 from .state import load_checkpoint, save_checkpoint
 
 
@@ -46,7 +49,10 @@ class DDConfig:
     n_nets: int = 1                 # inits per iteration (fixed: drawn once)
     init: str = "default"           # weight init scheme of the network ("default" | "xavier")
     attack: tuple[int, int] | None = None  # poisoning: relabel real class a as b in the outer loss
-    mode: str = "auto"
+    mode: str = "auto"              # gradient mode of the engine ("auto": resolved once per run)
+    theta_storage: str = "checkpoint"  # adjoint / tesla: "checkpoint" | "all" | "host"
+    memory_budget: int | None = None   # bytes "auto" may give a BPTT graph (None: DEFAULT_MEMORY_BUDGET)
+    deterministic: bool = False        # deterministic cuDNN / algorithms for the run (CUDA)
 
     def validate(self, num_classes: int) -> None:
         if self.init_mode not in ("fixed", "random", "pretrained"):
@@ -57,6 +63,7 @@ class DDConfig:
             a, b = self.attack
             if not (0 <= a < num_classes and 0 <= b < num_classes and a != b):
                 raise ValueError(f"attack=(a, b) needs two different classes in [0, {num_classes}), got {self.attack}")
+        check_engine_options(self)
 
 
 def inverse_softplus(x: float) -> float:
@@ -76,8 +83,19 @@ def dd_inits(net: FunctionalNet, cfg: DDConfig, seed: int, it: int, device, buf:
 
 def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: ExpertBuffer | None = None,
            out: str | Path | None = None, resume: bool = False, checkpoint_every: int = 200,
-           show_progress: bool = True, extra_meta: dict[str, Any] | None = None) -> SyntheticSet:
+           show_progress: bool = True, extra_meta: dict[str, Any] | None = None,
+           resident_experts: bool | None = None) -> SyntheticSet:
+    """One DD run on ``ds``'s device; ``resident_experts`` (default: on CUDA) keeps the pretrained
+    inits' trajectories in device memory; ``cfg.deterministic`` runs it under
+    :func:`fastdd.engine.deterministic_algorithms`."""
     cfg.validate(ds.num_classes)
+    with deterministic_algorithms(cfg.deterministic):
+        return _run_dd(ds, cfg, iterations, seed, experts, out, resume, checkpoint_every, show_progress, extra_meta,
+                       resident_experts)
+
+
+def _run_dd(ds, cfg, iterations, seed, experts, out, resume, checkpoint_every, show_progress, extra_meta,
+            resident_experts) -> SyntheticSet:
     if cfg.init_mode == "pretrained":
         if experts is None:
             raise ValueError("init_mode='pretrained' needs experts= (their final snapshots are the start weights)")
@@ -85,6 +103,8 @@ def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: Expe
     else:
         net = model_for(ds, cfg.model, init=cfg.init)
     dev = ds.device
+    if experts is not None and (dev.type == "cuda" if resident_experts is None else resident_experts):
+        experts = experts.to(dev)
     fixed = dd_inits(net, cfg, seed, 0, dev, experts, None) if cfg.init_mode == "fixed" else None
     k, s, n_img = ds.num_classes, cfg.steps, cfg.images_per_class
     g_init, g_iter = generator(seed, "dd", "images"), generator(seed, "dd", "iter")
@@ -97,18 +117,25 @@ def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: Expe
     tensors, gens = {"images": images, "rho": rho}, {"iter": g_iter}
     run = RunDir(out) if out is not None else None
     start_it, skipped = 0, 0
+    mode = None
     if run is not None and not resume:
         (run.path / "log.csv").unlink(missing_ok=True)  # a fresh run starts a fresh log
     if run is not None and resume:
         meta = load_checkpoint(run.path, tensors, {"adam": opt}, gens)
         if meta is not None:
-            if meta["extra"].get("config") != _jsonable(asdict(cfg)):
+            if not config_matches(meta["extra"].get("config"), _jsonable(asdict(cfg)), DDConfig):
                 raise ValueError(f"the checkpoint in {run.path} was made with other settings; use another folder")
             start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
+            mode = meta["extra"].get("gradient_mode")  # the mode the run started with
             sched.last_epoch = start_it
             for grp, base in zip(opt.param_groups, sched.base_lrs):
                 grp["lr"] = base * cfg.decay_factor ** (start_it // decay)
             _truncate_log(run.path / "log.csv", start_it)
+    if mode is None:  # "auto" decided once, from the configuration and the shapes
+        ar = torch.arange(s * k * n_img, device=dev).view(s, k * n_img)
+        mode = resolve_mode(cfg, net, images.reshape(s * k * n_img, *images.shape[2:]), labels.reshape(-1),
+                            fixed[0] if fixed is not None else net.init(torch.Generator().manual_seed(0), device=dev),
+                            [ar[t % s] for t in range(s * cfg.epochs)])
     log = run.csv("log.csv", ["iteration", "loss", "mean_lr", "skipped", "seconds"]) if run is not None else None
     per_epoch = -(-len(ds.train) // cfg.real_batch)
     real_batches: list[torch.Tensor] = []
@@ -117,21 +144,25 @@ def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: Expe
     for it in bar:
         t0 = time.time()
         if it % per_epoch == 0 or not real_batches:  # one permutation per real epoch, a function of it: resumable
-            real_batches = minibatches(len(ds.train), cfg.real_batch, generator(seed, "dd.real", it // per_epoch), dev)
+            real_batches = to_device_once(minibatches(len(ds.train), cfg.real_batch,
+                                                      generator(seed, "dd.real", it // per_epoch)), dev)
         idx = real_batches[it % per_epoch]
         xr, yr = ds.train.images[idx], ds.train.labels[idx]
         if cfg.attack is not None:
             yr = torch.where(yr == cfg.attack[0], torch.full_like(yr, cfg.attack[1]), yr)
         thetas = fixed if fixed is not None else dd_inits(net, cfg, seed, it, dev, experts, g_iter)
         eta = F.softplus(rho.detach())
-        g_x, g_eta, loss = torch.zeros_like(images), torch.zeros_like(eta), 0.0
+        g_x, g_eta, loss_t = torch.zeros_like(images), torch.zeros_like(eta), None
         for theta0 in thetas:
             res = dd_grad(net, images.detach().requires_grad_(True), labels, eta.clone().requires_grad_(True),
-                          theta0, xr, yr, cfg.epochs, mode=cfg.mode)
+                          theta0, xr, yr, cfg.epochs, mode=mode, memory_budget=cfg.memory_budget,
+                          theta_storage=cfg.theta_storage)
             g_x += res.images / len(thetas)
             g_eta += res.lrs / len(thetas)
-            loss += float(res.loss) / len(thetas)
-        if math.isfinite(loss) and bool(torch.isfinite(g_x).all()) and bool(torch.isfinite(g_eta).all()):
+            term = res.loss.double() / len(thetas)
+            loss_t = term if loss_t is None else loss_t + term
+        loss, ok = _read_back(loss_t, g_x, g_eta)  # the iteration's one synchronisation
+        if ok:
             images.grad = g_x
             rho.grad = g_eta * torch.sigmoid(rho.detach())  # d softplus(ρ)/dρ = sigmoid(ρ)
             opt.step()
@@ -145,7 +176,7 @@ def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: Expe
         bar.set_postfix(loss=f"{loss:.4f}")
         if run is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
             save_checkpoint(run.path, it + 1, tensors, {"adam": opt}, gens,
-                            {"config": _jsonable(asdict(cfg)), "skipped": skipped})
+                            {"config": _jsonable(asdict(cfg)), "skipped": skipped, "gradient_mode": mode})
     if log is not None:
         log.close()
     meta = {"method": "dd", "ipc": s * n_img, "dataset": ds.name, "zca": ds.zca is not None,
@@ -153,6 +184,7 @@ def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: Expe
             "skipped_iterations": skipped, "steps": s, "epochs": cfg.epochs, "images_per_step": k * n_img,
             "model": net.name, "model_spec": net.spec, "init_scheme": net.init_scheme,
             "experts": str(experts.path) if experts is not None else None, "config": _jsonable(asdict(cfg)),
+            "gradient_mode": mode,
             **(extra_meta or {})}
     return SyntheticSet(images.detach().reshape(s * k * n_img, ds.channels, *ds.im_size).clone(),
                         labels.reshape(-1).clone(), F.softplus(rho.detach()).clone(), None, meta)

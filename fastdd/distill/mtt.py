@@ -14,20 +14,28 @@ Policies:
   ``soft_labels="datm"``: learnable logits initialised from experts that classify the image correctly.
 - DATM's start-epoch schedule (``current_max_start_epoch`` → ``max_start_epoch`` by ``expansion_end``)
   and loss-threshold gate (``threshold``).
+
+Per iteration the host→device traffic is O(1) in ``syn_steps``: the student's index batches are drawn
+on the host and copied once, the DSA parameters of every step are drawn at once
+(:meth:`StepAugment.prepare`) and copied once, and the experts can stay on the device
+(``resident_experts``). Inside the unroll nothing synchronises; the iteration's checks (finite loss
+and gradients, the loss gate) read one small tensor back, and the log reads the learned rate. ``mode="auto"`` is resolved once
+per run (:func:`resolve_mode`) and recorded in ``syn.meta["gradient_mode"]`` and in the checkpoints.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..augment import DSAConfig, StepAugment, strategy_for
+from ..augment import DSAConfig, StepAugment, apply_dsa, sample_dsa, strategy_for
 from ..data import Dataset
-from ..engine import matching_loss, unroll_grad
+from ..engine import (DEFAULT_MEMORY_BUDGET, THETA_STORAGE, deterministic_algorithms, matching_loss,
+                      predict_bptt_bytes, to_device_once, unroll_grad)
 from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
 from ..rng import generator
@@ -51,7 +59,10 @@ class MTTConfig:
     batch_syn: int | None = None    # student minibatch; None = the whole set
     init: str = "real"              # "real" | "noise" | "window" | "correct"
     dsa: bool = True
-    mode: str = "auto"              # gradient mode of the engine
+    mode: str = "auto"              # gradient mode of the engine ("auto": resolved once per run)
+    theta_storage: str = "checkpoint"  # adjoint / tesla: "checkpoint" | "all" | "host"
+    memory_budget: int | None = None   # bytes "auto" may give a BPTT graph (None: DEFAULT_MEMORY_BUDGET)
+    deterministic: bool = False        # deterministic cuDNN / algorithms for the run (CUDA)
     # SelMatch
     alpha: float = 1.0              # fraction of each class that is distilled (the rest frozen)
     beta: float = 0.0               # window start, in multiples of ipc
@@ -75,6 +86,49 @@ class MTTConfig:
         if not 0 <= self.min_start_epoch < self.max_start_epoch:
             raise ValueError(f"need 0 <= min_start_epoch < max_start_epoch, got {self.min_start_epoch}, "
                              f"{self.max_start_epoch}")
+        check_engine_options(self)
+
+
+def check_engine_options(cfg) -> None:
+    """The engine settings shared by MTTConfig and DDConfig."""
+    from ..engine import MODES
+    if cfg.mode not in MODES:
+        raise ValueError(f"unknown gradient mode {cfg.mode!r}; choose one of: {', '.join(MODES)}")
+    if cfg.theta_storage not in THETA_STORAGE:
+        raise ValueError(f"theta_storage must be one of {', '.join(THETA_STORAGE)}, got {cfg.theta_storage!r}")
+    if cfg.memory_budget is not None and (isinstance(cfg.memory_budget, bool) or not isinstance(cfg.memory_budget, int)
+                                          or cfg.memory_budget < 0):
+        raise ValueError(f"memory_budget must be a byte count >= 0 (an int) or None, got {cfg.memory_budget!r}")
+
+
+def config_matches(saved: dict | None, current: dict, cls) -> bool:
+    """Whether a checkpoint's recorded config equals ``current``; fields the checkpoint predates
+    (added later, e.g. ``theta_storage``) count as their defaults."""
+    if not isinstance(saved, dict):
+        return False
+    filled = dict(saved)
+    for f in fields(cls):
+        if f.name not in filled and f.default is not MISSING:
+            filled[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return filled == current
+
+
+def resolve_mode(cfg, net, images: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor,
+                 batches: list[torch.Tensor], dsa_cfg: DSAConfig | None = None) -> str:
+    """The run's gradient mode: ``cfg.mode``, or for ``"auto"`` ``"bptt"`` when the predicted BPTT graph
+    (:func:`fastdd.engine.predict_bptt_bytes` for these shapes, the largest over the DSA families when
+    ``dsa_cfg`` is given) fits ``cfg.memory_budget`` (default :data:`fastdd.engine.DEFAULT_MEMORY_BUDGET`),
+    else ``"adjoint"``. Depends on the configuration and shapes only, never on the free memory; draws
+    its probe augmentations from its own generator (the run's streams are untouched)."""
+    if cfg.mode != "auto":
+        return cfg.mode
+    g = torch.Generator().manual_seed(0)
+    augs = [None] if dsa_cfg is None else [
+        (lambda x, i, f=f: apply_dsa(x, sample_dsa(x.shape[0], tuple(x.shape[2:]), dsa_cfg, g, family=f)))
+        for f in dsa_cfg.families]
+    predicted = max(predict_bptt_bytes(net, images, labels, theta0, batches, a) for a in augs)
+    budget = DEFAULT_MEMORY_BUDGET if cfg.memory_budget is None else cfg.memory_budget
+    return "bptt" if predicted <= budget else "adjoint"
 
 
 def start_upper_bound(cfg: MTTConfig, it: int) -> int:
@@ -87,11 +141,21 @@ def start_upper_bound(cfg: MTTConfig, it: int) -> int:
 
 def student_batches(m: int, batch: int, steps: int, g: torch.Generator, device) -> list[torch.Tensor]:
     """``steps`` index chunks: consecutive chunks of fresh permutations of ``range(m)`` (each
-    permutation's last chunk may be short), as the reference pops chunks of a permutation."""
-    out: list[torch.Tensor] = []
-    while len(out) < steps:
-        out.extend(torch.randperm(m, generator=g).split(batch))
-    return [b.to(device) for b in out[:steps]]
+    permutation's last chunk may be short), as the reference pops chunks of a permutation.
+
+    The permutations are drawn on the host (``g``), concatenated and moved to ``device`` with one
+    copy; the chunks are views of that one device tensor."""
+    per_perm = [batch] * (m // batch) + ([m % batch] if m % batch else [])
+    perms: list[torch.Tensor] = []
+    sizes: list[int] = []
+    while len(sizes) < steps:
+        perms.append(torch.randperm(m, generator=g))
+        sizes.extend(per_perm)
+    sizes = sizes[:steps]
+    flat = torch.cat(perms)[:sum(sizes)]
+    if device is not None:
+        flat = to_device_once([flat], device)[0]
+    return list(flat.split(sizes))
 
 
 def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scores, buf: ExpertBuffer | None,
@@ -159,8 +223,18 @@ def _correct_expert_logits(images, labels, buf: ExpertBuffer, net) -> torch.Tens
 def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterations: int, seed: int,
             method: str, scores=None, out: str | Path | None = None, resume: bool = False,
             checkpoint_every: int = 100, show_progress: bool = True, log_every: int = 1,
-            extra_meta: dict[str, Any] | None = None) -> SyntheticSet:
+            extra_meta: dict[str, Any] | None = None, resident_experts: bool | None = None) -> SyntheticSet:
+    """One MTT-family run on ``ds``'s device. ``resident_experts`` (default: on CUDA) serves the
+    expert trajectories from device memory (:meth:`ExpertBuffer.to`), each loaded once.
+    ``cfg.deterministic`` runs it under :func:`fastdd.engine.deterministic_algorithms`."""
     cfg.validate()
+    with deterministic_algorithms(cfg.deterministic):
+        return _run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resume, checkpoint_every,
+                        show_progress, log_every, extra_meta, resident_experts)
+
+
+def _run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resume, checkpoint_every, show_progress,
+             log_every, extra_meta, resident_experts) -> SyntheticSet:
     net = experts.model()
     if (net.spec["in_channels"], tuple(net.spec["im_size"]), net.spec["num_classes"]) != \
             (ds.channels, ds.im_size, ds.num_classes):
@@ -183,6 +257,10 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
         from ..select import check_ipc
         check_ipc(ds, ipc)
     dev = ds.device
+    if resident_experts is None:
+        resident_experts = dev.type == "cuda"
+    if resident_experts:
+        experts = experts.to(dev)
     g_init, g_iter, g_aug = generator(seed, method, "init"), generator(seed, method, "iter"), \
         generator(seed, method, "augment")
     images, labels, frozen, logits, init_idx = _init_images(ds, ipc, cfg, g_init, scores, experts, net)
@@ -204,15 +282,22 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
 
     run = RunDir(out) if out is not None else None
     start_it, skipped = 0, 0
+    mode = None
     if run is not None and not resume:
         (run.path / "log.csv").unlink(missing_ok=True)  # a fresh run starts a fresh log
     if run is not None and resume:
         meta = load_checkpoint(run.path, tensors, opts, gens)
         if meta is not None:
-            if meta["extra"].get("config") != asdict(cfg):
+            if not config_matches(meta["extra"].get("config"), asdict(cfg), MTTConfig):
                 raise ValueError(f"the checkpoint in {run.path} was made with other settings; use another folder")
             start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
+            mode = meta["extra"].get("gradient_mode")  # the mode the run started with
             _truncate_log(run.path / "log.csv", start_it)
+    if mode is None:  # "auto" decided once, from the configuration and the shapes
+        probe_y = labels if cfg.soft_labels is None else torch.full((m, ds.num_classes), 1.0 / ds.num_classes,
+                                                                    device=dev)
+        mode = resolve_mode(cfg, net, images, probe_y, net.init(torch.Generator().manual_seed(0), device=dev),
+                            [torch.arange(batch, device=dev)] * cfg.syn_steps, dsa_cfg if cfg.dsa else None)
     log = run.csv("log.csv", ["iteration", "loss", "syn_lr", "expert", "start_epoch", "skipped", "seconds"]) \
         if run is not None else None
     bar = progress(range(start_it, iterations), desc=f"{method} ipc={ipc}", disable=not show_progress,
@@ -223,10 +308,12 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
         e = experts.ids[int(torch.randint(len(experts.ids), (1,), generator=g_iter))]
         ub = start_upper_bound(cfg, it)
         start = int(torch.randint(cfg.min_start_epoch, max(ub, cfg.min_start_epoch + 1), (1,), generator=g_iter))
-        snaps = experts.snapshots(e, [start, start + cfg.expert_epochs]).to(dev)
+        snaps = experts.snapshots(e, [start, start + cfg.expert_epochs])
+        if snaps.device != dev:
+            snaps = snaps.to(dev, non_blocking=True)
         theta0, target = snaps[0], snaps[1]
         batches = student_batches(m, batch, cfg.syn_steps, g_iter, dev)
-        aug = StepAugment(dsa_cfg, g_aug) if cfg.dsa else None
+        aug = StepAugment(dsa_cfg, g_aug).prepare([len(b) for b in batches], ds.im_size, dev) if cfg.dsa else None
         if cfg.soft_labels == "tesla":
             with torch.no_grad():
                 y = torch.softmax(torch.cat([net(x, target) for x in images.detach().split(512)]), 1)
@@ -237,9 +324,9 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
             y = labels
         lrs = syn_lr.detach().expand(cfg.syn_steps).clone().requires_grad_(True)
         res = unroll_grad(net, images.detach().requires_grad_(True), y, lrs, theta0, batches,
-                          matching_loss(theta0, target), aug, cfg.mode)
-        loss = float(res.loss)
-        ok = math.isfinite(loss) and bool(torch.isfinite(res.images).all()) and bool(torch.isfinite(res.lrs).all())
+                          matching_loss(theta0, target), aug, mode, memory_budget=cfg.memory_budget,
+                          theta_storage=cfg.theta_storage)
+        loss, ok = _read_back(res.loss, res.images, res.lrs)  # the iteration's one synchronisation
         reason = "" if ok else "non-finite loss or gradient"
         if ok and cfg.threshold is not None and loss > cfg.threshold:
             ok, reason = False, f"loss {loss:.3f} above threshold {cfg.threshold}"
@@ -260,22 +347,33 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
         else:
             skipped += 1
             bar.write(f"{method}: iteration {it} skipped ({reason})")
+        lr_now = float(syn_lr.detach())
         if log is not None and (it % log_every == 0 or not ok):
-            log.log(iteration=it, loss=loss, syn_lr=float(syn_lr.detach()), expert=e, start_epoch=start,
+            log.log(iteration=it, loss=loss, syn_lr=lr_now, expert=e, start_epoch=start,
                     skipped=skipped, seconds=time.time() - t0)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(syn_lr.detach()):.2e}")
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr_now:.2e}")
         if run is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
-            save_checkpoint(run.path, it + 1, tensors, opts, gens, {"config": asdict(cfg), "skipped": skipped})
+            save_checkpoint(run.path, it + 1, tensors, opts, gens, {"config": asdict(cfg), "skipped": skipped,
+                                                                    "gradient_mode": mode})
     if log is not None:
         log.close()
     labels_out = torch.softmax(logits.detach(), 1) if logits is not None else labels
     meta = {"method": method, "ipc": ipc, "dataset": ds.name, "zca": ds.zca is not None,
             "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std), "seed": seed,
             "iterations": iterations, "skipped_iterations": skipped, "experts": str(experts.path),
-            "model": net.name, "model_spec": net.spec, "config": asdict(cfg),
+            "model": net.name, "model_spec": net.spec, "config": asdict(cfg), "gradient_mode": mode,
             "init_indices": None if init_idx is None else init_idx.tolist(), **(extra_meta or {})}
     return SyntheticSet(images.detach().clone(), labels_out, syn_lr.detach().clone(),
                         frozen.clone() if frozen is not None else None, meta)
+
+
+def _read_back(loss: torch.Tensor, *grads: torch.Tensor) -> tuple[float, bool]:
+    """``(loss as a float, whether loss and every gradient are finite)`` with one device→host read."""
+    finite = torch.isfinite(loss)
+    for g in grads:
+        finite = finite & torch.isfinite(g).all()
+    value, ok = torch.stack([loss.detach().double(), finite.double()]).tolist()
+    return value, bool(ok) and math.isfinite(value)
 
 
 def _truncate_log(path: Path, upto: int) -> None:

@@ -18,16 +18,24 @@ and an outer loss ``L(θ_N)`` (trajectory matching, or Wang et al.'s loss on rea
     the direct-term approximation (TESLA): the same backward walk with λ frozen at ∂L/∂θ_N, i.e.
     no Hessian terms. Exact for the last step, approximate for earlier ones.
 ``auto``
-    ``bptt`` when its predicted graph memory fits ``memory_budget`` bytes, else ``adjoint``.
+    ``bptt`` when its predicted graph memory fits ``memory_budget`` bytes (default
+    :data:`DEFAULT_MEMORY_BUDGET`, a constant: never the machine's free memory), else ``adjoint``.
+    The distillation runs resolve it once per run with :func:`choose_mode` and record the result.
 
 Augmentation is a callable ``(x, step) -> x`` that must be deterministic per step (sample once,
 replay): the adjoint recomputes step i and must see the same augmentation.
+
+No host synchronisation happens inside the unroll (no ``.item()``, ``float()``, ``bool()`` on device
+tensors, no per-step host→device copies): batches, augmentation parameters and start parameters
+should already be on the device (:func:`to_device_once` moves many small host tensors with one copy).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +45,8 @@ from ..models import FunctionalNet
 
 MODES = ("bptt", "adjoint", "tesla", "auto")
 Augment = Callable[[torch.Tensor, int], torch.Tensor]
+#: What ``mode="auto"`` may spend on a BPTT graph when no ``memory_budget`` is given: 4 GiB.
+DEFAULT_MEMORY_BUDGET = 4 << 30
 
 
 @dataclass
@@ -92,18 +102,21 @@ def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor
         batches: ``N`` index tensors into ``images``, one per step.
         outer: ``θ_N -> L`` differentiable outer loss (a 0-d tensor).
         augment: ``None`` or ``(x, step) -> x`` deterministic per step.
-        mode: ``"bptt"``, ``"adjoint"``, ``"tesla"`` or ``"auto"``.
-        memory_budget: bytes ``auto`` may spend on a BPTT graph (default: half the free memory).
+        mode: ``"bptt"``, ``"adjoint"``, ``"tesla"`` or ``"auto"`` (decided by :func:`choose_mode` from
+            ``memory_budget``; a run that calls this many times should resolve it once itself).
+        memory_budget: bytes ``auto`` may spend on a BPTT graph (default :data:`DEFAULT_MEMORY_BUDGET`;
+            the free memory is never read, so the choice is reproducible).
         theta_storage: where adjoint / tesla keep the parameters θ_i of the forward pass: ``"checkpoint"``
             (every ⌈√N⌉-th, the others recomputed on the way back: memory flat in N, about one extra
             forward-backward per step), ``"all"`` (every θ_i: N·P floats, no recomputation) or ``"host"``
-            (every θ_i in CPU memory, for CUDA students).
+            (every θ_i in CPU memory, for CUDA students: pinned buffers and asynchronous copies when
+            CUDA is available; on a CPU-only machine the same as ``"all"``).
     """
     if mode not in MODES:
         raise ValueError(f"unknown gradient mode {mode!r}; choose one of: {', '.join(MODES)}")
     _check(model, images, labels, lrs, theta0, batches)
     if mode == "auto":
-        mode = _choose_mode(model, images, labels, theta0, batches, augment, memory_budget)
+        mode = choose_mode(model, images, labels, theta0, batches, augment, memory_budget)
     if mode == "bptt":
         return _bptt(model, images, labels, lrs, theta0, batches, outer, augment)
     if theta_storage not in THETA_STORAGE:
@@ -164,9 +177,15 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
 
     stored: dict[int, torch.Tensor] = {}
     theta = theta0.detach()
+    # "host" on a CUDA student: one pinned (N, P) buffer, filled and read back with asynchronous copies
+    # (stream-ordered: no synchronisation). Elsewhere (CPU student, or pinning refused) θ_i stay as they are.
+    host_buf = _pinned((n, theta.numel()), theta.dtype) if host and theta.device.type == "cuda" else None
     for i in range(n):
         if i % k == 0:
-            stored[i] = theta.to("cpu", non_blocking=True) if host else theta
+            if host_buf is not None:
+                stored[i] = host_buf[i].copy_(theta, non_blocking=True)
+            else:
+                stored[i] = theta.to("cpu", non_blocking=True) if host else theta
         theta = step(theta, i)
     theta_n = theta
     with torch.enable_grad():
@@ -177,7 +196,7 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
     gY = torch.zeros_like(Y) if want_y else None
     g_eta = torch.zeros_like(eta) if want_lr else None
     for seg in range((n - 1) // k * k, -1, -k):
-        segment = [stored.pop(seg).to(theta0.device)]
+        segment = [stored.pop(seg).to(theta0.device, non_blocking=True) if host else stored.pop(seg)]
         for i in range(seg, min(seg + k, n) - 1):  # recompute θ_{seg+1} .. inside the segment
             segment.append(step(segment[-1], i))
         # backward: recompute step i with a graph, one double-backward of g_iᵀλ
@@ -208,8 +227,10 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
     return UnrollGrads(loss.detach(), gX, g_eta, gY, theta_n, "adjoint" if exact else "tesla")
 
 
-def _choose_mode(model, images, labels, theta0, batches, augment, memory_budget) -> str:
-    """Predict BPTT's graph memory from one probe step (bytes autograd saves), times N."""
+def predict_bptt_bytes(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor,
+                       batches: Sequence[torch.Tensor], augment: Augment | None = None) -> int:
+    """BPTT's predicted graph memory in bytes: what autograd saves for one probe step (with
+    ``create_graph=True`` and its double backward) on ``batches[0]``, times N, scaled to the largest batch."""
     saved = 0
 
     def pack(t):
@@ -225,23 +246,130 @@ def _choose_mode(model, images, labels, theta0, batches, augment, memory_budget)
         g = _step_grad(model, th, x, labels.detach()[batches[0]], create_graph=True)
         torch.autograd.grad(g.sum(), th, retain_graph=False)
     max_b = max(len(b) for b in batches)
-    predicted = saved * len(batches) * max_b / max(len(batches[0]), 1)
-    budget = memory_budget if memory_budget is not None else _free_memory(images.device) // 2
-    return "bptt" if predicted <= budget else "adjoint"
+    return math.ceil(saved * len(batches) * max_b / max(len(batches[0]), 1))
 
 
-def _free_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+def choose_mode(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor,
+                batches: Sequence[torch.Tensor], augment: Augment | None = None,
+                memory_budget: int | None = None) -> str:
+    """``"bptt"`` when :func:`predict_bptt_bytes` fits ``memory_budget`` bytes (default
+    :data:`DEFAULT_MEMORY_BUDGET`), else ``"adjoint"``. A function of the shapes and the budget only:
+    the machine's free memory is never read. Runs one probe step (``augment`` is called for step 0)."""
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    return "bptt" if predict_bptt_bytes(model, images, labels, theta0, batches, augment) <= budget else "adjoint"
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+          "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """A byte count: an integer, or a number with a unit (``"8GiB"``, ``"512MiB"``, ``"1.5G"``;
+    K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB powers of 1000)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a byte count: {value!r}")
+    if isinstance(value, (int, float)):
+        out = int(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"not a byte count: {value!r} (give bytes, or e.g. 8GiB, 512MiB, 2GB)")
+        out = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if out < 0:
+        raise ValueError(f"a byte count must be >= 0, got {value!r}")
+    return out
+
+
+# ------------------------------------------------------------------------------------ transfers
+def _pinned(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """A pinned host buffer, or ``None`` where pinning is impossible (no CUDA, or the driver refuses)."""
+    if not torch.cuda.is_available():
+        return None
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover
-        pass
-    return int(os.environ.get("FASTDD_MEMORY_BUDGET", 4 << 30))  # pragma: no cover
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+    except RuntimeError:  # pragma: no cover - e.g. locked-memory limits
+        return None
+
+
+def _on_device(t: torch.Tensor, device: torch.device) -> bool:
+    return t.device.type == device.type and (device.index is None or t.device.index == device.index)
+
+
+_ALIGN = 16  # bytes: every dtype's element size divides it, so each part can be re-viewed in place
+
+
+def _pack(tensors: Sequence[torch.Tensor], pin: bool) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """One uint8 host buffer holding every tensor's bytes, each part aligned; returns it and the
+    ``(offset, nbytes)`` of each part."""
+    layout, total = [], 0
+    for t in tensors:
+        total = -(-total // _ALIGN) * _ALIGN
+        nbytes = t.numel() * t.element_size()
+        layout.append((total, nbytes))
+        total += nbytes
+    buf = _pinned((total,), torch.uint8) if pin else None
+    if buf is None:
+        buf = torch.empty(total, dtype=torch.uint8)
+    for t, (off, nbytes) in zip(tensors, layout):
+        if nbytes:
+            buf[off:off + nbytes].copy_(t.detach().reshape(-1).view(torch.uint8))
+    return buf, layout
+
+
+def _unpack(buf: torch.Tensor, layout: list[tuple[int, int]], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of ``buf`` (on any device) shaped and typed like ``like``: slicing, no copy, no sync."""
+    return [buf[off:off + nbytes].view(t.dtype).view(t.shape) for t, (off, nbytes) in zip(like, layout)]
+
+
+def to_device_once(tensors: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
+    """Move many small constant host tensors (index batches, augmentation parameters) to ``device``
+    with ONE asynchronous copy: their bytes are packed into one (pinned, when CUDA is available) host
+    buffer, copied with ``non_blocking=True``, and each tensor comes back as a view of the device
+    buffer (same dtype, shape and values; no autograd history). Tensors already on ``device`` are
+    returned as they are; with all of them there, nothing is copied."""
+    device = torch.device(device)
+    ts = list(tensors)
+    todo = [j for j, t in enumerate(ts) if not _on_device(t, device)]
+    if not todo:
+        return ts
+    src = [ts[j] for j in todo]
+    if any(t.device.type != "cpu" for t in src):  # not host tensors: no packing, one move each
+        moved = [t.to(device, non_blocking=True) for t in src]
+    else:
+        buf, layout = _pack(src, pin=device.type == "cuda")
+        moved = _unpack(buf.to(device, non_blocking=True), layout, src)
+    out = list(ts)
+    for j, t in zip(todo, moved):
+        out[j] = t
+    return out
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True) -> Iterator[None]:
+    """Inside the block: ``torch.backends.cudnn.deterministic = True``, ``cudnn.benchmark = False`` and
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` (and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
+    if unset, which cuBLAS reads when it creates its handle), so that on CUDA repeated runs, and
+    ``adjoint`` against ``bptt``, give the same numbers. Every setting is restored afterwards.
+    ``enabled=False`` changes nothing."""
+    if not enabled:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    prev = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled())
+    set_env = "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    if set_env:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    try:
+        cudnn.deterministic, cudnn.benchmark = True, False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = prev[0], prev[1]
+        torch.use_deterministic_algorithms(prev[2], warn_only=prev[3])
+        if set_env:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 # ------------------------------------------------------------------------------------ objectives
