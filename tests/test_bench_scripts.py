@@ -1,0 +1,39 @@
+"""The GPU check and the bytes-moved model run (tiny settings); the CPU-only answer of the GPU check."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})}, cwd=BENCH.parent)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
+def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
+    out = _run(str(BENCH / "gpu_check.py"), "--out", str(tmp_path / "g.json"),
+               env={"TRITON_INTERPRET": "0"})
+    assert out.returncode == 0, out.stderr
+    assert "no CUDA device here" in out.stdout
+    assert not (tmp_path / "g.json").exists()
+
+
+def test_bytes_model_fused_moves_fewer_bytes():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bytes_model
+    finally:
+        sys.path.remove(str(BENCH))
+    res = bytes_model.model([1])[1]
+    for op, (unfused, fused) in res.items():
+        for phase in ("forward", "backward", "double backward"):
+            assert unfused[phase].ops > fused[phase].ops > 0.99, (op, phase)  # DSA: means over families
+            assert unfused[phase].total > fused[phase].total > 0, (op, phase)
+    # the counter sees the composite's operators: group norm's double backward is dozens of them
+    assert res["norm_act_pool (3 blocks)"][0]["double backward"].ops > 100
