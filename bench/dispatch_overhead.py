@@ -60,7 +60,7 @@ def main() -> None:
         print(f"  {k:13s} {m * 1e3:9.1f} ms   (all: {', '.join(f'{t * 1e3:.0f}' for t in times[k])})")
     print(f"  ratio op layer / direct: {med['op layer'] / med['direct torch']:.3f}")
     print(f"one resolve() call: {per_resolve * 1e6:.2f} µs; at most {calls_per_step} per step = "
-          f"{calls_per_step * per_resolve / med['direct torch'] * 100:.4f} % of the step")
+          f"{calls_per_step * per_resolve / med['direct torch']:.1e} of the step")
 
 
 if __name__ == "__main__":
