@@ -357,9 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--theta-storage", default=None, choices=["checkpoint", "all", "host"],
-                   help="where the adjoint keeps the student's parameters: every ceil(sqrt(N))-th (checkpoint, "
-                        "default), all of them, or all in host memory (host: pinned on CUDA machines)")
+    p.add_argument("--theta-storage", default=None, choices=["auto", "checkpoint", "all", "host"],
+                   help="where the adjoint keeps the student's parameters: auto (default: all of them when small "
+                        "against one step's activations, else checkpoint), every ceil(sqrt(N))-th (checkpoint), all "
+                        "of them, or all in host memory (host: pinned on CUDA machines)")
     p.add_argument("--memory-budget", default=None, type=_byte_count, metavar="BYTES",
                    help="what mode 'auto' may give a BPTT graph: bytes or e.g. 8GiB, 512MiB (default 4GiB); "
                         "auto is decided once per run from this, never from the free memory")

@@ -162,3 +162,57 @@ def test_theta_storage_modes_are_exact(storage, n_steps):
                     **kw)
     assert _rel(a.images, b.images) < 1e-10 and _rel(a.lrs, b.lrs) < 1e-10
     assert torch.equal(a.theta_final, b.theta_final) or _rel(a.theta_final, b.theta_final) < 1e-14
+
+
+def test_auto_theta_storage_rule_and_bitwise_equal_storages():
+    from fastdd.engine import AUTO_THETA_FRACTION, auto_theta_storage
+    assert AUTO_THETA_FRACTION == 0.25
+    # the default ConvNet at batch 100: 216 MiB of activations per step, 1.22 MiB per θ
+    assert auto_theta_storage(44, 1_280_040, 216 << 20) == "all"
+    assert auto_theta_storage(45, 1_280_040, 216 << 20) == "checkpoint"
+    net, theta0, target, x, y, batches = _setup()
+    lr = torch.tensor(0.3, **F64)
+    out = {}
+    for storage in ("auto", "checkpoint", "all"):
+        aug = StepAugment(DSAConfig(), torch.Generator().manual_seed(5))
+        lrs = lr.expand(len(batches)).clone().requires_grad_()
+        out[storage] = unroll_grad(net, x.clone().requires_grad_(), y, lrs, theta0, batches,
+                                   matching_loss(theta0, target), aug, "adjoint", theta_storage=storage)
+    # this tiny net's θ is large against its activations: auto checkpoints
+    assert out["auto"].theta_storage == "checkpoint" and out["all"].theta_storage == "all"
+    for s in ("auto", "all"):
+        assert torch.equal(out[s].images, out["checkpoint"].images) and torch.equal(out[s].lrs, out["checkpoint"].lrs)
+
+
+def test_auto_theta_storage_keeps_all_when_activations_dominate():
+    net, theta0, target, x, y, batches = _setup()
+    x = torch.randn(40, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.arange(40) % 3
+    batches = [torch.arange(40)] * 2
+    res = trajectory_matching_grad(net, x, y, torch.tensor(0.1, **F64), theta0, target, batches, mode="adjoint")
+    ref = trajectory_matching_grad(net, x, y, torch.tensor(0.1, **F64), theta0, target, batches, mode="adjoint",
+                                   theta_storage="checkpoint")
+    assert all(torch.equal(a, b) for a, b in zip(res, ref))
+    r = unroll_grad(net, x.requires_grad_(), y, torch.full((2,), 0.1, **F64), theta0, batches,
+                    matching_loss(theta0, target), None, "adjoint")
+    assert r.theta_storage == "all"
+
+
+def test_tesla_asks_autograd_for_no_hessian_vector_product(monkeypatch):
+    # autograd.grad calls that differentiate w.r.t. a (P,) parameter vector: the outer loss, each step's
+    # gradient in the forward walk and in the recomputation, and (adjoint only) the HVP of each step
+    net, theta0, target, x, y, batches = _setup()
+    real_grad = torch.autograd.grad
+    counts = {"n": 0}
+
+    def spy(outputs, inputs, *a, **k):
+        ins = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+        counts["n"] += any(t.shape == (net.num_params,) for t in ins)
+        return real_grad(outputs, inputs, *a, **k)
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    n = len(batches)
+    for mode, expect in (("adjoint", 1 + 3 * n), ("tesla", 1 + 2 * n)):
+        counts["n"] = 0
+        trajectory_matching_grad(net, x, y, torch.tensor(0.3, **F64), theta0, target, batches, mode=mode,
+                                 theta_storage="all")
+        assert counts["n"] == expect, (mode, counts["n"])

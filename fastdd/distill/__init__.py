@@ -33,7 +33,7 @@ _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts: ExpertBuffer | str | os.PathLike
             | None = None, iterations: int | None = None, seed: int = 0, preset: str | None = None,
             scores=None, out: str | os.PathLike | None = None, resume: bool = False, checkpoint_every: int = 100,
-            show_progress: bool = True, theta_storage: str = "checkpoint", memory_budget: int | str | None = None,
+            show_progress: bool = True, theta_storage: str = "auto", memory_budget: int | str | None = None,
             device: str | torch.device | None = None, deterministic: bool = False,
             resident_experts: bool | None = None, **options: Any) -> SyntheticSet:
     """Distil ``ds`` into a :class:`SyntheticSet` of ``ipc`` images per class.
@@ -47,8 +47,9 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
         scores: difficulty scores ``(len(ds.train),)`` for SelMatch's window initialisation.
         out: run folder for the CSV log and atomic checkpoints every ``checkpoint_every`` iterations;
             with ``resume=True`` a run continues from its last checkpoint to the same result.
-        theta_storage: where the adjoint keeps the student's parameters θ_i: ``"checkpoint"`` (every
-            ⌈√N⌉-th, default), ``"all"`` or ``"host"`` (CPU memory, pinned on CUDA machines).
+        theta_storage: where the adjoint keeps the student's parameters θ_i: ``"auto"`` (default: all of
+            them when they are small against one step's activations, else ``"checkpoint"``), ``"checkpoint"``
+            (every ⌈√N⌉-th), ``"all"`` or ``"host"`` (CPU memory, pinned on CUDA machines).
         memory_budget: bytes (an int, or e.g. ``"8GiB"``) ``mode="auto"`` may give a BPTT graph; default
             :data:`fastdd.engine.DEFAULT_MEMORY_BUDGET` (4 GiB). ``auto`` is resolved once per run from this
             and the shapes (never from the free memory) and recorded in ``syn.meta["gradient_mode"]``.

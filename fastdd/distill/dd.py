@@ -50,7 +50,7 @@ class DDConfig:
     init: str = "default"           # weight init scheme of the network ("default" | "xavier")
     attack: tuple[int, int] | None = None  # poisoning: relabel real class a as b in the outer loss
     mode: str = "auto"              # gradient mode of the engine ("auto": resolved once per run)
-    theta_storage: str = "checkpoint"  # adjoint / tesla: "checkpoint" | "all" | "host"
+    theta_storage: str = "auto"  # adjoint / tesla: "auto" | "checkpoint" | "all" | "host"
     memory_budget: int | None = None   # bytes "auto" may give a BPTT graph (None: DEFAULT_MEMORY_BUDGET)
     deterministic: bool = False        # deterministic cuDNN / algorithms for the run (CUDA)
 

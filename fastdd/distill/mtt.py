@@ -60,7 +60,7 @@ class MTTConfig:
     init: str = "real"              # "real" | "noise" | "window" | "correct"
     dsa: bool = True
     mode: str = "auto"              # gradient mode of the engine ("auto": resolved once per run)
-    theta_storage: str = "checkpoint"  # adjoint / tesla: "checkpoint" | "all" | "host"
+    theta_storage: str = "auto"  # adjoint / tesla: "auto" | "checkpoint" | "all" | "host"
     memory_budget: int | None = None   # bytes "auto" may give a BPTT graph (None: DEFAULT_MEMORY_BUDGET)
     deterministic: bool = False        # deterministic cuDNN / algorithms for the run (CUDA)
     # SelMatch
