@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdd.augment import FAMILIES, DSAConfig, sample_dsa
 from fastdd.augment.dsa import apply_dsa_torch
-from fastdd.kernels import norm_act_pool_torch
+from fastdd.kernels import norm_act_pool_reference
 
 H100_BW = 3.35e12  # bytes/s, H100 SXM HBM3
 
@@ -84,7 +84,7 @@ def block_traffic(b: int, c: int, h: int, w: int) -> dict[str, Traffic]:
     x = torch.randn(b, c, h, w, requires_grad=True)
     wt = torch.ones(c, requires_grad=True)
     bias = torch.zeros(c, requires_grad=True)
-    return _phases(norm_act_pool_torch, [x, wt, bias])
+    return _phases(norm_act_pool_reference, [x, wt, bias])
 
 
 def dsa_traffic(b: int, fam: str, size: int = 32) -> dict[str, Traffic]:

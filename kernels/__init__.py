@@ -14,7 +14,9 @@ op                     what                                         Triton modul
 
 The backend (``FASTDD_BACKEND`` or :func:`use_backend`): ``auto`` (default) runs Triton on CUDA
 tensors and torch on CPU tensors; ``triton`` forces the kernels (CUDA, or CPU under
-``TRITON_INTERPRET=1``); ``torch`` forces the torch ops. Convolutions always stay on cuDNN / oneDNN.
+``TRITON_INTERPRET=1``); ``torch`` forces the torch ops. Convolutions always stay on cuDNN / oneDNN. The torch path of
+:func:`norm_act_pool` has closed-form backward and double backward (:mod:`.convnet_block_torch`);
+:func:`norm_act_pool_reference` is eager's composite, the reference of the tests.
 
 This folder sits at the top of the repository and is mapped onto the subpackage ``fastdd.kernels``
 by ``pyproject.toml``; it never becomes a top-level ``kernels`` module. Triton is imported only when
@@ -26,11 +28,21 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import BACKENDS, current_backend, interpreting, resolve, triton_available, use_backend
+from .convnet_block_torch import norm_act_pool_closed
 
 
-def norm_act_pool_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """:func:`norm_act_pool` in torch ops: ``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2)``."""
+def norm_act_pool_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                            eps: float = 1e-5) -> torch.Tensor:
+    """:func:`norm_act_pool` as eager's composite ``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2)``
+    (what ``nn.GroupNorm`` → ``nn.ReLU`` → ``nn.AvgPool2d`` computes): the reference the other paths are
+    tested against, and the way the research code computes the block."""
     return F.avg_pool2d(F.relu(F.group_norm(x, x.shape[1], weight, bias, eps=eps)), 2, 2)
+
+
+#: The torch path of :func:`norm_act_pool`: the composite's forward ops (bitwise its output) with a
+#: closed-form backward and double backward (:mod:`.convnet_block_torch`; 3.2× faster than eager's
+#: composite for forward + create_graph backward + double backward on the CPU, docs/benchmarks.md).
+norm_act_pool_torch = norm_act_pool_closed
 
 
 def norm_act_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -54,4 +66,4 @@ def apply_dsa(x: torch.Tensor, params) -> torch.Tensor:
 
 
 __all__ = ["BACKENDS", "current_backend", "interpreting", "resolve", "triton_available", "use_backend",
-           "norm_act_pool", "norm_act_pool_torch", "apply_dsa"]
+           "norm_act_pool", "norm_act_pool_torch", "norm_act_pool_reference", "norm_act_pool_closed", "apply_dsa"]

@@ -6,7 +6,7 @@ float64, weight and bias (C,), output (N, C, H // 2, W // 2). The statistics (me
 cover the whole H x W plane; the pool floors odd H / W, so a last odd row / column enters the
 statistics but not the output.
 
-The torch path is :func:`fastdd.kernels.norm_act_pool_torch`. The Triton path has three kernels, one program per (n, c) plane (grid ``(N * C,)``), each looping
+The torch path is :func:`fastdd.kernels.norm_act_pool_torch`; the reference :func:`fastdd.kernels.norm_act_pool_reference`. The Triton path has three kernels, one program per (n, c) plane (grid ``(N * C,)``), each looping
 over the plane in tiles of ``BLOCK`` elements, computing in the input dtype:
 
 * forward: plane mean and variance (two passes), then the pooled output from the four taps of each
@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from . import norm_act_pool_torch
+from . import norm_act_pool_reference
 from ._common import KernelSpec, block_and_warps, triton_dtype
 
 __all__ = ["norm_act_pool_triton", "NormActPoolFunction", "NormActPoolBackward", "compile_specs"]
@@ -339,7 +339,7 @@ def norm_act_pool_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     if x.dtype not in _DTYPES:
         raise TypeError(f"norm_act_pool's Triton kernels take float32 or float64 input, not {x.dtype}")
     if x.numel() == 0:
-        return norm_act_pool_torch(x, weight, bias, eps)
+        return norm_act_pool_reference(x, weight, bias, eps)
     # Made contiguous / cast here, outside the autograd.Function, so those steps stay differentiable
     # (the double backward reaches the caller's tensors through them).
     x = x.contiguous()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastdd.kernels._backend as backend
-from fastdd.kernels import norm_act_pool, norm_act_pool_torch, use_backend
+from fastdd.kernels import norm_act_pool, norm_act_pool_reference, norm_act_pool_torch, use_backend
 from fastdd.kernels._common import MAX_BLOCK, block_and_warps
 from fastdd.kernels.convnet_block import NormActPoolFunction, compile_specs
 
@@ -63,7 +63,7 @@ CASES = [(s, d) for s in SHAPES for d in (torch.float64, torch.float32)] + [((1,
 def test_triton_matches_torch_all_orders(shape, dtype):
     assert (shape[2] * shape[3] > MAX_BLOCK) == (shape == CASES[-1][0])
     t = _inputs(shape, dtype)
-    ref = _all_orders(norm_act_pool_torch, {k: v.double() for k, v in t.items()})
+    ref = _all_orders(norm_act_pool_reference, {k: v.double() for k, v in t.items()})
     with use_backend("triton"):
         out = _all_orders(norm_act_pool, t)
     for k, r in ref.items():
