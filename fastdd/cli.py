@@ -306,11 +306,21 @@ def _curves(folder: Path) -> None:
     save_curves(folder / "lr.png", {key: (its, [float(r[key]) for r in rows])}, "iteration", "learning rate")
 
 
+def _bench_mode(text: str) -> str:
+    from .bench import mode_label
+    try:
+        return mode_label(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def cmd_bench(args) -> int:
     from .bench import memory_scaling
     memory_scaling(args.steps, args.modes, batch=args.batch, im_size=args.im_size, channels=args.channels,
-                   width=args.width, device=args.device, max_mib=args.max_mib, out=args.out)
-    print(f"table and plot -> {args.out}")
+                   width=args.width, device=args.device, max_mib=args.max_mib, out=args.out, ipc=args.ipc,
+                   num_classes=args.num_classes, depth=args.depth, dsa=args.dsa, max_gib=args.max_gib,
+                   max_ipc_steps=args.max_gib_steps, timeout=args.timeout)
+    print(f"table (csv, md), json and plot -> {args.out}")
     return 0
 
 
@@ -373,15 +383,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks (memory-scaling)", description="Benchmarks that write a table and a plot.")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="benchmark")
-    b = bsub.add_parser("memory-scaling", help="peak memory of one meta-gradient vs unrolled steps, per mode")
-    b.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 80])
-    b.add_argument("--modes", nargs="+", default=["adjoint", "bptt"], choices=["adjoint", "bptt", "tesla"])
-    b.add_argument("--batch", type=int, default=100)
+    b = bsub.add_parser(
+        "memory-scaling", help="peak memory of one meta-gradient vs IPC, minibatch and unrolled steps, per mode",
+        description="Peak memory of one MTT meta-gradient (random CIFAR-like data, ConvNet) for every mode x "
+                    "(IPC or minibatch) x unrolled steps, each point in a fresh process; points that would not fit "
+                    "--max-mib are predicted from a per-mode linear fit (peak = a + b * images_per_step * "
+                    "(steps for bptt | 1 for adjoint/tesla) + the parameter vectors kept), which is checked on a "
+                    "held-out measured point. Writes memory_scaling.csv/.md/.json/.png into --out.")
+    b.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 80], help="unrolled steps (default 10 20 40 80)")
+    b.add_argument("--modes", nargs="+", default=["adjoint", "bptt"], type=_bench_mode, metavar="MODE",
+                   help="bptt, adjoint, tesla; adjoint:STORAGE / tesla:STORAGE with STORAGE checkpoint (default), "
+                        "all or host, e.g. adjoint:all (default: adjoint bptt)")
+    b.add_argument("--ipc", type=int, nargs="+", default=None,
+                   help="images per class: a set of num-classes x IPC images, each step a minibatch of --batch or, "
+                        "without --batch, all of them (as at high IPC)")
+    b.add_argument("--batch", type=int, nargs="+", default=None,
+                   help="images per unrolled step (minibatch); without --ipc the set is that many images "
+                        "(default 100)")
+    b.add_argument("--num-classes", type=int, default=10)
     b.add_argument("--im-size", type=int, default=32)
     b.add_argument("--channels", type=int, default=3)
     b.add_argument("--width", type=int, default=128)
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--max-mib", type=float, default=16000, help="skip points predicted to need more")
+    b.add_argument("--depth", type=int, default=3)
+    b.add_argument("--dsa", action="store_true", help="DSA augmentation at every step (as distillation runs)")
+    b.add_argument("--device", default="cpu", help="cpu (peak resident memory) or cuda (max_memory_allocated)")
+    b.add_argument("--max-mib", type=float, default=16000,
+                   help="measure a point only if the fit of the mode's points measured so far predicts at most "
+                        "this many MiB; beyond, predict it (default 16000)")
+    b.add_argument("--max-gib", type=float, default=None,
+                   help="also report, per mode and step count, the largest IPC (batch = all images) the fit "
+                        "predicts to fit this many GiB")
+    b.add_argument("--max-gib-steps", type=int, nargs="+", default=None, metavar="N",
+                   help="unrolled steps at which --max-gib is answered (default: --steps; any N, from the fit)")
+    b.add_argument("--timeout", type=float, default=3600, help="seconds allowed per measured point")
     b.add_argument("--out", default="runs/bench/memory_scaling")
     b.set_defaults(func=cmd_bench)
 
