@@ -5,7 +5,8 @@
 1. correctness: every Triton kernel against float64 torch on CUDA (forward, backward, double backward);
 2. time per call, Triton vs torch backend, for each kernel at CIFAR shapes (batch 100-1000, width 128, 32×32);
 3. one whole MTT meta-gradient (CIFAR-10 shape, IPC 10 and 50, 20-80 unrolled steps, DSA on) in ``bptt`` and
-   ``adjoint``, torch vs Triton backend: seconds per iteration and ``torch.cuda.max_memory_allocated``.
+   ``adjoint``, torch vs Triton backend, beside the reference-style baseline (bench/reference_mtt.py): seconds
+   per iteration and ``torch.cuda.max_memory_allocated``.
 
 Prints one table and writes JSON. Uses random CIFAR-shaped tensors only (no data set, no FAISS). On a machine
 without CUDA it says so and exits 0. ``--smoke`` runs every part at tiny shapes on whatever device there is
@@ -14,6 +15,7 @@ without CUDA it says so and exits 0. ``--smoke`` runs every part at tiny shapes 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -138,33 +140,51 @@ def _phases(op, inputs):
     return {"fwd": fwd, "fwd+bwd": fwd_bwd, "fwd+bwd+dbl": double}
 
 
+def _time_variants(name: str, fn, variants: dict, dev: torch.device) -> None:
+    """Time ``fn`` once per variant (a backend name, or a callable that sets things up and returns a
+    context) and add one row with every variant's ms and the speed-up of Triton over each other one."""
+    ts = {}
+    for label, ctx in variants.items():
+        with ctx():
+            ts[label] = timeit(fn, dev)
+    row("kernel", name, **{f"{k}_ms": v * 1e3 for k, v in ts.items()},
+        **{f"triton_vs_{k}": v / ts["triton"] for k, v in ts.items() if k != "triton"})
+
+
 def kernel_timings(dev: torch.device, smoke: bool) -> None:
+    """Per call: the block as eager's composite (what the research code runs), fastdd's torch path (closed-form
+    backward) and Triton; DSA with the torch and the Triton backend."""
     batches = [4] if smoke else [100, 500, 1000]
     width, size = (8, 8) if smoke else (128, 32)
     g = torch.Generator().manual_seed(0)
+    block = {"eager": lambda: _patched(kernels, "norm_act_pool_torch", kernels.norm_act_pool_reference, "torch"),
+             "torch": lambda: kernels.use_backend("torch"), "triton": lambda: kernels.use_backend("triton")}
+    dsa = {"torch": lambda: kernels.use_backend("torch"), "triton": lambda: kernels.use_backend("triton")}
     for b in batches:
         x = torch.randn(b, width, size, size, generator=g).to(dev).requires_grad_(True)
         w = (1 + 0.1 * torch.randn(width, generator=g)).to(dev).requires_grad_(True)
         bias = (0.1 * torch.randn(width, generator=g)).to(dev).requires_grad_(True)
         for phase, fn in _phases(lambda *a: kernels.norm_act_pool(*a), [x, w, bias]).items():
-            ts = {}
-            for backend in ("torch", "triton"):
-                with kernels.use_backend(backend):
-                    ts[backend] = timeit(fn, dev)
-            row("kernel", f"norm_act_pool B={b} C={width} {size}x{size} {phase}", torch_ms=ts["torch"] * 1e3,
-                triton_ms=ts["triton"] * 1e3, speedup=ts["torch"] / ts["triton"])
+            _time_variants(f"norm_act_pool B={b} C={width} {size}x{size} {phase}", fn, block, dev)
         xi = torch.randn(b, 3, size, size, generator=g).to(dev).requires_grad_(True)
         for fam in (*FAMILIES, "per_sample"):
             p = (sample_dsa(b, (size, size), DSAConfig(), torch.Generator().manual_seed(1), per_sample_family=True)
                  if fam == "per_sample" else
                  sample_dsa(b, (size, size), DSAConfig(), torch.Generator().manual_seed(1), family=fam)).to(dev)
             for phase, fn in list(_phases(lambda x, p=p: kernels.apply_dsa(x, p), [xi]).items())[:2]:
-                ts = {}
-                for backend in ("torch", "triton"):
-                    with kernels.use_backend(backend):
-                        ts[backend] = timeit(fn, dev)
-                row("kernel", f"apply_dsa {fam} B={b} 3x{size}x{size} {phase}", torch_ms=ts["torch"] * 1e3,
-                    triton_ms=ts["triton"] * 1e3, speedup=ts["torch"] / ts["triton"])
+                _time_variants(f"apply_dsa {fam} B={b} 3x{size}x{size} {phase}", fn, dsa, dev)
+
+
+@contextlib.contextmanager
+def _patched(obj, name: str, value, backend: str):
+    """``obj.name = value`` and ``use_backend(backend)`` inside the block."""
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        with kernels.use_backend(backend):
+            yield
+    finally:
+        setattr(obj, name, old)
 
 
 # ------------------------------------------------------------------------------------- 3. MTT iteration
@@ -179,9 +199,11 @@ def mtt_iteration(ipc: int, steps: int, mode: str, backend: str, dev: torch.devi
     batches = [torch.arange(k * ipc, device=dev)] * steps
     lr = torch.tensor(0.01, device=dev)
 
+    grad_fn = _reference_meta_grad() if mode == "reference" else trajectory_matching_grad
+
     def one():
         aug = StepAugment(DSAConfig(), torch.Generator().manual_seed(2))
-        return trajectory_matching_grad(net, x, y, lr, theta0, target, batches, aug, mode=mode)
+        return grad_fn(net, x, y, lr, theta0, target, batches, aug, mode=mode)
 
     with kernels.use_backend(backend):
         one()  # warm-up: Triton compiles, cuDNN picks algorithms
@@ -202,25 +224,44 @@ def mtt_iteration(ipc: int, steps: int, mode: str, backend: str, dev: torch.devi
             "lr_grad": float(glr)}
 
 
+def _reference_meta_grad():
+    """The research-code-style baseline (bench/reference_mtt.py: nn.Module over a flat parameter vector,
+    eager group norm, create_graph through every step)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from reference_mtt import meta_grad
+    finally:
+        sys.path.pop(0)
+    return meta_grad
+
+
 def mtt_timings(dev: torch.device, smoke: bool, max_bptt_gib: float) -> None:
+    """Per grid point: the reference-style baseline, then bptt and adjoint with the torch and Triton backends."""
     grid = [(2, 3)] if smoke else [(10, 20), (10, 80), (50, 20), (50, 80)]
     for ipc, steps in grid:
-        results = {}
-        for mode in ("bptt", "adjoint"):
-            # BPTT keeps every step's graph: ~285 MiB per step per 100 images at width 128 (fp32)
-            predicted = 0.285 * steps * ipc / 10
-            if not smoke and mode == "bptt" and predicted > max_bptt_gib:
-                row("mtt", f"ipc={ipc} steps={steps} {mode}", note=f"skipped: BPTT needs ~{predicted:.0f} GiB")
+        # BPTT and the baseline keep every step's graph: ~285 MiB per step per 100 images at width 128 (fp32)
+        predicted = 0.285 * steps * ipc / 10
+        ref = None
+        for mode, backends in (("reference", ("torch",)), ("bptt", ("torch", "triton")),
+                               ("adjoint", ("torch", "triton"))):
+            if not smoke and mode != "adjoint" and predicted > max_bptt_gib:
+                row("mtt", f"ipc={ipc} steps={steps} {mode}", note=f"skipped: its graph needs ~{predicted:.0f} GiB")
                 continue
-            for backend in ("torch", "triton"):
-                r = mtt_iteration(ipc, steps, mode, backend, dev, smoke)
-                results[(mode, backend)] = r
+            res = {}
+            for backend in backends:
+                r = res[backend] = mtt_iteration(ipc, steps, mode, backend, dev, smoke)
+                vs_ref = {} if ref is None else {"speedup_vs_reference": ref["seconds"] / r["seconds"],
+                                                  "grad_norm_rel_vs_reference":
+                                                      abs(r["grad_norm"] - ref["grad_norm"]) / max(ref["grad_norm"], 1e-30)}
                 row("mtt", f"ipc={ipc} steps={steps} {mode} {backend}", s_per_iter=r["seconds"],
-                    peak_mib=r["peak_mib"], loss=r["loss"])
-            a, b = results[(mode, "torch")], results[(mode, "triton")]
-            row("mtt", f"ipc={ipc} steps={steps} {mode} triton vs torch", speedup=a["seconds"] / b["seconds"],
-                loss_rel=abs(a["loss"] - b["loss"]) / max(abs(a["loss"]), 1e-30),
-                grad_norm_rel=abs(a["grad_norm"] - b["grad_norm"]) / max(a["grad_norm"], 1e-30))
+                    peak_mib=r["peak_mib"], loss=r["loss"], **vs_ref)
+            if mode == "reference":
+                ref = res["torch"]
+            else:
+                a, b = res["torch"], res["triton"]
+                row("mtt", f"ipc={ipc} steps={steps} {mode} triton vs torch", speedup=a["seconds"] / b["seconds"],
+                    loss_rel=abs(a["loss"] - b["loss"]) / max(abs(a["loss"]), 1e-30),
+                    grad_norm_rel=abs(a["grad_norm"] - b["grad_norm"]) / max(a["grad_norm"], 1e-30))
 
 
 def print_table(rows: list[dict]) -> None:

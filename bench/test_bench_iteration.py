@@ -31,8 +31,8 @@ minutes for this group with memory, about 20 without (``--bench-no-memory``).
 ``extra_info``: ``peak_mib`` (fresh process), ``images_per_s`` (steps × batch / time), ``model_flop_per_s``
 (conv + linear FLOPs of N inner steps with their double backward, counted by ``FlopCounterMode``, per
 second: the same work for every mode), ``time_vs_reference`` / ``speedup_vs_reference`` and
-``grad_rel_diff_vs_reference`` (max |Δ ∂L/∂X| / max |∂L/∂X| against the baseline at the same point; TESLA
-is approximate by design).
+``grad_rel_diff_vs_reference`` (‖Δ ∂L/∂X‖ / ‖∂L/∂X‖ against the baseline at the same point; TESLA
+is approximate by design) and ``grad_max_diff_vs_reference`` (the same with the largest element).
 
 ``--bench-size tiny``: width 16, depth 2, 16×16 images, IPC 1-2, 2-3 steps.
 """
@@ -137,6 +137,12 @@ def test_iteration(case, device, run, bench_size, bench_store, request):
         ref_sec, ref_g = bench_store[key]
         info["time_vs_reference"] = sec / ref_sec
         info["speedup_vs_reference"] = ref_sec / sec
-        info["grad_rel_diff_vs_reference"] = float((g_images - ref_g).abs().max() / ref_g.abs().max().clamp_min(1e-30))
-        if base != "tesla":  # exact modes: the same gradient as the baseline, up to float32 rounding
-            assert info["grad_rel_diff_vs_reference"] < 1e-2, info
+        diff = g_images - ref_g
+        info["grad_rel_diff_vs_reference"] = float(diff.norm() / ref_g.norm().clamp_min(1e-30))
+        info["grad_max_diff_vs_reference"] = float(diff.abs().max() / ref_g.abs().max().clamp_min(1e-30))
+        # exact modes: the same gradient as the baseline up to float32 rounding, which the unrolled steps
+        # amplify. Measured at 10 steps (IPC 10, DSA): the baseline is 0.97 % (norm) from the float64
+        # gradient, fastdd's adjoint 0.72 %, the two 0.94 % apart; at 30 steps they are 1.4 % apart. The
+        # bound only catches a wrong gradient; equality is proven in float64 (tests/test_bench_suite.py).
+        if base != "tesla":
+            assert info["grad_rel_diff_vs_reference"] < 5e-2, info

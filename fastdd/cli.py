@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "held-out measured point. Writes memory_scaling.csv/.md/.json/.png into --out.")
     b.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 80], help="unrolled steps (default 10 20 40 80)")
     b.add_argument("--modes", nargs="+", default=["adjoint", "bptt"], type=_bench_mode, metavar="MODE",
-                   help="bptt, adjoint, tesla; adjoint:STORAGE / tesla:STORAGE with STORAGE checkpoint (default), "
+                   help="bptt, adjoint, tesla; adjoint:STORAGE / tesla:STORAGE with STORAGE auto (default), checkpoint, "
                         "all or host, e.g. adjoint:all (default: adjoint bptt)")
     b.add_argument("--ipc", type=int, nargs="+", default=None,
                    help="images per class: a set of num-classes x IPC images, each step a minibatch of --batch or, "

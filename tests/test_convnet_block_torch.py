@@ -11,36 +11,12 @@ from fastdd import kernels
 from fastdd.kernels import norm_act_pool_reference
 from fastdd.kernels.convnet_block_torch import NormActPoolTorch, NormActPoolTorchBackward, norm_act_pool_closed
 
+from block_orders import all_orders as _all_orders
+from block_orders import block_inputs
+from block_orders import max_rel as _max_rel
+
 SHAPES = [(2, 3, 5, 7), (1, 2, 6, 6), (3, 1, 9, 4), (2, 4, 8, 8), (1, 2, 3, 2)]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-
-
-def _inputs(shape, dtype, seed=0, scale=2.0, offset=0.5):
-    g = torch.Generator().manual_seed(seed)
-    n, c, h, w = shape
-    t = {"x": torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset,
-         "w": torch.randn(c, generator=g, dtype=torch.float64),
-         "b": torch.randn(c, generator=g, dtype=torch.float64) * 0.5,
-         "gy": torch.randn(n, c, h // 2, w // 2, generator=g, dtype=torch.float64),
-         "hx": torch.randn(shape, generator=g, dtype=torch.float64),
-         "hw": torch.randn(c, generator=g, dtype=torch.float64),
-         "hb": torch.randn(c, generator=g, dtype=torch.float64)}
-    return {k: v.to(dtype) for k, v in t.items()}
-
-
-def _all_orders(fn, t):
-    """y, (gx, gw, gb) and the grads of <hx, gx> + <hw, gw> + <hb, gb> w.r.t. x, w, b, gy under fn."""
-    x, w, b, gy = (t[k].detach().clone().requires_grad_() for k in ("x", "w", "b", "gy"))
-    y = fn(x, w, b)
-    gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy, create_graph=True)
-    s = (gx * t["hx"]).sum() + (gw * t["hw"]).sum() + (gb * t["hb"]).sum()
-    hh = torch.autograd.grad(s, (x, w, b, gy))
-    names = ["y", "gx", "gw", "gb", "ddx", "ddw", "ddb", "ddgy"]
-    return dict(zip(names, [v.detach() for v in (y, gx, gw, gb, *hh)]))
-
-
-def _max_rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((a.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30)).item()
 
 
 CASES = [(s, d) for s in SHAPES for d in (torch.float64, torch.float32)]
@@ -49,7 +25,7 @@ IDS = ["x".join(map(str, s)) + "-" + str(d).split(".")[-1] for s, d in CASES]
 
 @pytest.mark.parametrize("shape, dtype", CASES, ids=IDS)
 def test_forward_is_bitwise_the_composite(shape, dtype):
-    t = _inputs(shape, dtype)
+    t = block_inputs(shape, dtype)
     x, w, b = t["x"], t["w"], t["b"]
     assert torch.equal(norm_act_pool_closed(x, w, b), norm_act_pool_reference(x, w, b))
     with torch.no_grad():
@@ -58,7 +34,7 @@ def test_forward_is_bitwise_the_composite(shape, dtype):
 
 @pytest.mark.parametrize("shape, dtype", CASES, ids=IDS)
 def test_backward_and_double_backward_match_the_composite(shape, dtype):
-    t = _inputs(shape, dtype)
+    t = block_inputs(shape, dtype)
     ref = _all_orders(norm_act_pool_reference, t)
     out = _all_orders(norm_act_pool_closed, t)
     for k, r in ref.items():
@@ -71,7 +47,7 @@ def test_backward_and_double_backward_match_the_composite(shape, dtype):
 
 def test_float32_error_against_float64_is_the_composites():
     # Both float32 paths against the float64 composite: the closed form is no less accurate (within 2x).
-    t = _inputs((4, 8, 16, 16), torch.float32, seed=3)
+    t = block_inputs((4, 8, 16, 16), torch.float32, seed=3)
     ref = _all_orders(norm_act_pool_reference, {k: v.double() for k, v in t.items()})
     comp = _all_orders(norm_act_pool_reference, t)
     out = _all_orders(norm_act_pool_closed, t)
@@ -82,7 +58,7 @@ def test_float32_error_against_float64_is_the_composites():
 
 
 def test_one_node_per_order_and_no_graph_for_the_double_backward():
-    t = _inputs((2, 3, 4, 4), torch.float64)
+    t = block_inputs((2, 3, 4, 4), torch.float64)
     x, w, b = (t[k].clone().requires_grad_() for k in ("x", "w", "b"))
     y = norm_act_pool_closed(x, w, b)
     assert type(y.grad_fn).__name__ == NormActPoolTorch.__name__ + "Backward"
@@ -93,7 +69,7 @@ def test_one_node_per_order_and_no_graph_for_the_double_backward():
 
 def test_missing_upstream_grads_and_partial_inputs():
     # Only gx used (hw = hb = None inside), only gw used (hx = None), and gy not requiring grad.
-    t = _inputs((2, 3, 5, 6), torch.float64)
+    t = block_inputs((2, 3, 5, 6), torch.float64)
     for fn_out in (lambda gx, gw, gb: (gx * t["hx"]).sum(), lambda gx, gw, gb: (gw * t["hw"]).sum(),
                    lambda gx, gw, gb: (gb * t["hb"]).sum() + (gw * t["hw"]).sum()):
         res = []
@@ -111,7 +87,7 @@ def test_missing_upstream_grads_and_partial_inputs():
 
 
 def test_noncontiguous_and_cast_inputs_reach_caller_tensors():
-    t = _inputs((2, 2, 7, 5), torch.float64)
+    t = block_inputs((2, 2, 7, 5), torch.float64)
     xt = t["x"].transpose(2, 3).contiguous().requires_grad_()  # x = xt^T (2, 2, 5, 7) is strided
     w = t["w"].clone().requires_grad_()
     outs = []
@@ -136,7 +112,7 @@ def test_noncontiguous_and_cast_inputs_reach_caller_tensors():
 
 @pytest.mark.parametrize("shape, fast", [((1, 2, 4, 5), False), ((2, 2, 5, 4), False), ((3, 2, 6, 6), True)])
 def test_gradcheck_and_gradgradcheck_float64(shape, fast):
-    t = _inputs(shape, torch.float64, seed=1)
+    t = block_inputs(shape, torch.float64, seed=1)
     x, w, b = (t[k].clone().requires_grad_() for k in ("x", "w", "b"))
     assert torch.autograd.gradcheck(norm_act_pool_closed, (x, w, b), eps=1e-6, atol=1e-8, fast_mode=fast)
     assert torch.autograd.gradgradcheck(norm_act_pool_closed, (x, w, b), eps=1e-6, atol=1e-7, fast_mode=fast)

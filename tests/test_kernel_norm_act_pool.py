@@ -13,6 +13,10 @@ from fastdd.kernels import norm_act_pool, norm_act_pool_reference, norm_act_pool
 from fastdd.kernels._common import MAX_BLOCK, block_and_warps
 from fastdd.kernels.convnet_block import NormActPoolFunction, compile_specs
 
+from block_orders import all_orders as _all_orders
+from block_orders import block_inputs
+from block_orders import max_rel as _max_rel
+
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or backend.interpreting()),
                                 reason="needs CUDA or TRITON_INTERPRET=1")
 
@@ -24,36 +28,6 @@ def _dev() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _inputs(shape, dtype, seed=0):
-    """x (N, C, H, W), weight, bias (C,), gy like the output, and the linear functional's coefficients
-    hx, hw, hb (used for the double backward), all float64 leaves on the test device, then cast."""
-    g = torch.Generator().manual_seed(seed)
-    n, c, h, w = shape
-    t = {"x": torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5,
-         "w": torch.randn(c, generator=g, dtype=torch.float64),
-         "b": torch.randn(c, generator=g, dtype=torch.float64) * 0.5,
-         "gy": torch.randn(n, c, h // 2, w // 2, generator=g, dtype=torch.float64),
-         "hx": torch.randn(shape, generator=g, dtype=torch.float64),
-         "hw": torch.randn(c, generator=g, dtype=torch.float64),
-         "hb": torch.randn(c, generator=g, dtype=torch.float64)}
-    return {k: v.to(_dev(), dtype) for k, v in t.items()}
-
-
-def _all_orders(fn, t):
-    """y, (gx, gw, gb) and the grads of <hx, gx> + <hw, gw> + <hb, gb> w.r.t. x, w, b, gy under fn."""
-    x, w, b, gy = (t[k].detach().clone().requires_grad_() for k in ("x", "w", "b", "gy"))
-    y = fn(x, w, b)
-    gx, gw, gb = torch.autograd.grad(y, (x, w, b), gy, create_graph=True)
-    s = (gx * t["hx"]).sum() + (gw * t["hw"]).sum() + (gb * t["hb"]).sum()
-    hh = torch.autograd.grad(s, (x, w, b, gy))
-    names = ["y", "gx", "gw", "gb", "ddx", "ddw", "ddb", "ddgy"]
-    return dict(zip(names, [v.detach() for v in (y, gx, gw, gb, *hh)]))
-
-
-def _max_rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((a.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-
-
 # (1, 1, 67, 65): one plane over MAX_BLOCK pixels, so every loop in the kernels runs twice (float64 only).
 CASES = [(s, d) for s in SHAPES for d in (torch.float64, torch.float32)] + [((1, 1, 67, 65), torch.float64)]
 
@@ -62,7 +36,7 @@ CASES = [(s, d) for s in SHAPES for d in (torch.float64, torch.float32)] + [((1,
                          ids=["x".join(map(str, s)) + "-" + str(d).split(".")[-1] for s, d in CASES])
 def test_triton_matches_torch_all_orders(shape, dtype):
     assert (shape[2] * shape[3] > MAX_BLOCK) == (shape == CASES[-1][0])
-    t = _inputs(shape, dtype)
+    t = block_inputs(shape, dtype, device=_dev())
     ref = _all_orders(norm_act_pool_reference, {k: v.double() for k, v in t.items()})
     with use_backend("triton"):
         out = _all_orders(norm_act_pool, t)
@@ -75,14 +49,14 @@ def test_triton_matches_torch_all_orders(shape, dtype):
 
 
 def test_triton_path_is_the_autograd_function():
-    t = _inputs((1, 2, 4, 4), torch.float64)
+    t = block_inputs((1, 2, 4, 4), torch.float64, device=_dev())
     with use_backend("triton"):
         y = norm_act_pool(t["x"], t["w"].requires_grad_(), t["b"])
     assert type(y.grad_fn).__name__ == NormActPoolFunction.__name__ + "Backward"
 
 
 def test_noncontiguous_input_and_second_order_reach_caller_tensors():
-    t = _inputs((2, 2, 7, 5), torch.float64)
+    t = block_inputs((2, 2, 7, 5), torch.float64, device=_dev())
     xt = t["x"].transpose(2, 3).contiguous().requires_grad_()  # (2, 2, 5, 7), x = xt^T is strided
     w = t["w"].clone().requires_grad_()
     outs = []
@@ -100,7 +74,7 @@ def test_noncontiguous_input_and_second_order_reach_caller_tensors():
 def test_gradcheck_and_gradgradcheck_float64(shape, fast):
     # Full Jacobians on one sample; the batched shape (grads of weight / bias summed over N) in
     # fast mode (random projections), which keeps the interpreter's cost down.
-    t = _inputs(shape, torch.float64, seed=1)
+    t = block_inputs(shape, torch.float64, seed=1, device=_dev())
     x, w, b = (t[k].clone().requires_grad_() for k in ("x", "w", "b"))
     with use_backend("triton"):
         assert torch.autograd.gradcheck(norm_act_pool, (x, w, b), eps=1e-6, atol=1e-8, fast_mode=fast)
@@ -108,7 +82,7 @@ def test_gradcheck_and_gradgradcheck_float64(shape, fast):
 
 
 def test_default_backend_on_cpu_is_exactly_the_torch_composite():
-    t = _inputs((2, 3, 5, 7), torch.float32)
+    t = block_inputs((2, 3, 5, 7), torch.float32, device=_dev())
     x, w, b = t["x"].cpu(), t["w"].cpu(), t["b"].cpu()
     expect = torch.nn.functional.avg_pool2d(
         torch.relu(torch.nn.functional.group_norm(x, 3, w, b, 1e-5)), 2, 2)

@@ -312,12 +312,13 @@ def sample_dsa(n: int, im_size: int | Sequence[int], config: DSAConfig | None = 
 
 
 def _color(x: Tensor, b: Tensor, s: Tensor, c: Tensor) -> Tensor:
+    # brightness, saturation, contrast in one affine map (saturation keeps each pixel's channel mean, so
+    # contrast's sample mean is x's plus b): c·s·x + c(1−s)·mean_C(x) + (1−c)·mean(x) + b
     dt = x.dtype
-    x = x + b.to(dt).view(-1, 1, 1, 1)
-    m = x.mean(dim=1, keepdim=True)
-    x = (x - m) * s.to(dt).view(-1, 1, 1, 1) + m
-    m = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - m) * c.to(dt).view(-1, 1, 1, 1) + m
+    b, s, c = (v.to(dt).view(-1, 1, 1, 1) for v in (b, s, c))
+    xc = x.mean(dim=1, keepdim=True)
+    xm = xc.mean(dim=(2, 3), keepdim=True)
+    return torch.addcmul(torch.addcmul((1 - c) * xm + b, c * (1 - s), xc), c * s, x)
 
 
 def _translate(x: Tensor, shift: Tensor) -> Tensor:
@@ -393,11 +394,35 @@ def _apply_one(x: Tensor, fam: str, t: dict[str, Tensor]) -> Tensor:
     raise ValueError(f"unknown DSA family {fam!r}; known families: {', '.join(FAMILIES)}")
 
 
+def apply_by_rows(x: Tensor, groups: Sequence[tuple[Tensor, Any]]) -> Tensor:
+    """``out[rows] = fn(x[rows], rows)`` for each ``(rows, fn)`` in ``groups`` (int64 row indices, disjoint);
+    rows in no group are copied. Each function sees only its rows, and the pieces are put back in one
+    gather, so the work is that of a per-sample loop without its Python cost. Differentiable."""
+    pieces, order = [], []
+    covered = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for rows, fn in groups:
+        if rows.numel():
+            pieces.append(fn(x.index_select(0, rows), rows))
+            order.append(rows)
+            covered[rows] = True
+    rest = (~covered).nonzero().flatten()
+    if rest.numel():
+        pieces.append(x.index_select(0, rest))
+        order.append(rest)
+    if len(pieces) == 1:
+        return pieces[0]
+    return torch.cat(pieces).index_select(0, torch.cat(order).argsort())
+
+
 def _apply_per_sample(x: Tensor, fams: tuple[str, ...], t: dict[str, Tensor]) -> Tensor:
-    """Each sample gets ``fams[family_index]``. Every family present is computed on the whole batch and
-    selected with ``torch.where`` (no host sync, no per-sample loop); scale and rotate share one
-    ``grid_sample`` call with a per-sample matrix."""
+    """Each sample gets ``fams[family_index]``. On the CPU each family runs on its own rows only
+    (:func:`apply_by_rows`); elsewhere (no host sync) every family present is computed on the whole batch
+    and selected with ``torch.where``, scale and rotate sharing one ``grid_sample`` with a per-sample matrix."""
     fidx = t["family_index"]
+    if x.device.type == "cpu":
+        def run(fam):
+            return lambda xr, rows: _apply_one(xr, fam, {k: v.index_select(0, rows) for k, v in t.items()})
+        return apply_by_rows(x, [((fidx == k).nonzero().flatten(), run(fam)) for k, fam in enumerate(fams)])
     out = x
     affine_sel: Tensor | None = None
     theta: Tensor | None = None

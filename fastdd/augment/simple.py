@@ -17,7 +17,7 @@ from typing import Any, Literal, Sequence, overload
 import torch
 from torch import Tensor
 
-from .dsa import DSAConfig, DSAParams, _flip, _translate, apply_dsa, sample_dsa
+from .dsa import DSAConfig, DSAParams, _flip, _translate, apply_by_rows, apply_dsa, sample_dsa
 
 __all__ = [
     "CropFlipParams",
@@ -166,10 +166,12 @@ def apply_combined(x: Tensor, params: CombinedParams) -> Tensor:
     """Replay combined augmentation: distilled rows get DSA, the others crop + flip. Differentiable."""
     if x.dim() != 4 or params.n != x.shape[0]:
         raise ValueError(f"combined parameters cover {params.n} samples, x has shape {tuple(x.shape)}")
-    dsa_out = apply_dsa(x, params.dsa)
-    cf_out = apply_crop_flip(x, params.crop_flip)
-    sel = params.distilled.to(x.device).view(-1, 1, 1, 1)
-    return torch.where(sel, dsa_out, cf_out)
+    sel = params.distilled.to(x.device)
+    if x.device.type == "cpu":  # each row runs its own augmentation only
+        return apply_by_rows(x, [(sel.nonzero().flatten(), lambda xr, rows: apply_dsa(xr, params.dsa.index(rows))),
+                                 ((~sel).nonzero().flatten(),
+                                  lambda xr, rows: apply_crop_flip(xr, params.crop_flip.index(rows)))])
+    return torch.where(sel.view(-1, 1, 1, 1), apply_dsa(x, params.dsa), apply_crop_flip(x, params.crop_flip))
 
 
 @overload
