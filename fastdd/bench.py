@@ -609,7 +609,7 @@ def write_results(res: ScalingResult, out: Path) -> None:
 
 
 def _plot(res: ScalingResult, path: Path) -> None:
-    from .plots import _pyplot
+    from .plots import _pyplot, save_figure
     plt = _pyplot()
     pts = res.points
     by_steps = len({p.steps for p in pts}) > 1
@@ -645,7 +645,4 @@ def _plot(res: ScalingResult, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    tmp = f"{os.fspath(path)}.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

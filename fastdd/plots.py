@@ -16,6 +16,15 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Write a matplotlib figure to ``path`` atomically (a temporary file, then a rename) and close it."""
+    plt = _pyplot()
+    tmp = f"{os.fspath(path)}.tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, labels: torch.Tensor | None = None,
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                     max_per_class: int = 10) -> None:
@@ -61,7 +70,4 @@ def save_curves(path: str | os.PathLike, series: dict[str, tuple[Sequence[float]
         ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = f"{os.fspath(path)}.tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
