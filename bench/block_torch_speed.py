@@ -26,6 +26,7 @@ import torch
 
 import fastdd
 from fastdd import kernels
+from fastdd.bench import inner_step as step
 from fastdd.kernels.convnet_block_torch import norm_act_pool_closed
 
 VARIANTS = {"composite": kernels.norm_act_pool_reference, "closed form": norm_act_pool_closed}
@@ -69,13 +70,6 @@ def graph_bytes(fn, t) -> int:
     seen.pop(x.untyped_storage().data_ptr(), None)  # x is the caller's (the conv output): not counted
     seen.pop(gy.untyped_storage().data_ptr(), None)
     return sum(seen.values())
-
-
-def step(net, theta, x, y, v) -> None:
-    th = theta.detach().requires_grad_(True)
-    xx = x.detach().requires_grad_(True)
-    g = torch.autograd.grad(torch.nn.functional.cross_entropy(net(xx, th), y), th, create_graph=True)[0]
-    torch.autograd.grad((g * v).sum(), [th, xx])
 
 
 def timed(f) -> float:

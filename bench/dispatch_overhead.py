@@ -19,13 +19,7 @@ import torch
 
 import fastdd
 from fastdd import kernels
-
-
-def step(net, theta, x, y, v):
-    th = theta.detach().requires_grad_(True)
-    xx = x.detach().requires_grad_(True)
-    g = torch.autograd.grad(torch.nn.functional.cross_entropy(net(xx, th), y), th, create_graph=True)[0]
-    torch.autograd.grad((g * v).sum(), [th, xx])
+from fastdd.bench import inner_step as step
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import fastdd
+from fastdd.bench import inner_step
 
 SIZES = {"full": dict(mm=2048, width=128, im=32, batch=100, rounds=5),
          "tiny": dict(mm=256, width=16, im=16, batch=8, rounds=2)}
@@ -62,10 +63,7 @@ def _phase_fn(phase, net, theta, x, y, v):
             return torch.autograd.grad(F.cross_entropy(net(x, th), y), th)[0]
     else:
         def fn():
-            th = theta.detach().requires_grad_(True)
-            xx = x.detach().requires_grad_(True)
-            g = torch.autograd.grad(F.cross_entropy(net(xx, th), y), th, create_graph=True)[0]
-            return torch.autograd.grad((g * v).sum(), [th, xx])
+            return inner_step(net, theta, x, y, v)
     return fn
 
 

@@ -343,22 +343,28 @@ def activations_per_image_mib(in_channels: int, num_classes: int, im_size: int, 
     ``theta_storage="auto"`` measures on its first step), from one probe step on random images."""
     import torch
 
-    from .engine import student_loss
+    from .engine import saved_bytes, student_loss
     from .models import build_model
     net = build_model("convnet", in_channels=in_channels, num_classes=num_classes, im_size=(im_size, im_size),
                       width=width, depth=depth)
     g = torch.Generator().manual_seed(0)
     theta = net.init(g).requires_grad_(True)
     x = torch.randn(probe_batch, in_channels, im_size, im_size, generator=g)
-    saved = 0
-
-    def pack(t):
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_bytes() as saved:
         torch.autograd.grad(student_loss(net(x, theta), torch.arange(probe_batch) % num_classes), theta)
-    return saved / probe_batch / MIB
+    return saved[0] / probe_batch / MIB
+
+
+def inner_step(net, theta, x, y, v):
+    """One unrolled student step as the meta-gradient sees it: forward, ``autograd.grad(create_graph=True)``
+    w.r.t. θ, then the double backward of ``⟨g, v⟩`` w.r.t. θ and the images. Returns that last pair of
+    gradients. The unit the benchmark scripts time and count FLOPs of."""
+    import torch
+    import torch.nn.functional as F
+    th = theta.detach().requires_grad_(True)
+    xx = x.detach().requires_grad_(True)
+    g = torch.autograd.grad(F.cross_entropy(net(xx, th), y), th, create_graph=True)[0]
+    return torch.autograd.grad((g * v).sum(), [th, xx])
 
 
 def fit_memory(points: Sequence[MemoryPoint], num_params: int, bytes_per_param: int = 4,

@@ -2,6 +2,7 @@
 kernel configuration that the compile-only test builds for sm_80 / sm_90 without a GPU."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,11 @@ def block_and_warps(n: int, max_block: int = MAX_BLOCK) -> tuple[int, int]:
     block = min(max(16, next_pow2(n)), max_block)
     warps = 1 if block <= 128 else 2 if block <= 256 else 4 if block <= 1024 else 8
     return block, warps
+
+
+def on_device_of(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Launch kernels on ``x``'s GPU (Triton launches on the current CUDA device); a no-op for CPU tensors."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def triton_dtype(dtype: torch.dtype) -> str:

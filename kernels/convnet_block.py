@@ -28,7 +28,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from . import norm_act_pool_reference
-from ._common import KernelSpec, block_and_warps, triton_dtype
+from ._common import KernelSpec, block_and_warps, on_device_of, triton_dtype
 
 __all__ = ["norm_act_pool_triton", "NormActPoolFunction", "NormActPoolBackward", "compile_specs"]
 
@@ -250,8 +250,9 @@ def _launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     mean = torch.empty(n * c, dtype=x.dtype, device=x.device)
     rstd = torch.empty(n * c, dtype=x.dtype, device=x.device)
     block, warps = block_and_warps(h * w)
-    _nap_fwd_kernel[(n * c,)](x, weight, bias, y, mean, rstd, c, h, w, float(eps),
-                              BLOCK=block, num_warps=warps)
+    with on_device_of(x):
+        _nap_fwd_kernel[(n * c,)](x, weight, bias, y, mean, rstd, c, h, w, float(eps),
+                                  BLOCK=block, num_warps=warps)
     return y, mean, rstd
 
 
@@ -263,8 +264,9 @@ def _launch_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     gwp = torch.empty(n * c, dtype=x.dtype, device=x.device)
     gbp = torch.empty(n * c, dtype=x.dtype, device=x.device)
     block, warps = block_and_warps(h * w)
-    _nap_bwd_kernel[(n * c,)](x, weight, bias, mean, rstd, gy, gx, gwp, gbp, c, h, w,
-                              BLOCK=block, num_warps=warps)
+    with on_device_of(x):
+        _nap_bwd_kernel[(n * c,)](x, weight, bias, mean, rstd, gy, gx, gwp, gbp, c, h, w,
+                                  BLOCK=block, num_warps=warps)
     return gx, gwp.view(n, c).sum(0), gbp.view(n, c).sum(0)
 
 
@@ -278,8 +280,9 @@ def _launch_double_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     dgy = torch.empty_like(gy)
     dwp = torch.empty(n * c, dtype=x.dtype, device=x.device)
     block, warps = block_and_warps(h * w)
-    _nap_bwd2_kernel[(n * c,)](x, weight, bias, mean, rstd, gy, hx, hw, hb, dx, dgy, dwp, c, h, w,
-                               BLOCK=block, num_warps=warps)
+    with on_device_of(x):
+        _nap_bwd2_kernel[(n * c,)](x, weight, bias, mean, rstd, gy, hx, hw, hb, dx, dgy, dwp, c, h, w,
+                                   BLOCK=block, num_warps=warps)
     return dx, dwp.view(n, c).sum(0), dgy
 
 

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ..augment import dsa as _ref
 
-from ._common import KernelSpec, block_and_warps, triton_dtype
+from ._common import KernelSpec, block_and_warps, on_device_of, triton_dtype
 
 __all__ = ["apply_dsa_triton", "dsa_table", "DSAFunction", "DSATranspose", "DSALinear", "compile_specs",
            "FAMILY_CODE", "NCOL"]
@@ -358,11 +358,7 @@ def _launch(x: Tensor, codes: Tensor, tab: Tensor, transpose: bool, offset: bool
     n, c, h, w = x.shape
     block, warps = block_and_warps(h * w)
     grid = (n, triton.cdiv(h * w, block))
-    if x.is_cuda:
-        with torch.cuda.device(x.device):
-            _dsa_kernel[grid](x, out, codes, tab, c, h, w, TRANSPOSE=transpose, OFFSET=offset, BLOCK=block,
-                              num_warps=warps)
-    else:
+    with on_device_of(x):
         _dsa_kernel[grid](x, out, codes, tab, c, h, w, TRANSPOSE=transpose, OFFSET=offset, BLOCK=block,
                           num_warps=warps)
     return out

@@ -204,8 +204,8 @@ def test_auto_is_decided_once_from_the_configuration(setup, monkeypatch, tmp_pat
     monkeypatch.setattr(builtins, "open", lambda f, *a, **k: no_free_memory() if str(f) == "/proc/meminfo"
                         else real_open(f, *a, **k))
     probes = []
-    real_predict = mtt.predict_bptt_bytes
-    monkeypatch.setattr(mtt, "predict_bptt_bytes", lambda *a, **k: probes.append(1) or real_predict(*a, **k))
+    real_predict = unroll.predict_bptt_bytes
+    monkeypatch.setattr(unroll, "predict_bptt_bytes", lambda *a, **k: probes.append(1) or real_predict(*a, **k))
     monkeypatch.setattr(unroll, "choose_mode", no_free_memory)  # the engine never decides during a run
     a = _run(setup, iterations=2, mode="auto")
     assert a.meta["gradient_mode"] == "bptt"

@@ -34,8 +34,7 @@ import torch
 
 from ..augment import DSAConfig, StepAugment, apply_dsa, sample_dsa, strategy_for
 from ..data import Dataset
-from ..engine import (DEFAULT_MEMORY_BUDGET, THETA_STORAGE, deterministic_algorithms, matching_loss,
-                      predict_bptt_bytes, to_device_once, unroll_grad)
+from ..engine import THETA_STORAGE, choose_mode, deterministic_algorithms, matching_loss, to_device_once, unroll_grad
 from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
 from ..rng import generator
@@ -126,9 +125,7 @@ def resolve_mode(cfg, net, images: torch.Tensor, labels: torch.Tensor, theta0: t
     augs = [None] if dsa_cfg is None else [
         (lambda x, i, f=f: apply_dsa(x, sample_dsa(x.shape[0], tuple(x.shape[2:]), dsa_cfg, g, family=f)))
         for f in dsa_cfg.families]
-    predicted = max(predict_bptt_bytes(net, images, labels, theta0, batches, a) for a in augs)
-    budget = DEFAULT_MEMORY_BUDGET if cfg.memory_budget is None else cfg.memory_budget
-    return "bptt" if predicted <= budget else "adjoint"
+    return choose_mode(net, images, labels, theta0, batches, augs, cfg.memory_budget)
 
 
 def start_upper_bound(cfg: MTTConfig, it: int) -> int:

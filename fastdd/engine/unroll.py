@@ -192,15 +192,9 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
         return (theta - eta[i] * g).detach()
 
     def first_step(theta: torch.Tensor) -> tuple[torch.Tensor, int]:
-        saved = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal saved
-            saved += t.numel() * t.element_size()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved_bytes() as saved:
             out = step(theta, 0)
-        return out, saved
+        return out, saved[0]
 
     stored: dict[int, torch.Tensor] = {}
     theta = theta0.detach()
@@ -264,14 +258,7 @@ def predict_bptt_bytes(model: FunctionalNet, images: torch.Tensor, labels: torch
                        batches: Sequence[torch.Tensor], augment: Augment | None = None) -> int:
     """BPTT's predicted graph memory in bytes: what autograd saves for one probe step (with
     ``create_graph=True`` and its double backward) on ``batches[0]``, times N, scaled to the largest batch."""
-    saved = 0
-
-    def pack(t):
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.enable_grad(), saved_bytes() as saved:
         th = theta0.detach().requires_grad_(True)
         x = images.detach()[batches[0]].requires_grad_(True)
         if augment is not None:
@@ -279,17 +266,33 @@ def predict_bptt_bytes(model: FunctionalNet, images: torch.Tensor, labels: torch
         g = _step_grad(model, th, x, labels.detach()[batches[0]], create_graph=True)
         torch.autograd.grad(g.sum(), th, retain_graph=False)
     max_b = max(len(b) for b in batches)
-    return math.ceil(saved * len(batches) * max_b / max(len(batches[0]), 1))
+    return math.ceil(saved[0] * len(batches) * max_b / max(len(batches[0]), 1))
+
+
+@contextlib.contextmanager
+def saved_bytes() -> Iterator[list[int]]:
+    """Inside the block, count the bytes autograd saves for backward: yields a one-element list whose
+    value grows as tensors are saved (``with saved_bytes() as n: ...; n[0]``)."""
+    count = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        count[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield count
 
 
 def choose_mode(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor,
-                batches: Sequence[torch.Tensor], augment: Augment | None = None,
+                batches: Sequence[torch.Tensor], augment: Augment | Sequence[Augment | None] | None = None,
                 memory_budget: int | None = None) -> str:
     """``"bptt"`` when :func:`predict_bptt_bytes` fits ``memory_budget`` bytes (default
     :data:`DEFAULT_MEMORY_BUDGET`), else ``"adjoint"``. A function of the shapes and the budget only:
-    the machine's free memory is never read. Runs one probe step (``augment`` is called for step 0)."""
+    the machine's free memory is never read. Runs one probe step per augmentation (``augment`` is called
+    for step 0); given a sequence of augmentations, the largest prediction over them counts."""
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
-    return "bptt" if predict_bptt_bytes(model, images, labels, theta0, batches, augment) <= budget else "adjoint"
+    augs = list(augment) if isinstance(augment, (list, tuple)) else [augment]
+    predicted = max(predict_bptt_bytes(model, images, labels, theta0, batches, a) for a in augs)
+    return "bptt" if predicted <= budget else "adjoint"
 
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
