@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .data import Dataset, minibatches
+from .data import Dataset
 from .engine import student_loss
 from .models import accuracy, model_for
 from .rng import generator
@@ -104,18 +104,21 @@ _loss = student_loss  # hard labels or target probabilities, as in the student's
 
 
 def train_on(images: torch.Tensor, labels: torch.Tensor, ds: Dataset, p: Protocol, lr: float, seed: int,
-             distilled: torch.Tensor | None = None, show_progress: bool = False, desc: str = "") -> float:
-    """Train one fresh network of protocol ``p`` on ``(images, labels)``; return its final test accuracy.
+             distilled: torch.Tensor | None = None, show_progress: bool = False, desc: str = "",
+             test_images: torch.Tensor | None = None, test_labels: torch.Tensor | None = None) -> float:
+    """Train one fresh network of protocol ``p`` on ``(images, labels)`` (:func:`fastdd.train.fit`); return
+    its final-epoch accuracy on ``ds.test`` (or on ``test_images``/``test_labels``, e.g. a validation split).
 
     ``distilled`` ``(M,)`` bool marks the distilled images for the combined augmentation (the
     others are treated as selected real images).
     """
     from .augment import DSA, DSAConfig, combined_augment, crop_flip, strategy_for
+    from .train import SGD, fit
 
     dev = ds.device
     images, labels = images.to(dev), labels.to(dev)
     net = model_for(ds, p.model, **p.model_kwargs)
-    theta = torch.nn.Parameter(net.init(generator(seed, "eval.init"), device=dev))
+    theta0 = net.init(generator(seed, "eval.init"), device=dev)
     buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
     g_batch, g_aug = generator(seed, "eval.batches"), generator(seed, "eval.augment")
     cfg = DSAConfig(strategy=strategy_for(ds.name))
@@ -125,37 +128,24 @@ def train_on(images: torch.Tensor, labels: torch.Tensor, ds: Dataset, p: Protoco
     distilled = distilled.to(dev)
     epochs = p.epochs if p.epochs is not None else selmatch_epochs(max(1, len(images) // ds.num_classes),
                                                                    min(ds.class_counts()))
-
-    def make_opt(rate: float) -> torch.optim.Optimizer:
-        return torch.optim.SGD([theta], lr=rate, momentum=p.momentum, weight_decay=p.weight_decay)
-
-    opt = make_opt(lr)
-    sched = None
-    if p.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=p.eta_min)
-    elif p.schedule not in ("step", "constant"):
+    augment = {"dsa": lambda x, idx: dsa(x, g_aug),
+               "combined": lambda x, idx: combined_augment(x, distilled[idx], g_aug, cfg),
+               "crop_flip": lambda x, idx: crop_flip(x, g_aug, prob_flip=cfg.prob_flip if "flip" in cfg.families
+                                                     else 0.0),
+               "none": None}
+    if p.augment not in augment:
+        raise ValueError(f"unknown augmentation {p.augment!r}")
+    if p.schedule not in ("step", "cosine", "constant"):
         raise ValueError(f"unknown schedule {p.schedule!r}")
-    n = len(images)
-    for ep in progress(range(epochs + 1), desc=desc, disable=not show_progress):
-        if p.schedule == "step" and ep == epochs // 2 + 1:
-            opt = make_opt(lr * 0.1)
-        for idx in minibatches(n, p.batch_size, g_batch, dev, min_last=2 if net.has_batchnorm else 1):
-            x, y = images[idx], labels[idx]
-            if p.augment == "dsa":
-                x = dsa(x, g_aug)
-            elif p.augment == "combined":
-                x = combined_augment(x, distilled[idx], g_aug, cfg)
-            elif p.augment == "crop_flip":
-                x = crop_flip(x, g_aug, prob_flip=cfg.prob_flip if "flip" in cfg.families else 0.0)
-            elif p.augment != "none":
-                raise ValueError(f"unknown augmentation {p.augment!r}")
-            loss = _loss(net(x, theta, buffers, train=True), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if sched is not None:
-            sched.step()
-    return accuracy(net, theta.detach(), buffers, ds.test.images, ds.test.labels)
+    # E + 1 passes, lr x0.1 from pass E//2 + 1 (the reference loop's off-by-one kept), or cosine over E
+    sgd = SGD(lr, p.momentum, p.weight_decay, schedule=p.schedule, decay_epoch=epochs // 2 + 1, cosine_epochs=epochs,
+              eta_min=p.eta_min)
+    bar = progress(total=epochs + 1, desc=desc, disable=not show_progress)
+    theta = fit(net, theta0, images, labels, epochs + 1, sgd, g_batch, batch_size=p.batch_size, buffers=buffers,
+                augment=augment[p.augment], on_epoch=lambda *_: bar.update(1))
+    bar.close()
+    return accuracy(net, theta, buffers, test_images if test_images is not None else ds.test.images,
+                    test_labels if test_labels is not None else ds.test.labels)
 
 
 def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", num_eval: int = 5, seed: int = 0, *,

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 
-from .data import Dataset, minibatches
+from .data import Dataset
 from .errors import CorruptFileError, ModelMismatchError
 from .io import atomic_save_safetensors, atomic_write_json, sha256_file
 from .models import FunctionalNet, accuracy, model_for, model_from_spec
@@ -48,41 +47,31 @@ class ExpertConfig:
 
 def train_one(net: FunctionalNet, ds: Dataset, epochs: int, cfg: ExpertConfig, seed: int,
               on_epoch=None) -> tuple[torch.Tensor, float]:
-    """Train one expert; returns ``(trajectory (epochs + 1, P) float32 on CPU, final test accuracy)``."""
+    """Train one expert with :func:`fastdd.train.fit`; returns ``(trajectory (epochs + 1, P) float32 on
+    CPU, final test accuracy)``. ``on_epoch(epoch, loss)`` is called after every epoch."""
+    from .train import SGD, fit
     dev = ds.device
-    theta = torch.nn.Parameter(net.init(generator(seed, "init"), device=dev))
+    theta0 = net.init(generator(seed, "init"), device=dev)
     buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
-    g = generator(seed, "batches")
-    aug = None
+    augment = None
     if cfg.augment == "dsa":
         from .augment import DSA, DSAConfig, strategy_for
-        aug = DSA(DSAConfig(strategy=strategy_for(ds.name)))
-        g_aug = generator(seed, "augment")
+        dsa, g_aug = DSA(DSAConfig(strategy=strategy_for(ds.name))), generator(seed, "augment")
+        augment = lambda x, idx: dsa(x, g_aug)  # noqa: E731
     elif cfg.augment not in (None, "none"):
         raise ValueError(f"expert augment must be None or 'dsa', got {cfg.augment!r}")
+    sgd = SGD(cfg.lr, cfg.momentum, cfg.weight_decay, schedule="step" if cfg.decay else "constant",
+              decay_epoch=epochs // 2 + 1 if cfg.decay else None)
+    snaps = [theta0.detach().cpu().clone()]
 
-    def make_opt(lr):
-        return torch.optim.SGD([theta], lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-    opt = make_opt(cfg.lr)
-    snaps = [theta.detach().cpu().clone()]
-    x_all, y_all = ds.train.images, ds.train.labels
-    n = len(y_all)
-    for ep in range(epochs):
-        if cfg.decay and ep == epochs // 2 + 1:
-            opt = make_opt(cfg.lr * 0.1)
-        for idx in minibatches(n, cfg.batch_size, g, dev, min_last=2 if net.has_batchnorm else 1):
-            x = x_all[idx]
-            if aug is not None:
-                x = aug(x, g_aug)
-            loss = F.cross_entropy(net(x, theta, buffers, train=True), y_all[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        snaps.append(theta.detach().cpu().clone())
+    def snapshot(ep: int, loss: torch.Tensor, theta: torch.Tensor) -> None:
+        snaps.append(theta.cpu().clone())
         if on_epoch is not None:
-            on_epoch(ep, float(loss.detach()))
-    acc = accuracy(net, theta.detach(), buffers, ds.test.images, ds.test.labels)
+            on_epoch(ep, float(loss))
+
+    theta = fit(net, theta0, ds.train.images, ds.train.labels, epochs, sgd, generator(seed, "batches"),
+                batch_size=cfg.batch_size, buffers=buffers, augment=augment, on_epoch=snapshot)
+    acc = accuracy(net, theta, buffers, ds.test.images, ds.test.labels)
     return torch.stack(snaps), acc
 
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .data import Dataset
 from .errors import CorruptFileError
@@ -298,37 +297,27 @@ def forgetting_scores(ds: Dataset, model: str = "convnet", epochs: int = 20, run
         raise ValueError(f"epochs, runs and batch_size must be >= 1, got {epochs}, {runs}, {batch_size}")
     if augment not in (None, "none", "crop_flip", "dsa"):
         raise ValueError(f"augment must be None, 'crop_flip' or 'dsa', got {augment!r}")
+    from .train import SGD, fit
     dev = ds.device
     net = model_for(ds, model, **(model_kwargs or {}))
-    x_all, y_all = ds.train.images, ds.train.labels
-    n = len(y_all)
-    tracker = ForgettingTracker(n, device=dev)
+    y_all = ds.train.labels
+    tracker = ForgettingTracker(len(y_all), device=dev)
     dsa = None
     if augment == "dsa":
         from .augment import DSA, DSAConfig, strategy_for
         dsa = DSA(DSAConfig(strategy=strategy_for(ds.name)))
     from .augment import crop_flip
+    sgd = SGD(lr, momentum, weight_decay)
     bar = progress(total=runs * epochs, desc=f"forgetting ({net.name}, {ds.name})", disable=not show_progress)
     for r in range(runs):
-        theta = torch.nn.Parameter(net.init(generator(seed, "forgetting", r, "init"), device=dev))
-        buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
-        g_batch, g_aug = generator(seed, "forgetting", r, "batches"), generator(seed, "forgetting", r, "augment")
-        opt = torch.optim.SGD([theta], lr=lr, momentum=momentum, weight_decay=weight_decay)
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=g_batch).to(dev)
-            for idx in perm.split(batch_size):
-                x = x_all[idx]
-                if dsa is not None:
-                    x = dsa(x, g_aug)
-                elif augment == "crop_flip":
-                    x = crop_flip(x, g_aug)
-                logits = net(x, theta, buffers, train=True)
-                tracker.update(idx, logits.detach().argmax(1) == y_all[idx])  # before the step
-                loss = F.cross_entropy(logits, y_all[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            bar.update(1)
+        g_aug = generator(seed, "forgetting", r, "augment")
+        augment_fn = (lambda x, idx: dsa(x, g_aug)) if dsa is not None else \
+            (lambda x, idx: crop_flip(x, g_aug)) if augment == "crop_flip" else None
+        fit(net, net.init(generator(seed, "forgetting", r, "init"), device=dev), ds.train.images, y_all, epochs, sgd,
+            generator(seed, "forgetting", r, "batches"), batch_size=batch_size,
+            buffers=net.init_buffers(device=dev) if net.has_batchnorm else None, augment=augment_fn,
+            on_batch=lambda idx, logits: tracker.update(idx, logits.detach().argmax(1) == y_all[idx]),
+            on_epoch=lambda *_: bar.update(1))
         tracker.end_run()
     bar.close()
     return tracker.scores().cpu()
