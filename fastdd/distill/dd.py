@@ -14,7 +14,6 @@ Images and ρ are learned with Adam (lr 0.01, betas (0.5, 0.999)), the rate halv
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,9 @@ from ..engine import dd_grad, deterministic_algorithms, student_loss, to_device_
 from ..experts import ExpertBuffer
 from ..models import FunctionalNet, model_for
 from ..rng import generator
-from ..runs import RunDir, progress
 from ..synthetic import SyntheticSet
-from .mtt import _read_back, _truncate_log, check_engine_options, config_matches, resolve_mode
-from .state import load_checkpoint, save_checkpoint
+from .loop import Policy, Step, run_loop
+from .mtt import check_engine_options, resolve_mode
 
 
 @dataclass
@@ -96,98 +94,111 @@ def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: Expe
 
 def _run_dd(ds, cfg, iterations, seed, experts, out, resume, checkpoint_every, show_progress, extra_meta,
             resident_experts) -> SyntheticSet:
-    if cfg.init_mode == "pretrained":
-        if experts is None:
-            raise ValueError("init_mode='pretrained' needs experts= (their final snapshots are the start weights)")
-        net = experts.model()
-    else:
-        net = model_for(ds, cfg.model, init=cfg.init)
-    dev = ds.device
-    if experts is not None and (dev.type == "cuda" if resident_experts is None else resident_experts):
-        experts = experts.to(dev)
-    fixed = dd_inits(net, cfg, seed, 0, dev, experts, None) if cfg.init_mode == "fixed" else None
-    k, s, n_img = ds.num_classes, cfg.steps, cfg.images_per_class
-    g_init, g_iter = generator(seed, "dd", "images"), generator(seed, "dd", "iter")
-    images = torch.randn((s, k * n_img, ds.channels, *ds.im_size), generator=g_init).to(dev).requires_grad_(True)
-    labels = torch.arange(k, device=dev).repeat_interleave(n_img).repeat(s, 1)
-    rho = torch.full((s * cfg.epochs,), inverse_softplus(cfg.lr_init), device=dev, requires_grad=True)
-    opt = torch.optim.Adam([images, rho], lr=cfg.lr, betas=cfg.betas)
-    decay = cfg.decay_every or max(1, iterations // 10)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=decay, gamma=cfg.decay_factor)
-    tensors, gens = {"images": images, "rho": rho}, {"iter": g_iter}
-    run = RunDir(out) if out is not None else None
-    start_it, skipped = 0, 0
-    mode = None
-    if run is not None and not resume:
-        (run.path / "log.csv").unlink(missing_ok=True)  # a fresh run starts a fresh log
-    if run is not None and resume:
-        meta = load_checkpoint(run.path, tensors, {"adam": opt}, gens)
-        if meta is not None:
-            if not config_matches(meta["extra"].get("config"), _jsonable(asdict(cfg)), DDConfig):
-                raise ValueError(f"the checkpoint in {run.path} was made with other settings; use another folder")
-            start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
-            mode = meta["extra"].get("gradient_mode")  # the mode the run started with
-            sched.last_epoch = start_it
-            for grp, base in zip(opt.param_groups, sched.base_lrs):
-                grp["lr"] = base * cfg.decay_factor ** (start_it // decay)
-            _truncate_log(run.path / "log.csv", start_it)
-    if mode is None:  # "auto" decided once, from the configuration and the shapes
-        ar = torch.arange(s * k * n_img, device=dev).view(s, k * n_img)
-        mode = resolve_mode(cfg, net, images.reshape(s * k * n_img, *images.shape[2:]), labels.reshape(-1),
-                            fixed[0] if fixed is not None else net.init(torch.Generator().manual_seed(0), device=dev),
-                            [ar[t % s] for t in range(s * cfg.epochs)])
-    log = run.csv("log.csv", ["iteration", "loss", "mean_lr", "skipped", "seconds"]) if run is not None else None
-    per_epoch = -(-len(ds.train) // cfg.real_batch)
-    real_batches: list[torch.Tensor] = []
-    bar = progress(range(start_it, iterations), desc="dd", disable=not show_progress, initial=start_it,
-                   total=iterations)
-    for it in bar:
-        t0 = time.time()
-        if it % per_epoch == 0 or not real_batches:  # one permutation per real epoch, a function of it: resumable
-            real_batches = to_device_once(minibatches(len(ds.train), cfg.real_batch,
-                                                      generator(seed, "dd.real", it // per_epoch)), dev)
-        idx = real_batches[it % per_epoch]
+    policy = DDPolicy(ds, cfg, iterations, seed, experts, resident_experts)
+    done = run_loop(policy, iterations, out=out, resume=resume, checkpoint_every=checkpoint_every,
+                    show_progress=show_progress, desc="dd")
+    return policy.result(iterations, done.skipped, extra_meta)
+
+
+class DDPolicy(Policy):
+    """Wang et al.'s method as a policy on :func:`fastdd.distill.loop.run_loop`."""
+
+    method = "dd"
+    log_fields = ("mean_lr",)
+
+    def __init__(self, ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: ExpertBuffer | None,
+                 resident_experts: bool | None = None):
+        if cfg.init_mode == "pretrained":
+            if experts is None:
+                raise ValueError("init_mode='pretrained' needs experts= (their final snapshots are the start weights)")
+            net = experts.model()
+        else:
+            net = model_for(ds, cfg.model, init=cfg.init)
+        dev = ds.device
+        if experts is not None and (dev.type == "cuda" if resident_experts is None else resident_experts):
+            experts = experts.to(dev)
+        self.ds, self.config, self.seed, self.experts, self.net = ds, cfg, seed, experts, net
+        self.fixed = dd_inits(net, cfg, seed, 0, dev, experts, None) if cfg.init_mode == "fixed" else None
+        k, s, n_img = ds.num_classes, cfg.steps, cfg.images_per_class
+        g_init, g_iter = generator(seed, "dd", "images"), generator(seed, "dd", "iter")
+        self.images = torch.randn((s, k * n_img, ds.channels, *ds.im_size), generator=g_init).to(dev) \
+            .requires_grad_(True)
+        self.labels = torch.arange(k, device=dev).repeat_interleave(n_img).repeat(s, 1)
+        self.rho = torch.full((s * cfg.epochs,), inverse_softplus(cfg.lr_init), device=dev, requires_grad=True)
+        self.opt = torch.optim.Adam([self.images, self.rho], lr=cfg.lr, betas=cfg.betas)
+        self.decay = cfg.decay_every or max(1, iterations // 10)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=self.decay, gamma=cfg.decay_factor)
+        self.tensors, self.optimizers = {"images": self.images, "rho": self.rho}, {"adam": self.opt}
+        self.generators = {"iter": g_iter}
+        self.per_epoch = -(-len(ds.train) // cfg.real_batch)
+        self.real_batches: list[torch.Tensor] = []
+        self.mode: str | None = None
+
+    def resume(self, iteration: int, extra: dict[str, Any]) -> None:
+        self.mode = extra.get("gradient_mode")  # the mode the run started with
+        self.sched.last_epoch = iteration
+        for grp, base in zip(self.opt.param_groups, self.sched.base_lrs):
+            grp["lr"] = base * self.config.decay_factor ** (iteration // self.decay)
+
+    def begin(self) -> None:
+        if self.mode is None:  # "auto" decided once, from the configuration and the shapes
+            cfg, dev, s = self.config, self.ds.device, self.config.steps
+            per = self.images.shape[1]
+            ar = torch.arange(s * per, device=dev).view(s, per)
+            self.mode = resolve_mode(cfg, self.net, self.images.reshape(s * per, *self.images.shape[2:]),
+                                     self.labels.reshape(-1), self.fixed[0] if self.fixed is not None else
+                                     self.net.init(torch.Generator().manual_seed(0), device=dev),
+                                     [ar[t % s] for t in range(s * cfg.epochs)])
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"gradient_mode": self.mode}
+
+    def step(self, it: int) -> Step:
+        cfg, ds, dev = self.config, self.ds, self.ds.device
+        if it % self.per_epoch == 0 or not self.real_batches:  # one permutation per real epoch, a function of it
+            self.real_batches = to_device_once(minibatches(len(ds.train), cfg.real_batch,
+                                                           generator(self.seed, "dd.real", it // self.per_epoch)), dev)
+        idx = self.real_batches[it % self.per_epoch]
         xr, yr = ds.train.images[idx], ds.train.labels[idx]
         if cfg.attack is not None:
             yr = torch.where(yr == cfg.attack[0], torch.full_like(yr, cfg.attack[1]), yr)
-        thetas = fixed if fixed is not None else dd_inits(net, cfg, seed, it, dev, experts, g_iter)
-        eta = F.softplus(rho.detach())
-        g_x, g_eta, loss_t = torch.zeros_like(images), torch.zeros_like(eta), None
+        thetas = self.fixed if self.fixed is not None else \
+            dd_inits(self.net, cfg, self.seed, it, dev, self.experts, self.generators["iter"])
+        eta = F.softplus(self.rho.detach())
+        g_x, g_eta, loss_t = torch.zeros_like(self.images), torch.zeros_like(eta), None
         for theta0 in thetas:
-            res = dd_grad(net, images.detach().requires_grad_(True), labels, eta.clone().requires_grad_(True),
-                          theta0, xr, yr, cfg.epochs, mode=mode, memory_budget=cfg.memory_budget,
-                          theta_storage=cfg.theta_storage)
+            res = dd_grad(self.net, self.images.detach().requires_grad_(True), self.labels,
+                          eta.clone().requires_grad_(True), theta0, xr, yr, cfg.epochs, mode=self.mode,
+                          memory_budget=cfg.memory_budget, theta_storage=cfg.theta_storage)
             g_x += res.images / len(thetas)
             g_eta += res.lrs / len(thetas)
             term = res.loss.double() / len(thetas)
             loss_t = term if loss_t is None else loss_t + term
-        loss, ok = _read_back(loss_t, g_x, g_eta)  # the iteration's one synchronisation
-        if ok:
-            images.grad = g_x
-            rho.grad = g_eta * torch.sigmoid(rho.detach())  # d softplus(ρ)/dρ = sigmoid(ρ)
-            opt.step()
-        else:
-            skipped += 1
-            bar.write(f"dd: iteration {it} skipped (non-finite loss or gradient)")
-        sched.step()
-        if log is not None:
-            log.log(iteration=it, loss=loss, mean_lr=float(F.softplus(rho.detach()).mean()), skipped=skipped,
-                    seconds=time.time() - t0)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if run is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
-            save_checkpoint(run.path, it + 1, tensors, {"adam": opt}, gens,
-                            {"config": _jsonable(asdict(cfg)), "skipped": skipped, "gradient_mode": mode})
-    if log is not None:
-        log.close()
-    meta = {"method": "dd", "ipc": s * n_img, "dataset": ds.name, "zca": ds.zca is not None,
-            "num_classes": k, "mean": list(ds.mean), "std": list(ds.std), "seed": seed, "iterations": iterations,
-            "skipped_iterations": skipped, "steps": s, "epochs": cfg.epochs, "images_per_step": k * n_img,
-            "model": net.name, "model_spec": net.spec, "init_scheme": net.init_scheme,
-            "experts": str(experts.path) if experts is not None else None, "config": _jsonable(asdict(cfg)),
-            "gradient_mode": mode,
-            **(extra_meta or {})}
-    return SyntheticSet(images.detach().reshape(s * k * n_img, ds.channels, *ds.im_size).clone(),
-                        labels.reshape(-1).clone(), F.softplus(rho.detach()).clone(), None, meta)
+        return Step(loss_t, (g_x, g_eta), payload=(g_x, g_eta))
+
+    def apply(self, step: Step) -> None:
+        g_x, g_eta = step.payload
+        self.images.grad = g_x
+        self.rho.grad = g_eta * torch.sigmoid(self.rho.detach())  # d softplus(ρ)/dρ = sigmoid(ρ)
+        self.opt.step()
+
+    def end_iteration(self, it: int) -> None:
+        self.sched.step()
+
+    def log_values(self, step: Step) -> dict[str, Any]:
+        return {"mean_lr": float(F.softplus(self.rho.detach()).mean())}
+
+    def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> SyntheticSet:
+        ds, cfg, net = self.ds, self.config, self.net
+        k, s, n_img = ds.num_classes, cfg.steps, cfg.images_per_class
+        meta = {"method": "dd", "ipc": s * n_img, "dataset": ds.name, "zca": ds.zca is not None,
+                "num_classes": k, "mean": list(ds.mean), "std": list(ds.std), "seed": self.seed,
+                "iterations": iterations, "skipped_iterations": skipped, "steps": s, "epochs": cfg.epochs,
+                "images_per_step": k * n_img, "model": net.name, "model_spec": net.spec,
+                "init_scheme": net.init_scheme, "experts": str(self.experts.path) if self.experts is not None else None,
+                "config": _jsonable(asdict(cfg)), "gradient_mode": self.mode, **(extra_meta or {})}
+        return SyntheticSet(self.images.detach().reshape(s * k * n_img, ds.channels, *ds.im_size).clone(),
+                            self.labels.reshape(-1).clone(), F.softplus(self.rho.detach()).clone(), None, meta)
 
 
 def _jsonable(d: dict) -> dict:

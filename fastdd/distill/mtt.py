@@ -24,9 +24,7 @@ per run (:func:`resolve_mode`) and recorded in ``syn.meta["gradient_mode"]`` and
 """
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +36,8 @@ from ..engine import THETA_STORAGE, choose_mode, deterministic_algorithms, match
 from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
 from ..rng import generator
-from ..runs import RunDir, progress
 from ..synthetic import SyntheticSet
-from .state import load_checkpoint, save_checkpoint
+from .loop import Policy, Step, run_loop
 
 
 @dataclass
@@ -98,18 +95,6 @@ def check_engine_options(cfg) -> None:
     if cfg.memory_budget is not None and (isinstance(cfg.memory_budget, bool) or not isinstance(cfg.memory_budget, int)
                                           or cfg.memory_budget < 0):
         raise ValueError(f"memory_budget must be a byte count >= 0 (an int) or None, got {cfg.memory_budget!r}")
-
-
-def config_matches(saved: dict | None, current: dict, cls) -> bool:
-    """Whether a checkpoint's recorded config equals ``current``; fields the checkpoint predates
-    (added later, e.g. ``theta_storage``) count as their defaults."""
-    if not isinstance(saved, dict):
-        return False
-    filled = dict(saved)
-    for f in fields(cls):
-        if f.name not in filled and f.default is not MISSING:
-            filled[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
-    return filled == current
 
 
 def resolve_mode(cfg, net, images: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor,
@@ -232,7 +217,15 @@ def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterat
 
 def _run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resume, checkpoint_every, show_progress,
              log_every, extra_meta, resident_experts) -> SyntheticSet:
-    net = experts.model()
+    policy = MTTPolicy(ds, ipc, experts, cfg, seed, method, scores, resident_experts)
+    policy.log_every = log_every
+    done = run_loop(policy, iterations, out=out, resume=resume, checkpoint_every=checkpoint_every,
+                    show_progress=show_progress, desc=f"{method} ipc={ipc}")
+    return policy.result(iterations, done.skipped, extra_meta)
+
+
+def check_experts(ds: Dataset, experts: ExpertBuffer, net) -> None:
+    """The experts must have been trained on ``ds``'s image shape, classes, data set and ZCA setting."""
     if (net.spec["in_channels"], tuple(net.spec["im_size"]), net.spec["num_classes"]) != \
             (ds.channels, ds.im_size, ds.num_classes):
         raise ModelMismatchError(f"experts in {experts.path} were trained on {net.spec['in_channels']}x"
@@ -241,67 +234,74 @@ def _run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resum
     if experts.dataset not in (ds.name, "unknown") or experts.manifest.get("zca") not in (None, ds.zca is not None):
         raise ModelMismatchError(f"experts in {experts.path} were trained on {experts.dataset} "
                                  f"(zca={experts.manifest.get('zca')}), not on {ds.name} (zca={ds.zca is not None})")
-    if cfg.max_start_epoch - 1 + cfg.expert_epochs > experts.num_epochs:  # the latest target epoch
-        raise ValueError(f"the latest start epoch {cfg.max_start_epoch - 1} + expert_epochs {cfg.expert_epochs} exceeds "
-                         f"the {experts.num_epochs} epochs of the experts in {experts.path}")
-    if cfg.init == "window":
-        from ..select import check_ipc
-        check_ipc(ds, int(ipc * cfg.beta) + ipc)
-        if int(ipc * cfg.alpha) == 0:
-            raise ValueError(f"selmatch: int(ipc * alpha) = int({ipc} * {cfg.alpha}) = 0 images per class would be "
-                             "distilled; raise alpha or ipc")
-    else:
-        from ..select import check_ipc
-        check_ipc(ds, ipc)
-    dev = ds.device
-    if resident_experts is None:
-        resident_experts = dev.type == "cuda"
-    if resident_experts:
-        experts = experts.to(dev)
-    g_init, g_iter, g_aug = generator(seed, method, "init"), generator(seed, method, "iter"), \
-        generator(seed, method, "augment")
-    images, labels, frozen, logits, init_idx = _init_images(ds, ipc, cfg, g_init, scores, experts, net)
-    syn_lr = torch.tensor(cfg.lr_init, device=dev)
-    images.requires_grad_(True)
-    syn_lr.requires_grad_(True)
-    opt_img = torch.optim.SGD([images], lr=cfg.lr_img, momentum=0.5)
-    opt_lr = torch.optim.SGD([syn_lr], lr=cfg.lr_lr, momentum=0.5)
-    opts = {"img": opt_img, "lr": opt_lr}
-    tensors = {"images": images, "syn_lr": syn_lr}
-    if logits is not None:
-        logits.requires_grad_(True)
-        opts["y"] = torch.optim.SGD([logits], lr=cfg.lr_y, momentum=0.9)
-        tensors["logits"] = logits
-    m = len(images)
-    batch = m if cfg.batch_syn is None else min(cfg.batch_syn, m)
-    dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
-    gens = {"iter": g_iter, "augment": g_aug}
 
-    run = RunDir(out) if out is not None else None
-    start_it, skipped = 0, 0
-    mode = None
-    if run is not None and not resume:
-        (run.path / "log.csv").unlink(missing_ok=True)  # a fresh run starts a fresh log
-    if run is not None and resume:
-        meta = load_checkpoint(run.path, tensors, opts, gens)
-        if meta is not None:
-            if not config_matches(meta["extra"].get("config"), asdict(cfg), MTTConfig):
-                raise ValueError(f"the checkpoint in {run.path} was made with other settings; use another folder")
-            start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
-            mode = meta["extra"].get("gradient_mode")  # the mode the run started with
-            _truncate_log(run.path / "log.csv", start_it)
-    if mode is None:  # "auto" decided once, from the configuration and the shapes
-        probe_y = labels if cfg.soft_labels is None else torch.full((m, ds.num_classes), 1.0 / ds.num_classes,
-                                                                    device=dev)
-        mode = resolve_mode(cfg, net, images, probe_y, net.init(torch.Generator().manual_seed(0), device=dev),
-                            [torch.arange(batch, device=dev)] * cfg.syn_steps, dsa_cfg if cfg.dsa else None)
-    log = run.csv("log.csv", ["iteration", "loss", "syn_lr", "expert", "start_epoch", "skipped", "seconds"]) \
-        if run is not None else None
-    bar = progress(range(start_it, iterations), desc=f"{method} ipc={ipc}", disable=not show_progress,
-                   initial=start_it, total=iterations)
-    losses: list[float] = []
-    for it in bar:
-        t0 = time.time()
+
+class MTTPolicy(Policy):
+    """Trajectory matching (and SelMatch, TESLA, DATM) as a policy on :func:`fastdd.distill.loop.run_loop`."""
+
+    log_fields = ("syn_lr", "expert", "start_epoch")
+
+    def __init__(self, ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, seed: int, method: str,
+                 scores=None, resident_experts: bool | None = None):
+        net = experts.model()
+        check_experts(ds, experts, net)
+        if cfg.max_start_epoch - 1 + cfg.expert_epochs > experts.num_epochs:  # the latest target epoch
+            raise ValueError(f"the latest start epoch {cfg.max_start_epoch - 1} + expert_epochs {cfg.expert_epochs} "
+                             f"exceeds the {experts.num_epochs} epochs of the experts in {experts.path}")
+        from ..select import check_ipc
+        if cfg.init == "window":
+            check_ipc(ds, int(ipc * cfg.beta) + ipc)
+            if int(ipc * cfg.alpha) == 0:
+                raise ValueError(f"selmatch: int(ipc * alpha) = int({ipc} * {cfg.alpha}) = 0 images per class would "
+                                 "be distilled; raise alpha or ipc")
+        else:
+            check_ipc(ds, ipc)
+        dev = ds.device
+        if resident_experts is None:
+            resident_experts = dev.type == "cuda"
+        if resident_experts:
+            experts = experts.to(dev)
+        self.ds, self.ipc, self.experts, self.config, self.seed, self.method, self.net = \
+            ds, ipc, experts, cfg, seed, method, net
+        self.threshold = cfg.threshold
+        g_init, g_iter, g_aug = generator(seed, method, "init"), generator(seed, method, "iter"), \
+            generator(seed, method, "augment")
+        images, labels, frozen, logits, self.init_idx = _init_images(ds, ipc, cfg, g_init, scores, experts, net)
+        self.labels, self.frozen, self.logits = labels, frozen, logits
+        self.images = images.requires_grad_(True)
+        self.syn_lr = torch.tensor(cfg.lr_init, device=dev).requires_grad_(True)
+        self.optimizers = {"img": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5),
+                           "lr": torch.optim.SGD([self.syn_lr], lr=cfg.lr_lr, momentum=0.5)}
+        self.tensors = {"images": self.images, "syn_lr": self.syn_lr}
+        if logits is not None:
+            logits.requires_grad_(True)
+            self.optimizers["y"] = torch.optim.SGD([logits], lr=cfg.lr_y, momentum=0.9)
+            self.tensors["logits"] = logits
+        self.m = len(images)
+        self.batch = self.m if cfg.batch_syn is None else min(cfg.batch_syn, self.m)
+        self.dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
+        self.generators = {"iter": g_iter, "augment": g_aug}
+        self.mode: str | None = None
+
+    def resume(self, iteration: int, extra: dict[str, Any]) -> None:
+        self.mode = extra.get("gradient_mode")  # the mode the run started with
+
+    def begin(self) -> None:
+        if self.mode is None:  # "auto" decided once, from the configuration and the shapes
+            cfg, dev = self.config, self.ds.device
+            probe_y = self.labels if cfg.soft_labels is None else \
+                torch.full((self.m, self.ds.num_classes), 1.0 / self.ds.num_classes, device=dev)
+            self.mode = resolve_mode(cfg, self.net, self.images, probe_y,
+                                     self.net.init(torch.Generator().manual_seed(0), device=dev),
+                                     [torch.arange(self.batch, device=dev)] * cfg.syn_steps,
+                                     self.dsa_cfg if cfg.dsa else None)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"gradient_mode": self.mode}
+
+    def step(self, it: int) -> Step:
+        cfg, dev, net, experts = self.config, self.ds.device, self.net, self.experts
+        g_iter = self.generators["iter"]
         e = experts.ids[int(torch.randint(len(experts.ids), (1,), generator=g_iter))]
         ub = start_upper_bound(cfg, it)
         start = int(torch.randint(cfg.min_start_epoch, max(ub, cfg.min_start_epoch + 1), (1,), generator=g_iter))
@@ -309,74 +309,53 @@ def _run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resum
         if snaps.device != dev:
             snaps = snaps.to(dev, non_blocking=True)
         theta0, target = snaps[0], snaps[1]
-        batches = student_batches(m, batch, cfg.syn_steps, g_iter, dev)
-        aug = StepAugment(dsa_cfg, g_aug).prepare([len(b) for b in batches], ds.im_size, dev) if cfg.dsa else None
+        batches = student_batches(self.m, self.batch, cfg.syn_steps, g_iter, dev)
+        aug = StepAugment(self.dsa_cfg, self.generators["augment"]).prepare(
+            [len(b) for b in batches], self.ds.im_size, dev) if cfg.dsa else None
+        y_probs = None
         if cfg.soft_labels == "tesla":
             with torch.no_grad():
-                y = torch.softmax(torch.cat([net(x, target) for x in images.detach().split(512)]), 1)
+                y = torch.softmax(torch.cat([net(x, target) for x in self.images.detach().split(512)]), 1)
         elif cfg.soft_labels == "datm":
-            y_probs = torch.softmax(logits, 1)
+            y_probs = torch.softmax(self.logits, 1)
             y = y_probs.detach().requires_grad_(True)
         else:
-            y = labels
-        lrs = syn_lr.detach().expand(cfg.syn_steps).clone().requires_grad_(True)
-        res = unroll_grad(net, images.detach().requires_grad_(True), y, lrs, theta0, batches,
-                          matching_loss(theta0, target), aug, mode, memory_budget=cfg.memory_budget,
+            y = self.labels
+        lrs = self.syn_lr.detach().expand(cfg.syn_steps).clone().requires_grad_(True)
+        res = unroll_grad(net, self.images.detach().requires_grad_(True), y, lrs, theta0, batches,
+                          matching_loss(theta0, target), aug, self.mode, memory_budget=cfg.memory_budget,
                           theta_storage=cfg.theta_storage)
-        loss, ok = _read_back(res.loss, res.images, res.lrs)  # the iteration's one synchronisation
-        reason = "" if ok else "non-finite loss or gradient"
-        if ok and cfg.threshold is not None and loss > cfg.threshold:
-            ok, reason = False, f"loss {loss:.3f} above threshold {cfg.threshold}"
-        if ok:
-            g_img = res.images
-            if frozen is not None:
-                g_img = g_img.masked_fill(frozen.view(-1, 1, 1, 1), 0.0)
-            images.grad = g_img
-            opt_img.step()
-            syn_lr.grad = res.lrs.sum().reshape(())
-            opt_lr.step()
-            with torch.no_grad():
-                syn_lr.clamp_(min=cfg.lr_floor)
-            if cfg.soft_labels == "datm":
-                logits.grad = torch.autograd.grad(y_probs, logits, res.labels)[0]
-                opts["y"].step()
-            losses.append(loss)
-        else:
-            skipped += 1
-            bar.write(f"{method}: iteration {it} skipped ({reason})")
-        lr_now = float(syn_lr.detach())
-        if log is not None and (it % log_every == 0 or not ok):
-            log.log(iteration=it, loss=loss, syn_lr=lr_now, expert=e, start_epoch=start,
-                    skipped=skipped, seconds=time.time() - t0)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr_now:.2e}")
-        if run is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
-            save_checkpoint(run.path, it + 1, tensors, opts, gens, {"config": asdict(cfg), "skipped": skipped,
-                                                                    "gradient_mode": mode})
-    if log is not None:
-        log.close()
-    labels_out = torch.softmax(logits.detach(), 1) if logits is not None else labels
-    meta = {"method": method, "ipc": ipc, "dataset": ds.name, "zca": ds.zca is not None,
-            "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std), "seed": seed,
-            "iterations": iterations, "skipped_iterations": skipped, "experts": str(experts.path),
-            "model": net.name, "model_spec": net.spec, "config": asdict(cfg), "gradient_mode": mode,
-            "init_indices": None if init_idx is None else init_idx.tolist(), **(extra_meta or {})}
-    return SyntheticSet(images.detach().clone(), labels_out, syn_lr.detach().clone(),
-                        frozen.clone() if frozen is not None else None, meta)
+        return Step(res.loss, (res.images, res.lrs), {"expert": e, "start_epoch": start}, (res, y_probs))
 
+    def apply(self, step: Step) -> None:
+        res, y_probs = step.payload
+        g_img = res.images
+        if self.frozen is not None:
+            g_img = g_img.masked_fill(self.frozen.view(-1, 1, 1, 1), 0.0)
+        self.images.grad = g_img
+        self.optimizers["img"].step()
+        self.syn_lr.grad = res.lrs.sum().reshape(())
+        self.optimizers["lr"].step()
+        with torch.no_grad():
+            self.syn_lr.clamp_(min=self.config.lr_floor)
+        if self.config.soft_labels == "datm":
+            self.logits.grad = torch.autograd.grad(y_probs, self.logits, res.labels)[0]
+            self.optimizers["y"].step()
 
-def _read_back(loss: torch.Tensor, *grads: torch.Tensor) -> tuple[float, bool]:
-    """``(loss as a float, whether loss and every gradient are finite)`` with one device→host read."""
-    finite = torch.isfinite(loss)
-    for g in grads:
-        finite = finite & torch.isfinite(g).all()
-    value, ok = torch.stack([loss.detach().double(), finite.double()]).tolist()
-    return value, bool(ok) and math.isfinite(value)
+    def log_values(self, step: Step) -> dict[str, Any]:
+        return {"syn_lr": float(self.syn_lr.detach())}
 
+    def postfix(self, loss: float, values: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{loss:.4f}", "lr": f"{values['syn_lr']:.2e}"}
 
-def _truncate_log(path: Path, upto: int) -> None:
-    """Drop log rows of iterations >= ``upto`` (they are re-run after a resume)."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    keep = lines[:1] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) < upto]
-    path.write_text("\n".join(keep) + "\n")
+    def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> SyntheticSet:
+        ds, cfg = self.ds, self.config
+        labels_out = torch.softmax(self.logits.detach(), 1) if self.logits is not None else self.labels
+        meta = {"method": self.method, "ipc": self.ipc, "dataset": ds.name, "zca": ds.zca is not None,
+                "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std), "seed": self.seed,
+                "iterations": iterations, "skipped_iterations": skipped, "experts": str(self.experts.path),
+                "model": self.net.name, "model_spec": self.net.spec, "config": asdict(cfg),
+                "gradient_mode": self.mode,
+                "init_indices": None if self.init_idx is None else self.init_idx.tolist(), **(extra_meta or {})}
+        return SyntheticSet(self.images.detach().clone(), labels_out, self.syn_lr.detach().clone(),
+                            self.frozen.clone() if self.frozen is not None else None, meta)

@@ -1,0 +1,178 @@
+"""The one distillation loop. Every method is a :class:`Policy` on it.
+
+The loop owns what every method needs around its iterations: the run folder, checkpoint and resume
+(:mod:`fastdd.distill.state`), the CSV log, the progress bar, and the guard that skips (and reports)
+an iteration whose loss or gradients are not finite or whose loss is above the policy's threshold.
+A policy says what one iteration computes (:meth:`Policy.step`) and how it updates its tensors
+(:meth:`Policy.apply`); its tensors, optimisers and random generators are what checkpoints hold.
+
+One iteration reads one small tensor back to the host (:func:`read_back`): the loss and whether
+everything is finite.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..runs import RunDir, progress
+from .state import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class Step:
+    """What one iteration computed, before any update.
+
+    ``loss`` is 0-d; ``grads`` are checked finite before :meth:`Policy.apply` runs; ``info`` holds log
+    fields known before the update (e.g. which expert); ``payload`` is whatever ``apply`` needs."""
+
+    loss: torch.Tensor
+    grads: tuple[torch.Tensor, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+    payload: Any = None
+
+
+class Policy:
+    """One method on the distillation loop. Subclasses set the attributes in ``__init__`` and
+    implement :meth:`step`, :meth:`apply` and :meth:`result`."""
+
+    method: str                                  # e.g. "mtt"; names the progress bar and messages
+    config: Any                                  # a dataclass; recorded in checkpoints (resume checks it)
+    tensors: dict[str, torch.Tensor]             # learned tensors (checkpointed)
+    optimizers: dict[str, torch.optim.Optimizer]
+    generators: dict[str, torch.Generator]       # random streams (checkpointed: a resume continues them)
+    log_fields: tuple[str, ...] = ()             # CSV columns between "loss" and "skipped"
+    threshold: float | None = None               # skip the update when the loss is above this
+    log_every: int = 1                           # log rows every this many iterations (and every skip)
+
+    def config_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}
+
+    def resume(self, iteration: int, extra: dict[str, Any]) -> None:
+        """Called after a checkpoint of ``iteration`` was loaded into the tensors, optimisers and
+        generators; ``extra`` is what :meth:`extra_state` returned when it was saved."""
+
+    def begin(self) -> None:
+        """Called once before the first iteration of this process (after any resume)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able state to keep in checkpoints beside the config (e.g. the gradient mode)."""
+        return {}
+
+    def step(self, it: int) -> Step:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, step: Step) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def end_iteration(self, it: int) -> None:
+        """After the update (or the skip) of iteration ``it``, e.g. a learning-rate schedule."""
+
+    def log_values(self, step: Step) -> dict[str, Any]:
+        """Values of :attr:`log_fields` after the update (``step.info`` is merged in first)."""
+        return {}
+
+    def postfix(self, loss: float, values: dict[str, Any]) -> dict[str, str]:
+        return {"loss": f"{loss:.4f}"}
+
+
+@dataclass
+class LoopResult:
+    skipped: int            # iterations skipped over the whole run (resumed runs included)
+    start: int              # the iteration this process started at (0, or the resumed checkpoint's)
+
+
+def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, resume: bool = False,
+             checkpoint_every: int = 100, show_progress: bool = True, desc: str | None = None) -> LoopResult:
+    """Run ``policy`` for ``iterations`` iterations (continuing a checkpoint in ``out`` when ``resume``).
+
+    With ``out``: ``log.csv`` gets a row per iteration (``iteration, loss, <policy fields>, skipped,
+    seconds``; a fresh run starts a fresh log, a resumed one drops the rows it will redo) and an atomic
+    checkpoint is written every ``checkpoint_every`` iterations and at the end. A resumed run gives
+    bitwise the result of an uninterrupted one.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    run = RunDir(out) if out is not None else None
+    start_it, skipped = 0, 0
+    if run is not None and not resume:
+        (run.path / "log.csv").unlink(missing_ok=True)
+    if run is not None and resume:
+        meta = load_checkpoint(run.path, policy.tensors, policy.optimizers, policy.generators)
+        if meta is not None:
+            if not config_matches(meta["extra"].get("config"), policy.config_dict(), type(policy.config)):
+                raise ValueError(f"the checkpoint in {run.path} was made with other settings; use another folder")
+            start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
+            policy.resume(start_it, meta["extra"])
+            _truncate_log(run.path / "log.csv", start_it)
+    policy.begin()
+    log = run.csv("log.csv", ["iteration", "loss", *policy.log_fields, "skipped", "seconds"]) \
+        if run is not None else None
+    bar = progress(range(start_it, iterations), desc=desc or policy.method, disable=not show_progress,
+                   initial=start_it, total=iterations)
+    try:
+        for it in bar:
+            t0 = time.time()
+            step = policy.step(it)
+            loss, ok = read_back(step.loss, *step.grads)
+            reason = "" if ok else "non-finite loss or gradient"
+            if ok and policy.threshold is not None and loss > policy.threshold:
+                ok, reason = False, f"loss {loss:.3f} above threshold {policy.threshold}"
+            if ok:
+                policy.apply(step)
+            else:
+                skipped += 1
+                bar.write(f"{policy.method}: iteration {it} skipped ({reason})")
+            policy.end_iteration(it)
+            values = {**step.info, **policy.log_values(step)}
+            if log is not None and (it % policy.log_every == 0 or not ok):
+                log.log(iteration=it, loss=loss, **{k: values[k] for k in policy.log_fields}, skipped=skipped,
+                        seconds=time.time() - t0)
+            bar.set_postfix(**policy.postfix(loss, values))
+            if run is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
+                save_checkpoint(run.path, it + 1, policy.tensors, policy.optimizers, policy.generators,
+                                {"config": policy.config_dict(), "skipped": skipped, **policy.extra_state()})
+    finally:
+        if log is not None:
+            log.close()
+    return LoopResult(skipped, start_it)
+
+
+def read_back(loss: torch.Tensor, *grads: torch.Tensor) -> tuple[float, bool]:
+    """``(loss as a float, whether loss and every gradient are finite)`` with one device→host read."""
+    finite = torch.isfinite(loss)
+    for g in grads:
+        finite = finite & torch.isfinite(g).all()
+    value, ok = torch.stack([loss.detach().double(), finite.double()]).tolist()
+    return value, bool(ok) and math.isfinite(value)
+
+
+def config_matches(saved: dict | None, current: dict, cls) -> bool:
+    """Whether a checkpoint's recorded config equals ``current``; fields the checkpoint predates
+    (added later, e.g. ``theta_storage``) count as their defaults."""
+    if not isinstance(saved, dict):
+        return False
+    filled = dict(saved)
+    for f in fields(cls):
+        if f.name not in filled and f.default is not MISSING:
+            filled[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return filled == current
+
+
+def _truncate_log(path: Path, upto: int) -> None:
+    """Drop log rows of iterations >= ``upto`` (they are re-run after a resume)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = lines[:1] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) < upto]
+    path.write_text("\n".join(keep) + "\n")
+
+
+__all__ = ["Policy", "Step", "LoopResult", "run_loop", "read_back", "config_matches"]
