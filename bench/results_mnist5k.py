@@ -41,7 +41,7 @@ def run_dd(args) -> None:
     for seed in args.seeds:
         t = time.time()
         opts = dict(model="lenet", steps=1, epochs=3, images_per_class=1, lr_init=0.02, lr=args.dd_lr, init="xavier",
-                    init_mode="fixed", mode="bptt", decay_every=args.decay_every or args.iterations // 3)
+                    init_mode="fixed", decay_every=args.decay_every or args.iterations // 3)
         syn = fastdd.distill(ds, "dd", iterations=args.iterations, seed=seed, out=args.out / f"dd_seed{seed}", **opts)
         syn.save(args.out / f"dd_seed{seed}" / "synthetic")
         res = fastdd.evaluate(syn, ds, "dd", num_eval=1)
@@ -63,7 +63,7 @@ def _protocol(args) -> dict:
 def _mtt_options(args, buf) -> dict:
     """The MTT settings every mnist5k run here shares (SelMatch adds its window and α)."""
     return dict(syn_steps=args.syn_steps, expert_epochs=2, max_start_epoch=min(args.max_start, buf.num_epochs - 2),
-                lr_img=args.lr_img, lr_lr=1e-5, lr_init=0.01, batch_syn=min(10 * args.ipc, 100), mode="bptt")
+                lr_img=args.lr_img, lr_lr=1e-5, lr_init=0.01, batch_syn=min(10 * args.ipc, 100))
 
 
 def run_mtt(args) -> None:
@@ -89,6 +89,18 @@ DISTILL_SEEDS = {1: 3, 10: 3, 40: 3}  # distilled sets per IPC; evaluation run r
 # SelMatch: the window starts at rank 60 of 400 per class (hardest first) at every IPC; all of an
 # IPC-1 set is distilled (int(1 * 0.5) would distil nothing).
 SELMATCH = {1: dict(alpha=1.0, beta=60.0), 10: dict(alpha=0.5, beta=6.0), 40: dict(alpha=0.5, beta=1.5)}
+
+
+# DM and DSA: ConvNet-32, 64 real images per class per matching step, real initialisation, siamese DSA.
+# DM: DM's lr_img 1. DSA: lr_img 1, ten times DC's 0.1, because these runs make about 1 % of DC's pixel
+# updates; fewer networks and inner epochs than DC's table (10, 50) / (40, 15), to fit the CPU budget.
+TABLE_MATCHING = {
+    "dm": {1: dict(iterations=300), 10: dict(iterations=300), 40: dict(iterations=200)},
+    "dsa": {1: dict(iterations=100, outer_loop=1, inner_loop=1), 10: dict(iterations=10, outer_loop=10, inner_loop=10),
+            40: dict(iterations=2, outer_loop=40, inner_loop=5)},
+}
+MATCHING_OPTIONS = {"dm": dict(batch_real=64, lr_img=1.0), "dsa": dict(batch_real=64, lr_img=1.0)}
+TABLE_METHODS = (("random", "random real"), ("dm", "DM"), ("dsa", "DSA"), ("mtt", "MTT"), ("selmatch", "SelMatch"))
 
 
 def table_protocol(ipc: int, class_size: int = 400) -> Protocol:
@@ -132,8 +144,10 @@ def load_distilled(out: Path, method: str, ipc: int, seed: int):
 
 def run_table_distill(args) -> None:
     ds = fastdd.load_dataset("mnist5k")
-    buf = fastdd.ExpertBuffer(args.out / "table" / "experts")
     ipc = args.ipc
+    if args.method in TABLE_MATCHING:
+        return _table_matching(args, ds, ipc)
+    buf = fastdd.ExpertBuffer(args.out / "table" / "experts")
     for seed in args.seeds:
         name = f"{args.method}_ipc{ipc}_seed{seed}"
         folder = args.out / "table" / name
@@ -154,6 +168,23 @@ def run_table_distill(args) -> None:
                                          "seconds": time.time() - t})
 
 
+def _table_matching(args, ds, ipc: int) -> None:
+    opts = {**MATCHING_OPTIONS[args.method], **TABLE_MATCHING[args.method][ipc], "model_kwargs": {"width": WIDTH}}
+    iterations = opts.pop("iterations")
+    for seed in args.seeds:
+        name = f"{args.method}_ipc{ipc}_seed{seed}"
+        folder = args.out / "table" / name
+        if (folder / "synthetic" / "synthetic.json").exists():
+            print(f"{name}: done already")
+            continue
+        t = time.time()
+        syn = fastdd.distill(ds, args.method, ipc=ipc, iterations=iterations, seed=seed, out=folder,
+                             checkpoint_every=max(1, iterations // 4), resume=True, **opts)
+        syn.save(folder / "synthetic")
+        _save(args.out / "table", name, {"method": args.method, "ipc": ipc, "seed": seed, "iterations": iterations,
+                                         "options": opts, "seconds": time.time() - t})
+
+
 def run_table_eval(args) -> None:
     """Every cell of the table, ``--num-eval`` runs each (JSON per cell; cells already done are kept)."""
     from fastdd.evaluate import train_on
@@ -161,7 +192,7 @@ def run_table_eval(args) -> None:
     ds = fastdd.load_dataset("mnist5k")
     out = args.out / "table"
     cells = [("random", ipc) for ipc in TABLE_IPCS] + [("full", 400)]
-    cells += [(m, ipc) for m in ("mtt", "selmatch") for ipc in TABLE_IPCS]
+    cells += [(m, ipc) for m in ("dm", "dsa", "mtt", "selmatch") for ipc in TABLE_IPCS]
     for method, ipc in cells:
         path = out / f"eval_{method}_ipc{ipc}.json"
         if path.exists():
@@ -188,6 +219,32 @@ def run_table_eval(args) -> None:
             print(method, ipc, runs[-1], flush=True)
         if len(runs) == args.num_eval:
             _save(out, f"eval_{method}_ipc{ipc}", {"method": method, "ipc": ipc, "protocol": asdict(p), "runs": runs})
+
+
+CROSS_ARCH = ("convnet", "alexnet", "vgg11", "resnet18bn")
+
+
+def run_table_crossarch(args) -> None:
+    """One cross-architecture row: the DM IPC-10 sets (seeds 0-2) and random subsets, trained on each of
+    CROSS_ARCH under the table protocol shortened to --eval-epochs, one run per set."""
+    ds = fastdd.load_dataset("mnist5k")
+    out = args.out / "table"
+    path = out / "crossarch_dm_ipc10.json"
+    if path.exists():
+        return
+    p = table_protocol(10)
+    rows = {}
+    for model in CROSS_ARCH:
+        kw = {"width": WIDTH} if model == "convnet" else {}
+        accs, raccs = [], []
+        for s in distilled_seeds(out, "dm", 10)[:3]:
+            res = fastdd.evaluate(load_distilled(out, "dm", 10, s), ds, p, num_eval=1, seed=1000 + s, epochs=args.eval_epochs,
+                                  model=model, model_kwargs=kw, random_baseline=True)
+            accs += res.accuracies
+            raccs += res.random.accuracies
+            print(model, s, res, flush=True)
+        rows[model] = {"dm": accs, "random": raccs}
+    _save(out, "crossarch_dm_ipc10", {"protocol": asdict(p), "epochs": args.eval_epochs, "rows": rows})
 
 
 def pixel_drift(ds, syn) -> float | None:
@@ -263,8 +320,8 @@ def run_table_coverage(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("experiment", choices=["dd", "experts", "mtt", "table-experts", "table-distill", "table-eval",
-                                               "table-coverage"])
-    ap.add_argument("--method", choices=["mtt", "selmatch"], default="mtt")
+                                               "table-coverage", "table-crossarch"])
+    ap.add_argument("--method", choices=["mtt", "selmatch", "dm", "dsa"], default="mtt")
     ap.add_argument("--out", type=Path, default=Path("runs/results"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--iterations", type=int, default=2000)
@@ -281,7 +338,7 @@ def main() -> None:
     args = ap.parse_args()
     {"dd": run_dd, "experts": run_experts, "mtt": run_mtt, "table-experts": run_table_experts,
      "table-distill": run_table_distill, "table-eval": run_table_eval,
-     "table-coverage": run_table_coverage}[args.experiment](args)
+     "table-coverage": run_table_coverage, "table-crossarch": run_table_crossarch}[args.experiment](args)
 
 
 def summarize(out: Path = Path("runs")) -> str:
@@ -321,10 +378,30 @@ def summarize_table(out: Path = Path("runs/results/table")) -> str:
         accs = [100 * r["accuracy"] for r in json.loads(p.read_text())["runs"]]
         return f"{st.mean(accs):.1f} ± {st.pstdev(accs):.1f}"
 
-    lines = ["| method | IPC 1 | IPC 10 | IPC 40 | full train split (400 per class) |", "|---|---|---|---|---|"]
-    for method, name in (("random", "random real"), ("mtt", "MTT"), ("selmatch", "SelMatch")):
+    def accs(method: str, ipc: int) -> list[float] | None:
+        p = out / f"eval_{method}_ipc{ipc}.json"
+        return [100 * r["accuracy"] for r in json.loads(p.read_text())["runs"]] if p.exists() else None
+
+    def ior(method: str, ipc: int) -> str:
+        a, r = accs(method, ipc), accs("random", ipc)
+        return "—" if a is None or r is None or method == "random" else f"{st.mean(a) - st.mean(r):+.1f}"
+
+    lines = ["| method | IPC 1 | IPC 10 | IPC 40 | full train split (400 per class) | IOR 1 | IOR 10 | IOR 40 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, name in TABLE_METHODS:
         full = cell("full", 400) if method == "random" else "—"
-        lines.append(f"| {name} | " + " | ".join(cell(method, i) for i in TABLE_IPCS) + f" | {full} |")
+        lines.append(f"| {name} | " + " | ".join(cell(method, i) for i in TABLE_IPCS) + f" | {full} | "
+                     + " | ".join(ior(method, i) for i in TABLE_IPCS) + " |")
+    ca = out / "crossarch_dm_ipc10.json"
+    if ca.exists():
+        c = json.loads(ca.read_text())
+        lines += ["", f"Cross-architecture, DM IPC 10 ({c['epochs']} epochs, one run per set; IOR in brackets):", "",
+                  "| set | " + " | ".join(c["rows"]) + " |", "|---|" + "---|" * len(c["rows"])]
+        for key, name in (("dm", "DM"), ("random", "random real")):
+            lines.append(f"| {name} | " + " | ".join(
+                f"{st.mean(100 * a for a in v[key]):.1f} ± {st.pstdev([100 * a for a in v[key]]):.1f}"
+                + (f" ({st.mean(100 * a for a in v['dm']) - st.mean(100 * a for a in v['random']):+.1f})"
+                   if key == "dm" else "") for v in c["rows"].values()) + " |")
     lines.append("")
     cov = out / "coverage.json"
     if cov.exists():

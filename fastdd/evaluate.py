@@ -10,8 +10,16 @@ Protocols (named presets; every field can be overridden by keyword):
   crop+flip on selected real ones), E = round(50 / (ipc / class size)) capped at 1000 (the paper's
   1000/500/250/167 epochs at 5/10/20/30 % of the data).
 
+- ``soft``: ``mtt`` trained on the set's soft labels (cross-entropy against them); refuses a set with
+  hard labels. ``mtt`` itself uses whatever labels the set carries; ``labels="hard"`` trains any set on
+  its argmax labels.
+- ``dd``: a DD set's own evaluation: replay its learned steps on held-out start weights.
+
 The reported number is the **final-epoch** test accuracy, mean ± std (population std) over
-``num_eval`` runs with independent seeds; no test-set model selection.
+``num_eval`` runs with independent seeds; no test-set model selection. ``split="val"`` scores on a
+validation split (:meth:`fastdd.data.Dataset.with_validation`) instead, for any choice made before the
+final test. Beside the accuracy, ``random_baseline`` and ``real_baseline`` give DD-Ranking's IOR, HLR
+and LRS (:mod:`fastdd.metrics`); ``models=[...]`` evaluates across architectures.
 """
 from __future__ import annotations
 
@@ -44,10 +52,12 @@ class Protocol:
     schedule: str = "step"  # "step" (×0.1 at E//2+1) | "cosine" (to eta_min) | "constant"
     eta_min: float = 0.001
     augment: str = "dsa"  # "dsa" | "combined" | "crop_flip" | "none"
+    labels: str = "auto"  # "auto" (the set's own) | "hard" (argmax of soft labels) | "soft" (must be soft)
 
 
 PROTOCOLS: dict[str, Protocol] = {
     "mtt": Protocol("mtt", model="convnet"),
+    "soft": Protocol("soft", model="convnet", labels="soft"),
     "selmatch": Protocol("selmatch", model="resnet18bn", epochs=None, batch_size=128, lr=0.1, schedule="cosine",
                          eta_min=0.001, augment="combined"),
 }
@@ -55,11 +65,17 @@ PROTOCOLS: dict[str, Protocol] = {
 
 @dataclass
 class EvalResult:
-    """Final-epoch test accuracies (fractions in [0, 1]) of ``num_eval`` independently seeded runs."""
+    """Final-epoch accuracies (fractions in [0, 1]) of ``num_eval`` independently seeded runs.
+
+    ``random``: a random real subset of the same per-class size under the same protocol (for IOR);
+    ``real``: the whole real train split, hard labels (for HLR); ``hard``: this set on hard labels when
+    the protocol trained on soft ones (HLR compares hard with hard)."""
 
     accuracies: list[float]
     protocol: dict[str, Any]
     random: "EvalResult | None" = None
+    real: "EvalResult | None" = None
+    hard: "EvalResult | None" = None
 
     @property
     def mean(self) -> float:
@@ -70,17 +86,69 @@ class EvalResult:
         m = self.mean
         return math.sqrt(sum((a - m) ** 2 for a in self.accuracies) / len(self.accuracies))
 
+    @property
+    def ior(self) -> float | None:
+        """Mean accuracy minus the random subset's (needs ``random_baseline=True``)."""
+        from .metrics import ior
+        return None if self.random is None else ior(self.mean, self.random.mean)
+
+    @property
+    def hlr(self) -> float | None:
+        """The real train split's mean accuracy minus this set's on hard labels (needs ``real_baseline=True``)."""
+        from .metrics import hlr
+        return None if self.real is None else hlr(self.real.mean, (self.hard or self).mean)
+
+    def lrs(self, weight: float = 0.5) -> float | None:
+        """DD-Ranking's label-robust score in [0, 1] (needs both baselines)."""
+        from .metrics import lrs
+        return None if self.ior is None or self.hlr is None else lrs(self.ior, self.hlr, weight)
+
     def __str__(self) -> str:
         s = f"{100 * self.mean:.2f} ± {100 * self.std:.2f} % ({len(self.accuracies)} runs, protocol {self.protocol['name']})"
+        if self.hard is not None:
+            s += f"; with hard labels: {100 * self.hard.mean:.2f} ± {100 * self.hard.std:.2f} %"
         if self.random is not None:
-            s += f"; random real subset: {100 * self.random.mean:.2f} ± {100 * self.random.std:.2f} %"
+            s += (f"; random real subset: {100 * self.random.mean:.2f} ± {100 * self.random.std:.2f} % "
+                  f"(IOR {100 * self.ior:+.2f})")
+        if self.real is not None:
+            s += f"; real train split: {100 * self.real.mean:.2f} % (HLR {100 * self.hlr:.2f})"
+        if self.lrs() is not None:
+            s += f"; LRS {100 * self.lrs():.2f}"
         return s
 
     def to_dict(self) -> dict[str, Any]:
         d = {"mean": self.mean, "std": self.std, "accuracies": self.accuracies, "protocol": self.protocol}
-        if self.random is not None:
-            d["random"] = self.random.to_dict()
+        for key in ("random", "real", "hard"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key).to_dict()
+        for key, value in (("ior", self.ior), ("hlr", self.hlr), ("lrs", self.lrs())):
+            if value is not None:
+                d[key] = value
         return d
+
+
+@dataclass
+class CrossArchResult:
+    """One :class:`EvalResult` per architecture (``evaluate(..., models=[...])``)."""
+
+    results: dict[str, EvalResult]
+
+    def __getitem__(self, model: str) -> EvalResult:
+        return self.results[model]
+
+    def table(self) -> str:
+        """A markdown table: one row per architecture, accuracy and (when measured) the random subset and IOR."""
+        rows = ["| model | accuracy (%) | random real (%) | IOR |", "|---|---|---|---|"]
+        for name, r in self.results.items():
+            rnd = f"{100 * r.random.mean:.2f} ± {100 * r.random.std:.2f}" if r.random is not None else "—"
+            rows.append(f"| {name} | {100 * r.mean:.2f} ± {100 * r.std:.2f} | {rnd} | "
+                        + (f"{100 * r.ior:+.2f}" if r.ior is not None else "—") + " |")
+        return "\n".join(rows)
+
+    __str__ = table
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: r.to_dict() for name, r in self.results.items()}
 
 
 def selmatch_epochs(ipc: int, class_size: int) -> int:
@@ -149,25 +217,36 @@ def train_on(images: torch.Tensor, labels: torch.Tensor, ds: Dataset, p: Protoco
 
 
 def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", num_eval: int = 5, seed: int = 0, *,
-             random_baseline: bool = False, show_progress: bool = True, **overrides: Any) -> EvalResult:
+             random_baseline: bool = False, real_baseline: bool = False, real_epochs: int = 20, split: str = "test",
+             models: list | None = None, show_progress: bool = True, **overrides: Any) -> EvalResult | CrossArchResult:
     """Train ``num_eval`` fresh networks on ``syn`` under ``protocol`` and test them on ``ds.test``.
 
     Args:
         syn: the set to evaluate (distilled, selected or real).
-        ds: the data set it came from (its test split is used; its train split only for the
-            random baseline).
-        protocol: ``"mtt"``, ``"selmatch"``, a :class:`Protocol`, or ``"dd"`` (a DD set: replay its
-            learned steps with its learned rates on held-out start weights).
+        ds: the data set it came from (its test split is used; its train split only for the baselines).
+        protocol: ``"mtt"``, ``"selmatch"``, ``"soft"``, a :class:`Protocol`, or ``"dd"`` (a DD set: replay
+            its learned steps with its learned rates on held-out start weights).
         num_eval: independent runs (network init, batch order, augmentation all seeded per run).
         random_baseline: also evaluate, under the same protocol and lr, a random class-balanced real
-            subset with the same per-class counts (a fresh subset per run); stored in ``result.random``.
+            subset with the same per-class counts (a fresh subset per run); ``result.random``, ``result.ior``.
+        real_baseline: also train on the whole real train split with hard labels, the same protocol
+            but ``real_epochs`` epochs; ``result.real``, ``result.hlr`` and ``result.lrs()``. A soft-label
+            set is then also evaluated on its hard (argmax) labels (``result.hard``), as HLR asks.
+        split: ``"test"`` (default) or ``"val"`` (``ds.val``, from :meth:`Dataset.with_validation`): score
+            choices on the validation split, report on test.
+        models: evaluate on each of these architectures (names, or ``(name, model_kwargs)`` pairs) and
+            return a :class:`CrossArchResult`; the protocol's ``model_kwargs`` apply to its own model only.
         overrides: any :class:`Protocol` field, e.g. ``epochs=300``, ``lr=0.01``, ``model="convnetbn"``.
 
-    Returns an :class:`EvalResult` (``mean``, ``std``, ``accuracies``, ``random``).
+    Returns an :class:`EvalResult` (``mean``, ``std``, ``accuracies``, ``random``, ``ior``, ...).
     """
     if num_eval < 1:
         raise ValueError(f"num_eval must be >= 1, got {num_eval}")
-
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    if split == "val" and ds.val is None:
+        raise ValueError(f"split='val' needs a validation split: use ds.with_validation(fraction, seed) ({ds.name} "
+                         "has none)")
     if syn.num_classes != ds.num_classes or tuple(syn.images.shape[1:]) != (ds.channels, *ds.im_size):
         raise ValueError(f"the synthetic set ({syn.num_classes} classes, images {tuple(syn.images.shape[1:])}) does not "
                          f"belong to {ds.name} ({ds.num_classes} classes, images {(ds.channels, *ds.im_size)})")
@@ -175,17 +254,38 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
         if key in syn.meta and syn.meta[key] != have:
             raise ValueError(f"the synthetic set was made with {key}={syn.meta[key]!r}, but the data set has "
                              f"{key}={have!r}: evaluate it on the data it came from")
+    common = dict(num_eval=num_eval, seed=seed, random_baseline=random_baseline, real_baseline=real_baseline,
+                  real_epochs=real_epochs, split=split, show_progress=show_progress)
+    if models is not None:
+        if protocol == "dd":
+            raise ValueError("protocol 'dd' replays the set's own network; it cannot change architectures")
+        base = resolve_protocol(protocol, **overrides)
+        results = {}
+        for entry in models:
+            name, kw = (entry, None) if isinstance(entry, str) else entry
+            if kw is None:
+                kw = base.model_kwargs if name == base.model else {}
+            results[name] = evaluate(syn, ds, replace(base, model=name, model_kwargs=dict(kw)), **common)
+        return CrossArchResult(results)
     if protocol == "dd":
         from .distill.dd import evaluate_dd
         from .experts import ExpertBuffer
         experts = overrides.pop("experts", None)
-        if overrides or random_baseline:
-            raise TypeError(f"protocol 'dd' replays the learned steps; it takes no {', '.join(overrides) or 'random_baseline'}")
+        if overrides or random_baseline or real_baseline or split != "test":
+            raise TypeError("protocol 'dd' replays the learned steps on the test split; it takes no "
+                            f"{', '.join(overrides) or 'baselines or split'}")
         if experts is not None and not isinstance(experts, ExpertBuffer):
             experts = ExpertBuffer(experts)
         accs, info = evaluate_dd(syn, ds, num_eval, seed, experts=experts)
         return EvalResult(accs, info)
     p = resolve_protocol(protocol, **overrides)
+    if p.labels not in ("auto", "hard", "soft"):
+        raise ValueError(f"labels must be 'auto', 'hard' or 'soft', got {p.labels!r}")
+    soft = syn.labels.dim() == 2
+    if p.labels == "soft" and not soft:
+        raise ValueError(f"protocol {p.name!r} trains on soft labels, and this set's labels are hard class indices "
+                         "(use protocol 'mtt')")
+    labels = syn.hard_labels if p.labels == "hard" else syn.labels
     learned = float(syn.lr.reshape(())) if syn.lr is not None and syn.lr.numel() == 1 else None
     if p.lr == "learned":
         if learned is None:
@@ -196,22 +296,37 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
     else:
         lr = learned if learned is not None else p.lr_default
     distilled = None if syn.frozen is None else ~syn.frozen
-    info = {**asdict(p), "lr_used": lr, "ipc": syn.ipc, "num_images": len(syn), "seed": seed}
-    accs = [train_on(syn.images, syn.labels, ds, p, lr, seed=_run_seed(seed, r), distilled=distilled,
-                     show_progress=show_progress, desc=f"eval {p.name} run {r + 1}/{num_eval}")
-            for r in range(num_eval)]
-    result = EvalResult(accs, info)
+    held_out = ds.val if split == "val" else ds.test
+    info = {**asdict(p), "lr_used": lr, "ipc": syn.ipc, "num_images": len(syn), "seed": seed, "split": split}
+
+    def runs(images, labels_, protocol_, what, mask=None, subset=None) -> list[float]:
+        out = []
+        for r in range(num_eval):
+            x, y, m = images, labels_, mask
+            if subset is not None:
+                sub = subset(r)
+                x, y = sub.images, sub.labels
+            out.append(train_on(x, y, ds, protocol_, lr, seed=_run_seed(seed, r), distilled=m,
+                                show_progress=show_progress, desc=f"eval {what} run {r + 1}/{num_eval}",
+                                test_images=held_out.images, test_labels=held_out.labels))
+        return out
+
+    result = EvalResult(runs(syn.images, labels, p, p.name, distilled), info)
+    if real_baseline and soft and p.labels != "hard":
+        result.hard = EvalResult(runs(syn.images, syn.hard_labels, p, "hard labels", distilled), {**info, "labels": "hard"})
     if random_baseline:
         counts = syn.per_class_counts()
         if len(set(counts)) != 1:
             raise ValueError(f"random_baseline needs the same number of images per class, got {counts}")
-        raccs = []
-        for r in range(num_eval):
-            sub = real_subset(ds, random_indices(ds, counts[0], seed=_run_seed(seed, r, "random")))
-            raccs.append(train_on(sub.images, sub.labels, ds, p, lr, seed=_run_seed(seed, r), distilled=None
-                                  if p.augment != "combined" else torch.zeros(len(sub), dtype=torch.bool),
-                                  show_progress=show_progress, desc=f"eval random run {r + 1}/{num_eval}"))
-        result.random = EvalResult(raccs, {**info, "method": "random"})
+        none_distilled = None if p.augment != "combined" else torch.zeros(len(syn), dtype=torch.bool)
+        result.random = EvalResult(runs(None, None, p, "random", none_distilled, subset=lambda r: real_subset(
+            ds, random_indices(ds, counts[0], seed=_run_seed(seed, r, "random")))), {**info, "method": "random"})
+    if real_baseline:
+        p_real = replace(p, epochs=real_epochs, labels="auto")
+        n_train = len(ds.train)
+        result.real = EvalResult(runs(ds.train.images, ds.train.labels, p_real, "real train split",
+                                      None if p.augment != "combined" else torch.zeros(n_train, dtype=torch.bool)),
+                                 {**info, "method": "real", "epochs": real_epochs, "num_images": n_train})
     return result
 
 

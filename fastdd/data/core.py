@@ -46,6 +46,9 @@ class Dataset:
         zca: the whitening fitted on the train set (``None`` unless ``zca=True``); ``zca.inverse``
             maps back to ``[0, 1]`` pixels.
         class_indices: per class, the indices into ``train`` of its images (ascending).
+        val: a validation split carved from the original train split (:meth:`with_validation`), or
+            ``None``. Choices made while distilling or tuning (which iteration's set to keep, a learning
+            rate) should be scored on it, never on ``test``.
     """
 
     name: str
@@ -57,6 +60,7 @@ class Dataset:
     class_names: list[str] = field(default_factory=list)
     zca: ZCA | None = None
     class_indices: list[torch.Tensor] = field(default_factory=list, repr=False)
+    val: Split | None = None
 
     def __post_init__(self) -> None:
         for split_name in ("train", "test"):
@@ -89,7 +93,34 @@ class Dataset:
         return [len(i) for i in self.class_indices]
 
     def to(self, device) -> "Dataset":
-        return replace(self, train=self.train.to(device), test=self.test.to(device))
+        return replace(self, train=self.train.to(device), test=self.test.to(device),
+                       val=None if self.val is None else self.val.to(device))
+
+    def with_validation(self, fraction: float = 0.1, seed: int = 0) -> "Dataset":
+        """This data set with a seeded, stratified validation split carved out of ``train``.
+
+        Per class, ``max(1, round(fraction · n_c))`` images drawn at random (stream ``(seed,
+        "validation")``) go to ``val``; the rest stay in ``train`` in their original order. ``test`` is
+        untouched. Normalisation statistics (and a ZCA) stay those fitted on the full train split.
+        """
+        if self.val is not None:
+            raise ValueError(f"{self.name} already has a validation split ({len(self.val)} images)")
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        from ..rng import generator
+        g = generator(seed, "validation")
+        picked = []
+        for c, ci in enumerate(self.class_indices):
+            k = max(1, round(fraction * len(ci)))
+            if k >= len(ci):
+                raise ValueError(f"class {c} has {len(ci)} train images: too few to keep any after taking {k} "
+                                 "for validation")
+            picked.append(ci.cpu()[torch.randperm(len(ci), generator=g)[:k]])
+        val_idx = torch.cat(picked).sort().values
+        keep = torch.ones(len(self.train), dtype=torch.bool)
+        keep[val_idx] = False
+        return replace(self, train=self.train.subset(torch.nonzero(keep).flatten()),
+                       val=self.train.subset(val_idx))
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """Map images from the training space back to ``[0, 1]`` pixels (undoing ZCA or mean/std)."""
@@ -102,7 +133,8 @@ class Dataset:
     def describe(self) -> str:
         c, (h, w) = self.channels, self.im_size
         z = ", ZCA" if self.zca is not None else ""
-        return (f"{self.name}: {len(self.train)} train / {len(self.test)} test images, {self.num_classes} classes, "
+        v = f" / {len(self.val)} validation" if self.val is not None else ""
+        return (f"{self.name}: {len(self.train)} train{v} / {len(self.test)} test images, {self.num_classes} classes, "
                 f"{c}x{h}x{w}{z}, on {self.device}")
 
 

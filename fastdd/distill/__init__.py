@@ -2,7 +2,10 @@
 
 Methods: ``"dd"`` (Wang et al.), ``"mtt"``, ``"selmatch"``, ``"tesla"`` (MTT with the direct-term
 gradient and, with ``soft_labels="tesla"``, the target expert's soft labels), ``"datm"`` (MTT with
-learnable soft labels, the start-epoch schedule and the loss gate).
+learnable soft labels, the start-epoch schedule and the loss gate), and the baselines ``"dc"``
+(gradient matching), ``"dsa"`` (DC with siamese DSA) and ``"dm"`` (distribution matching).
+
+Every method is a :class:`~fastdd.distill.loop.Policy` on one loop (:func:`~fastdd.distill.loop.run_loop`).
 """
 from __future__ import annotations
 
@@ -17,10 +20,13 @@ from ..engine import parse_bytes
 from ..experts import ExpertBuffer
 from ..synthetic import SyntheticSet
 from .dd import DDConfig, run_dd
+from .loop import run_loop
+from .matching import DCConfig, DistributionMatchingPolicy, DMConfig, GradientMatchingPolicy
 from .mtt import MTTConfig, run_mtt
 from .presets import PRESETS, Preset, get_preset
 
-METHODS = ("dd", "mtt", "selmatch", "tesla", "datm")
+METHODS = ("dd", "mtt", "selmatch", "tesla", "datm", "dc", "dsa", "dm")
+MATCHING = {"dc": (DCConfig, {}), "dsa": (DCConfig, {"init": "real", "dsa": True}), "dm": (DMConfig, {})}
 # What each MTT-family method changes from MTTConfig's defaults (a preset or the caller may override).
 _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "mtt": {},
@@ -42,7 +48,9 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
         method: one of :data:`METHODS` (ignored when ``preset`` names one).
         ipc: images per class (DD: images per class per step × steps; taken from the preset if given).
         experts: an :class:`ExpertBuffer` or the folder it was saved to (MTT family; DD pretrained).
-        iterations: outer iterations (default: the preset's, else 1000).
+        iterations: outer iterations (default: the preset's, else 1000). For ``dc``/``dsa`` an iteration is
+            one network with its ``outer_loop`` pixel updates (DC's ``Iteration``); ``checkpoint_every``
+            counts the same units.
         preset: a name from :data:`PRESETS`; its data set and ZCA setting must match ``ds``.
         scores: difficulty scores ``(len(ds.train),)`` for SelMatch's window initialisation.
         out: run folder for the CSV log and atomic checkpoints every ``checkpoint_every`` iterations;
@@ -59,7 +67,8 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
             (:func:`fastdd.engine.deterministic_algorithms`), previous settings restored afterwards.
         resident_experts: keep the expert trajectories in device memory (each read once); default:
             on CUDA yes, on the CPU no (where it changes nothing).
-        options: fields of :class:`MTTConfig` or :class:`DDConfig` (e.g. ``syn_steps=20``, ``mode="adjoint"``).
+        options: fields of :class:`MTTConfig`, :class:`DDConfig`, :class:`DCConfig` or :class:`DMConfig`
+            (e.g. ``syn_steps=20``, ``mode="adjoint"``, ``batch_real=64``).
 
     ``theta_storage``, ``memory_budget`` and ``deterministic`` are recorded in the run's config
     (``syn.meta["config"]``, checkpoints): ``resume=True`` refuses a checkpoint made with other values.
@@ -103,12 +112,33 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
                       resident_experts=resident_experts)
     if ipc is None:
         raise ValueError(f"{method}: pass ipc= (images per class)")
+    if method in MATCHING:
+        return _run_matching(ds, method, ipc, iterations, seed, out, resume, checkpoint_every, show_progress, extra,
+                             options, engine)
     if experts is None:
         raise ValueError(f"{method} matches expert trajectories: pass experts= (a buffer or its folder); "
                          "make them with fastdd.train_experts or `fastdd experts`")
     cfg = _make(MTTConfig, {**_METHOD_DEFAULTS[method], **options, **engine}, method)
     return run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resume, checkpoint_every,
                    show_progress, extra_meta=extra, resident_experts=resident_experts)
+
+
+def _run_matching(ds, method, ipc, iterations, seed, out, resume, checkpoint_every, show_progress, extra, options,
+                  engine) -> SyntheticSet:
+    from ..engine import deterministic_algorithms
+    if engine["theta_storage"] != "auto" or engine["memory_budget"] is not None:
+        raise TypeError(f"{method} unrolls no student training: theta_storage and memory_budget do not apply")
+    cls, defaults = MATCHING[method]
+    cfg = _make(cls, {**defaults, **options}, method)
+    with deterministic_algorithms(engine["deterministic"]):
+        if method == "dm":
+            policy, per = DistributionMatchingPolicy(ds, ipc, cfg, seed, method), 1
+        else:
+            policy = GradientMatchingPolicy(ds, ipc, cfg, seed, method)
+            per = policy.outer  # loop steps (pixel updates) per network
+        done = run_loop(policy, iterations * per, out=out, resume=resume, checkpoint_every=checkpoint_every * per,
+                        show_progress=show_progress, desc=f"{method} ipc={ipc}")
+    return policy.result(iterations, done.skipped, extra)
 
 
 def _make(cls, options: dict[str, Any], method: str):
@@ -119,4 +149,4 @@ def _make(cls, options: dict[str, Any], method: str):
     return cls(**options)
 
 
-__all__ = ["distill", "METHODS", "MTTConfig", "DDConfig", "PRESETS", "Preset", "get_preset"]
+__all__ = ["distill", "METHODS", "MTTConfig", "DDConfig", "DCConfig", "DMConfig", "PRESETS", "Preset", "get_preset"]

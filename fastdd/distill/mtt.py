@@ -38,6 +38,7 @@ from ..experts import ExpertBuffer
 from ..rng import generator
 from ..synthetic import SyntheticSet
 from .loop import Policy, Step, run_loop
+from .matching import start_images
 
 
 @dataclass
@@ -150,11 +151,8 @@ def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scor
     frozen = None
     logits = None
     idx = None
-    if cfg.init == "noise":
-        images = torch.randn((k * ipc, ds.channels, *ds.im_size), generator=g).to(ds.device)
-    elif cfg.init == "real":
-        idx = torch.cat([ci.cpu()[torch.randperm(len(ci), generator=g)[:ipc]] for ci in ds.class_indices])
-        images = ds.train.images[idx.to(ds.device)].clone()
+    if cfg.init in ("noise", "real"):
+        images, idx = start_images(ds, ipc, cfg.init, g)
     elif cfg.init == "window":
         from ..scores import Scores, as_scores
         from ..select import window_indices

@@ -18,6 +18,7 @@ MODELS: dict[str, tuple[type[FunctionalNet], dict[str, Any]]] = {
     "convnetd5": (ConvNet, {"depth": 5}),
     "lenet": (LeNet, {}),
     "alexcifarnet": (AlexCifarNet, {}),
+    "alexnet": (AlexCifarNet, {}),  # the cuda-convnet AlexNet of DD's CIFAR experiments, for 32 px-class inputs
     "resnet18": (ResNet18, {"norm": "instancenorm"}),
     "resnet18bn": (ResNet18, {"norm": "batchnorm"}),
     "vgg11": (VGG11, {}),
