@@ -20,7 +20,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
     """The evaluation protocol and its overrides."""
-    p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch"])
+    p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch", "soft", "dd"],
+                   help="mtt (DC/DSA/DM/MTT), selmatch, soft (train on the set's soft labels), dd (replay a DD set)")
     p.add_argument("--num-eval", type=int, default=5)
     p.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
     p.add_argument("--lr", type=float, default=None, help="override the learning rate")
@@ -98,17 +99,29 @@ def cmd_evaluate(args) -> int:
         syn = SyntheticSet.load(args.syn, device=args.device)
     else:
         syn = real_subset(ds, random_indices(ds, args.random_ipc, seed=args.seed))
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "model", "batch_size")}
-    res = evaluate(syn, ds, args.protocol, num_eval=args.num_eval, seed=args.seed, random_baseline=args.random_baseline,
-                   **overrides)
+    if args.val_fraction:
+        ds = ds.with_validation(args.val_fraction, seed=args.seed)
+    if args.protocol == "dd":
+        if args.random_baseline or args.real_baseline or args.models or args.val_fraction:
+            raise SystemExit("fastdd evaluate: --protocol dd replays a DD set's steps on the test split; it takes no "
+                             "baselines, --models or --val-fraction")
+        res = evaluate(syn, ds, "dd", num_eval=args.num_eval, seed=args.seed, experts=args.experts)
+    else:
+        overrides = {k: getattr(args, k) for k in ("epochs", "lr", "model", "batch_size")}
+        res = evaluate(syn, ds, args.protocol, num_eval=args.num_eval, seed=args.seed,
+                       random_baseline=args.random_baseline, real_baseline=args.real_baseline,
+                       real_epochs=args.real_epochs, split="val" if args.val_fraction else "test",
+                       models=args.models, **overrides)
     print(res)
     if args.out:
         run = RunDir(args.out, _config(args))
         atomic_write_json(run / "result.json", res.to_dict())
         log = run.csv("log.csv", ["set", "run", "test_accuracy"])
-        for name, r in (("evaluated", res), ("random", res.random)):
-            for i, a in enumerate(r.accuracies if r is not None else []):
-                log.log(set=name, run=i, test_accuracy=a)
+        per_model = res.results if hasattr(res, "results") else {None: res}
+        for model, one in per_model.items():
+            for name, r in (("evaluated", one), ("random", one.random), ("real", one.real), ("hard labels", one.hard)):
+                for i, a in enumerate(r.accuracies if r is not None else []):
+                    log.log(set=name if model is None else f"{model}: {name}", run=i, test_accuracy=a)
         log.close()
         print(f"result -> {run / 'result.json'}")
     return 0
@@ -251,10 +264,14 @@ def cmd_import_buffer(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from .quickstart import quickstart
-    quickstart(args.out, ipc=args.ipc, num_experts=args.num_experts, expert_epochs=args.expert_epochs,
-               iterations=args.iterations, alpha=args.alpha, beta=args.beta, eval_epochs=args.eval_epochs,
-               num_eval=args.num_eval, seed=args.seed)
+    from .quickstart import quickstart, selmatch_example
+    if args.example == "dm":
+        quickstart(args.out or "runs/quickstart", iterations=args.iterations or 300,
+                   eval_epochs=args.eval_epochs or 300, num_eval=args.num_eval or 3, seed=args.seed)
+        return 0
+    selmatch_example(args.out or "runs/quickstart-selmatch", ipc=args.ipc, num_experts=args.num_experts, expert_epochs=args.expert_epochs,
+                     iterations=args.iterations or 20, alpha=args.alpha, beta=args.beta,
+                     eval_epochs=args.eval_epochs or 150, num_eval=args.num_eval or 2, seed=args.seed)
     return 0
 
 
@@ -285,7 +302,7 @@ def cmd_distill(args) -> int:
     print(f"distilled {len(syn)} images ({syn.meta['method']}, ipc {syn.ipc}) -> {Path(args.out) / 'synthetic'}")
     if args.evaluate:
         from .evaluate import evaluate
-        protocol = "dd" if syn.meta["method"] == "dd" else args.protocol
+        protocol = args.protocol or ("dd" if syn.meta["method"] == "dd" else "soft" if syn.labels.dim() == 2 else "mtt")
         if protocol == "dd":
             print(evaluate(syn, ds, "dd", num_eval=args.num_eval, seed=args.seed, experts=args.experts))
         else:
@@ -302,8 +319,9 @@ def _curves(folder: Path) -> None:
         return
     its = [int(r["iteration"]) for r in rows]
     save_curves(folder / "loss.png", {"loss": (its, [float(r["loss"]) for r in rows])}, "iteration", "loss")
-    key = "syn_lr" if "syn_lr" in rows[0] else "mean_lr"
-    save_curves(folder / "lr.png", {key: (its, [float(r[key]) for r in rows])}, "iteration", "learning rate")
+    key = next((k for k in ("syn_lr", "mean_lr") if k in rows[0]), None)
+    if key is not None:  # methods that learn a rate (the MTT family, DD)
+        save_curves(folder / "lr.png", {key: (its, [float(r[key]) for r in rows])}, "iteration", "learning rate")
 
 
 def _bench_mode(text: str) -> str:
@@ -338,25 +356,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="command")
 
     p = sub.add_parser("quickstart", help="the whole pipeline on the embedded MNIST digits, with a report",
-                       description="Experts, difficulty scores, SelMatch and its evaluation beside a random subset "
-                                   "on mnist5k; writes report.md and PNGs. A few minutes on 2 CPU cores.")
-    p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--num-experts", type=int, default=2)
-    p.add_argument("--expert-epochs", type=int, default=4)
-    p.add_argument("--iterations", type=int, default=20, help="SelMatch iterations")
-    p.add_argument("--alpha", type=float, default=0.5, help="fraction of each class that is distilled")
-    p.add_argument("--beta", type=float, default=6.0, help="window start, in multiples of ipc (6: past the ~55 hardest digits per class, i.e. an easy window, as SelMatch prefers at small ipc)")
-    p.add_argument("--eval-epochs", type=int, default=150)
-    p.add_argument("--num-eval", type=int, default=2)
+                       description="On mnist5k: DM at one image per class against one random real digit per class "
+                                   "under the same protocol (default, ~3 minutes on 2 CPU cores), or --example "
+                                   "selmatch (experts, difficulty scores, SelMatch at IPC 10). Writes report.md and PNGs.")
+    p.add_argument("--example", choices=["dm", "selmatch"], default="dm",
+                   help="dm (default, ~3 min): DM at IPC 1 against random real digits; selmatch (~15 min): experts, "
+                        "forgetting scores and SelMatch at IPC 10")
+    p.add_argument("--out", default=None, help="run folder (default runs/quickstart or runs/quickstart-selmatch)")
+    p.add_argument("--iterations", type=int, default=None, help="distillation iterations (dm 300, selmatch 20)")
+    p.add_argument("--eval-epochs", type=int, default=None, help="evaluation epochs (dm 300, selmatch 150)")
+    p.add_argument("--num-eval", type=int, default=None, help="evaluation runs per set (dm 3, selmatch 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ipc", type=int, default=10, help="selmatch example: images per class")
+    p.add_argument("--num-experts", type=int, default=2, help="selmatch example")
+    p.add_argument("--expert-epochs", type=int, default=4, help="selmatch example")
+    p.add_argument("--alpha", type=float, default=0.5, help="selmatch example: fraction of each class distilled")
+    p.add_argument("--beta", type=float, default=6.0, help="selmatch example: window start, in multiples of ipc (6: "
+                   "past the ~55 hardest digits per class, i.e. an easy window, as SelMatch prefers at small ipc)")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("distill", help="distil a data set (dd, mtt, selmatch, tesla, datm)",
+    p = sub.add_parser("distill", help="distil a data set (dd, mtt, selmatch, tesla, datm, dc, dsa, dm)",
                        description="Distil with a method or a preset; writes log.csv, checkpoints, loss.png, lr.png "
                                    "and config.yaml into --out, and the set (with images.png) into --out/synthetic.")
     _data_args(p)
-    p.add_argument("--method", default="mtt", choices=["dd", "mtt", "selmatch", "tesla", "datm"])
+    p.add_argument("--method", default="mtt", choices=["dd", "mtt", "selmatch", "tesla", "datm", "dc", "dsa", "dm"])
     p.add_argument("--preset", default=None, help="a name from fastdd.PRESETS (sets method, ipc, options)")
     p.add_argument("--ipc", type=int, default=None)
     p.add_argument("--experts", default=None, help="expert folder (MTT family)")
@@ -377,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic cuDNN / algorithms for the run (on CUDA: adjoint equals bptt, reruns agree)")
     p.add_argument("--evaluate", action="store_true", help="evaluate the result (and a random subset) afterwards")
-    p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch"])
+    p.add_argument("--protocol", default=None, choices=["mtt", "selmatch", "soft", "dd"],
+                   help="evaluation protocol (default: dd for a DD set, soft for a soft-label set, else mtt)")
     p.add_argument("--num-eval", type=int, default=3)
     p.set_defaults(func=cmd_distill)
 
@@ -461,7 +485,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--syn", default=None, help="folder of a saved SyntheticSet")
     p.add_argument("--random-ipc", type=int, default=None, help="evaluate a random real subset of this IPC instead")
     _eval_args(p)
-    p.add_argument("--random-baseline", action="store_true", help="also evaluate random real subsets of the same IPC")
+    p.add_argument("--random-baseline", action="store_true", help="also evaluate random real subsets of the same IPC "
+                   "(gives IOR)")
+    p.add_argument("--real-baseline", action="store_true", help="also train on the whole real train split with hard "
+                   "labels (gives HLR, and LRS with --random-baseline)")
+    p.add_argument("--real-epochs", type=int, default=20, help="epochs of the real-split baseline (default 20)")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help="cross-architecture: evaluate on each, e.g. convnet resnet18bn vgg11 alexnet")
+    p.add_argument("--val-fraction", type=float, default=None, help="score on a stratified validation split of "
+                   "this fraction of train (seeded by --seed) instead of test, for tuning")
+    p.add_argument("--experts", default=None, help="protocol dd: experts of a DD set made with pretrained inits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run folder for config.yaml and result.json")
     p.set_defaults(func=cmd_evaluate)

@@ -71,3 +71,32 @@ def save_curves(path: str | os.PathLike, series: dict[str, tuple[Sequence[float]
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def save_quickstart_figure(path: str | os.PathLike, start: torch.Tensor, distilled: torch.Tensor,
+                           iterations: Sequence[int], losses: Sequence[float], title: str) -> None:
+    """The quickstart's figure: start images (top row) above distilled images (bottom row), both
+    ``(K, C, H, W)`` in ``[0, 1]`` pixels, one per class, and the loss curve beside them."""
+    from torchvision.utils import make_grid
+    plt = _pyplot()
+    k = len(start)
+    grid = make_grid(torch.cat([start, distilled]).detach().float().cpu().clamp(0, 1), nrow=k, padding=2,
+                     pad_value=1.0)
+    fig, (ax_img, ax_loss) = plt.subplots(1, 2, figsize=(11, 3.0), dpi=110, gridspec_kw={"width_ratios": [2.6, 1]})
+    ax_img.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    h = start.shape[-2] + 2
+    ax_img.set_yticks([h / 2, 1.5 * h], ["start (real)", "distilled"])
+    ax_img.set_xticks([])
+    ax_img.set_title(title, fontsize=10)
+    its, ys = list(iterations), list(losses)
+    ax_loss.plot(its, ys, alpha=0.35, label="per iteration")
+    w = max(1, len(ys) // 15)
+    if w > 1:  # each iteration draws a fresh network: a running mean shows the trend
+        ax_loss.plot(its[w - 1:], [sum(ys[i - w + 1:i + 1]) / w for i in range(w - 1, len(ys))],
+                     label=f"mean of {w}")
+        ax_loss.legend(fontsize=8)
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_ylabel("matching loss")
+    ax_loss.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)

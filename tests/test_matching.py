@@ -185,3 +185,28 @@ def test_matching_errors(tiny_ds):
         fastdd.distill(tiny_ds, "dm", ipc=1, iterations=1, theta_storage="all", show_progress=False)
     with pytest.raises(ValueError, match="init"):
         fastdd.distill(tiny_ds, "dm", ipc=1, iterations=1, init="window", show_progress=False)
+
+
+def test_presets_carry_the_papers_defaults():
+    from fastdd.distill import PRESETS
+    assert PRESETS["dc-cifar10-ipc10"].options["init"] == "noise" and PRESETS["dc-cifar10-ipc10"].iterations == 1000
+    assert PRESETS["dsa-cifar10-ipc10"].options["dsa"] and PRESETS["dsa-cifar10-ipc10"].options["init"] == "real"
+    assert PRESETS["dm-cifar10-ipc10"].options["lr_img"] == 1.0 and PRESETS["dm-cifar10-ipc10"].iterations == 20000
+    assert PRESETS["dm-cifar10-ipc100"].options["lr_img"] == 10.0
+
+
+def test_cli_distills_with_dm_and_evaluates_across_architectures(tmp_path, capsys):
+    import json
+
+    from fastdd.cli import main
+    opts = json.dumps({"model_kwargs": {"width": 4, "depth": 1}, "batch_real": 4})
+    assert main(["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "2",
+                 "--options", opts, "--out", str(tmp_path / "dm")]) == 0
+    assert (tmp_path / "dm" / "loss.png").exists() and not (tmp_path / "dm" / "lr.png").exists()
+    assert main(["evaluate", "--dataset", "digits", "--syn", str(tmp_path / "dm" / "synthetic"), "--epochs", "1",
+                 "--num-eval", "1", "--models", "convnet", "mlp", "--random-baseline", "--out",
+                 str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "| convnet |" in out and "| mlp |" in out
+    result = json.loads((tmp_path / "ev" / "result.json").read_text())
+    assert set(result) == {"convnet", "mlp"} and "ior" in result["mlp"]

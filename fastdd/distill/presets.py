@@ -1,7 +1,9 @@
 """The papers' settings by name: ``fastdd.distill(ds, preset="mtt-cifar10-ipc10", experts=...)``.
 
 Sources (see ../shared/reference): MTT — the author-provided table reprinted by DC-BENCH; SelMatch —
-its scripts; DATM — its configs; TESLA — its README; DD — the official code's README commands.
+its scripts; DATM — its configs; TESLA — its README; DD — the official code's README commands; DC, DSA,
+DM — their code's defaults (VICO-UoE/DatasetCondensation: 1000 DC/DSA iterations with DC's
+(outer_loop, inner_loop) table, 20000 DM iterations, lr_img 0.1 / 0.1 / 1, 256 real images per class).
 Every preset records the data set, ipc, method, whether the paper trained in ZCA space, the number
 of iterations and the method's hyper-parameters.
 """
@@ -37,6 +39,18 @@ def _selmatch(ds, ipc, alpha, beta, lr_img, syn_steps=55):
                 hardest="high" if ds == "tinyimagenet" else "low")
     return Preset(f"selmatch-{ds}-ipc{ipc}", "selmatch", ds, ipc, False, 10000, opts, "selmatch",
                   "SelMatch scripts (C-scores for CIFAR, forgetting for Tiny-ImageNet)")
+
+
+def _matching(method, ds, ipc):
+    """DC (noise init), DSA (real init, siamese DSA) and DM (real init, siamese DSA, lr_img 1; the README's
+    lr_img 10 for CIFAR-10 at IPC >= 100) with their code's defaults."""
+    if method == "dm":
+        opts = dict(lr_img=10.0 if ds == "cifar10" and ipc >= 100 else 1.0, batch_real=256, init="real", dsa=True)
+        return Preset(f"dm-{ds}-ipc{ipc}", "dm", ds, ipc, False, 20000, opts, "mtt", "DM code defaults (main_DM.py)")
+    opts = dict(lr_img=0.1, lr_net=0.01, batch_real=256, batch_train=256, init="noise" if method == "dc" else "real",
+                dsa=method == "dsa")
+    return Preset(f"{method}-{ds}-ipc{ipc}", method, ds, ipc, False, 1000, opts, "mtt",
+                  "DC/DSA code defaults (main.py; get_loops by ipc)")
 
 
 def _datm(ds, ipc, n, m, lr_img, lr_lr, lr_y, batch, t_min, t_cur, t_max, expansion, thr):
@@ -92,6 +106,11 @@ _ALL = [
            dict(model="alexcifarnet", steps=10, epochs=3, images_per_class=1, lr_init=0.001, init_mode="fixed",
                 init="xavier"), "dd", "official README (lr 0.001 for CIFAR-10)"),
 ]
+
+_ALL += [_matching(m, ds, ipc) for m in ("dc", "dsa") for ds in ("mnist", "fashionmnist", "svhn", "cifar10", "cifar100")
+         for ipc in (1, 10, 50) if not (ds == "cifar100" and ipc == 50)]
+_ALL += [_matching("dm", ds, ipc) for ds in ("mnist", "fashionmnist", "svhn", "cifar10", "cifar100")
+         for ipc in (1, 10, 50)] + [_matching("dm", "cifar10", ipc) for ipc in (100, 200, 500, 1000)]
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
 
