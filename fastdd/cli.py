@@ -95,12 +95,12 @@ def cmd_evaluate(args) -> int:
     ds = _load(args)
     if (args.syn is None) == (args.random_ipc is None):
         raise SystemExit("fastdd evaluate: give exactly one of --syn FOLDER or --random-ipc N")
+    if args.val_fraction:  # carved first, so that a --random-ipc subset comes from what is left
+        ds = ds.with_validation(args.val_fraction, seed=args.seed)
     if args.syn is not None:
         syn = SyntheticSet.load(args.syn, device=args.device)
     else:
         syn = real_subset(ds, random_indices(ds, args.random_ipc, seed=args.seed))
-    if args.val_fraction:
-        ds = ds.with_validation(args.val_fraction, seed=args.seed)
     if args.protocol == "dd":
         if args.random_baseline or args.real_baseline or args.models or args.val_fraction:
             raise SystemExit("fastdd evaluate: --protocol dd replays a DD set's steps on the test split; it takes no "
@@ -357,10 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="the whole pipeline on the embedded MNIST digits, with a report",
                        description="On mnist5k: DM at one image per class against one random real digit per class "
-                                   "under the same protocol (default, ~3 minutes on 2 CPU cores), or --example "
+                                   "under the same protocol (default, about a minute on 2 CPU cores), or --example "
                                    "selmatch (experts, difficulty scores, SelMatch at IPC 10). Writes report.md and PNGs.")
     p.add_argument("--example", choices=["dm", "selmatch"], default="dm",
-                   help="dm (default, ~3 min): DM at IPC 1 against random real digits; selmatch (~15 min): experts, "
+                   help="dm (default, about a minute on 2 CPU cores): DM at IPC 1 against random real digits; selmatch (~15 min): experts, "
                         "forgetting scores and SelMatch at IPC 10")
     p.add_argument("--out", default=None, help="run folder (default runs/quickstart or runs/quickstart-selmatch)")
     p.add_argument("--iterations", type=int, default=None, help="distillation iterations (dm 300, selmatch 20)")

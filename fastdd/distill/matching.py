@@ -4,8 +4,8 @@
   cosine distance between the gradients of the loss on a real batch and on the class's synthetic
   images; one SGD step on the pixels per *outer step*, and between outer steps the network trains
   ``inner_loop`` epochs on the synthetic set (:func:`fastdd.train.fit`). ``outer_loop`` outer steps per
-  network. One loop iteration here is one outer step (one pixel update), so ``iterations`` counts
-  pixel updates: DC's ``Iteration`` networks are ``iterations / outer_loop``.
+  network. One loop step here is one outer step (one pixel update); ``distill(..., iterations=n)``
+  counts networks, as DC's ``Iteration`` does, and runs ``n · outer_loop`` loop steps.
 - ``dsa`` (Zhao & Bilen 2021): DC with *siamese* DSA: the real and the synthetic batch of a class get the
   same augmentation (:func:`fastdd.augment.siamese_dsa`); the inner network updates use ordinary DSA.
 - ``dm`` (Zhao & Bilen 2023, distribution matching): for a fresh random network (never trained), per
@@ -149,7 +149,7 @@ class MatchingPolicy(Policy):
         check_ipc(ds, ipc)
         net = model_for(ds, cfg.model, **cfg.model_kwargs)
         if net.has_batchnorm:
-            raise ValueError(f"{method}: {net.name} uses batch norm, which per-class matching would have to freeze "
+            raise ValueError(f"{method}: model {cfg.model!r} uses batch norm, which per-class matching would have to freeze "
                              "or share across classes; use a model without it (e.g. convnet, instance norm)")
         self.ds, self.ipc, self.config, self.seed, self.method, self.net = ds, ipc, cfg, seed, method, net
         images, self.init_idx = start_images(ds, ipc, cfg.init, generator(seed, method, "init"))
