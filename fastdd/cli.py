@@ -290,6 +290,11 @@ def cmd_distill(args) -> int:
     if args.deterministic:
         options["deterministic"] = True
     options.setdefault("device", args.device)
+    if args.val_fraction:
+        ds = ds.with_validation(args.val_fraction, seed=args.seed)
+    if args.select_every:
+        options.update(select_every=args.select_every, select_protocol=args.select_protocol,
+                       select_options=json.loads(args.select_options) if args.select_options else None)
     try:
         syn = distill(ds, args.method, args.ipc, experts=args.experts, iterations=args.iterations, seed=args.seed,
                       preset=args.preset, scores=scores, out=args.out, resume=args.resume,
@@ -399,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto is decided once per run from this, never from the free memory")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic cuDNN / algorithms for the run (on CUDA: adjoint equals bptt, reruns agree)")
+    p.add_argument("--val-fraction", type=float, default=None, help="carve a stratified validation split of this "
+                   "fraction out of train (seeded by --seed); distillation then uses only the rest")
+    p.add_argument("--select-every", type=int, default=None, help="keep the set that scores best on the validation "
+                   "split (needs --val-fraction), scoring every this many iterations; default: the last set")
+    p.add_argument("--select-protocol", default="mtt", choices=["mtt", "selmatch", "soft"],
+                   help="protocol of the validation scoring (one run)")
+    p.add_argument("--select-options", default=None, help='JSON evaluate() overrides for the scoring, e.g. '
+                   '\'{"epochs": 300}\'')
     p.add_argument("--evaluate", action="store_true", help="evaluate the result (and a random subset) afterwards")
     p.add_argument("--protocol", default=None, choices=["mtt", "selmatch", "soft", "dd"],
                    help="evaluation protocol (default: dd for a DD set, soft for a soft-label set, else mtt)")

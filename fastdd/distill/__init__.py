@@ -20,7 +20,7 @@ from ..engine import parse_bytes
 from ..experts import ExpertBuffer
 from ..synthetic import SyntheticSet
 from .dd import DDConfig, run_dd
-from .loop import run_loop
+from .loop import KeepBest, run_loop
 from .matching import DCConfig, DistributionMatchingPolicy, DMConfig, GradientMatchingPolicy
 from .mtt import MTTConfig, run_mtt
 from .presets import PRESETS, Preset, get_preset
@@ -41,7 +41,8 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
             scores=None, out: str | os.PathLike | None = None, resume: bool = False, checkpoint_every: int = 100,
             show_progress: bool = True, theta_storage: str = "auto", memory_budget: int | str | None = None,
             device: str | torch.device | None = None, deterministic: bool = False,
-            resident_experts: bool | None = None, **options: Any) -> SyntheticSet:
+            resident_experts: bool | None = None, select_every: int | None = None, select_protocol: str = "mtt",
+            select_options: dict[str, Any] | None = None, **options: Any) -> SyntheticSet:
     """Distil ``ds`` into a :class:`SyntheticSet` of ``ipc`` images per class.
 
     Args:
@@ -67,6 +68,11 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
             (:func:`fastdd.engine.deterministic_algorithms`), previous settings restored afterwards.
         resident_experts: keep the expert trajectories in device memory (each read once); default:
             on CUDA yes, on the CPU no (where it changes nothing).
+        select_every: keep the best set instead of the last: every this many iterations (and after the
+            last) the current set is evaluated on ``ds.val`` (make it with :meth:`Dataset.with_validation`;
+            never the test split) with ``evaluate(syn, ds, select_protocol, split="val", num_eval=1,
+            **select_options)``, and the best-scoring one is returned; ``syn.meta["selection"]`` records
+            which iteration it was and its score, ``out/selection.csv`` every score. Not for ``dd``.
         options: fields of :class:`MTTConfig`, :class:`DDConfig`, :class:`DCConfig` or :class:`DMConfig`
             (e.g. ``syn_steps=20``, ``mode="adjoint"``, ``batch_real=64``).
 
@@ -88,6 +94,9 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
         extra["preset"] = preset
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    keep_best = None
+    if select_every is not None:
+        keep_best = _keep_best(ds, method, select_every, select_protocol, select_options or {}, seed)
     iterations = 1000 if iterations is None else iterations
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -114,17 +123,33 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
         raise ValueError(f"{method}: pass ipc= (images per class)")
     if method in MATCHING:
         return _run_matching(ds, method, ipc, iterations, seed, out, resume, checkpoint_every, show_progress, extra,
-                             options, engine)
+                             options, engine, keep_best)
     if experts is None:
         raise ValueError(f"{method} matches expert trajectories: pass experts= (a buffer or its folder); "
                          "make them with fastdd.train_experts or `fastdd experts`")
     cfg = _make(MTTConfig, {**_METHOD_DEFAULTS[method], **options, **engine}, method)
     return run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resume, checkpoint_every,
-                   show_progress, extra_meta=extra, resident_experts=resident_experts)
+                   show_progress, extra_meta=extra, resident_experts=resident_experts, keep_best=keep_best)
+
+
+def _keep_best(ds: Dataset, method: str, every: int, protocol: str, options: dict[str, Any], seed: int) -> KeepBest:
+    if method == "dd":
+        raise ValueError("select_every is not available for method 'dd' (its evaluation replays the learned steps "
+                         "on the test split)")
+    if ds.val is None:
+        raise ValueError("select_every scores sets on a validation split, and this data set has none: pass "
+                         "ds.with_validation(fraction, seed) (never select on the test split)")
+    from ..evaluate import evaluate
+    opts = {"num_eval": 1, **options}
+
+    def score(syn: SyntheticSet) -> float:
+        return evaluate(syn, ds, protocol, seed=seed, split="val", show_progress=False, **opts).mean
+
+    return KeepBest(every, score, {"protocol": protocol, "options": opts, "split": "val"})
 
 
 def _run_matching(ds, method, ipc, iterations, seed, out, resume, checkpoint_every, show_progress, extra, options,
-                  engine) -> SyntheticSet:
+                  engine, keep_best: KeepBest | None = None) -> SyntheticSet:
     from ..engine import deterministic_algorithms
     if engine["theta_storage"] != "auto" or engine["memory_budget"] is not None:
         raise TypeError(f"{method} unrolls no student training: theta_storage and memory_budget do not apply")
@@ -137,8 +162,9 @@ def _run_matching(ds, method, ipc, iterations, seed, out, resume, checkpoint_eve
             policy = GradientMatchingPolicy(ds, ipc, cfg, seed, method)
             per = policy.outer  # loop steps (pixel updates) per network
         done = run_loop(policy, iterations * per, out=out, resume=resume, checkpoint_every=checkpoint_every * per,
-                        show_progress=show_progress, desc=f"{method} ipc={ipc}")
-    return policy.result(iterations, done.skipped, extra)
+                        show_progress=show_progress, desc=f"{method} ipc={ipc}",
+                        selection=None if keep_best is None else keep_best.selection(policy, per))
+    return policy.result(iterations, done.skipped, {**extra, **(keep_best.meta(done, per) if keep_best else {})})
 
 
 def _make(cls, options: dict[str, Any], method: str):

@@ -88,15 +88,9 @@ def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: Expe
     :func:`fastdd.engine.deterministic_algorithms`."""
     cfg.validate(ds.num_classes)
     with deterministic_algorithms(cfg.deterministic):
-        return _run_dd(ds, cfg, iterations, seed, experts, out, resume, checkpoint_every, show_progress, extra_meta,
-                       resident_experts)
-
-
-def _run_dd(ds, cfg, iterations, seed, experts, out, resume, checkpoint_every, show_progress, extra_meta,
-            resident_experts) -> SyntheticSet:
-    policy = DDPolicy(ds, cfg, iterations, seed, experts, resident_experts)
-    done = run_loop(policy, iterations, out=out, resume=resume, checkpoint_every=checkpoint_every,
-                    show_progress=show_progress, desc="dd")
+        policy = DDPolicy(ds, cfg, iterations, seed, experts, resident_experts)
+        done = run_loop(policy, iterations, out=out, resume=resume, checkpoint_every=checkpoint_every,
+                        show_progress=show_progress, desc="dd")
     return policy.result(iterations, done.skipped, extra_meta)
 
 

@@ -8,11 +8,17 @@ A policy says what one iteration computes (:meth:`Policy.step`) and how it updat
 
 One iteration reads one small tensor back to the host (:func:`read_back`): the loss and whether
 everything is finite.
+
+With a :class:`Selection`, the loop also scores the current set every ``every`` iterations (on a
+validation split, never the test split: :func:`fastdd.distill` builds the scorer) and returns the best
+scoring set instead of the last; the best tensors and score are part of every checkpoint, so a resumed
+run selects exactly what an uninterrupted one does.
 """
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -82,19 +88,54 @@ class Policy:
 
 
 @dataclass
+class Selection:
+    """Keep the best set by a score: ``score()`` (higher is better) is called every ``every`` loop
+    iterations and after the last, on the policy's current tensors."""
+
+    every: int
+    score: Callable[[], float]
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"select_every must be >= 1, got {self.every}")
+
+
+@dataclass
+class KeepBest:
+    """What :func:`fastdd.distill` hands a method's runner to keep the best set: score a set
+    (``score_set(syn) -> float``, on a validation split) every ``every`` iterations of the method."""
+
+    every: int
+    score_set: Callable[[Any], float]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def selection(self, policy: "Policy", per: int = 1) -> Selection:
+        """The loop's :class:`Selection` for ``policy`` (``per`` loop steps make one method iteration)."""
+        return Selection(self.every * per, lambda: self.score_set(policy.result(0, 0, None)))
+
+    def meta(self, done: "LoopResult", per: int = 1) -> dict[str, Any]:
+        best = None if done.best_iteration is None else -(-done.best_iteration // per)
+        return {"selection": {**self.info, "every": self.every, "kept_iteration": best, "val_score": done.best_score}}
+
+
+@dataclass
 class LoopResult:
-    skipped: int            # iterations skipped over the whole run (resumed runs included)
-    start: int              # the iteration this process started at (0, or the resumed checkpoint's)
+    skipped: int                        # iterations skipped over the whole run (resumed runs included)
+    start: int                          # the iteration this process started at (0, or the resumed checkpoint's)
+    best_iteration: int | None = None   # with a Selection: the iteration count whose set was kept ...
+    best_score: float | None = None     # ... and its score
 
 
 def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, resume: bool = False,
-             checkpoint_every: int = 100, show_progress: bool = True, desc: str | None = None) -> LoopResult:
+             checkpoint_every: int = 100, show_progress: bool = True, desc: str | None = None,
+             selection: Selection | None = None) -> LoopResult:
     """Run ``policy`` for ``iterations`` iterations (continuing a checkpoint in ``out`` when ``resume``).
 
     With ``out``: ``log.csv`` gets a row per iteration (``iteration, loss, <policy fields>, skipped,
     seconds``; a fresh run starts a fresh log, a resumed one drops the rows it will redo) and an atomic
     checkpoint is written every ``checkpoint_every`` iterations and at the end. A resumed run gives
-    bitwise the result of an uninterrupted one.
+    bitwise the result of an uninterrupted one. With ``selection``, the policy's tensors hold the best
+    scoring set when the loop returns (``selection.csv`` in ``out`` lists every score).
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -102,19 +143,28 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     run = RunDir(out) if out is not None else None
     start_it, skipped = 0, 0
+    best = {k: v.detach().clone() for k, v in policy.tensors.items()} if selection is not None else {}
+    best_score, best_it = -math.inf, None
+    saved = {**policy.tensors, **{f"best.{k}": v for k, v in best.items()}}  # what checkpoints hold
     if run is not None and not resume:
         (run.path / "log.csv").unlink(missing_ok=True)
+        (run.path / "selection.csv").unlink(missing_ok=True)
     if run is not None and resume:
-        meta = load_checkpoint(run.path, policy.tensors, policy.optimizers, policy.generators)
+        meta = load_checkpoint(run.path, saved, policy.optimizers, policy.generators)
         if meta is not None:
             if not config_matches(meta["extra"].get("config"), policy.config_dict(), type(policy.config)):
                 raise ValueError(f"the checkpoint in {run.path} was made with other settings; use another folder")
             start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
+            if selection is not None:
+                best_score, best_it = meta["extra"]["best_score"], meta["extra"]["best_iteration"]
+                best_score = -math.inf if best_score is None else best_score
             policy.resume(start_it, meta["extra"])
             _truncate_log(run.path / "log.csv", start_it)
+            _truncate_log(run.path / "selection.csv", start_it + 1)
     policy.begin()
     log = run.csv("log.csv", ["iteration", "loss", *policy.log_fields, "skipped", "seconds"]) \
         if run is not None else None
+    sel_log = run.csv("selection.csv", ["iterations", "score", "best"]) if run is not None and selection else None
     bar = progress(range(start_it, iterations), desc=desc or policy.method, disable=not show_progress,
                    initial=start_it, total=iterations)
     try:
@@ -136,13 +186,29 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
                 log.log(iteration=it, loss=loss, **{k: values[k] for k in policy.log_fields}, skipped=skipped,
                         seconds=time.time() - t0)
             bar.set_postfix(**policy.postfix(loss, values))
+            if selection is not None and ((it + 1) % selection.every == 0 or it + 1 == iterations):
+                score = float(selection.score())
+                if score > best_score:
+                    best_score, best_it = score, it + 1
+                    with torch.no_grad():
+                        for k, v in policy.tensors.items():
+                            best[k].copy_(v)
+                if sel_log is not None:
+                    sel_log.log(iterations=it + 1, score=score, best=best_it)
             if run is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
-                save_checkpoint(run.path, it + 1, policy.tensors, policy.optimizers, policy.generators,
-                                {"config": policy.config_dict(), "skipped": skipped, **policy.extra_state()})
+                extra = {"config": policy.config_dict(), "skipped": skipped, **policy.extra_state()}
+                if selection is not None:
+                    extra.update(best_score=None if best_it is None else best_score, best_iteration=best_it)
+                save_checkpoint(run.path, it + 1, saved, policy.optimizers, policy.generators, extra)
     finally:
-        if log is not None:
-            log.close()
-    return LoopResult(skipped, start_it)
+        for f in (log, sel_log):
+            if f is not None:
+                f.close()
+    if selection is not None and best_it is not None:
+        with torch.no_grad():
+            for k, v in policy.tensors.items():
+                v.copy_(best[k])
+    return LoopResult(skipped, start_it, best_it, None if best_it is None else best_score)
 
 
 def read_back(loss: torch.Tensor, *grads: torch.Tensor) -> tuple[float, bool]:
@@ -171,8 +237,8 @@ def _truncate_log(path: Path, upto: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines()
-    keep = lines[:1] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) < upto]
+    keep = lines[:1] + [ln for ln in lines[1:] if ln and int(ln.split(",")[0]) < upto]  # first column: iteration
     path.write_text("\n".join(keep) + "\n")
 
 
-__all__ = ["Policy", "Step", "LoopResult", "run_loop", "read_back", "config_matches"]
+__all__ = ["Policy", "Step", "Selection", "KeepBest", "LoopResult", "run_loop", "read_back", "config_matches"]

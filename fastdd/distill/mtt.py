@@ -37,7 +37,7 @@ from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
 from ..rng import generator
 from ..synthetic import SyntheticSet
-from .loop import Policy, Step, run_loop
+from .loop import KeepBest, Policy, Step, run_loop
 from .matching import start_images
 
 
@@ -203,23 +203,21 @@ def _correct_expert_logits(images, labels, buf: ExpertBuffer, net) -> torch.Tens
 def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterations: int, seed: int,
             method: str, scores=None, out: str | Path | None = None, resume: bool = False,
             checkpoint_every: int = 100, show_progress: bool = True, log_every: int = 1,
-            extra_meta: dict[str, Any] | None = None, resident_experts: bool | None = None) -> SyntheticSet:
+            extra_meta: dict[str, Any] | None = None, resident_experts: bool | None = None,
+            keep_best: KeepBest | None = None) -> SyntheticSet:
     """One MTT-family run on ``ds``'s device. ``resident_experts`` (default: on CUDA) serves the
     expert trajectories from device memory (:meth:`ExpertBuffer.to`), each loaded once.
-    ``cfg.deterministic`` runs it under :func:`fastdd.engine.deterministic_algorithms`."""
+    ``cfg.deterministic`` runs it under :func:`fastdd.engine.deterministic_algorithms`; ``keep_best``
+    returns the best-scoring set instead of the last."""
     cfg.validate()
     with deterministic_algorithms(cfg.deterministic):
-        return _run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resume, checkpoint_every,
-                        show_progress, log_every, extra_meta, resident_experts)
-
-
-def _run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resume, checkpoint_every, show_progress,
-             log_every, extra_meta, resident_experts) -> SyntheticSet:
-    policy = MTTPolicy(ds, ipc, experts, cfg, seed, method, scores, resident_experts)
-    policy.log_every = log_every
-    done = run_loop(policy, iterations, out=out, resume=resume, checkpoint_every=checkpoint_every,
-                    show_progress=show_progress, desc=f"{method} ipc={ipc}")
-    return policy.result(iterations, done.skipped, extra_meta)
+        policy = MTTPolicy(ds, ipc, experts, cfg, seed, method, scores, resident_experts)
+        policy.log_every = log_every
+        done = run_loop(policy, iterations, out=out, resume=resume, checkpoint_every=checkpoint_every,
+                        show_progress=show_progress, desc=f"{method} ipc={ipc}",
+                        selection=None if keep_best is None else keep_best.selection(policy))
+    extra = {**(extra_meta or {}), **(keep_best.meta(done) if keep_best is not None else {})}
+    return policy.result(iterations, done.skipped, extra)
 
 
 def check_experts(ds: Dataset, experts: ExpertBuffer, net) -> None:
