@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # docs/results.md's mnist5k table, every stage in order (each stage keeps what is done: rerun to continue).
-# Usage: bash bench/results_table.sh [python]   (about 1.5 hours on 2 CPU cores)
+# Usage: bash bench/results_table.sh [python]   (about 2 hours on 2 CPU cores)
 set -euo pipefail
 PY=${1:-python}
 B="$PY bench/results_mnist5k.py"
@@ -16,4 +16,5 @@ for m in mtt selmatch; do
   done
 done
 $B table-eval --num-eval 3
-$B table-crossarch --eval-epochs 100
+$B table-crossarch --eval-epochs 100 --seeds 0
+$B table-coverage
