@@ -284,7 +284,8 @@ def run_table_coverage(args) -> None:
     rows = []
     for ipc in TABLE_IPCS:
         sets = [("random", s, real_subset(ds, random_indices(ds, ipc, seed=s))) for s in range(3)]
-        sets += [(m, s, load_distilled(out, m, ipc, s)) for m in ("mtt", "selmatch") for s in distilled_seeds(out, m, ipc)]
+        sets += [(m, s, load_distilled(out, m, ipc, s)) for m in ("dm", "dsa", "mtt", "selmatch")
+                 for s in distilled_seeds(out, m, ipc)]
         for method, seed, syn in sets:
             res = coverage_from_features(train_f, extract_features(ds, extractor=fn, images=syn.images),
                                          train_labels=ds.train.labels, test_features=test_f,
@@ -299,7 +300,7 @@ def run_table_coverage(args) -> None:
     keys = ("train", "train_easy", "train_hard", "test", "test_easy", "test_hard")
     titles = [f"{split}, {part}" for split in ("train", "test") for part in ("all", "easy half", "hard half")]
     for ax, key, title in zip(axes.flat, keys, titles):
-        for method, style in (("random", "o-"), ("mtt", "s-"), ("selmatch", "^-")):
+        for method, style in (("random", "o-"), ("dm", "d-"), ("dsa", "v-"), ("mtt", "s-"), ("selmatch", "^-")):
             xs = [i for i in TABLE_IPCS if any(r["method"] == method and r["ipc"] == i for r in rows)]
             ys = [[100 * r[key] for r in rows if r["method"] == method and r["ipc"] == i] for i in xs]
             if xs:
@@ -410,7 +411,7 @@ def summarize_table(out: Path = Path("runs/results/table")) -> str:
                   "| method | IPC | train, all | train, easy | train, hard | test, all | test, easy | test, hard |",
                   "|---|---|---|---|---|---|---|---|"]
         for ipc in TABLE_IPCS:
-            for method, name in (("random", "random real"), ("mtt", "MTT"), ("selmatch", "SelMatch")):
+            for method, name in TABLE_METHODS:
                 rows = [r for r in c["rows"] if r["method"] == method and r["ipc"] == ipc]
                 if rows:
                     lines.append(f"| {name} | {ipc} | " + " | ".join(
