@@ -96,7 +96,7 @@ SELMATCH = {1: dict(alpha=1.0, beta=60.0), 10: dict(alpha=0.5, beta=6.0), 40: di
 # updates; fewer networks and inner epochs than DC's table (10, 50) / (40, 15), to fit the CPU budget.
 TABLE_MATCHING = {
     "dm": {1: dict(iterations=300), 10: dict(iterations=300), 40: dict(iterations=200)},
-    "dsa": {1: dict(iterations=100, outer_loop=1, inner_loop=1), 10: dict(iterations=10, outer_loop=10, inner_loop=10),
+    "dsa": {1: dict(iterations=100, outer_loop=1, inner_loop=1), 10: dict(iterations=30, outer_loop=10, inner_loop=10),
             40: dict(iterations=2, outer_loop=40, inner_loop=5)},
 }
 MATCHING_OPTIONS = {"dm": dict(batch_real=64, lr_img=1.0), "dsa": dict(batch_real=64, lr_img=1.0)}
