@@ -94,9 +94,6 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
         extra["preset"] = preset
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    keep_best = None
-    if select_every is not None:
-        keep_best = _keep_best(ds, method, select_every, select_protocol, select_options or {}, seed)
     iterations = 1000 if iterations is None else iterations
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -111,6 +108,9 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
             device = torch.device("cuda", torch.cuda.current_device())
         if ds.device != device:
             ds = ds.to(device)
+    keep_best = None
+    if select_every is not None:  # scores on the data set where the run happens
+        keep_best = _keep_best(ds, method, select_every, select_protocol, select_options or {}, seed)
     if method == "dd":
         cfg = _make(DDConfig, {**options, **engine}, method)
         if ipc is not None and ipc != cfg.steps * cfg.images_per_class:
