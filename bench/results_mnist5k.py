@@ -146,31 +146,22 @@ def run_table_distill(args) -> None:
     ds = fastdd.load_dataset("mnist5k")
     ipc = args.ipc
     if args.method in TABLE_MATCHING:
-        return _table_matching(args, ds, ipc)
+        opts = {**MATCHING_OPTIONS[args.method], **TABLE_MATCHING[args.method][ipc], "model_kwargs": {"width": WIDTH}}
+        iterations = opts.pop("iterations")
+        return _distill_seeds(args, ds, iterations, opts, {}, checkpoint_every=max(1, iterations // 4))
     buf = fastdd.ExpertBuffer(args.out / "table" / "experts")
-    for seed in args.seeds:
-        name = f"{args.method}_ipc{ipc}_seed{seed}"
-        folder = args.out / "table" / name
-        if (folder / "synthetic" / "synthetic.json").exists():
-            print(f"{name}: done already")
-            continue
-        t = time.time()
-        opts = _mtt_options(args, buf)
-        extra = {}
-        if args.method == "selmatch":
-            opts.update(SELMATCH[ipc])
-            extra["scores"] = table_scores(args)
-        syn = fastdd.distill(ds, args.method, ipc=ipc, experts=buf, iterations=args.iterations, seed=seed,
-                             out=folder, checkpoint_every=25, resume=True, **extra, **opts)
-        syn.save(folder / "synthetic")
-        _save(args.out / "table", name, {"method": args.method, "ipc": ipc, "seed": seed,
-                                         "iterations": args.iterations, "options": opts, "syn_lr": float(syn.lr),
-                                         "seconds": time.time() - t})
+    opts = _mtt_options(args, buf)
+    extra = {"experts": buf}
+    if args.method == "selmatch":
+        opts.update(SELMATCH[ipc])
+        extra["scores"] = table_scores(args)
+    _distill_seeds(args, ds, args.iterations, opts, extra, checkpoint_every=25)
 
 
-def _table_matching(args, ds, ipc: int) -> None:
-    opts = {**MATCHING_OPTIONS[args.method], **TABLE_MATCHING[args.method][ipc], "model_kwargs": {"width": WIDTH}}
-    iterations = opts.pop("iterations")
+def _distill_seeds(args, ds, iterations: int, opts: dict, extra: dict, checkpoint_every: int) -> None:
+    """One set per ``--seeds`` entry under ``runs/results/table/<method>_ipc<ipc>_seed<seed>`` (finished ones
+    are kept, interrupted ones resume), each with a JSON record of its settings and time."""
+    ipc = args.ipc
     for seed in args.seeds:
         name = f"{args.method}_ipc{ipc}_seed{seed}"
         folder = args.out / "table" / name
@@ -179,10 +170,12 @@ def _table_matching(args, ds, ipc: int) -> None:
             continue
         t = time.time()
         syn = fastdd.distill(ds, args.method, ipc=ipc, iterations=iterations, seed=seed, out=folder,
-                             checkpoint_every=max(1, iterations // 4), resume=True, **opts)
+                             checkpoint_every=checkpoint_every, resume=True, **extra, **opts)
         syn.save(folder / "synthetic")
-        _save(args.out / "table", name, {"method": args.method, "ipc": ipc, "seed": seed, "iterations": iterations,
-                                         "options": opts, "seconds": time.time() - t})
+        record = {"method": args.method, "ipc": ipc, "seed": seed, "iterations": iterations, "options": opts}
+        if syn.lr is not None:
+            record["syn_lr"] = float(syn.lr)
+        _save(args.out / "table", name, {**record, "seconds": time.time() - t})
 
 
 def run_table_eval(args) -> None:

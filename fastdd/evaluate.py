@@ -299,33 +299,33 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
     held_out = ds.val if split == "val" else ds.test
     info = {**asdict(p), "lr_used": lr, "ipc": syn.ipc, "num_images": len(syn), "seed": seed, "split": split}
 
-    def runs(images, labels_, protocol_, what, mask=None, subset=None) -> list[float]:
-        out = []
-        for r in range(num_eval):
-            x, y, m = images, labels_, mask
-            if subset is not None:
-                sub = subset(r)
-                x, y = sub.images, sub.labels
-            out.append(train_on(x, y, ds, protocol_, lr, seed=_run_seed(seed, r), distilled=m,
-                                show_progress=show_progress, desc=f"eval {what} run {r + 1}/{num_eval}",
-                                test_images=held_out.images, test_labels=held_out.labels))
-        return out
+    def runs(pick, protocol_, what, mask=None) -> list[float]:
+        """``num_eval`` runs of ``protocol_``; run ``r`` trains on ``pick(r) = (images, labels)``."""
+        return [train_on(*pick(r), ds, protocol_, lr, seed=_run_seed(seed, r), distilled=mask,
+                         show_progress=show_progress, desc=f"eval {what} run {r + 1}/{num_eval}",
+                         test_images=held_out.images, test_labels=held_out.labels) for r in range(num_eval)]
 
-    result = EvalResult(runs(syn.images, labels, p, p.name, distilled), info)
+    def all_real(n: int) -> torch.Tensor | None:  # the combined augmentation treats every image as selected real
+        return None if p.augment != "combined" else torch.zeros(n, dtype=torch.bool)
+
+    result = EvalResult(runs(lambda r: (syn.images, labels), p, p.name, distilled), info)
     if real_baseline and soft and p.labels != "hard":
-        result.hard = EvalResult(runs(syn.images, syn.hard_labels, p, "hard labels", distilled), {**info, "labels": "hard"})
+        result.hard = EvalResult(runs(lambda r: (syn.images, syn.hard_labels), p, "hard labels", distilled),
+                                 {**info, "labels": "hard"})
     if random_baseline:
         counts = syn.per_class_counts()
         if len(set(counts)) != 1:
             raise ValueError(f"random_baseline needs the same number of images per class, got {counts}")
-        none_distilled = None if p.augment != "combined" else torch.zeros(len(syn), dtype=torch.bool)
-        result.random = EvalResult(runs(None, None, p, "random", none_distilled, subset=lambda r: real_subset(
-            ds, random_indices(ds, counts[0], seed=_run_seed(seed, r, "random")))), {**info, "method": "random"})
+        def random_subset(r: int):
+            sub = real_subset(ds, random_indices(ds, counts[0], seed=_run_seed(seed, r, "random")))
+            return sub.images, sub.labels
+
+        result.random = EvalResult(runs(random_subset, p, "random", all_real(len(syn))), {**info, "method": "random"})
     if real_baseline:
         p_real = replace(p, epochs=real_epochs, labels="auto")
         n_train = len(ds.train)
-        result.real = EvalResult(runs(ds.train.images, ds.train.labels, p_real, "real train split",
-                                      None if p.augment != "combined" else torch.zeros(n_train, dtype=torch.bool)),
+        result.real = EvalResult(runs(lambda r: (ds.train.images, ds.train.labels), p_real, "real train split",
+                                      all_real(n_train)),
                                  {**info, "method": "real", "epochs": real_epochs, "num_images": n_train})
     return result
 

@@ -1,6 +1,6 @@
 """The quickstarts, on the embedded MNIST digits (mnist5k: 4,000 train / 1,000 test real digits).
 
-:func:`quickstart` (``fastdd quickstart``, about 2-3 minutes on 2 CPU cores) shows what distillation is
+:func:`quickstart` (``fastdd quickstart``, about a minute on 2 CPU cores) shows what distillation is
 for: one image per class, distilled by distribution matching (DM) from random real digits, trains a
 ConvNet far better than one random real digit per class does under the same protocol. It writes
 ``report.md`` with the two accuracies and their spread, the start images beside the distilled ones, and

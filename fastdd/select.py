@@ -60,9 +60,7 @@ def check_ipc(ds: Dataset, ipc: int) -> None:
 def random_indices(ds: Dataset, ipc: int, seed: int = 0) -> torch.Tensor:
     """``ipc`` images drawn uniformly without replacement from each class; class-major ``(K·ipc,)``."""
     check_ipc(ds, ipc)
-    g = generator(seed, "select.random")
-    out = [idx.cpu()[torch.randperm(len(idx), generator=g)[:ipc]] for idx in ds.class_indices]
-    return torch.cat(out)
+    return torch.cat(ds.sample_per_class(ipc, generator(seed, "select.random")))
 
 
 # ----------------------------------------------------------------------------------------------- window

@@ -96,6 +96,12 @@ class Dataset:
         return replace(self, train=self.train.to(device), test=self.test.to(device),
                        val=None if self.val is None else self.val.to(device))
 
+    def sample_per_class(self, n: int | list[int], generator: torch.Generator) -> list[torch.Tensor]:
+        """Per class (in class order), ``n`` (or ``n[c]``; at most the class size) indices into ``train``
+        drawn without replacement: one ``randperm`` per class from ``generator``, on the host."""
+        counts = n if isinstance(n, list) else [n] * self.num_classes
+        return [ci.cpu()[torch.randperm(len(ci), generator=generator)[:k]] for ci, k in zip(self.class_indices, counts)]
+
     def with_validation(self, fraction: float = 0.1, seed: int = 0) -> "Dataset":
         """This data set with a seeded, stratified validation split carved out of ``train``.
 
@@ -108,15 +114,12 @@ class Dataset:
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
         from ..rng import generator
-        g = generator(seed, "validation")
-        picked = []
-        for c, ci in enumerate(self.class_indices):
-            k = max(1, round(fraction * len(ci)))
+        counts = [max(1, round(fraction * len(ci))) for ci in self.class_indices]
+        for c, (k, ci) in enumerate(zip(counts, self.class_indices)):
             if k >= len(ci):
                 raise ValueError(f"class {c} has {len(ci)} train images: too few to keep any after taking {k} "
                                  "for validation")
-            picked.append(ci.cpu()[torch.randperm(len(ci), generator=g)[:k]])
-        val_idx = torch.cat(picked).sort().values
+        val_idx = torch.cat(self.sample_per_class(counts, generator(seed, "validation"))).sort().values
         keep = torch.ones(len(self.train), dtype=torch.bool)
         keep[val_idx] = False
         return replace(self, train=self.train.subset(torch.nonzero(keep).flatten()),

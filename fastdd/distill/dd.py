@@ -14,7 +14,7 @@ Images and ρ are learned with Adam (lr 0.01, betas (0.5, 0.999)), the rate halv
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -190,13 +190,9 @@ class DDPolicy(Policy):
                 "iterations": iterations, "skipped_iterations": skipped, "steps": s, "epochs": cfg.epochs,
                 "images_per_step": k * n_img, "model": net.name, "model_spec": net.spec,
                 "init_scheme": net.init_scheme, "experts": str(self.experts.path) if self.experts is not None else None,
-                "config": _jsonable(asdict(cfg)), "gradient_mode": self.mode, **(extra_meta or {})}
+                "config": self.config_dict(), "gradient_mode": self.mode, **(extra_meta or {})}
         return SyntheticSet(self.images.detach().reshape(s * k * n_img, ds.channels, *ds.im_size).clone(),
                             self.labels.reshape(-1).clone(), F.softplus(self.rho.detach()).clone(), None, meta)
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
 def replay(syn: SyntheticSet, net: FunctionalNet, theta0: torch.Tensor) -> torch.Tensor:

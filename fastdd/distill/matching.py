@@ -17,7 +17,7 @@ The gradient of a gradient that DC needs goes through the same model code and op
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -74,14 +74,12 @@ class DCConfig(MatchingConfig):
             raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
 
     def loops(self, ipc: int) -> tuple[int, int]:
-        if self.outer_loop is not None and self.inner_loop is not None:
-            outer, inner = self.outer_loop, self.inner_loop
-        elif ipc in DC_LOOPS:
-            outer, inner = DC_LOOPS[ipc]
-            outer, inner = self.outer_loop or outer, self.inner_loop if self.inner_loop is not None else inner
-        else:
+        if (self.outer_loop is None or self.inner_loop is None) and ipc not in DC_LOOPS:
             raise ValueError(f"dc: DC defines (outer_loop, inner_loop) only for ipc in {sorted(DC_LOOPS)}; for ipc "
                              f"{ipc} pass both (the authors suggest (50, 10) or (20, 25) above 50)")
+        table = DC_LOOPS.get(ipc, (None, None))
+        outer = self.outer_loop if self.outer_loop is not None else table[0]
+        inner = self.inner_loop if self.inner_loop is not None else table[1]
         if outer < 1 or inner < 0:
             raise ValueError(f"need outer_loop >= 1 and inner_loop >= 0, got {outer}, {inner}")
         return outer, inner
@@ -129,13 +127,13 @@ def start_images(ds: Dataset, ipc: int, init: str, g: torch.Generator) -> tuple[
     images per class (then also their indices into ``ds.train``)."""
     if init == "noise":
         return torch.randn((ds.num_classes * ipc, ds.channels, *ds.im_size), generator=g).to(ds.device), None
-    idx = torch.cat([ci.cpu()[torch.randperm(len(ci), generator=g)[:ipc]] for ci in ds.class_indices])
+    idx = torch.cat(ds.sample_per_class(ipc, g))
     return ds.train.images[idx.to(ds.device)].clone(), idx
 
 
 def real_class_batches(ds: Dataset, n: int, g: torch.Generator) -> list[torch.Tensor]:
     """Per class, ``min(n, class size)`` random indices into ``ds.train`` (drawn on the host, one copy)."""
-    idx = [ci.cpu()[torch.randperm(len(ci), generator=g)[:n]] for ci in ds.class_indices]
+    idx = ds.sample_per_class(n, g)
     flat = to_device_once([torch.cat(idx)], ds.device)[0]
     return list(flat.split([len(i) for i in idx]))
 
@@ -177,7 +175,7 @@ class MatchingPolicy(Policy):
         meta = {"method": self.method, "ipc": self.ipc, "dataset": ds.name, "zca": ds.zca is not None,
                 "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std), "seed": self.seed,
                 "iterations": iterations, "skipped_iterations": skipped, "model": self.net.name,
-                "model_spec": self.net.spec, "config": asdict(self.config),
+                "model_spec": self.net.spec, "config": self.config_dict(),
                 "init_indices": None if self.init_idx is None else self.init_idx.tolist(), **(extra_meta or {})}
         return SyntheticSet(self.images.detach().clone(), self.labels.clone(), None, None, meta)
 
@@ -190,7 +188,7 @@ class GradientMatchingPolicy(MatchingPolicy):
     def __init__(self, ds: Dataset, ipc: int, cfg: DCConfig, seed: int, method: str = "dc"):
         super().__init__(ds, ipc, cfg, seed, method)
         self.outer, self.inner = cfg.loops(ipc)
-        self.theta = self.net.init(generator(seed, method, "net", 0), device=ds.device)
+        self.theta = torch.zeros(self.net.num_params, device=ds.device)  # step 0 draws network 0 into it
         self.tensors["net"] = self.theta  # the current network: a resume mid-network continues it
         self.dsa = DSA(self.dsa_cfg)
 

@@ -24,7 +24,7 @@ per run (:func:`resolve_mode`) and recorded in ``syn.meta["gradient_mode"]`` and
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -345,12 +345,12 @@ class MTTPolicy(Policy):
         return {"loss": f"{loss:.4f}", "lr": f"{values['syn_lr']:.2e}"}
 
     def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> SyntheticSet:
-        ds, cfg = self.ds, self.config
+        ds = self.ds
         labels_out = torch.softmax(self.logits.detach(), 1) if self.logits is not None else self.labels
         meta = {"method": self.method, "ipc": self.ipc, "dataset": ds.name, "zca": ds.zca is not None,
                 "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std), "seed": self.seed,
                 "iterations": iterations, "skipped_iterations": skipped, "experts": str(self.experts.path),
-                "model": self.net.name, "model_spec": self.net.spec, "config": asdict(cfg),
+                "model": self.net.name, "model_spec": self.net.spec, "config": self.config_dict(),
                 "gradient_mode": self.mode,
                 "init_indices": None if self.init_idx is None else self.init_idx.tolist(), **(extra_meta or {})}
         return SyntheticSet(self.images.detach().clone(), labels_out, self.syn_lr.detach().clone(),
