@@ -16,3 +16,20 @@ class CorruptFileError(FastDDError, ValueError):
 
 class ModelMismatchError(FastDDError, ValueError):
     """Parameters (an expert file, a flat vector) do not belong to the model they are used with."""
+
+
+class RunInterrupted(FastDDError, KeyboardInterrupt):
+    """A run stopped on SIGTERM or Ctrl-C after finishing an iteration (and writing a checkpoint when
+    it has a run folder). ``signal``: the signal's number; ``iteration``: iterations done; ``folder``:
+    where the checkpoint is (``None`` when none was written)."""
+
+    def __init__(self, signum: int, iteration: int, folder: str | None):
+        import signal as _signal
+        self.signal, self.iteration, self.folder = int(signum), iteration, folder
+        name = _signal.Signals(signum).name
+        where = f"resume from the checkpoint in {folder}" if folder else "no checkpoint was written"
+        super().__init__(f"stopped by {name} after iteration {iteration}; {where}")
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint could not be written (the previous one is kept)."""

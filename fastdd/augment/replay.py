@@ -53,6 +53,17 @@ class StepAugment:
             raise ValueError(f"step {step} was augmented for a batch of {p.n} images, now called with {x.shape[0]}")
         return apply_dsa(x, p)
 
+    def subset(self, positions: Sequence[torch.Tensor], start: int = 0) -> "StepAugment":
+        """A :class:`StepAugment` for part of every prepared step's batch: step ``start + j`` applies to
+        the images at ``positions[j]`` (index tensors on the parameters' device) the parameters those
+        images have in the whole batch. A process that holds part of each batch
+        (:mod:`fastdd.distributed`) augments its images exactly as one process augments them all."""
+        out = StepAugment(self.config, self.generator)
+        for j, pos in enumerate(positions):
+            p = self.params[start + j]
+            out.params[start + j] = DSAParams(p.family, {k: v[pos] for k, v in p.tensors.items()}, p.families)
+        return out
+
     def reset(self) -> None:
         """Forget the stored parameters (call between outer iterations)."""
         self.params.clear()

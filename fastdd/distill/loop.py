@@ -13,11 +13,22 @@ With a :class:`Selection`, the loop also scores the current set every ``every`` 
 validation split, never the test split: :func:`fastdd.distill` builds the scorer) and returns the best
 scoring set instead of the last; the best tensors and score are part of every checkpoint, so a resumed
 run selects exactly what an uninterrupted one does.
+
+Faults: SIGTERM or Ctrl-C (SIGINT) lets the current iteration finish, writes a checkpoint and raises
+:class:`~fastdd.errors.RunInterrupted` (a second signal stops at once); a checkpoint that cannot be
+written (full disk, vanished folder) is reported and the previous one stays as it was.
+
+Under torch.distributed (a policy with a :class:`~fastdd.distributed.Shard`), every rank runs the
+loop on its rows; the per-iteration read-back is one all-reduce (so every rank skips, or stops, at
+the same iteration), checkpoints gather the rows and rank 0 alone writes the run folder.
 """
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +36,8 @@ from typing import Any
 
 import torch
 
+from ..distributed import Dist, Shard, all_reduce_
+from ..errors import CheckpointWarning, RunInterrupted
 from ..runs import RunDir, progress
 from .state import load_checkpoint, save_checkpoint
 
@@ -54,6 +67,7 @@ class Policy:
     log_fields: tuple[str, ...] = ()             # CSV columns between "loss" and "skipped"
     threshold: float | None = None               # skip the update when the loss is above this
     log_every: int = 1                           # log rows every this many iterations (and every skip)
+    shard: Shard | None = None                   # torch.distributed: this rank's rows of the tensors in shard.names
 
     def config_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -141,66 +155,103 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    run = RunDir(out) if out is not None else None
+    d = policy.shard.dist if policy.shard is not None else None
+    main = d is None or d.is_main
+    folder = Path(out) if out is not None else None
+    run = RunDir(out) if out is not None and main else None   # rank 0 alone writes the run folder
     start_it, skipped = 0, 0
     best = {k: v.detach().clone() for k, v in policy.tensors.items()} if selection is not None else {}
     best_score, best_it = -math.inf, None
     saved = {**policy.tensors, **{f"best.{k}": v for k, v in best.items()}}  # what checkpoints hold
+    gather, rows = _shard_transforms(policy, saved)
     if run is not None and not resume:
         (run.path / "log.csv").unlink(missing_ok=True)
         (run.path / "selection.csv").unlink(missing_ok=True)
-    if run is not None and resume:
-        meta = load_checkpoint(run.path, saved, policy.optimizers, policy.generators)
+    if folder is not None and resume:
+        meta = load_checkpoint(folder, saved, policy.optimizers, policy.generators, transform=rows)
         if meta is not None:
             if not config_matches(meta["extra"].get("config"), policy.config_dict(), type(policy.config)):
-                raise ValueError(f"the checkpoint in {run.path} was made with other settings; use another folder")
+                raise ValueError(f"the checkpoint in {folder} was made with other settings; use another folder")
             start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
             if selection is not None:
                 best_score, best_it = meta["extra"]["best_score"], meta["extra"]["best_iteration"]
                 best_score = -math.inf if best_score is None else best_score
             policy.resume(start_it, meta["extra"])
-            _truncate_log(run.path / "log.csv", start_it)
-            _truncate_log(run.path / "selection.csv", start_it + 1)
+            if run is not None:
+                _truncate_log(run.path / "log.csv", start_it)
+                _truncate_log(run.path / "selection.csv", start_it + 1)
     policy.begin()
     log = run.csv("log.csv", ["iteration", "loss", *policy.log_fields, "skipped", "seconds"]) \
         if run is not None else None
     sel_log = run.csv("selection.csv", ["iterations", "score", "best"]) if run is not None and selection else None
-    bar = progress(range(start_it, iterations), desc=desc or policy.method, disable=not show_progress,
+    bar = progress(range(start_it, iterations), desc=desc or policy.method, disable=not (show_progress and main),
                    initial=start_it, total=iterations)
+    last_saved = start_it if folder is not None and resume and start_it else None
+
+    def checkpoint(done: int) -> bool:
+        """Write the checkpoint after ``done`` iterations; False (and a warning) when it could not be written."""
+        nonlocal last_saved
+        extra = {"config": policy.config_dict(), "skipped": skipped, **policy.extra_state()}
+        if selection is not None:
+            extra.update(best_score=None if best_it is None else best_score, best_iteration=best_it)
+        try:
+            save_checkpoint(folder, done, saved, policy.optimizers, policy.generators, extra, transform=gather,
+                            write=main)
+        except OSError as e:
+            kept = f"iteration {last_saved}" if last_saved is not None else "none yet"
+            msg = (f"{policy.method}: could not write the checkpoint of iteration {done} to {folder} ({e}); the "
+                   f"previous checkpoint ({kept}) is left as it was, and the run goes on")
+            bar.write(msg)
+            warnings.warn(msg, CheckpointWarning, stacklevel=3)
+            return False
+        last_saved = done
+        return True
+
+    signals = _SignalCatcher()
     try:
-        for it in bar:
-            t0 = time.time()
-            step = policy.step(it)
-            loss, ok = read_back(step.loss, *step.grads)
-            reason = "" if ok else "non-finite loss or gradient"
-            if ok and policy.threshold is not None and loss > policy.threshold:
-                ok, reason = False, f"loss {loss:.3f} above threshold {policy.threshold}"
-            if ok:
-                policy.apply(step)
-            else:
-                skipped += 1
-                bar.write(f"{policy.method}: iteration {it} skipped ({reason})")
-            policy.end_iteration(it)
-            values = {**step.info, **policy.log_values(step)}
-            if log is not None and (it % policy.log_every == 0 or not ok):
-                log.log(iteration=it, loss=loss, **{k: values[k] for k in policy.log_fields}, skipped=skipped,
-                        seconds=time.time() - t0)
-            bar.set_postfix(**policy.postfix(loss, values))
-            if selection is not None and ((it + 1) % selection.every == 0 or it + 1 == iterations):
-                score = float(selection.score())
-                if score > best_score:
-                    best_score, best_it = score, it + 1
-                    with torch.no_grad():
-                        for k, v in policy.tensors.items():
-                            best[k].copy_(v)
-                if sel_log is not None:
-                    sel_log.log(iterations=it + 1, score=score, best=best_it)
-            if run is not None and ((it + 1) % checkpoint_every == 0 or it + 1 == iterations):
-                extra = {"config": policy.config_dict(), "skipped": skipped, **policy.extra_state()}
-                if selection is not None:
-                    extra.update(best_score=None if best_it is None else best_score, best_iteration=best_it)
-                save_checkpoint(run.path, it + 1, saved, policy.optimizers, policy.generators, extra)
+        with signals:
+            for it in bar:
+                t0 = time.time()
+                step = policy.step(it)
+                loss, ok, stop = read_back(step.loss, *step.grads, dist=d, stop=signals.caught is not None)
+                reason = "" if ok else "non-finite loss or gradient"
+                if ok and policy.threshold is not None and loss > policy.threshold:
+                    ok, reason = False, f"loss {loss:.3f} above threshold {policy.threshold}"
+                if ok:
+                    policy.apply(step)
+                else:
+                    skipped += 1
+                    if main:
+                        bar.write(f"{policy.method}: iteration {it} skipped ({reason})")
+                policy.end_iteration(it)
+                values = {**step.info, **policy.log_values(step)}
+                if log is not None and (it % policy.log_every == 0 or not ok):
+                    log.log(iteration=it, loss=loss, **{k: values[k] for k in policy.log_fields}, skipped=skipped,
+                            seconds=time.time() - t0)
+                bar.set_postfix(**policy.postfix(loss, values))
+                if selection is not None and ((it + 1) % selection.every == 0 or it + 1 == iterations):
+                    score = float(selection.score())
+                    if score > best_score:
+                        best_score, best_it = score, it + 1
+                        with torch.no_grad():
+                            for k, v in policy.tensors.items():
+                                best[k].copy_(v)
+                    if sel_log is not None:
+                        sel_log.log(iterations=it + 1, score=score, best=best_it)
+                last = it + 1 == iterations
+                if folder is not None and ((it + 1) % checkpoint_every == 0 or last or stop):
+                    written = checkpoint(it + 1)
+                else:
+                    written = False
+                if stop and not last:
+                    where = (f"checkpoint of iteration {it + 1} written to {folder}; continue with resume=True "
+                             "(--resume)") if written else \
+                        ("no checkpoint could be written" if folder is not None else "no run folder: nothing saved")
+                    if main:
+                        bar.write(f"{policy.method}: stopped by {signals.name} after iteration {it + 1}; {where}")
+                    raise RunInterrupted(signals.caught or signal.SIGTERM, it + 1, str(folder) if written else None)
     finally:
+        bar.close()
         for f in (log, sel_log):
             if f is not None:
                 f.close()
@@ -211,13 +262,82 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
     return LoopResult(skipped, start_it, best_it, None if best_it is None else best_score)
 
 
-def read_back(loss: torch.Tensor, *grads: torch.Tensor) -> tuple[float, bool]:
-    """``(loss as a float, whether loss and every gradient are finite)`` with one device→host read."""
+class _SignalCatcher:
+    """Inside the block, SIGTERM and SIGINT are recorded (``caught``) instead of stopping the process
+    at once; a second one restores the previous handlers first, so it stops at once. Only in the main
+    thread (elsewhere Python allows no handlers: signals keep their usual effect)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.caught).name if self.caught is not None else "a signal"
+
+    def _handle(self, signum, frame) -> None:
+        if self.caught is not None:  # the second one: back to the previous behaviour, and act on it now
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.caught = signum
+
+    def _restore(self) -> None:
+        for sig, h in self._previous.items():
+            signal.signal(sig, h)
+        self._previous.clear()
+
+    def __enter__(self) -> "_SignalCatcher":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
+def _shard_transforms(policy: Policy, saved: dict[str, torch.Tensor]):
+    """``(gather, rows)`` checkpoint transforms for a sharded policy (``(None, None)`` otherwise):
+    the checkpoint keys of its split tensors, their best copies and their optimisers' state."""
+    shard = policy.shard
+    if shard is None:
+        return None, None
+    split = {k for k in saved if k in shard.names or (k.startswith("best.") and k[5:] in shard.names)}
+    keys = {f"t.{k}" for k in split}
+    for name, opt in policy.optimizers.items():
+        params = [p for group in opt.param_groups for p in group["params"]]
+        for pid, p in enumerate(params):
+            if any(p is saved[k] for k in split):
+                keys.add(f"o.{name}.{pid}.")
+
+    def is_split(key: str, t: torch.Tensor) -> bool:
+        return key in keys or (key.startswith("o.") and key[:key.rindex(".") + 1] in keys and t.dim() > 0)
+
+    def gather(key: str, t: torch.Tensor) -> torch.Tensor:
+        return shard.gather(t) if is_split(key, t) else t
+
+    def rows(key: str, t: torch.Tensor) -> torch.Tensor:
+        return shard.rows(t) if is_split(key, t) else t
+
+    return gather, rows
+
+
+def read_back(loss: torch.Tensor, *grads: torch.Tensor, dist: Dist | None = None, stop: bool = False
+              ) -> tuple[float, bool, bool]:
+    """``(loss as a float, whether loss and every gradient are finite, whether to stop)`` with one
+    device→host read. Under torch.distributed (``dist``) one all-reduce (max) first makes the three
+    the same on every rank: the gradients are each rank's rows, the stop request may reach one rank."""
     finite = torch.isfinite(loss)
     for g in grads:
         finite = finite & torch.isfinite(g).all()
-    value, ok = torch.stack([loss.detach().double(), finite.double()]).tolist()
-    return value, bool(ok) and math.isfinite(value)
+    flags = torch.stack([loss.detach().double(), (~finite).double()])
+    if dist is not None:
+        flags = all_reduce_(torch.cat([flags, flags.new_tensor([float(stop)])]), dist, op="max")
+    value, bad, *halt = flags.tolist()
+    return value, not bad and math.isfinite(value), bool(halt[0]) if halt else stop
 
 
 def config_matches(saved: dict | None, current: dict, cls) -> bool:

@@ -18,7 +18,11 @@ Policies:
 Per iteration the host→device traffic is O(1) in ``syn_steps``: the student's index batches are drawn
 on the host and copied once, the DSA parameters of every step are drawn at once
 (:meth:`StepAugment.prepare`) and copied once, and the experts can stay on the device
-(``resident_experts``). Inside the unroll nothing synchronises; the iteration's checks (finite loss
+(``resident_experts``). Under torch.distributed (``torchrun``) the set's rows are split over the
+ranks (:class:`fastdd.distributed.Shard`): every rank draws the same expert, start epoch, batches and
+DSA parameters, unrolls its part of each batch, and the engine's all-reduces (:class:`StepReduce`)
+keep θ, λ and ∂L/∂α the same everywhere; the result equals one process's to float round-off.
+Inside the unroll nothing synchronises; the iteration's checks (finite loss
 and gradients, the loss gate) read one small tensor back, and the log reads the learned rate. ``mode="auto"`` is resolved once
 per run (:func:`resolve_mode`) and recorded in ``syn.meta["gradient_mode"]`` and in the checkpoints.
 """
@@ -32,7 +36,9 @@ import torch
 
 from ..augment import DSAConfig, StepAugment, apply_dsa, sample_dsa, strategy_for
 from ..data import Dataset
-from ..engine import THETA_STORAGE, choose_mode, deterministic_algorithms, matching_loss, to_device_once, unroll_grad
+from ..distributed import Shard, all_reduce_, current
+from ..engine import (THETA_STORAGE, StepReduce, choose_mode, deterministic_algorithms, matching_loss, to_device_once,
+                      unroll_grad)
 from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
 from ..rng import generator
@@ -263,6 +269,18 @@ class MTTPolicy(Policy):
         g_init, g_iter, g_aug = generator(seed, method, "init"), generator(seed, method, "iter"), \
             generator(seed, method, "augment")
         images, labels, frozen, logits, self.init_idx = _init_images(ds, ipc, cfg, g_init, scores, experts, net)
+        self.m = len(images)
+        d = current()
+        if d is not None:  # torch.distributed: keep this rank's rows
+            if net.has_batchnorm:
+                raise ValueError(f"{method}: {net.name} has batch norm, whose batch statistics would differ when the "
+                                 "set is split over processes; use a model without it (e.g. convnet) or one process")
+            if cfg.mode == "bptt":
+                raise ValueError(f"{method}: mode='bptt' cannot run under torch.distributed; use mode='adjoint' (exact) "
+                                 "or 'tesla'")
+            self.shard = Shard(d, self.m, ("images",) if logits is None else ("images", "logits"))
+            images, labels, logits = (None if t is None else self.shard.rows(t) for t in (images, labels, logits))
+            frozen = None if frozen is None else self.shard.rows(frozen)
         self.labels, self.frozen, self.logits = labels, frozen, logits
         self.images = images.requires_grad_(True)
         self.syn_lr = torch.tensor(cfg.lr_init, device=dev).requires_grad_(True)
@@ -273,7 +291,6 @@ class MTTPolicy(Policy):
             logits.requires_grad_(True)
             self.optimizers["y"] = torch.optim.SGD([logits], lr=cfg.lr_y, momentum=0.9)
             self.tensors["logits"] = logits
-        self.m = len(images)
         self.batch = self.m if cfg.batch_syn is None else min(cfg.batch_syn, self.m)
         self.dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
         self.generators = {"iter": g_iter, "augment": g_aug}
@@ -283,6 +300,8 @@ class MTTPolicy(Policy):
         self.mode = extra.get("gradient_mode")  # the mode the run started with
 
     def begin(self) -> None:
+        if self.mode is None and self.shard is not None:  # the engine's one mode across processes
+            self.mode = "adjoint" if self.config.mode == "auto" else self.config.mode
         if self.mode is None:  # "auto" decided once, from the configuration and the shapes
             cfg, dev = self.config, self.ds.device
             probe_y = self.labels if cfg.soft_labels is None else \
@@ -305,9 +324,17 @@ class MTTPolicy(Policy):
         if snaps.device != dev:
             snaps = snaps.to(dev, non_blocking=True)
         theta0, target = snaps[0], snaps[1]
-        batches = student_batches(self.m, self.batch, cfg.syn_steps, g_iter, dev)
+        batches = student_batches(self.m, self.batch, cfg.syn_steps, g_iter, dev if self.shard is None else None)
         aug = StepAugment(self.dsa_cfg, self.generators["augment"]).prepare(
             [len(b) for b in batches], self.ds.im_size, dev) if cfg.dsa else None
+        reduce = None
+        if self.shard is not None:  # this rank's part of every batch, and its DSA parameters
+            local, pos, weights = self.shard.localize(batches)
+            moved = to_device_once(local + pos, dev)
+            batches, pos = moved[:len(local)], moved[len(local):]
+            aug = aug.subset(pos) if aug is not None else None
+            d = self.shard.dist
+            reduce = StepReduce(weights, lambda t: all_reduce_(t, d))
         y_probs = None
         if cfg.soft_labels == "tesla":
             with torch.no_grad():
@@ -320,7 +347,7 @@ class MTTPolicy(Policy):
         lrs = self.syn_lr.detach().expand(cfg.syn_steps).clone().requires_grad_(True)
         res = unroll_grad(net, self.images.detach().requires_grad_(True), y, lrs, theta0, batches,
                           matching_loss(theta0, target), aug, self.mode, memory_budget=cfg.memory_budget,
-                          theta_storage=cfg.theta_storage)
+                          theta_storage=cfg.theta_storage, reduce=reduce)
         return Step(res.loss, (res.images, res.lrs), {"expert": e, "start_epoch": start}, (res, y_probs))
 
     def apply(self, step: Step) -> None:
@@ -345,13 +372,17 @@ class MTTPolicy(Policy):
         return {"loss": f"{loss:.4f}", "lr": f"{values['syn_lr']:.2e}"}
 
     def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> SyntheticSet:
+        """The whole set (under torch.distributed gathered from every rank, on every rank)."""
         ds = self.ds
-        labels_out = torch.softmax(self.logits.detach(), 1) if self.logits is not None else self.labels
+        whole = (lambda t: t) if self.shard is None else self.shard.gather
+        images, labels = whole(self.images.detach()), whole(self.labels)
+        labels_out = torch.softmax(whole(self.logits.detach()), 1) if self.logits is not None else labels
+        frozen = None if self.frozen is None else whole(self.frozen.to(torch.uint8)).bool()
         meta = {"method": self.method, "ipc": self.ipc, "dataset": ds.name, "zca": ds.zca is not None,
                 "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std), "seed": self.seed,
                 "iterations": iterations, "skipped_iterations": skipped, "experts": str(self.experts.path),
                 "model": self.net.name, "model_spec": self.net.spec, "config": self.config_dict(),
                 "gradient_mode": self.mode,
                 "init_indices": None if self.init_idx is None else self.init_idx.tolist(), **(extra_meta or {})}
-        return SyntheticSet(self.images.detach().clone(), labels_out, self.syn_lr.detach().clone(),
-                            self.frozen.clone() if self.frozen is not None else None, meta)
+        return SyntheticSet(images.clone(), labels_out, self.syn_lr.detach().clone(),
+                            frozen.clone() if frozen is not None else None, meta)

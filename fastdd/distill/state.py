@@ -3,11 +3,18 @@
 Layout in the run folder: ``checkpoint_<it>.safetensors`` (every tensor) and ``checkpoint.json``
 (iteration, non-tensor optimiser state, the tensor file's name). The tensor file is written first,
 then ``checkpoint.json`` is replaced atomically, then the previous tensor file is removed: a crash
-at any point leaves a consistent checkpoint.
+at any point leaves a consistent checkpoint. A save that fails (a full disk, a vanished folder)
+removes what it wrote and leaves the previous checkpoint as it was.
+
+For a set split over processes (:mod:`fastdd.distributed`) the loop passes ``transform``: on save it
+gathers the split tensors into the whole (every rank takes part, only the writer writes), on load it
+takes this rank's rows; the files are the same as a single process writes.
 """
 from __future__ import annotations
 
+import errno
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +47,18 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, m
     opt.load_state_dict({"state": state, "param_groups": m["param_groups"]})
 
 
+Transform = Callable[[str, torch.Tensor], torch.Tensor]
+
+
 def save_checkpoint(folder: str | Path, iteration: int, tensors: dict[str, torch.Tensor],
                     optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator],
-                    extra: dict[str, Any]) -> None:
+                    extra: dict[str, Any], *, transform: Transform | None = None, write: bool = True) -> None:
+    """Write the checkpoint of ``iteration``. ``transform(key, tensor)`` maps every tensor first (keys
+    ``t.<name>``, ``o.<optimizer>.<param>.<state>``), in the same order on every process; with
+    ``write=False`` only that happens (a rank that takes part in the gathers but does not write).
+
+    Raises ``OSError`` when the folder has vanished or a file cannot be written; the previous
+    checkpoint is then untouched."""
     folder = Path(folder)
     all_t = {f"t.{k}": v.detach() for k, v in tensors.items()}
     meta: dict[str, Any] = {"iteration": iteration, "extra": extra, "optimizers": {}}
@@ -50,13 +66,24 @@ def save_checkpoint(folder: str | Path, iteration: int, tensors: dict[str, torch
     for name, opt in optimizers.items():
         _flatten_optimizer(name, opt, opt_t, meta["optimizers"])
     all_t.update({f"o.{k}": v.detach() for k, v in opt_t.items()})
+    if transform is not None:
+        all_t = {k: transform(k, v) for k, v in all_t.items()}
+    if not write:
+        return
     for name, g in generators.items():
         all_t[f"g.{name}"] = g.get_state()
+    if not folder.is_dir():  # never re-create a run folder someone removed: say so instead
+        raise FileNotFoundError(errno.ENOENT, "the run folder has vanished", str(folder))
     fname = f"checkpoint_{iteration}.safetensors"
-    atomic_save_safetensors(folder / fname, all_t)
     old = _read_json(folder / "checkpoint.json")
+    atomic_save_safetensors(folder / fname, all_t)
     meta["file"] = fname
-    atomic_write_json(folder / "checkpoint.json", meta)
+    try:
+        atomic_write_json(folder / "checkpoint.json", meta)
+    except BaseException:
+        if not old or old.get("file") != fname:  # the index still names the previous file: drop the new one
+            (folder / fname).unlink(missing_ok=True)
+        raise
     if old and old.get("file") != fname:
         (folder / old["file"]).unlink(missing_ok=True)
 
@@ -71,9 +98,11 @@ def _read_json(path: Path) -> dict | None:
 
 
 def load_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer],
-                    generators: dict[str, torch.Generator]) -> dict[str, Any] | None:
-    """Restore in place (tensors are copied into the given ones). Returns the saved metadata
-    (``iteration``, ``extra``), or ``None`` when the folder has no checkpoint."""
+                    generators: dict[str, torch.Generator], *, transform: Transform | None = None
+                    ) -> dict[str, Any] | None:
+    """Restore in place (tensors are copied into the given ones; ``transform(key, tensor)`` maps the
+    saved tensors first, e.g. to this rank's rows). Returns the saved metadata (``iteration``,
+    ``extra``), or ``None`` when the folder has no checkpoint."""
     folder = Path(folder)
     meta = _read_json(folder / "checkpoint.json")
     if meta is None:
@@ -83,6 +112,8 @@ def load_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimi
         saved = load_file(str(f))
     except (SafetensorError, OSError) as e:
         raise CorruptFileError(f"checkpoint {f} is truncated or corrupt: {e}") from e
+    if transform is not None:
+        saved = {k: (transform(k, v) if k[:2] in ("t.", "o.") else v) for k, v in saved.items()}
     with torch.no_grad():
         for k, v in tensors.items():
             src = saved.get(f"t.{k}")

@@ -22,6 +22,13 @@ and an outer loss ``L(θ_N)`` (trajectory matching, or Wang et al.'s loss on rea
     :data:`DEFAULT_MEMORY_BUDGET`, a constant: never the machine's free memory), else ``adjoint``.
     The distillation runs resolve it once per run with :func:`choose_mode` and record the result.
 
+Data parallelism (:class:`StepReduce`, for a synthetic set split over processes by
+:mod:`fastdd.distributed`): each process holds some rows of X and, per step, the part of the step's
+batch among them; it computes its part's share of the step gradient, ``(|part| / |batch|)·∇ mean ℓ``,
+and one all-reduce of P floats gives every process the same θ_{i+1}. The adjoint walk recomputes its
+part's share and all-reduces ``[H_i λ, g_iᵀλ]`` (P + 1 floats), so λ and ∂L/∂η stay the same on every
+process while each keeps the gradients of its own rows. ``bptt`` is refused there.
+
 Augmentation is a callable ``(x, step) -> x`` that must be deterministic per step (sample once,
 replay): the adjoint recomputes step i and must see the same augmentation.
 
@@ -62,6 +69,18 @@ class UnrollGrads:
     theta_storage: str | None = None  # adjoint / tesla: the θ_i storage used ("auto" resolved); bptt: None
 
 
+@dataclass
+class StepReduce:
+    """This process's share of every step's batch, for a set split over processes.
+
+    ``weights[i]`` is ``|this process's part of batch i| / |batch i|`` (0 when it holds none of it);
+    ``all_reduce(t)`` sums ``t`` over the processes in place and returns it
+    (:func:`fastdd.distributed.all_reduce_`)."""
+
+    weights: Sequence[float]
+    all_reduce: Callable[[torch.Tensor], torch.Tensor]
+
+
 def student_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy; ``targets`` are class indices ``(B,)`` or target probabilities ``(B, K)``."""
     if targets.dim() == 2:
@@ -91,7 +110,7 @@ def _check(model, images, labels, lrs, theta0, batches):
 def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, lrs: torch.Tensor,
                 theta0: torch.Tensor, batches: Sequence[torch.Tensor], outer: Callable[[torch.Tensor], torch.Tensor],
                 augment: Augment | None = None, mode: str = "adjoint", *, memory_budget: int | None = None,
-                theta_storage: str = "auto") -> UnrollGrads:
+                theta_storage: str = "auto", reduce: StepReduce | None = None) -> UnrollGrads:
     """Run the student unroll and return the outer loss and its gradients.
 
     Args:
@@ -114,10 +133,21 @@ def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor
             forward-backward per step), ``"all"`` (every θ_i: N·P floats, no recomputation) or ``"host"``
             (every θ_i in CPU memory, for CUDA students: pinned buffers and asynchronous copies when
             CUDA is available; on a CPU-only machine the same as ``"all"``).
+        reduce: for a set split over processes: ``images``/``labels`` are this process's rows,
+            ``batches`` index them (possibly empty) and ``reduce`` gives the weights and the all-reduce
+            (:class:`StepReduce`). ``mode`` must be ``adjoint`` or ``tesla`` (``auto`` means ``adjoint``).
     """
     if mode not in MODES:
         raise ValueError(f"unknown gradient mode {mode!r}; choose one of: {', '.join(MODES)}")
     _check(model, images, labels, lrs, theta0, batches)
+    if reduce is not None:
+        if len(reduce.weights) != len(batches):
+            raise ValueError(f"reduce has {len(reduce.weights)} weights for {len(batches)} batches")
+        if mode == "bptt":
+            raise ValueError("mode='bptt' cannot run on a set split over processes (torch.distributed): its graph "
+                             "would span the all-reduces; use mode='adjoint' (exact, the same gradients) or 'tesla'")
+        if mode == "auto":
+            mode = "adjoint"
     if mode == "auto":
         mode = choose_mode(model, images, labels, theta0, batches, augment, memory_budget)
     if mode == "bptt":
@@ -125,7 +155,7 @@ def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor
     if theta_storage not in THETA_STORAGE:
         raise ValueError(f"theta_storage must be one of {', '.join(THETA_STORAGE)}, got {theta_storage!r}")
     return _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact=(mode == "adjoint"),
-                    theta_storage=theta_storage)
+                    theta_storage=theta_storage, reduce=reduce)
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -170,8 +200,8 @@ def auto_theta_storage(n: int, param_bytes: int, activation_bytes: int) -> str:
     return "all" if n * param_bytes <= AUTO_THETA_FRACTION * activation_bytes else "checkpoint"
 
 
-def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact: bool, theta_storage: str
-             ) -> UnrollGrads:
+def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact: bool, theta_storage: str,
+             reduce: StepReduce | None = None) -> UnrollGrads:
     X, Y = images.detach(), labels.detach()
     eta = lrs.detach()
     want_x, want_y, want_lr = images.requires_grad, labels.requires_grad, lrs.requires_grad
@@ -182,19 +212,35 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
     k = max(1, math.isqrt(n - 1) + 1) if theta_storage == "checkpoint" else 1
     host = theta_storage == "host"
 
+    def share(i: int) -> bool:  # whether this process holds part of step i's batch
+        return reduce is None or reduce.weights[i] > 0
+
     def step(theta: torch.Tensor, i: int) -> torch.Tensor:
-        with torch.enable_grad():
-            th = theta.detach().requires_grad_(True)
-            x = X[batches[i]]
-            if augment is not None:
-                x = augment(x, i)
-            g = _step_grad(model, th, x, Y[batches[i]], create_graph=False)
+        if not share(i):
+            g = torch.zeros_like(theta)
+        else:
+            with torch.enable_grad():
+                th = theta.detach().requires_grad_(True)
+                x = X[batches[i]]
+                if augment is not None:
+                    x = augment(x, i)
+                if reduce is None:
+                    g = _step_grad(model, th, x, Y[batches[i]], create_graph=False)
+                else:
+                    loss_i = student_loss(model(x, th), Y[batches[i]]) * reduce.weights[i]
+                    g = torch.autograd.grad(loss_i, th)[0]
+        if reduce is not None:
+            g = reduce.all_reduce(g)
         return (theta - eta[i] * g).detach()
 
     def first_step(theta: torch.Tensor) -> tuple[torch.Tensor, int]:
         with saved_bytes() as saved:
             out = step(theta, 0)
-        return out, saved[0]
+        if reduce is None:
+            return out, saved[0]
+        # every process must pick the same storage (recomputation makes collectives): the whole batch's bytes
+        total = reduce.all_reduce(torch.tensor([float(saved[0])], dtype=torch.float64, device=theta.device))
+        return out, int(total.item())
 
     stored: dict[int, torch.Tensor] = {}
     theta = theta0.detach()
@@ -228,17 +274,32 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
         # backward: recompute step i with a graph, one double-backward of g_iᵀλ
         for i in range(min(seg + k, n) - 1, seg - 1, -1):
             idx = batches[i]
-            with torch.enable_grad():
-                th = segment.pop().detach().requires_grad_(True)
-                xb = X[idx].detach().requires_grad_(want_x)
-                yb = Y[idx].detach().requires_grad_(want_y)
-                x = augment(xb, i) if augment is not None else xb
-                # tesla keeps λ fixed: it needs no Hessian-vector product, so θ is not asked for
-                wrt = ([th] if exact else []) + [t for t, w in ((xb, want_x), (yb, want_y)) if w]
-                g = _step_grad(model, th, x, yb, create_graph=bool(wrt))
-                gl = torch.dot(g.reshape(-1), lam)
-                parts = list(torch.autograd.grad(gl, wrt, allow_unused=True)) if wrt else []
-            hvp, rest = (parts[0], parts[1:]) if exact else (None, parts)
+            th_i = segment.pop()
+            if share(i):
+                with torch.enable_grad():
+                    th = th_i.detach().requires_grad_(True)
+                    xb = X[idx].detach().requires_grad_(want_x)
+                    yb = Y[idx].detach().requires_grad_(want_y)
+                    x = augment(xb, i) if augment is not None else xb
+                    # tesla keeps λ fixed: it needs no Hessian-vector product, so θ is not asked for
+                    wrt = ([th] if exact else []) + [t for t, w in ((xb, want_x), (yb, want_y)) if w]
+                    if reduce is None:
+                        g = _step_grad(model, th, x, yb, create_graph=bool(wrt))
+                    else:
+                        loss_i = student_loss(model(x, th), yb) * reduce.weights[i]
+                        g = torch.autograd.grad(loss_i, th, create_graph=bool(wrt))[0]
+                    gl = torch.dot(g.reshape(-1), lam)
+                    parts = list(torch.autograd.grad(gl, wrt, allow_unused=True)) if wrt else []
+                hvp, rest = (parts[0], parts[1:]) if exact else (None, parts)
+            else:  # none of this step's batch is here: this process adds zeros to the reductions
+                gl, hvp, rest = lam.new_zeros(()), lam.new_zeros(lam.shape) if exact else None, [None, None]
+            if reduce is not None:  # one all-reduce of [H_i λ, g_iᵀλ] (tesla: of g_iᵀλ only)
+                hv = hvp if hvp is not None else lam.new_zeros(lam.shape)
+                both = reduce.all_reduce(torch.cat([hv.detach().reshape(-1), gl.detach().reshape(1)]) if exact
+                                         else gl.detach().reshape(1).clone())
+                gl = both[-1]
+                if exact:
+                    hvp = both[:-1].view_as(lam)
             if want_lr:
                 g_eta[i] = -gl.detach()
             if want_x:
