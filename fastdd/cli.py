@@ -57,7 +57,7 @@ def cmd_experts(args) -> int:
                         model_kwargs=kw, resume=not args.no_resume, run_config=_config(args), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
                         decay=args.decay, augment=args.augment, shard_size=args.shard_size)
     accs = buf.manifest["test_accuracy"]
-    print(f"{buf}\nfinal test accuracy per expert: " + ", ".join(f"{100 * a:.2f}%" for a in accs))
+    _say(f"{buf}\nfinal test accuracy per expert: " + ", ".join(f"{100 * a:.2f}%" for a in accs))
     return 0
 
 
@@ -112,6 +112,8 @@ def cmd_evaluate(args) -> int:
                        random_baseline=args.random_baseline, real_baseline=args.real_baseline,
                        real_epochs=args.real_epochs, split="val" if args.val_fraction else "test",
                        models=args.models, **overrides)
+    if not _main_rank():
+        return 0
     print(res)
     if args.out:
         run = RunDir(args.out, _config(args))
@@ -301,17 +303,19 @@ def cmd_distill(args) -> int:
                       checkpoint_every=args.checkpoint_every, **options)
     except TypeError as e:  # an unknown --options key
         raise ValueError(str(e)) from e
-    RunDir(args.out, _config(args))
-    syn.save(Path(args.out) / "synthetic", denormalize=ds.denormalize)
-    _curves(Path(args.out))
-    print(f"distilled {len(syn)} images ({syn.meta['method']}, ipc {syn.ipc}) -> {Path(args.out) / 'synthetic'}")
-    if args.evaluate:
+    if _main_rank():  # the set is saved before anything else can fail
+        RunDir(args.out, _config(args))
+        syn.save(Path(args.out) / "synthetic", denormalize=ds.denormalize)
+        _curves(Path(args.out))
+        print(f"distilled {len(syn)} images ({syn.meta['method']}, ipc {syn.ipc}) -> {Path(args.out) / 'synthetic'}")
+    if args.evaluate:  # every rank takes its share of the evaluation runs
         from .evaluate import evaluate
         protocol = args.protocol or ("dd" if syn.meta["method"] == "dd" else "soft" if syn.labels.dim() == 2 else "mtt")
         if protocol == "dd":
-            print(evaluate(syn, ds, "dd", num_eval=args.num_eval, seed=args.seed, experts=args.experts))
+            res = evaluate(syn, ds, "dd", num_eval=args.num_eval, seed=args.seed, experts=args.experts)
         else:
-            print(evaluate(syn, ds, protocol, num_eval=args.num_eval, seed=args.seed, random_baseline=True))
+            res = evaluate(syn, ds, protocol, num_eval=args.num_eval, seed=args.seed, random_baseline=True)
+        _say(str(res))
     return 0
 
 
@@ -569,13 +573,49 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: The commands that run under torchrun (split over the ranks); the others run on one process.
+DISTRIBUTED_COMMANDS = ("distill", "experts", "evaluate")
+
+
+def _main_rank() -> bool:
+    from .distributed import is_main
+    return is_main()
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only (and in a single process)."""
+    if _main_rank():
+        print(text)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The console script. Under torchrun (``WORLD_SIZE`` > 1) ``distill``, ``experts`` and ``evaluate``
+    join the process group first (:func:`fastdd.distributed.init`; ``--device cuda`` becomes
+    ``cuda:<LOCAL_RANK>``; ``FASTDD_DIST_TIMEOUT`` seconds bound a wait for a dead rank)."""
+    import os
+    from . import distributed as fd
+    from .errors import RunInterrupted
     args = build_parser().parse_args(argv)
+    joined = False
     try:
+        if fd.launched() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if args.command not in DISTRIBUTED_COMMANDS:
+                raise ValueError(f"{args.command} runs on one process; under torchrun fastdd runs "
+                                 f"{', '.join(DISTRIBUTED_COMMANDS)}")
+            fd.init(getattr(args, "device", None))
+            joined = True
+        if getattr(args, "device", None) is not None:
+            args.device = str(fd.resolve_device(args.device))
         return args.func(args)
+    except RunInterrupted as e:  # a checkpoint was written (when the run has a folder): a clean stop
+        print(f"fastdd {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signal
     except (FastDDError, ValueError, FileNotFoundError) as e:
         print(f"fastdd {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if joined:
+            fd.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,9 @@ The reported number is the **final-epoch** test accuracy, mean ± std (populatio
 ``num_eval`` runs with independent seeds; no test-set model selection. ``split="val"`` scores on a
 validation split (:meth:`fastdd.data.Dataset.with_validation`) instead, for any choice made before the
 final test. Beside the accuracy, ``random_baseline`` and ``real_baseline`` give DD-Ranking's IOR, HLR
-and LRS (:mod:`fastdd.metrics`); ``models=[...]`` evaluates across architectures.
+and LRS (:mod:`fastdd.metrics`); ``models=[...]`` evaluates across architectures. Under
+torch.distributed (``torchrun ... fastdd evaluate``) rank ``r`` trains runs ``r, r + K, ...`` and every
+rank gets every run's accuracy: the same numbers one process reports.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 
 from .data import Dataset
+from .distributed import all_gather_objects, current
 from .engine import student_loss
 from .models import accuracy, model_for
 from .rng import generator
@@ -299,11 +302,18 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
     held_out = ds.val if split == "val" else ds.test
     info = {**asdict(p), "lr_used": lr, "ipc": syn.ipc, "num_images": len(syn), "seed": seed, "split": split}
 
+    d = current()  # under torch.distributed each rank trains every world-th run; all get every accuracy
+
     def runs(pick, protocol_, what, mask=None) -> list[float]:
         """``num_eval`` runs of ``protocol_``; run ``r`` trains on ``pick(r) = (images, labels)``."""
-        return [train_on(*pick(r), ds, protocol_, lr, seed=_run_seed(seed, r), distilled=mask,
-                         show_progress=show_progress, desc=f"eval {what} run {r + 1}/{num_eval}",
-                         test_images=held_out.images, test_labels=held_out.labels) for r in range(num_eval)]
+        mine = {r: train_on(*pick(r), ds, protocol_, lr, seed=_run_seed(seed, r), distilled=mask,
+                            show_progress=show_progress and (d is None or d.is_main),
+                            desc=f"eval {what} run {r + 1}/{num_eval}", test_images=held_out.images,
+                            test_labels=held_out.labels)
+                for r in (range(num_eval) if d is None else range(d.rank, num_eval, d.world))}
+        if d is not None:
+            mine = {r: a for part in all_gather_objects(mine, d) for r, a in part.items()}
+        return [mine[r] for r in range(num_eval)]
 
     def all_real(n: int) -> torch.Tensor | None:  # the combined augmentation treats every image as selected real
         return None if p.augment != "combined" else torch.zeros(n, dtype=torch.bool)

@@ -8,6 +8,8 @@ On disk (a folder)::
 
 Each shard holds ``shard_size`` experts and is written atomically; the manifest is rewritten
 (atomically) after every shard, so an interrupted run keeps its finished shards and resumes from them.
+Under torch.distributed (``torchrun ... fastdd experts``) every rank trains a disjoint share of each
+file's experts, rank 0 gathers them and writes the same files one process writes.
 Nothing is unpickled on load. ``import_reference_buffer`` converts the reference code's
 ``replay_buffer_*.pt`` files (loaded with ``torch.load(weights_only=True)``).
 """
@@ -24,6 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .data import Dataset
+from .distributed import all_gather_objects, barrier, current
 from .errors import CorruptFileError, ModelMismatchError
 from .io import atomic_save_safetensors, atomic_write_json, sha256_file
 from .models import FunctionalNet, accuracy, model_for, model_from_spec
@@ -99,6 +102,8 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
         raise ValueError(f"num_experts and epochs must be >= 1, got {num_experts} and {epochs}")
     net = model_for(ds, model, **(model_kwargs or {})) if isinstance(model, str) else model
     if out is None:
+        if current() is not None:
+            raise ValueError("train_experts under torch.distributed needs out= (a folder every rank can read)")
         import tempfile
         out = tempfile.mkdtemp(prefix="fastdd-experts-")
     out = Path(out)
@@ -117,40 +122,58 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
             raise ValueError(f"{out} holds experts trained with other settings; use another folder")
         manifest["shards"], manifest["test_accuracy"] = old["shards"], old["test_accuracy"]
     out.mkdir(parents=True, exist_ok=True)
-    if run_config is not None:  # written only once the folder is known to be usable
+    if run_config is not None and (current() is None or current().is_main):  # once the folder is known usable
         RunDir(out, run_config)
     done = sum(len(s["experts"]) for s in manifest["shards"])
     manifest["num_experts"] = max(num_experts, done)
     todo = list(range(done, num_experts))
-    bar = progress(total=len(todo) * epochs, desc=f"experts ({net.name}, {ds.name})", disable=not show_progress)
-    log = CSVLog(out / "log.csv", ["expert", "epoch", "train_loss", "test_accuracy"])
-    shard: dict[str, torch.Tensor] = {}
-    accs: list[float] = []
-    for i in todo:
-        def on_epoch(ep: int, loss: float, i: int = i) -> None:
-            bar.update(1)
-            bar.set_postfix(expert=i, loss=f"{loss:.3f}")
-            log.log(expert=i, epoch=ep + 1, train_loss=loss, test_accuracy="")
+    d = current()  # under torch.distributed each rank trains its share of every file's experts
+    main = d is None or d.is_main
+    mine = len(todo) if d is None else len(todo[d.rank::d.world])
+    bar = progress(total=mine * epochs, desc=f"experts ({net.name}, {ds.name})", disable=not (show_progress and main))
+    log = CSVLog(out / "log.csv", ["expert", "epoch", "train_loss", "test_accuracy"]) if main else None
+    # one output file per chunk: shard_size experts (the last may be short), as an uninterrupted run writes them
+    chunks = [todo[j:j + shard_size] for j in range(0, len(todo), shard_size)]
+    for chunk in chunks:
+        trained: dict[int, tuple[torch.Tensor, float, list[float]]] = {}
+        for i in (chunk if d is None else chunk[d.rank::d.world]):
+            losses: list[float] = []
 
-        traj, acc = train_one(net, ds, epochs, cfg, seed=_expert_seed(seed, i), on_epoch=on_epoch)
-        log.log(expert=i, epoch=epochs, train_loss="", test_accuracy=acc)
-        shard[f"expert_{i}"] = traj
-        accs.append(acc)
-        if len(shard) == shard_size or i == num_experts - 1:
+            def on_epoch(ep: int, loss: float, i: int = i, losses: list[float] = losses) -> None:
+                bar.update(1)
+                bar.set_postfix(expert=i, loss=f"{loss:.3f}")
+                losses.append(loss)
+
+            traj, acc = train_one(net, ds, epochs, cfg, seed=_expert_seed(seed, i), on_epoch=on_epoch)
+            trained[i] = (traj, acc, losses)
+        if d is not None:
+            trained = {i: v for part in all_gather_objects(trained, d) for i, v in part.items()}
+        if main:
+            for i in chunk:
+                for ep, loss in enumerate(trained[i][2]):
+                    log.log(expert=i, epoch=ep + 1, train_loss=loss, test_accuracy="")
+                log.log(expert=i, epoch=epochs, train_loss="", test_accuracy=trained[i][1])
             k = len(manifest["shards"])
             fname = f"experts_{k:04d}.safetensors"
-            atomic_save_safetensors(out / fname, shard, metadata={"format": FORMAT})
-            manifest["shards"].append({"file": fname, "experts": [int(n.split("_")[1]) for n in shard],
+            atomic_save_safetensors(out / fname, {f"expert_{i}": trained[i][0] for i in chunk},
+                                    metadata={"format": FORMAT})
+            manifest["shards"].append({"file": fname, "experts": list(chunk),
                                        "bytes": (out / fname).stat().st_size, "sha256": sha256_file(out / fname)})
-            manifest["test_accuracy"].extend(accs)
+            manifest["test_accuracy"].extend(trained[i][1] for i in chunk)
             manifest["complete"] = sum(len(s["experts"]) for s in manifest["shards"]) >= num_experts
             atomic_write_json(mpath, manifest)
-            shard, accs = {}, []
+        else:  # the other ranks follow the files rank 0 writes
+            manifest["shards"].append({"experts": list(chunk)})
+        if d is not None:
+            barrier(d)
     bar.close()
-    log.close()
-    if not manifest["complete"]:  # num_experts already reached by resumed shards
+    if log is not None:
+        log.close()
+    if main and not manifest["complete"]:  # num_experts already reached by resumed shards
         manifest["complete"] = True
         atomic_write_json(mpath, manifest)
+    if d is not None:
+        barrier(d)
     return ExpertBuffer(out)
 
 

@@ -31,7 +31,9 @@ def _worker(rank: int, world: int, port: int, fn, args: tuple, out: str, timeout
 
 def run_ranks(fn, *args, world: int = 2, timeout_s: float = 60.0) -> list:
     """``fn(*args)`` on ``world`` processes in one gloo group (``fastdd.distributed.init`` already
-    called, as under torchrun); returns each rank's return value (tensors, dicts of tensors, numbers)."""
+    called, as under torchrun); returns each rank's return value (tensors, dicts of tensors, numbers),
+    ``None`` for a rank that exited without returning."""
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(_worker, args=(world, free_port(), fn, args, out, timeout_s), nprocs=world, join=True)
-        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in range(world)]
+        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) if (Path(out) / f"rank{r}.pt").exists()
+                else None for r in range(world)]

@@ -6,6 +6,8 @@ distillation, experts and evaluation.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -104,3 +106,163 @@ def test_bptt_refused_with_reduce():
         unroll_grad(net, x.requires_grad_(), y, torch.ones(len(batches), dtype=x.dtype), theta0, batches,
                     matching_loss(theta0, target), None, "bptt",
                     reduce=StepReduce([1.0] * len(batches), lambda t: t))
+
+
+# ---------------------------------------------------------------------------------------- distill
+FAST = dict(syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=10.0, lr_lr=1e-3, lr_init=0.01, batch_syn=5,
+            mode="adjoint", show_progress=False)
+
+
+def _tiny():
+    """4 classes, 12 train / 4 test images each, 1x8x8, separable (as tests/conftest.py's tiny_ds)."""
+    from fastdd.data import from_pixels
+    g = torch.Generator().manual_seed(0)
+    k, n_tr, n_te = 4, 12, 4
+    tx, vx = torch.rand(k * n_tr, 1, 8, 8, generator=g), torch.rand(k * n_te, 1, 8, 8, generator=g)
+    ty, vy = torch.arange(k).repeat_interleave(n_tr), torch.arange(k).repeat_interleave(n_te)
+    for x, y in ((tx, ty), (vx, vy)):
+        for c in range(k):
+            x[y == c, :, (c // 2) * 4:(c // 2) * 4 + 4, (c % 2) * 4:(c % 2) * 4 + 4] += 1.0
+    return from_pixels("tiny", tx, ty, vx, vy, k)
+
+
+def _experts(folder, seed=0, num=2, shard_size=10):
+    from fastdd.experts import train_experts
+    return train_experts(_tiny(), "convnet", num_experts=num, epochs=3, out=folder, seed=seed, shard_size=shard_size,
+                         model_kwargs={"width": 4, "depth": 2}, show_progress=False)
+
+
+def _scores():
+    return torch.rand(48, generator=torch.Generator().manual_seed(3))
+
+
+def _distill(kind: str, experts: str, out: str | None, iterations: int, resume: bool = False,
+             checkpoint_every: int = 1, **extra):
+    kw = dict(FAST)
+    if kind == "selmatch-datm":  # frozen rows, learnable label logits, the loss gate
+        kw.update(init="window", alpha=0.5, soft_labels="datm", threshold=50.0, lr_y=5.0)
+        method, ipc, scores = "datm", 3, _scores()
+    else:
+        method, ipc, scores = "mtt", 3, None
+    syn = fastdd.distill(_tiny(), method, ipc, experts=experts, iterations=iterations, seed=0, scores=scores,
+                         out=out, resume=resume, checkpoint_every=checkpoint_every, **{**kw, **extra})
+    return {"images": syn.images, "labels": syn.labels, "lr": syn.lr,
+            "frozen": syn.frozen if syn.frozen is not None else torch.zeros(0)}
+
+
+def _distill_then_resume(kind: str, experts: str, out: str) -> dict:
+    """2 iterations, then a resume to 3 (as a second torchrun launch would)."""
+    _distill(kind, experts, out, 2)
+    return _distill(kind, experts, out, 3, resume=True)
+
+
+@pytest.mark.parametrize("kind", ["mtt", "selmatch-datm"])
+def test_sharded_distill_equals_single_process(kind, tmp_path):
+    _experts(tmp_path / "experts")
+    parts = run_ranks(_distill_then_resume, kind, str(tmp_path / "experts"), str(tmp_path / "run"))
+    single = _distill(kind, str(tmp_path / "experts"), None, 3)
+    for p in parts:  # every rank returns the whole set
+        assert p["images"].shape == single["images"].shape == (12, 1, 8, 8)
+        assert _rel(p["images"], single["images"]) < 1e-5
+        assert abs(float(p["lr"]) - float(single["lr"])) <= 1e-5 * abs(float(single["lr"]))
+        assert _rel(p["labels"].float(), single["labels"].float()) < 1e-5
+        assert torch.equal(p["frozen"], single["frozen"])
+    start = _distill(kind, str(tmp_path / "experts"), None, 1)
+    assert _rel(single["images"], start["images"]) > 1e-4  # the set moved: the comparison means something
+    # rank 0 wrote one run folder whose checkpoint holds the whole set
+    from safetensors.torch import load_file
+    import json
+    meta = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    saved = load_file(str(tmp_path / "run" / meta["file"]))
+    assert meta["iteration"] == 3 and torch.equal(saved["t.images"], parts[0]["images"])
+    assert saved["o.img.0.momentum_buffer"].shape == (12, 1, 8, 8)
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+
+
+def _distill_with_bptt(experts: str):
+    try:
+        fastdd.distill(_tiny(), "mtt", 3, experts=experts, iterations=1, **{**FAST, "mode": "bptt"})
+    except ValueError as e:
+        return {"error": str(e)}
+    return {"error": ""}
+
+
+def test_bptt_and_single_process_methods_refused_under_distributed(tmp_path):
+    _experts(tmp_path / "experts")
+    for p in run_ranks(_distill_with_bptt, str(tmp_path / "experts")):
+        assert "bptt" in p["error"] and "adjoint" in p["error"]
+
+
+# ---------------------------------------------------------------------------------------- experts, evaluate
+def _experts_and_evaluate(folder: str) -> dict:
+    buf = _experts(folder, seed=4, num=5, shard_size=2)
+    ds = _tiny()
+    from fastdd.select import random_indices, real_subset
+    syn = real_subset(ds, random_indices(ds, 2, seed=0))
+    res = fastdd.evaluate(syn, ds, "mtt", num_eval=3, seed=1, epochs=2, model_kwargs={"width": 4, "depth": 2},
+                          random_baseline=True, show_progress=False)
+    return {"accs": torch.tensor(res.accuracies), "random": torch.tensor(res.random.accuracies),
+            "n": len(buf.ids)}
+
+
+def test_distributed_experts_and_evaluation_equal_single_process(tmp_path):
+    parts = run_ranks(_experts_and_evaluate, str(tmp_path / "dist"))
+    from fastdd.experts import ExpertBuffer
+    from fastdd.select import random_indices, real_subset
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks run: CPU kernels' float sums depend on the thread count
+    try:
+        single = _experts(tmp_path / "single", seed=4, num=5, shard_size=2)
+        ds = _tiny()
+        syn = real_subset(ds, random_indices(ds, 2, seed=0))
+        res = fastdd.evaluate(syn, ds, "mtt", num_eval=3, seed=1, epochs=2, model_kwargs={"width": 4, "depth": 2},
+                              random_baseline=True, show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    dist = ExpertBuffer(tmp_path / "dist")
+    import json
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (tmp_path / "dist", tmp_path / "single"))
+    assert ma == mb  # same files, same checksums, same accuracies
+    assert [s["experts"] for s in ma["shards"]] == [[0, 1], [2, 3], [4]]
+    for e in single.ids:
+        assert torch.equal(dist[e], single[e])
+    for p in parts:
+        assert p["accs"].tolist() == res.accuracies and p["random"].tolist() == res.random.accuracies
+
+
+# ---------------------------------------------------------------------------------------- torchrun
+def _torchrun(*args: str, cwd) -> "subprocess.CompletedProcess[str]":
+    import os
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fastdd", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "FASTDD_DIST_TIMEOUT": "60"})
+
+
+def test_torchrun_experts_then_distill_then_resume(tmp_path):
+    """The launch users type: experts and a distillation under torchrun, then a resumed launch."""
+    small = '{"width": 4, "depth": 2}'
+    r = _torchrun("experts", "--dataset", "digits", "--model-kwargs", small, "--num-experts", "3", "--epochs", "2",
+                  "--out", str(tmp_path / "experts"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("final test accuracy per expert") == 1  # rank 0 alone prints
+    man = json.loads((tmp_path / "experts" / "manifest.json").read_text())
+    assert man["complete"] and [s["experts"] for s in man["shards"]] == [[0, 1, 2]]
+    opts = '{"syn_steps": 3, "expert_epochs": 1, "max_start_epoch": 1, "batch_syn": 7, "lr_img": 10}'
+    common = ["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", str(tmp_path / "experts"),
+              "--options", opts, "--out", str(tmp_path / "run"), "--checkpoint-every", "1"]
+    r = _torchrun(*common, "--iterations", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("distilled 10 images") == 1
+    r = _torchrun(*common, "--iterations", "3", "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    syn = fastdd.SyntheticSet.load(tmp_path / "run" / "synthetic")
+    assert syn.meta["iterations"] == 3 and syn.meta["gradient_mode"] == "adjoint"
+    single = fastdd.distill(fastdd.load_dataset("digits"), "mtt", 1, experts=tmp_path / "experts", iterations=3,
+                            seed=0, show_progress=False, syn_steps=3, expert_epochs=1, max_start_epoch=1, batch_syn=7,
+                            lr_img=10, mode="adjoint")
+    assert _rel(syn.images, single.images) < 1e-5
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]

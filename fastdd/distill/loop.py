@@ -198,9 +198,13 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
             save_checkpoint(folder, done, saved, policy.optimizers, policy.generators, extra, transform=gather,
                             write=main)
         except OSError as e:
-            kept = f"iteration {last_saved}" if last_saved is not None else "none yet"
-            msg = (f"{policy.method}: could not write the checkpoint of iteration {done} to {folder} ({e}); the "
-                   f"previous checkpoint ({kept}) is left as it was, and the run goes on")
+            if not folder.is_dir():
+                msg = (f"{policy.method}: could not write the checkpoint of iteration {done}: the run folder {folder} "
+                       "has vanished (it is not re-created); the run goes on and still returns its result")
+            else:
+                kept = f"iteration {last_saved}" if last_saved is not None else "none yet"
+                msg = (f"{policy.method}: could not write the checkpoint of iteration {done} to {folder} ({e}); the "
+                       f"previous checkpoint ({kept}) is left as it was, and the run goes on")
             bar.write(msg)
             warnings.warn(msg, CheckpointWarning, stacklevel=3)
             return False

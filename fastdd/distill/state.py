@@ -76,10 +76,10 @@ def save_checkpoint(folder: str | Path, iteration: int, tensors: dict[str, torch
         raise FileNotFoundError(errno.ENOENT, "the run folder has vanished", str(folder))
     fname = f"checkpoint_{iteration}.safetensors"
     old = _read_json(folder / "checkpoint.json")
-    atomic_save_safetensors(folder / fname, all_t)
+    atomic_save_safetensors(folder / fname, all_t, create=False)
     meta["file"] = fname
     try:
-        atomic_write_json(folder / "checkpoint.json", meta)
+        atomic_write_json(folder / "checkpoint.json", meta, create=False)
     except BaseException:
         if not old or old.get("file") != fname:  # the index still names the previous file: drop the new one
             (folder / fname).unlink(missing_ok=True)
