@@ -14,7 +14,7 @@ import torch
 import fastdd
 from fastdd.augment import DSAConfig, StepAugment
 from fastdd.distributed import Shard, split_rows
-from fastdd.engine import StepReduce, matching_loss, to_device_once, unroll_grad
+from fastdd.engine import StepReduce, matching_loss, unroll_grad
 
 from dist_helpers import run_ranks
 
@@ -232,7 +232,7 @@ def test_distributed_experts_and_evaluation_equal_single_process(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- torchrun
-def _torchrun(*args: str, cwd) -> "subprocess.CompletedProcess[str]":
+def _torchrun(*args: str, cwd):
     import os
     import subprocess
     import sys

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import fastdd
 from fastdd.errors import CheckpointWarning
 
 from dist_helpers import run_ranks

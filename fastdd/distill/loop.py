@@ -268,8 +268,9 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
 
 class _SignalCatcher:
     """Inside the block, SIGTERM and SIGINT are recorded (``caught``) instead of stopping the process
-    at once; a second one restores the previous handlers first, so it stops at once. Only in the main
-    thread (elsewhere Python allows no handlers: signals keep their usual effect)."""
+    at once. A second Ctrl-C (SIGINT) restores the previous handlers and stops at once; further
+    SIGTERMs are absorbed (torchrun follows a Ctrl-C with SIGTERM to every worker, and kills with
+    SIGKILL after its grace period). Only in the main thread (elsewhere Python allows no handlers)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -282,9 +283,10 @@ class _SignalCatcher:
         return signal.Signals(self.caught).name if self.caught is not None else "a signal"
 
     def _handle(self, signum, frame) -> None:
-        if self.caught is not None:  # the second one: back to the previous behaviour, and act on it now
-            self._restore()
-            signal.raise_signal(signum)
+        if self.caught is not None:
+            if signum == signal.SIGINT:  # Ctrl-C again: back to the previous behaviour, and act on it now
+                self._restore()
+                signal.raise_signal(signum)
             return
         self.caught = signum
 
