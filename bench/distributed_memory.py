@@ -9,7 +9,7 @@ the growth of their peak resident memory over the run (``ru_maxrss`` after the r
 the data set, the experts and the interpreter are not counted). Also prints the bytes all-reduced
 per iteration (``syn_steps · (2P + 1)`` floats) and a model of the split: the set's rows, their
 gradient and momentum divide by K, the activations of each rank's part of the batch divide by K,
-the N stored parameter vectors do not.
+the N stored parameter vectors do not; ``--model-only`` prints that model for CIFAR-10 at full width.
 """
 from __future__ import annotations
 
@@ -56,6 +56,36 @@ def _point(rank: int, world: int, port: int, args: dict, out: str) -> None:
         fd.shutdown()
 
 
+def model_table(steps: int = 30, width: int = 128, ks=(1, 2, 4, 8), ipcs=(10, 50, 100, 500, 1000)) -> str:
+    """The modelled memory per GPU of CIFAR-10 MTT (ConvNet-32, every step the whole set, adjoint with
+    every θ_i stored), in MiB: rows (image, gradient, momentum: 3 · 4 B · 3·32·32 per image) / K, plus
+    the activations autograd saves for one recomputed step with its double backward (measured here with
+    ``saved_bytes`` on the torch path, per image) for the rank's part of the batch / K, plus the
+    replicated N stored parameter vectors. Under NCCL each rank is one GPU; CUDA's context and cuDNN
+    workspaces come on top."""
+    import fastdd
+    from fastdd.engine import saved_bytes, student_loss
+    net = fastdd.build_model("convnet", in_channels=3, num_classes=10, im_size=(32, 32), width=width)
+    th = net.init(torch.Generator().manual_seed(0)).requires_grad_(True)
+    b = 20
+    x = torch.randn(b, 3, 32, 32, requires_grad=True)
+    with saved_bytes() as saved:
+        g = torch.autograd.grad(student_loss(net(x, th), torch.arange(b) % 10), th, create_graph=True)[0]
+        torch.autograd.grad((g * torch.ones_like(g)).sum(), [th, x])
+    act = saved[0] / b
+    rows = 3 * 4 * 3 * 32 * 32
+    thetas = steps * net.num_params * 4
+    lines = [f"ConvNet-32 width {width} (P = {net.num_params:,}), {steps} steps, every step the whole set; "
+             f"one step saves {act / 2**20:.2f} MiB per image; the {steps} θ_i take {thetas / 2**20:.1f} MiB\n",
+             "| IPC | images | " + " | ".join(f"K = {k}" for k in ks) + " |",
+             "|---:|---:|" + "---:|" * len(ks)]
+    for ipc in ipcs:
+        m = 10 * ipc
+        per = [(m / k) * (rows + act) + thetas for k in ks]
+        lines.append(f"| {ipc} | {m} | " + " | ".join(f"{v / 2**20:,.0f}" for v in per) + " |")
+    return "\n".join(lines)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,7 +98,11 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--model-only", action="store_true", help="print only the modelled table (no runs)")
     args = ap.parse_args()
+    if args.model_only:
+        print(model_table())
+        return
     import fastdd
     from fastdd.experts import train_experts
     work = tempfile.mkdtemp(prefix="fastdd-distmem-")
@@ -93,6 +127,7 @@ def main() -> None:
             ratio = f"{max(growth) / base[ipc]:.2f}" if ipc in base else "—"
             print(f"| {ipc} | {10 * ipc} | {k} | {' / '.join(f'{g:.0f}' for g in growth)} | {ratio} | "
                   f"{max(r['seconds'] for r in res):.1f} |", flush=True)
+    print("\nModelled for NCCL (one rank per GPU):\n" + model_table())
     print(f"\n{sys.executable} {' '.join(sys.argv)}  (fastdd {fastdd.__version__}, torch {torch.__version__})")
 
 
