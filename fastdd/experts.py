@@ -162,8 +162,6 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
             manifest["test_accuracy"].extend(trained[i][1] for i in chunk)
             manifest["complete"] = sum(len(s["experts"]) for s in manifest["shards"]) >= num_experts
             atomic_write_json(mpath, manifest)
-        else:  # the other ranks follow the files rank 0 writes
-            manifest["shards"].append({"experts": list(chunk)})
         if d is not None:
             barrier(d)
     bar.close()

@@ -141,3 +141,36 @@ def test_a_dead_rank_stops_the_others_with_an_error(tmp_path):
     assert rank1 is None  # it returned nothing
     assert "rank 0 of 2" in rank0["error"] and "died or stopped answering" in rank0["error"]
     assert rank0["seconds"] < 60  # within the group's timeout (20 s) and then some, not forever
+
+
+def _sigterm_on_rank1(experts: str, out: str) -> dict:
+    """Rank 1 alone gets SIGTERM once rank 0 has logged a few iterations; both must stop together."""
+    import threading
+    import fastdd.distributed as fd
+    from fastdd.errors import RunInterrupted
+    if fd.current().rank == 1:
+        def watch():
+            log = Path(out) / "log.csv"
+            while not log.exists() or len(log.read_text().splitlines()) < 4:
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=watch, daemon=True).start()
+    try:
+        _distill("mtt", experts, out, 400, checkpoint_every=1000, syn_steps=6)
+    except RunInterrupted as e:
+        return {"iteration": e.iteration, "signal": e.signal}
+    return {"iteration": -1, "signal": 0}
+
+
+def test_sigterm_to_one_rank_stops_all_at_the_same_iteration_and_resumes_on_one_process(tmp_path):
+    _experts(tmp_path / "experts")
+    out = tmp_path / "run"
+    r0, r1 = run_ranks(_sigterm_on_rank1, str(tmp_path / "experts"), str(out))
+    assert r0 == r1 and r0["signal"] == signal.SIGTERM and 3 <= r0["iteration"] < 400
+    done = r0["iteration"]
+    assert json.loads((out / "checkpoint.json").read_text())["iteration"] == done
+    # the gathered checkpoint resumes on one process, and ends where one uninterrupted process ends
+    resumed = _distill("mtt", str(tmp_path / "experts"), str(out), done + 2, resume=True, checkpoint_every=1000,
+                       syn_steps=6)
+    whole = _distill("mtt", str(tmp_path / "experts"), None, done + 2, syn_steps=6)
+    assert ((resumed["images"] - whole["images"]).norm() / whole["images"].norm()).item() < 1e-5
