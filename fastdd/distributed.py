@@ -11,6 +11,7 @@ What is split:
   logits and the optimiser state of those) are split in contiguous ranges (:func:`split_rows`, uneven
   when the set does not divide); every rank draws the same random numbers, each computes its rows'
   part of every unrolled step and the all-reduces make the step exact (:class:`Shard`);
+- **DM**: each rank owns whole classes (their rows and pixel updates); only the loss is all-reduced;
 - **experts**: each rank trains a disjoint subset of every output file's experts;
 - **evaluation**: each rank trains a subset of the ``num_eval`` runs.
 
@@ -165,11 +166,11 @@ def barrier(d: Dist) -> None:
         raise _failed(d, "barrier", e) from e
 
 
-def split_rows(m: int, world: int) -> list[tuple[int, int]]:
+def split_rows(m: int, world: int, what: str = "synthetic images") -> list[tuple[int, int]]:
     """Contiguous ``[lo, hi)`` row ranges of ``m`` rows over ``world`` ranks: the first ``m % world``
     ranks get one row more."""
     if m < world:
-        raise ValueError(f"cannot split {m} synthetic images over {world} processes: use at most {m} processes")
+        raise ValueError(f"cannot split {m} {what} over {world} processes: use at most {m} processes")
     base, extra = divmod(m, world)
     out, lo = [], 0
     for r in range(world):
@@ -181,7 +182,8 @@ def split_rows(m: int, world: int) -> list[tuple[int, int]]:
 
 @dataclass
 class Shard:
-    """This rank's rows ``[lo, hi)`` of a set of ``m`` rows split over the group (:func:`split_rows`).
+    """This rank's rows ``[lo, hi)`` of a set of ``m`` rows split over the group (by default
+    :func:`split_rows`; DM passes class-aligned ``bounds``).
 
     The policy keeps only its rows of the tensors named in ``names``; checkpoints and results hold the
     gathered whole."""
@@ -189,10 +191,14 @@ class Shard:
     dist: Dist
     m: int
     names: tuple[str, ...]
-    bounds: list[tuple[int, int]] = field(init=False)
+    bounds: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
-        self.bounds = split_rows(self.m, self.dist.world)
+        if self.bounds is None:
+            self.bounds = split_rows(self.m, self.dist.world)
+        los, his = [lo for lo, _ in self.bounds], [hi for _, hi in self.bounds]
+        if len(self.bounds) != self.dist.world or los[0] != 0 or his[-1] != self.m or los[1:] != his[:-1]:
+            raise ValueError(f"bounds {self.bounds} are not {self.dist.world} contiguous ranges covering {self.m} rows")
 
     @property
     def lo(self) -> int:

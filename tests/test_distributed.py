@@ -180,18 +180,25 @@ def test_sharded_distill_equals_single_process(kind, tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
 
 
-def _distill_with_bptt(experts: str):
-    try:
-        fastdd.distill(_tiny(), "mtt", 3, experts=experts, iterations=1, **{**FAST, "mode": "bptt"})
-    except ValueError as e:
-        return {"error": str(e)}
-    return {"error": ""}
+def _refusals(experts: str) -> dict:
+    out = {}
+    for name, call in (("bptt", lambda: fastdd.distill(_tiny(), "mtt", 3, experts=experts, iterations=1,
+                                                       **{**FAST, "mode": "bptt"})),
+                       ("dc", lambda: fastdd.distill(_tiny(), "dc", 1, iterations=1, show_progress=False)),
+                       ("dd", lambda: fastdd.distill(_tiny(), "dd", iterations=1, show_progress=False))):
+        try:
+            call()
+            out[name] = ""
+        except ValueError as e:
+            out[name] = str(e)
+    return out
 
 
 def test_bptt_and_single_process_methods_refused_under_distributed(tmp_path):
     _experts(tmp_path / "experts")
-    for p in run_ranks(_distill_with_bptt, str(tmp_path / "experts")):
-        assert "bptt" in p["error"] and "adjoint" in p["error"]
+    for p in run_ranks(_refusals, str(tmp_path / "experts")):
+        assert "bptt" in p["bptt"] and "adjoint" in p["bptt"]
+        assert "dc runs on one process" in p["dc"] and "dd runs on one process" in p["dd"]
 
 
 # ---------------------------------------------------------------------------------------- experts, evaluate
@@ -266,3 +273,33 @@ def test_torchrun_experts_then_distill_then_resume(tmp_path):
     assert _rel(syn.images, single.images) < 1e-5
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+
+
+# ---------------------------------------------------------------------------------------- DM
+def _dm(out: str | None, iterations: int, resume: bool = False) -> dict:
+    syn = fastdd.distill(_tiny(), "dm", 2, iterations=iterations, seed=0, out=out, resume=resume, checkpoint_every=1,
+                         show_progress=False, init="real", dsa=True, batch_real=5, lr_img=1.0,
+                         model_kwargs={"width": 4, "depth": 2})
+    return {"images": syn.images, "labels": syn.labels}
+
+
+def _dm_then_resume(out: str) -> dict:
+    _dm(out, 2)
+    return _dm(out, 3, resume=True)
+
+
+def test_dm_split_by_class_equals_single_process(tmp_path):
+    parts = run_ranks(_dm_then_resume, str(tmp_path / "run"), world=3)  # 4 classes over 3 ranks: 2 / 1 / 1
+    single = _dm(None, 3)
+    start = _dm(None, 1)
+    assert _rel(single["images"], start["images"]) > 1e-4
+    for p in parts:
+        assert torch.equal(p["labels"], single["labels"])
+        assert _rel(p["images"], single["images"]) < 1e-5
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows]
+    one = fastdd.distill(_tiny(), "dm", 2, iterations=3, seed=0, out=tmp_path / "one", show_progress=False,
+                         init="real", dsa=True, batch_real=5, lr_img=1.0, model_kwargs={"width": 4, "depth": 2})
+    ref = [float(r.split(",")[1]) for r in (tmp_path / "one" / "log.csv").read_text().splitlines()[1:]]
+    assert one.images.shape == (8, 1, 8, 8) and len(losses) == 3
+    assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(losses, ref))  # the all-reduced loss is the whole loss

@@ -77,8 +77,8 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
             (e.g. ``syn_steps=20``, ``mode="adjoint"``, ``batch_real=64``).
 
     Under torch.distributed (launched by ``torchrun``, the group started by :func:`fastdd.distributed.init`
-    or by the caller) the MTT family splits the synthetic set over the ranks: each keeps and updates its
-    rows, the unrolled steps are all-reduced, rank 0 writes ``out`` (checkpoints hold the whole set, so
+    or by the caller) the MTT family splits the synthetic set over the ranks (``dm`` splits it by class;
+    ``dd``, ``dc`` and ``dsa`` refuse): each keeps and updates its rows, the unrolled steps are all-reduced, rank 0 writes ``out`` (checkpoints hold the whole set, so
     a run resumes on any number of processes), and every rank returns the whole set, equal to one
     process's result to float round-off. ``mode="auto"`` means ``adjoint`` there; ``bptt`` is refused.
 
@@ -104,9 +104,9 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     from ..distributed import current
-    if current() is not None and (method == "dd" or method in MATCHING):
+    if current() is not None and method in ("dd", "dc", "dsa"):
         raise ValueError(f"{method} runs on one process; under torch.distributed (torchrun) fastdd splits the "
-                         "MTT family (mtt, selmatch, tesla, datm): launch it without torchrun")
+                         "MTT family (mtt, selmatch, tesla, datm) and dm: launch it without torchrun")
     if isinstance(experts, (str, os.PathLike)):
         experts = ExpertBuffer(experts)
     engine = {"theta_storage": theta_storage,

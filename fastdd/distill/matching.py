@@ -10,7 +10,9 @@
   same augmentation (:func:`fastdd.augment.siamese_dsa`); the inner network updates use ordinary DSA.
 - ``dm`` (Zhao & Bilen 2023, distribution matching): for a fresh random network (never trained), per
   class, the squared distance between the mean embeddings of a real batch and of the class's synthetic
-  images, both under one siamese DSA draw; one SGD step on the pixels per iteration.
+  images, both under one siamese DSA draw; one SGD step on the pixels per iteration. Under
+  torch.distributed each rank owns whole classes (their rows, their pixel updates): the classes' terms
+  are independent, so only the loss is all-reduced.
 
 The gradient of a gradient that DC needs goes through the same model code and op layer
 (:mod:`fastdd.kernels`) as the engine, so the Triton kernels serve it on CUDA.
@@ -22,8 +24,9 @@ from typing import Any
 
 import torch
 
-from ..augment import DSA, DSAConfig, siamese_dsa, strategy_for
+from ..augment import DSA, DSAConfig, sample_dsa, siamese_dsa, strategy_for
 from ..data import Dataset
+from ..distributed import Shard, all_reduce_, current, split_rows
 from ..engine import student_loss, to_device_once
 from ..models import FunctionalNet, model_for
 from ..rng import generator
@@ -141,6 +144,8 @@ def real_class_batches(ds: Dataset, n: int, g: torch.Generator) -> list[torch.Te
 class MatchingPolicy(Policy):
     """What DC, DSA and DM share: the class-major set, its SGD, the per-class real batches, siamese DSA."""
 
+    splits_classes = False  # whether the method runs under torch.distributed, each rank on whole classes
+
     def __init__(self, ds: Dataset, ipc: int, cfg: MatchingConfig, seed: int, method: str):
         from ..select import check_ipc
         cfg.validate()
@@ -151,17 +156,35 @@ class MatchingPolicy(Policy):
                              "or share across classes; use a model without it (e.g. convnet, instance norm)")
         self.ds, self.ipc, self.config, self.seed, self.method, self.net = ds, ipc, cfg, seed, method, net
         images, self.init_idx = start_images(ds, ipc, cfg.init, generator(seed, method, "init"))
+        labels = torch.arange(ds.num_classes, device=ds.device).repeat_interleave(ipc)
+        self.classes = range(ds.num_classes)  # the classes this process matches (all, or its share)
+        d = current()
+        if d is not None and not self.splits_classes:
+            raise ValueError(f"{method} runs on one process (its network trains on the whole set between pixel "
+                             "updates); launch it without torchrun")
+        if d is not None:  # torch.distributed (DM): each rank owns whole classes, every class's draws are made
+            classes = split_rows(ds.num_classes, d.world, "classes")
+            self.shard = Shard(d, len(images), ("images",), [(lo * ipc, hi * ipc) for lo, hi in classes])
+            self.classes = range(*classes[d.rank])
+            images, labels = self.shard.rows(images), self.shard.rows(labels)
         self.images = images.requires_grad_(True)
-        self.labels = torch.arange(ds.num_classes, device=ds.device).repeat_interleave(ipc)
+        self.labels = labels
         self.tensors = {"images": self.images}
         self.optimizers = {"img": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum_img)}
         self.generators = {"iter": generator(seed, method, "iter"), "augment": generator(seed, method, "augment")}
         self.dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
 
     def pairs(self, x: torch.Tensor):
-        """Per class ``(c, real batch, synthetic images of c as rows of x)``, siamese-augmented if configured."""
+        """Per class of :attr:`classes` ``(c, real batch, synthetic images of c as rows of x)``,
+        siamese-augmented if configured. The random draws of every class are made (a process that
+        matches some classes keeps its streams where one process matching all of them has them)."""
+        first = self.classes.start
         for c, idx in enumerate(real_class_batches(self.ds, self.config.batch_real, self.generators["iter"])):
-            xr, xs = self.ds.train.images[idx], x[c * self.ipc:(c + 1) * self.ipc]
+            if c not in self.classes:
+                if self.config.dsa:  # the draw siamese_dsa makes for this class
+                    sample_dsa(1, tuple(self.ds.im_size), self.dsa_cfg, self.generators["augment"])
+                continue
+            xr, xs = self.ds.train.images[idx], x[(c - first) * self.ipc:(c - first + 1) * self.ipc]
             if self.config.dsa:
                 (xr, xs), _ = siamese_dsa([xr, xs], self.dsa_cfg, self.generators["augment"])
             yield c, xr, xs
@@ -177,7 +200,8 @@ class MatchingPolicy(Policy):
                 "iterations": iterations, "skipped_iterations": skipped, "model": self.net.name,
                 "model_spec": self.net.spec, "config": self.config_dict(),
                 "init_indices": None if self.init_idx is None else self.init_idx.tolist(), **(extra_meta or {})}
-        return SyntheticSet(self.images.detach().clone(), self.labels.clone(), None, None, meta)
+        whole = (lambda t: t) if self.shard is None else self.shard.gather  # every rank gets the whole set
+        return SyntheticSet(whole(self.images.detach()).clone(), whole(self.labels).clone(), None, None, meta)
 
 
 class GradientMatchingPolicy(MatchingPolicy):
@@ -220,6 +244,8 @@ class GradientMatchingPolicy(MatchingPolicy):
 class DistributionMatchingPolicy(MatchingPolicy):
     """DM; one loop iteration = one fresh random network, one pixel update."""
 
+    splits_classes = True
+
     def step(self, it: int) -> Step:
         net = self.net
         theta = net.init(generator(self.seed, self.method, "net", it), device=self.ds.device)
@@ -230,7 +256,10 @@ class DistributionMatchingPolicy(MatchingPolicy):
                 emb_r = net.embed(xr, theta)
             loss = loss + mean_embedding_distance(emb_r, net.embed(xs, theta))
         grad = torch.autograd.grad(loss, x)[0]
-        return Step(loss.detach(), (grad,), payload=grad)
+        loss = loss.detach()
+        if self.shard is not None:  # the classes' terms of every rank
+            loss = all_reduce_(loss.clone(), self.shard.dist)
+        return Step(loss, (grad,), payload=grad)
 
 
 __all__ = ["MatchingConfig", "DCConfig", "DMConfig", "DC_LOOPS", "match_distance", "mean_embedding_distance",
