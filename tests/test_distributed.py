@@ -303,3 +303,27 @@ def test_dm_split_by_class_equals_single_process(tmp_path):
     ref = [float(r.split(",")[1]) for r in (tmp_path / "one" / "log.csv").read_text().splitlines()[1:]]
     assert one.images.shape == (8, 1, 8, 8) and len(losses) == 3
     assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(losses, ref))  # the all-reduced loss is the whole loss
+
+
+def _nan_on_rank1(experts: str) -> dict:
+    """Rank 1's image gradient is NaN at iteration 1: every rank must skip that iteration."""
+    import importlib
+    mtt = importlib.import_module("fastdd.distill.mtt")
+    step = mtt.MTTPolicy.step
+
+    def poisoned(self, it):
+        s = step(self, it)
+        if it == 1 and self.shard.dist.rank == 1:
+            s.grads[0].fill_(float("nan"))
+        return s
+
+    mtt.MTTPolicy.step = poisoned
+    syn = fastdd.distill(_tiny(), "mtt", 3, experts=experts, iterations=3, seed=0, **FAST)
+    return {"images": syn.images, "skipped": syn.meta["skipped_iterations"], "lr": syn.lr}
+
+
+def test_a_nan_on_one_rank_skips_the_iteration_on_every_rank(tmp_path):
+    _experts(tmp_path / "experts")
+    r0, r1 = run_ranks(_nan_on_rank1, str(tmp_path / "experts"))
+    assert r0["skipped"] == r1["skipped"] == 1
+    assert torch.equal(r0["images"], r1["images"]) and torch.equal(r0["lr"], r1["lr"]) and r0["images"].isfinite().all()
