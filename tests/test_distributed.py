@@ -327,3 +327,24 @@ def test_a_nan_on_one_rank_skips_the_iteration_on_every_rank(tmp_path):
     r0, r1 = run_ranks(_nan_on_rank1, str(tmp_path / "experts"))
     assert r0["skipped"] == r1["skipped"] == 1
     assert torch.equal(r0["images"], r1["images"]) and torch.equal(r0["lr"], r1["lr"]) and r0["images"].isfinite().all()
+
+
+def _keep_best(experts: str) -> dict:
+    ds = _tiny().with_validation(0.25, seed=0)
+    syn = fastdd.distill(ds, "mtt", 3, experts=experts, iterations=3, seed=0, select_every=1,
+                         select_options={"epochs": 2, "model_kwargs": {"width": 4, "depth": 2}}, **FAST)
+    sel = syn.meta["selection"]
+    return {"images": syn.images, "kept": sel["kept_iteration"], "score": sel["val_score"]}
+
+
+def test_keep_best_on_validation_under_distributed(tmp_path):
+    _experts(tmp_path / "experts")
+    r0, r1 = run_ranks(_keep_best, str(tmp_path / "experts"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the validation trainings must match the ranks' bit for bit to pick the same set
+    try:
+        single = _keep_best(str(tmp_path / "experts"))
+    finally:
+        torch.set_num_threads(threads)
+    assert r0["kept"] == r1["kept"] == single["kept"] and r0["score"] == r1["score"] == single["score"]
+    assert torch.equal(r0["images"], r1["images"]) and _rel(r0["images"], single["images"]) < 1e-5
