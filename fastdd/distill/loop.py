@@ -150,6 +150,11 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
     checkpoint is written every ``checkpoint_every`` iterations and at the end. A resumed run gives
     bitwise the result of an uninterrupted one. With ``selection``, the policy's tensors hold the best
     scoring set when the loop returns (``selection.csv`` in ``out`` lists every score).
+
+    SIGTERM or Ctrl-C: the iteration finishes, a checkpoint is written, then
+    :class:`~fastdd.errors.RunInterrupted` is raised. A checkpoint that cannot be written warns
+    (:class:`~fastdd.errors.CheckpointWarning`) and keeps the previous one. With ``policy.shard``
+    (torch.distributed), every rank calls this; rank 0 alone writes ``out``.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
