@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .distributed import is_main
 from .errors import FastDDError
 from .io import atomic_write_json
 
@@ -112,7 +113,7 @@ def cmd_evaluate(args) -> int:
                        random_baseline=args.random_baseline, real_baseline=args.real_baseline,
                        real_epochs=args.real_epochs, split="val" if args.val_fraction else "test",
                        models=args.models, **overrides)
-    if not _main_rank():
+    if not is_main():
         return 0
     print(res)
     if args.out:
@@ -303,7 +304,7 @@ def cmd_distill(args) -> int:
                       checkpoint_every=args.checkpoint_every, **options)
     except TypeError as e:  # an unknown --options key
         raise ValueError(str(e)) from e
-    if _main_rank():  # the set is saved before anything else can fail
+    if is_main():  # the set is saved before anything else can fail
         RunDir(args.out, _config(args))
         syn.save(Path(args.out) / "synthetic", denormalize=ds.denormalize)
         _curves(Path(args.out))
@@ -577,14 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
 DISTRIBUTED_COMMANDS = ("distill", "experts", "evaluate")
 
 
-def _main_rank() -> bool:
-    from .distributed import is_main
-    return is_main()
-
-
 def _say(text: str) -> None:
     """Print on rank 0 only (and in a single process)."""
-    if _main_rank():
+    if is_main():
         print(text)
 
 

@@ -44,7 +44,6 @@ class Dist:
 
     rank: int
     world: int
-    local_rank: int = 0
     timeout_s: float = DEFAULT_TIMEOUT_S
     cpu_group: Any = field(default=None, compare=False)   # gloo group for host objects (None: the default group)
 
@@ -75,8 +74,7 @@ def init(device: str | torch.device | None = None, backend: str | None = None,
         return _CURRENT
     if not launched():
         return None
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    dev = resolve_device(device, local)
+    dev = resolve_device(device)
     if timeout_s is None:
         timeout_s = float(os.environ.get("FASTDD_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     if timeout_s <= 0:
@@ -88,17 +86,17 @@ def init(device: str | torch.device | None = None, backend: str | None = None,
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     cpu_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) \
         if dist.get_backend() != "gloo" else None
-    _CURRENT = Dist(dist.get_rank(), dist.get_world_size(), local, timeout_s, cpu_group)
+    _CURRENT = Dist(dist.get_rank(), dist.get_world_size(), timeout_s, cpu_group)
     return _CURRENT
 
 
-def resolve_device(device: str | torch.device | None, local_rank: int | None = None) -> torch.device | None:
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
     """``"cuda"`` without an index becomes ``cuda:<LOCAL_RANK>`` under torchrun; anything else is kept."""
     if device is None:
         return None
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None and launched():
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank)
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return dev
 
 
@@ -112,7 +110,7 @@ def current() -> Dist | None:
         return _CURRENT if _CURRENT.world > 1 else None
     if not (dist.is_available() and dist.is_initialized()):
         return None
-    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))  # objects: default group
+    d = Dist(dist.get_rank(), dist.get_world_size())  # host objects go through the default group
     _CURRENT = d
     return d if d.world > 1 else None
 
@@ -148,13 +146,25 @@ def all_reduce_(t: torch.Tensor, d: Dist, op: str = "sum") -> torch.Tensor:
 
 
 def all_gather_objects(obj: Any, d: Dist) -> list[Any]:
-    """Every rank's ``obj`` (small host objects: accuracies, expert trajectories), in rank order."""
+    """Every rank's ``obj`` (small host objects, e.g. accuracies) on every rank, in rank order."""
     import torch.distributed as dist
     out: list[Any] = [None] * d.world
     try:
         dist.all_gather_object(out, obj, group=d.cpu_group)
     except (RuntimeError, ValueError) as e:
         raise _failed(d, "all_gather_object", e) from e
+    return out
+
+
+def gather_objects(obj: Any, d: Dist) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0, in rank order (``None`` on the others): large host objects only
+    rank 0 writes, such as expert trajectories."""
+    import torch.distributed as dist
+    out: list[Any] | None = [None] * d.world if d.is_main else None
+    try:
+        dist.gather_object(obj, out, dst=0, group=d.cpu_group)
+    except (RuntimeError, ValueError) as e:
+        raise _failed(d, "gather_object", e) from e
     return out
 
 
@@ -240,4 +250,4 @@ class Shard:
 
 
 __all__ = ["Dist", "Shard", "DistributedError", "DEFAULT_TIMEOUT_S", "init", "current", "is_main", "launched",
-           "resolve_device", "shutdown", "all_reduce_", "all_gather_objects", "barrier", "split_rows"]
+           "resolve_device", "shutdown", "all_reduce_", "all_gather_objects", "gather_objects", "barrier", "split_rows"]

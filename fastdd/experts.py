@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .data import Dataset
-from .distributed import all_gather_objects, barrier, current
+from .distributed import barrier, current, gather_objects
 from .errors import CorruptFileError, ModelMismatchError
 from .io import atomic_save_safetensors, atomic_write_json, sha256_file
 from .models import FunctionalNet, accuracy, model_for, model_from_spec
@@ -146,8 +146,9 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
 
             traj, acc = train_one(net, ds, epochs, cfg, seed=_expert_seed(seed, i), on_epoch=on_epoch)
             trained[i] = (traj, acc, losses)
-        if d is not None:
-            trained = {i: v for part in all_gather_objects(trained, d) for i, v in part.items()}
+        if d is not None:  # rank 0 writes the file: only it receives the trajectories
+            parts = gather_objects(trained, d)
+            trained = {i: v for part in parts for i, v in part.items()} if main else {}
         if main:
             for i in chunk:
                 for ep, loss in enumerate(trained[i][2]):

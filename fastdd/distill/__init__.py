@@ -103,10 +103,6 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
     iterations = 1000 if iterations is None else iterations
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    from ..distributed import current
-    if current() is not None and method in ("dd", "dc", "dsa"):
-        raise ValueError(f"{method} runs on one process; under torch.distributed (torchrun) fastdd splits the "
-                         "MTT family (mtt, selmatch, tesla, datm) and dm: launch it without torchrun")
     if isinstance(experts, (str, os.PathLike)):
         experts = ExpertBuffer(experts)
     engine = {"theta_storage": theta_storage,

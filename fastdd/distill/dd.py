@@ -102,6 +102,10 @@ class DDPolicy(Policy):
 
     def __init__(self, ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: ExpertBuffer | None,
                  resident_experts: bool | None = None):
+        from ..distributed import current
+        if current() is not None:
+            raise ValueError("dd runs on one process (its images are per step, not a set to split); launch it "
+                             "without torchrun")
         if cfg.init_mode == "pretrained":
             if experts is None:
                 raise ValueError("init_mode='pretrained' needs experts= (their final snapshots are the start weights)")

@@ -69,6 +69,10 @@ class Policy:
     log_every: int = 1                           # log rows every this many iterations (and every skip)
     shard: Shard | None = None                   # torch.distributed: this rank's rows of the tensors in shard.names
 
+    def whole(self, t: torch.Tensor) -> torch.Tensor:
+        """The whole of a split tensor (under torch.distributed gathered from every rank's rows; else ``t``)."""
+        return t if self.shard is None else self.shard.gather(t)
+
     def config_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}
@@ -317,15 +321,14 @@ def _shard_transforms(policy: Policy, saved: dict[str, torch.Tensor]):
     if shard is None:
         return None, None
     split = {k for k in saved if k in shard.names or (k.startswith("best.") and k[5:] in shard.names)}
-    keys = {f"t.{k}" for k in split}
-    for name, opt in policy.optimizers.items():
-        params = [p for group in opt.param_groups for p in group["params"]]
-        for pid, p in enumerate(params):
-            if any(p is saved[k] for k in split):
-                keys.add(f"o.{name}.{pid}.")
+    tensor_keys = {f"t.{k}" for k in split}
+    state_prefixes = {f"o.{name}.{pid}."  # the optimiser state of a split tensor (per-row, e.g. momentum)
+                      for name, opt in policy.optimizers.items()
+                      for pid, p in enumerate(p for group in opt.param_groups for p in group["params"])
+                      if any(p is saved[k] for k in split)}
 
     def is_split(key: str, t: torch.Tensor) -> bool:
-        return key in keys or (key.startswith("o.") and key[:key.rindex(".") + 1] in keys and t.dim() > 0)
+        return key in tensor_keys or (t.dim() > 0 and key[:key.rindex(".") + 1] in state_prefixes)
 
     def gather(key: str, t: torch.Tensor) -> torch.Tensor:
         return shard.gather(t) if is_split(key, t) else t

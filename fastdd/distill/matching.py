@@ -200,8 +200,7 @@ class MatchingPolicy(Policy):
                 "iterations": iterations, "skipped_iterations": skipped, "model": self.net.name,
                 "model_spec": self.net.spec, "config": self.config_dict(),
                 "init_indices": None if self.init_idx is None else self.init_idx.tolist(), **(extra_meta or {})}
-        whole = (lambda t: t) if self.shard is None else self.shard.gather  # every rank gets the whole set
-        return SyntheticSet(whole(self.images.detach()).clone(), whole(self.labels).clone(), None, None, meta)
+        return SyntheticSet(self.whole(self.images.detach()).clone(), self.whole(self.labels).clone(), None, None, meta)
 
 
 class GradientMatchingPolicy(MatchingPolicy):

@@ -12,7 +12,6 @@ takes this rank's rows; the files are the same as a single process writes.
 """
 from __future__ import annotations
 
-import errno
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -72,11 +71,9 @@ def save_checkpoint(folder: str | Path, iteration: int, tensors: dict[str, torch
         return
     for name, g in generators.items():
         all_t[f"g.{name}"] = g.get_state()
-    if not folder.is_dir():  # never re-create a run folder someone removed: say so instead
-        raise FileNotFoundError(errno.ENOENT, "the run folder has vanished", str(folder))
     fname = f"checkpoint_{iteration}.safetensors"
     old = _read_json(folder / "checkpoint.json")
-    atomic_save_safetensors(folder / fname, all_t, create=False)
+    atomic_save_safetensors(folder / fname, all_t, create=False)  # never re-creates a vanished run folder
     meta["file"] = fname
     try:
         atomic_write_json(folder / "checkpoint.json", meta, create=False)

@@ -88,9 +88,12 @@ def student_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
-def _step_grad(model: FunctionalNet, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, create_graph: bool
-               ) -> torch.Tensor:
+def _step_grad(model: FunctionalNet, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, create_graph: bool,
+               weight: float | None = None) -> torch.Tensor:
+    """∇_θ of the step's mean loss; ``weight`` scales the loss (a process's share of a split batch)."""
     loss = student_loss(model(x, theta), y)
+    if weight is not None:
+        loss = loss * weight
     return torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
 
 
@@ -215,6 +218,9 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
     def share(i: int) -> bool:  # whether this process holds part of step i's batch
         return reduce is None or reduce.weights[i] > 0
 
+    def weight(i: int) -> float | None:
+        return None if reduce is None else reduce.weights[i]
+
     def step(theta: torch.Tensor, i: int) -> torch.Tensor:
         if not share(i):
             g = torch.zeros_like(theta)
@@ -224,11 +230,7 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
                 x = X[batches[i]]
                 if augment is not None:
                     x = augment(x, i)
-                if reduce is None:
-                    g = _step_grad(model, th, x, Y[batches[i]], create_graph=False)
-                else:
-                    loss_i = student_loss(model(x, th), Y[batches[i]]) * reduce.weights[i]
-                    g = torch.autograd.grad(loss_i, th)[0]
+                g = _step_grad(model, th, x, Y[batches[i]], create_graph=False, weight=weight(i))
         if reduce is not None:
             g = reduce.all_reduce(g)
         return (theta - eta[i] * g).detach()
@@ -283,11 +285,7 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
                     x = augment(xb, i) if augment is not None else xb
                     # tesla keeps λ fixed: it needs no Hessian-vector product, so θ is not asked for
                     wrt = ([th] if exact else []) + [t for t, w in ((xb, want_x), (yb, want_y)) if w]
-                    if reduce is None:
-                        g = _step_grad(model, th, x, yb, create_graph=bool(wrt))
-                    else:
-                        loss_i = student_loss(model(x, th), yb) * reduce.weights[i]
-                        g = torch.autograd.grad(loss_i, th, create_graph=bool(wrt))[0]
+                    g = _step_grad(model, th, x, yb, create_graph=bool(wrt), weight=weight(i))
                     gl = torch.dot(g.reshape(-1), lam)
                     parts = list(torch.autograd.grad(gl, wrt, allow_unused=True)) if wrt else []
                 hvp, rest = (parts[0], parts[1:]) if exact else (None, parts)
