@@ -18,6 +18,21 @@ class ModelMismatchError(FastDDError, ValueError):
     """Parameters (an expert file, a flat vector) do not belong to the model they are used with."""
 
 
+class UnsafePathError(FastDDError, ValueError):
+    """A file name read from a file (a manifest, ``checkpoint.json``, ...) would leave its folder: an absolute
+    path, ``..``, or a symbolic link that points outside. The message names the JSON file and the field."""
+
+
+class ResumeError(FastDDError, ValueError):
+    """``resume=True`` found a checkpoint that this call cannot honestly continue (another seed, other
+    settings, more iterations done than asked for). The message says what differs and how to proceed."""
+
+
+class RunFailedError(FastDDError, RuntimeError):
+    """A run ended without a usable result: its images stopped being finite or blew up far beyond the data's
+    range, or it skipped more than its share of iterations. The last good checkpoint (if any) is kept."""
+
+
 class RunInterrupted(FastDDError, KeyboardInterrupt):
     """A run stopped on SIGTERM or Ctrl-C after finishing an iteration (and writing a checkpoint when
     it has a run folder). ``signal``: the signal's number; ``iteration``: iterations done; ``folder``:
@@ -33,3 +48,12 @@ class RunInterrupted(FastDDError, KeyboardInterrupt):
 
 class CheckpointWarning(UserWarning):
     """A checkpoint could not be written (the previous one is kept)."""
+
+
+class UnverifiedFileWarning(UserWarning):
+    """A file written by an older fastdd carries no SHA-256 record, so it was loaded without a check."""
+
+
+class ExpertWarning(UserWarning):
+    """Expert trajectories that look wrong, e.g. consecutive snapshots that are identical (a network that
+    did not move, or a file that holds the same tensor in every snapshot)."""

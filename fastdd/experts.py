@@ -15,8 +15,8 @@ Nothing is unpickled on load. ``import_reference_buffer`` converts the reference
 """
 from __future__ import annotations
 
-import json
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,13 +27,16 @@ from safetensors import SafetensorError, safe_open
 
 from .data import Dataset
 from .distributed import barrier, current, gather_objects
-from .errors import CorruptFileError, ModelMismatchError
-from .io import atomic_save_safetensors, atomic_write_json, sha256_file
+from .errors import CorruptFileError, ExpertWarning, ModelMismatchError
+from .io import (atomic_save_safetensors, atomic_write_json, check_file, check_out_folder, inside, json_field,
+                 read_json_object)
 from .models import FunctionalNet, accuracy, model_for, model_from_spec
+from .options import check_positive
 from .rng import generator
 from .runs import CSVLog, RunDir, progress
 
 FORMAT = "fastdd.experts/1"
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -98,8 +101,16 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
 
     Returns the :class:`ExpertBuffer` over ``out``.
     """
-    if num_experts < 1 or epochs < 1:
-        raise ValueError(f"num_experts and epochs must be >= 1, got {num_experts} and {epochs}")
+    for name, value in (("num_experts", num_experts), ("epochs", epochs), ("batch_size", batch_size),
+                        ("shard_size", shard_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    cfg = ExpertConfig(lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, decay=decay,
+                       augment=augment)
+    check_positive(cfg, "lr")
+    check_positive(cfg, "momentum", "weight_decay", allow_zero=True)
+    if augment not in (None, "none", "dsa"):
+        raise ValueError(f"augment must be None or 'dsa', got {augment!r}")
     net = model_for(ds, model, **(model_kwargs or {})) if isinstance(model, str) else model
     if out is None:
         if current() is not None:
@@ -107,20 +118,23 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
         import tempfile
         out = tempfile.mkdtemp(prefix="fastdd-experts-")
     out = Path(out)
-    cfg = ExpertConfig(lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, decay=decay,
-                       augment=augment)
+    check_out_folder(out)
     header = {"format": FORMAT, "model": net.name, "model_spec": net.spec, "init": net.init_scheme,
               "num_params": net.num_params, "dataset": ds.name, "zca": ds.zca is not None, "epochs": epochs,
               "seed": seed, "shard_size": shard_size, "train": asdict(cfg)}
     manifest = {**header, "num_experts": num_experts, "shards": [], "test_accuracy": [], "complete": False}
-    mpath = out / "manifest.json"
+    mpath = out / MANIFEST
     if mpath.exists() and not resume:
         raise ValueError(f"{out} already holds experts; pass resume=True to continue them or use another folder")
     if mpath.exists() and resume:
-        old = json.loads(mpath.read_text())
-        if {k: old.get(k) for k in header} != header:
-            raise ValueError(f"{out} holds experts trained with other settings; use another folder")
-        manifest["shards"], manifest["test_accuracy"] = old["shards"], old["test_accuracy"]
+        old = read_manifest(out)
+        differ = sorted(k for k in header if old.get(k) != header[k])
+        if differ:
+            raise ValueError(f"{out} holds experts trained with other settings ({', '.join(differ)} differ); resume "
+                             "with the same settings or use another folder")
+        for shard in old["shards"]:  # the shards kept must be intact
+            check_file(out / shard["file"], shard, mpath, "expert shard")
+        manifest["shards"], manifest["test_accuracy"] = old["shards"], old.get("test_accuracy", [])
     out.mkdir(parents=True, exist_ok=True)
     if run_config is not None and (current() is None or current().is_main):  # once the folder is known usable
         RunDir(out, run_config)
@@ -145,6 +159,7 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
                 losses.append(loss)
 
             traj, acc = train_one(net, ds, epochs, cfg, seed=_expert_seed(seed, i), on_epoch=on_epoch)
+            warn_identical(traj, f"expert {i} ({out})")
             trained[i] = (traj, acc, losses)
         if d is not None:  # rank 0 writes the file: only it receives the trajectories
             parts = gather_objects(trained, d)
@@ -156,10 +171,9 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
                 log.log(expert=i, epoch=epochs, train_loss="", test_accuracy=trained[i][1])
             k = len(manifest["shards"])
             fname = f"experts_{k:04d}.safetensors"
-            atomic_save_safetensors(out / fname, {f"expert_{i}": trained[i][0] for i in chunk},
-                                    metadata={"format": FORMAT})
-            manifest["shards"].append({"file": fname, "experts": list(chunk),
-                                       "bytes": (out / fname).stat().st_size, "sha256": sha256_file(out / fname)})
+            record = atomic_save_safetensors(out / fname, {f"expert_{i}": trained[i][0] for i in chunk},
+                                             metadata={"format": FORMAT})
+            manifest["shards"].append({"file": fname, "experts": list(chunk), **record})
             manifest["test_accuracy"].extend(trained[i][1] for i in chunk)
             manifest["complete"] = sum(len(s["experts"]) for s in manifest["shards"]) >= num_experts
             atomic_write_json(mpath, manifest)
@@ -181,6 +195,62 @@ def _expert_seed(seed: int, i: int) -> int:
     return derive_seed(seed, "expert", i)
 
 
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``manifest.json`` of an expert folder with its fields checked: :class:`CorruptFileError` naming the
+    file and the key for a missing key or a wrong JSON type, :class:`~fastdd.errors.UnsafePathError` for a shard
+    name that leaves the folder. Reads only the manifest."""
+    folder = Path(folder)
+    mpath = folder / MANIFEST
+    m = read_json_object(mpath, "expert folder")
+    if m.get("format") != FORMAT:
+        raise CorruptFileError(f"{mpath} is not a {FORMAT} manifest (format {m.get('format')!r})")
+    json_field(m, "model", str, mpath)
+    json_field(m, "model_spec", dict, mpath)
+    json_field(m, "init", str, mpath, optional=True)
+    json_field(m, "dataset", str, mpath)
+    json_field(m, "zca", bool, mpath, optional=True)
+    for key in ("num_params", "epochs"):
+        if json_field(m, key, int, mpath) < (1 if key == "num_params" else 0):
+            raise CorruptFileError(f"{mpath}: {key!r} must be >= {1 if key == 'num_params' else 0}, got {m[key]}")
+    json_field(m, "test_accuracy", list, mpath, optional=True)
+    seen: set[int] = set()
+    for i, shard in enumerate(json_field(m, "shards", list, mpath)):
+        where = f"shards[{i}]."
+        if not isinstance(shard, dict):
+            raise CorruptFileError(f"{mpath}: 'shards[{i}]' must be a JSON object, got {shard!r:.60}")
+        inside(folder, json_field(shard, "file", str, mpath, where=where), source=mpath, field=f"{where}file")
+        json_field(shard, "bytes", int, mpath, where=where)
+        json_field(shard, "sha256", str, mpath, where=where)
+        ids = json_field(shard, "experts", list, mpath, where=where)
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in ids) or seen & set(ids):
+            raise CorruptFileError(f"{mpath}: '{where}experts' must list new expert ids (integers >= 0), got {ids!r:.60}")
+        seen |= set(ids)
+    return m
+
+
+def identical_snapshots(traj: torch.Tensor) -> list[int]:
+    """Epochs ``e >= 1`` whose snapshot equals that of epoch ``e - 1`` exactly: a network that did not move (or
+    a file that holds one tensor in every snapshot: the reference code's ``.cpu()`` on a CPU returns the live
+    tensor, so its buffers made on a CPU hold the final weights everywhere)."""
+    if len(traj) < 2:
+        return []
+    same = (traj[1:] == traj[:-1]).all(dim=1)
+    return (torch.nonzero(same).flatten() + 1).tolist()
+
+
+def warn_identical(traj: torch.Tensor, what: str) -> None:
+    """An :class:`~fastdd.errors.ExpertWarning` naming ``what`` and the epochs when :func:`identical_snapshots`
+    finds any."""
+    eps = identical_snapshots(traj)
+    if not eps:
+        return
+    pairs = ", ".join(f"{e - 1}-{e}" for e in eps[:6]) + (" ..." if len(eps) > 6 else "")
+    every = " (every snapshot is the same)" if len(eps) == len(traj) - 1 else ""
+    warnings.warn(f"{what}: consecutive snapshots are identical at epochs {pairs}{every}; trajectory matching "
+                  "cannot learn from an expert that does not move (a buffer saved on a CPU by the reference code "
+                  "holds the final weights in every snapshot: re-save it with .clone())", ExpertWarning, stacklevel=3)
+
+
 class ExpertBuffer:
     """Read access to a folder of expert trajectories.
 
@@ -195,29 +265,28 @@ class ExpertBuffer:
 
     def __init__(self, path: str | os.PathLike, verify: bool = True):
         self.path = Path(path)
-        mpath = self.path / "manifest.json"
+        mpath = self.path / MANIFEST
         if not mpath.exists():
             raise FileNotFoundError(f"{mpath} not found: {self.path} is not an expert folder "
                                     "(make one with `fastdd experts` or fastdd.train_experts)")
-        try:
-            self.manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise CorruptFileError(f"{mpath} is not valid JSON ({e}); the expert folder is damaged") from e
-        if self.manifest.get("format") != FORMAT:
-            raise CorruptFileError(f"{mpath} is not a {FORMAT} manifest")
+        self.manifest = read_manifest(self.path)
         self.verify = verify
         self._verified: set[str] = set()
         self._where: dict[int, str] = {}
+        self._shard: dict[str, dict[str, Any]] = {}
         for s in self.manifest["shards"]:
             f = self.path / s["file"]
-            if not f.exists():
+            if not f.is_file():
                 raise CorruptFileError(f"expert shard {f} listed in {mpath} is missing")
             if f.stat().st_size != s["bytes"]:
                 raise CorruptFileError(f"expert shard {f} is truncated or corrupt: {f.stat().st_size} bytes, "
                                        f"the manifest says {s['bytes']}")
+            self._shard[s["file"]] = s
             for e in s["experts"]:
                 self._where[e] = s["file"]
         self.ids = sorted(self._where)
+        if not self.ids:
+            raise CorruptFileError(f"{mpath} lists no experts: the expert folder is empty or damaged")
         self.device: torch.device | None = None  # None: read from the files on every call
         self._resident: dict[int, torch.Tensor] = {}
 
@@ -250,8 +319,23 @@ class ExpertBuffer:
         return self.manifest["dataset"]
 
     def model(self) -> FunctionalNet:
-        """The network the experts were trained with."""
-        return model_from_spec(self.manifest["model"], self.manifest["model_spec"], self.manifest.get("init", "default"))
+        """The network the experts were trained with (:class:`CorruptFileError` when the manifest's model does
+        not build, or has another number of parameters than the manifest says)."""
+        m, mpath = self.manifest, self.path / MANIFEST
+        try:
+            net = model_from_spec(m["model"], m["model_spec"], m.get("init", "default"))
+        except (TypeError, ValueError) as e:
+            raise CorruptFileError(f"{mpath}: 'model' / 'model_spec' do not describe a network fastdd builds: {e}") from e
+        if net.num_params != self.num_params:
+            raise CorruptFileError(f"{mpath}: {net.describe()} has {net.num_params} parameters, the manifest says "
+                                   f"num_params {self.num_params}")
+        return net
+
+    def verify_all(self) -> None:
+        """Check every shard's SHA-256 now (each once per buffer), so that a corrupt file is found before a run
+        writes anything rather than in its middle."""
+        for file in self._shard:
+            self._check_sha(file)
 
     def check_model(self, net: FunctionalNet) -> None:
         """Raise :class:`ModelMismatchError` unless ``net`` has the experts' architecture."""
@@ -270,13 +354,14 @@ class ExpertBuffer:
                 f"{m['model']} on {m['dataset']}{where}>")
 
     # ---------------------------------------------------------------- reading
+    def _check_sha(self, file: str) -> None:
+        if self.verify and file not in self._verified:
+            check_file(self.path / file, self._shard[file], self.path / MANIFEST, "expert shard")
+            self._verified.add(file)
+
     def _open(self, file: str):
         f = self.path / file
-        if self.verify and file not in self._verified:
-            want = next(s["sha256"] for s in self.manifest["shards"] if s["file"] == file)
-            if sha256_file(f) != want:
-                raise CorruptFileError(f"expert shard {f} is corrupt: its SHA-256 does not match {self.path / 'manifest.json'}")
-            self._verified.add(file)
+        self._check_sha(file)
         try:
             return safe_open(str(f), framework="pt")
         except (SafetensorError, OSError) as e:
@@ -354,6 +439,8 @@ def import_reference_buffer(files: Sequence[str | os.PathLike], net: FunctionalN
     """
     if not files:
         raise ValueError("import_reference_buffer needs at least one replay_buffer_*.pt file")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     import re
     files = sorted(files, key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.fspath(f))])
     shapes = [p.shape for p in net.params]
@@ -368,9 +455,15 @@ def import_reference_buffer(files: Sequence[str | os.PathLike], net: FunctionalN
             raise CorruptFileError(f"{fpath} is not a readable replay buffer (torch.load weights_only): {e}") from e
         if not isinstance(data, list) or not all(isinstance(x, list) for x in data):
             raise CorruptFileError(f"{fpath}: expected a list of experts, each a list of epochs")
+        if not data:
+            raise CorruptFileError(f"{fpath} holds an empty list: no experts to import")
         for ei, expert in enumerate(data):
             snaps = []
+            if not expert:
+                raise CorruptFileError(f"{fpath}: expert {ei} has no snapshots")
             for ep, params in enumerate(expert):
+                if not isinstance(params, (list, tuple)) or not all(torch.is_tensor(t) for t in params):
+                    raise CorruptFileError(f"{fpath}: expert {ei} epoch {ep} must be a list of parameter tensors")
                 if len(params) != len(shapes) or any(tuple(t.shape) != s for t, s in zip(params, shapes)):
                     got = [tuple(t.shape) for t in params][:4]
                     raise ModelMismatchError(
@@ -381,8 +474,13 @@ def import_reference_buffer(files: Sequence[str | os.PathLike], net: FunctionalN
                 epochs = len(snaps) - 1
             elif len(snaps) - 1 != epochs:
                 raise CorruptFileError(f"{fpath}: expert {ei} has {len(snaps)} snapshots, earlier experts {epochs + 1}")
-            trajs.append(torch.stack(snaps))
+            traj = torch.stack(snaps)
+            if not torch.isfinite(traj).all():
+                raise CorruptFileError(f"{fpath}: expert {ei} holds NaN or inf parameters")
+            warn_identical(traj, f"{fpath}: expert {ei}")
+            trajs.append(traj)
     out = Path(out)
+    check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"format": FORMAT, "model": net.name, "model_spec": net.spec, "init": net.init_scheme,
                 "num_params": net.num_params, "dataset": dataset, "zca": None, "epochs": epochs, "seed": None,
@@ -391,8 +489,7 @@ def import_reference_buffer(files: Sequence[str | os.PathLike], net: FunctionalN
     for k in range(0, len(trajs), shard_size):
         fname = f"experts_{k // shard_size:04d}.safetensors"
         ids = list(range(k, min(k + shard_size, len(trajs))))
-        atomic_save_safetensors(out / fname, {f"expert_{i}": trajs[i] for i in ids}, metadata={"format": FORMAT})
-        manifest["shards"].append({"file": fname, "experts": ids, "bytes": (out / fname).stat().st_size,
-                                   "sha256": sha256_file(out / fname)})
+        record = atomic_save_safetensors(out / fname, {f"expert_{i}": trajs[i] for i in ids}, metadata={"format": FORMAT})
+        manifest["shards"].append({"file": fname, "experts": ids, **record})
     atomic_write_json(out / "manifest.json", manifest)
     return ExpertBuffer(out)
