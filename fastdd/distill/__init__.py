@@ -9,15 +9,18 @@ Every method is a :class:`~fastdd.distill.loop.Policy` on one loop (:func:`~fast
 """
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import fields
 from typing import Any
 
 import torch
 
 from ..data import Dataset
+from ..distributed import check_device
 from ..engine import parse_bytes
 from ..experts import ExpertBuffer
+from ..io import check_out_folder
+from ..options import check_dataclass_options
 from ..synthetic import SyntheticSet
 from .dd import DDConfig, run_dd
 from .loop import KeepBest, run_loop
@@ -101,15 +104,18 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     iterations = 1000 if iterations is None else iterations
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    for name, value in (("iterations", iterations), ("ipc", ipc), ("checkpoint_every", checkpoint_every)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if out is not None:
+        check_out_folder(out)
     if isinstance(experts, (str, os.PathLike)):
         experts = ExpertBuffer(experts)
     engine = {"theta_storage": theta_storage,
               "memory_budget": None if memory_budget is None else parse_bytes(memory_budget),
               "deterministic": bool(deterministic)}
     if device is not None:
-        device = torch.device(device)
+        device = check_device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         if ds.device != device:
@@ -145,8 +151,12 @@ def _keep_best(ds: Dataset, method: str, every: int, protocol: str, options: dic
     if ds.val is None:
         raise ValueError("select_every scores sets on a validation split, and this data set has none: pass "
                          "ds.with_validation(fraction, seed) (never select on the test split)")
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, resolve_protocol
     opts = {"num_eval": 1, **options}
+    if protocol == "dd":
+        raise ValueError("select_protocol 'dd' replays a DD set's steps on the test split; use mtt, selmatch or soft")
+    own = set(inspect.signature(evaluate).parameters)  # the rest are protocol settings: checked now, not at the
+    resolve_protocol(protocol, **{k: v for k, v in opts.items() if k not in own})  # first scoring hours later
 
     def score(syn: SyntheticSet) -> float:
         return evaluate(syn, ds, protocol, seed=seed, split="val", show_progress=False, **opts).mean
@@ -169,15 +179,14 @@ def _run_matching(ds, method, ipc, iterations, seed, out, resume, checkpoint_eve
             per = policy.outer  # loop steps (pixel updates) per network
         done = run_loop(policy, iterations * per, out=out, resume=resume, checkpoint_every=checkpoint_every * per,
                         show_progress=show_progress, desc=f"{method} ipc={ipc}",
-                        selection=None if keep_best is None else keep_best.selection(policy, per))
+                        selection=None if keep_best is None else keep_best.selection(policy, per), per=per)
     return policy.result(iterations, done.skipped, {**extra, **(keep_best.meta(done, per) if keep_best else {})})
 
 
 def _make(cls, options: dict[str, Any], method: str):
-    names = {f.name for f in fields(cls)}
-    bad = sorted(set(options) - names)
-    if bad:
-        raise TypeError(f"{method} has no option(s) {', '.join(bad)}; its options: {', '.join(sorted(names))}")
+    """``cls(**options)`` after every key and value was checked against ``cls``'s fields (a ``TypeError``
+    names the option and the type it wants)."""
+    check_dataclass_options(cls, options, method)
     return cls(**options)
 
 

@@ -25,9 +25,10 @@ from ..data import Dataset, minibatches
 from ..engine import dd_grad, deterministic_algorithms, student_loss, to_device_once
 from ..experts import ExpertBuffer
 from ..models import FunctionalNet, model_for
+from ..options import check_positive
 from ..rng import generator
 from ..synthetic import SyntheticSet
-from .loop import Policy, Step, run_loop
+from .loop import Policy, Step, data_scale, run_loop
 from .mtt import check_engine_options, resolve_mode
 
 
@@ -55,8 +56,16 @@ class DDConfig:
     def validate(self, num_classes: int) -> None:
         if self.init_mode not in ("fixed", "random", "pretrained"):
             raise ValueError(f"init_mode must be 'fixed', 'random' or 'pretrained', got {self.init_mode!r}")
-        if self.steps < 1 or self.epochs < 1 or self.images_per_class < 1 or self.n_nets < 1:
-            raise ValueError("steps, epochs, images_per_class and n_nets must be >= 1")
+        if self.steps < 1 or self.epochs < 1 or self.images_per_class < 1 or self.n_nets < 1 or self.real_batch < 1:
+            raise ValueError("steps, epochs, images_per_class, n_nets and real_batch must be >= 1, got "
+                             f"{self.steps}, {self.epochs}, {self.images_per_class}, {self.n_nets}, {self.real_batch}")
+        check_positive(self, "lr", "lr_init")
+        if not 0 < self.decay_factor <= 1:
+            raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor}")
+        if self.decay_every is not None and self.decay_every < 1:
+            raise ValueError(f"decay_every must be >= 1 (or None), got {self.decay_every}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.attack is not None:
             a, b = self.attack
             if not (0 <= a < num_classes and 0 <= b < num_classes and a != b):
@@ -99,6 +108,7 @@ class DDPolicy(Policy):
 
     method = "dd"
     log_fields = ("mean_lr",)
+    pixel_lr = "lr"  # Adam's rate on the images (and the rates)
 
     def __init__(self, ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: ExpertBuffer | None,
                  resident_experts: bool | None = None):
@@ -110,12 +120,14 @@ class DDPolicy(Policy):
             if experts is None:
                 raise ValueError("init_mode='pretrained' needs experts= (their final snapshots are the start weights)")
             net = experts.model()
+            experts.verify_all()  # a corrupt shard is found now, before the run folder is touched
         else:
             net = model_for(ds, cfg.model, init=cfg.init)
         dev = ds.device
         if experts is not None and (dev.type == "cuda" if resident_experts is None else resident_experts):
             experts = experts.to(dev)
         self.ds, self.config, self.seed, self.experts, self.net = ds, cfg, seed, experts, net
+        self.pixel_scale = data_scale(ds)
         self.fixed = dd_inits(net, cfg, seed, 0, dev, experts, None) if cfg.init_mode == "fixed" else None
         k, s, n_img = ds.num_classes, cfg.steps, cfg.images_per_class
         g_init, g_iter = generator(seed, "dd", "images"), generator(seed, "dd", "iter")

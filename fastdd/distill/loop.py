@@ -18,6 +18,15 @@ Faults: SIGTERM or Ctrl-C (SIGINT) lets the current iteration finish, writes a c
 :class:`~fastdd.errors.RunInterrupted` (a second signal stops at once); a checkpoint that cannot be
 written (full disk, vanished folder) is reported and the previous one stays as it was.
 
+Guards that end a run with :class:`~fastdd.errors.RunFailedError` instead of a useless set: the learned
+images stop being finite or move more than :data:`PIXEL_LIMIT` standard deviations of the real training
+images away from their mean (checked with the per-iteration read-back, and before every checkpoint, so
+the last checkpoint written is always a good one), or more than :data:`MAX_SKIPPED_SHARE` of the
+iterations were skipped.
+
+Validate, then write: everything a run can check (a resumed checkpoint, its settings, seed and
+iteration count) is checked before the run folder is created or any file in it changes.
+
 Under torch.distributed (a policy with a :class:`~fastdd.distributed.Shard`), every rank runs the
 loop on its rows; the per-iteration read-back is one all-reduce (so every rank skips, or stops, at
 the same iteration), checkpoints gather the rows and rank 0 alone writes the run folder.
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -37,9 +47,24 @@ from typing import Any
 import torch
 
 from ..distributed import Dist, Shard, all_reduce_
-from ..errors import CheckpointWarning, RunInterrupted
+from ..errors import CheckpointWarning, ResumeError, RunFailedError, RunInterrupted
+from ..io import check_out_folder
 from ..runs import RunDir, progress
 from .state import load_checkpoint, save_checkpoint
+
+#: A run stops (:class:`~fastdd.errors.RunFailedError`) when a learned pixel lies more than this many standard
+#: deviations of the real training images (in the space the run learns in: normalised or ZCA'd) from their
+#: mean. Real images lie within a few; sets that train well stay within tens.
+PIXEL_LIMIT = 1e3
+#: A run that skipped more than this share of its iterations (non-finite loss or gradients, or a loss
+#: gate) ends with :class:`~fastdd.errors.RunFailedError` after its last checkpoint, instead of a result.
+MAX_SKIPPED_SHARE = 0.5
+
+
+def data_scale(ds) -> tuple[float, float]:
+    """``(mean, std)`` of a data set's training images, over all pixels: the pixel guard's yardstick."""
+    x = ds.train.images
+    return float(x.mean()), float(x.std())
 
 
 @dataclass
@@ -68,10 +93,23 @@ class Policy:
     threshold: float | None = None               # skip the update when the loss is above this
     log_every: int = 1                           # log rows every this many iterations (and every skip)
     shard: Shard | None = None                   # torch.distributed: this rank's rows of the tensors in shard.names
+    seed: int | None = None                      # the run's seed (checkpoints record it: resume refuses another)
+    pixel_lr: str = "lr_img"                     # the option that sets the pixel step, named when images blow up
+    pixel_scale: tuple[float, float] | None = None  # (mean, std) of the real images (data_scale); None: no guard
 
     def whole(self, t: torch.Tensor) -> torch.Tensor:
         """The whole of a split tensor (under torch.distributed gathered from every rank's rows; else ``t``)."""
         return t if self.shard is None else self.shard.gather(t)
+
+    def pixel_excess(self) -> torch.Tensor | None:
+        """0-d tensor on the device (no host sync): the largest ``|x − mean|`` over the learned images
+        ``tensors["images"]``, in units of :data:`PIXEL_LIMIT` × std; above 1 (or not finite) the images
+        have blown up. ``None`` without :attr:`pixel_scale`."""
+        x = self.tensors.get("images")
+        if self.pixel_scale is None or x is None or x.numel() == 0:
+            return None
+        mean, std = self.pixel_scale
+        return (x.detach() - mean).abs().max() / (PIXEL_LIMIT * max(std, 1e-12))
 
     def config_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -146,7 +184,7 @@ class LoopResult:
 
 def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, resume: bool = False,
              checkpoint_every: int = 100, show_progress: bool = True, desc: str | None = None,
-             selection: Selection | None = None) -> LoopResult:
+             selection: Selection | None = None, per: int = 1) -> LoopResult:
     """Run ``policy`` for ``iterations`` iterations (continuing a checkpoint in ``out`` when ``resume``).
 
     With ``out``: ``log.csv`` gets a row per iteration (``iteration, loss, <policy fields>, skipped,
@@ -158,7 +196,12 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
     SIGTERM or Ctrl-C: the iteration finishes, a checkpoint is written, then
     :class:`~fastdd.errors.RunInterrupted` is raised. A checkpoint that cannot be written warns
     (:class:`~fastdd.errors.CheckpointWarning`) and keeps the previous one. With ``policy.shard``
-    (torch.distributed), every rank calls this; rank 0 alone writes ``out``.
+    (torch.distributed), every rank calls this; rank 0 alone writes ``out``. ``per``: loop iterations per
+    method iteration (DC: pixel updates per network), for messages.
+
+    Nothing in ``out`` changes before the resumed checkpoint (if any) was read and checked
+    (:func:`check_resume`). Images that blow up, or more than :data:`MAX_SKIPPED_SHARE` of the iterations
+    skipped, end the run with :class:`~fastdd.errors.RunFailedError`.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -167,40 +210,60 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
     d = policy.shard.dist if policy.shard is not None else None
     main = d is None or d.is_main
     folder = Path(out) if out is not None else None
-    run = RunDir(out) if out is not None and main else None   # rank 0 alone writes the run folder
+    if folder is not None and main:
+        check_out_folder(folder)
     start_it, skipped = 0, 0
     best = {k: v.detach().clone() for k, v in policy.tensors.items()} if selection is not None else {}
     best_score, best_it = -math.inf, None
     saved = {**policy.tensors, **{f"best.{k}": v for k, v in best.items()}}  # what checkpoints hold
     gather, rows = _shard_transforms(policy, saved)
-    if run is not None and not resume:
-        (run.path / "log.csv").unlink(missing_ok=True)
-        (run.path / "selection.csv").unlink(missing_ok=True)
-    if folder is not None and resume:
+    meta = None
+    if folder is not None and resume:  # read and check only: the folder is not touched yet
         meta = load_checkpoint(folder, saved, policy.optimizers, policy.generators, transform=rows)
         if meta is not None:
-            if not config_matches(meta["extra"].get("config"), policy.config_dict(), type(policy.config)):
-                raise ValueError(f"the checkpoint in {folder} was made with other settings; use another folder")
+            check_resume(policy, meta, folder, iterations, per)
             start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
             if selection is not None:
                 best_score, best_it = meta["extra"]["best_score"], meta["extra"]["best_iteration"]
                 best_score = -math.inf if best_score is None else best_score
             policy.resume(start_it, meta["extra"])
-            if run is not None:
-                _truncate_log(run.path / "log.csv", start_it)
-                _truncate_log(run.path / "selection.csv", start_it + 1)
     policy.begin()
+    run = RunDir(out) if out is not None and main else None   # rank 0 alone writes the run folder
+    if run is not None:
+        if meta is None:  # a fresh start: fresh logs
+            (run.path / "log.csv").unlink(missing_ok=True)
+            (run.path / "selection.csv").unlink(missing_ok=True)
+        else:
+            _truncate_log(run.path / "log.csv", start_it)
+            _truncate_log(run.path / "selection.csv", start_it + 1)
     log = run.csv("log.csv", ["iteration", "loss", *policy.log_fields, "skipped", "seconds"]) \
         if run is not None else None
     sel_log = run.csv("selection.csv", ["iterations", "score", "best"]) if run is not None and selection else None
     bar = progress(range(start_it, iterations), desc=desc or policy.method, disable=not (show_progress and main),
                    initial=start_it, total=iterations)
-    last_saved = start_it if folder is not None and resume and start_it else None
+    if meta is not None and start_it == iterations and main:
+        bar.write(f"{policy.method}: the checkpoint in {folder} has already done all {iterations // per} iterations; "
+                  "nothing to run, its set is returned as saved", file=sys.stderr)
+    last_saved = start_it if meta is not None and start_it else None
+    reasons: dict[str, int] = {}
+
+    def check_pixels(done: int) -> None:
+        """Stop with :class:`RunFailedError` when the images have blown up (one read-back, all-reduced)."""
+        excess = policy.pixel_excess()
+        if excess is None:
+            return
+        flag = excess.detach().double().reshape(1)
+        if d is not None:
+            flag = all_reduce_(flag, d, op="max")
+        value = float(flag)
+        if not value <= 1.0:  # NaN too
+            raise _blown_up(policy, value, done, folder, last_saved)
 
     def checkpoint(done: int) -> bool:
         """Write the checkpoint after ``done`` iterations; False (and a warning) when it could not be written."""
         nonlocal last_saved
-        extra = {"config": policy.config_dict(), "skipped": skipped, **policy.extra_state()}
+        check_pixels(done)  # never write a checkpoint of blown-up images: the last one written stays good
+        extra = {"config": policy.config_dict(), "skipped": skipped, "seed": policy.seed, **policy.extra_state()}
         if selection is not None:
             extra.update(best_score=None if best_it is None else best_score, best_iteration=best_it)
         try:
@@ -226,7 +289,11 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
             for it in bar:
                 t0 = time.time()
                 step = policy.step(it)
-                loss, ok, stop = read_back(step.loss, *step.grads, dist=d, stop=signals.caught is not None)
+                excess = policy.pixel_excess()  # the images this step ran on: a blow-up of an earlier update
+                loss, ok, stop, blown = read_back(step.loss, *step.grads, dist=d, stop=signals.caught is not None,
+                                                  excess=excess)
+                if blown is not None:
+                    raise _blown_up(policy, blown, it, folder, last_saved)
                 reason = "" if ok else "non-finite loss or gradient"
                 if ok and policy.threshold is not None and loss > policy.threshold:
                     ok, reason = False, f"loss {loss:.3f} above threshold {policy.threshold}"
@@ -234,6 +301,8 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
                     policy.apply(step)
                 else:
                     skipped += 1
+                    kind = reason if reason.startswith("non-finite") else "loss above the threshold"
+                    reasons[kind] = reasons.get(kind, 0) + 1
                     if main:
                         bar.write(f"{policy.method}: iteration {it} skipped ({reason})")
                 policy.end_iteration(it)
@@ -263,11 +332,21 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
                     if main:
                         bar.write(f"{policy.method}: stopped by {signals.name} after iteration {it + 1}; {where}")
                     raise RunInterrupted(signals.caught or signal.SIGTERM, it + 1, str(folder) if written else None)
+        if folder is None:  # with a folder the last checkpoint checked them
+            check_pixels(iterations)
     finally:
         bar.close()
         for f in (log, sel_log):
             if f is not None:
                 f.close()
+    if skipped > MAX_SKIPPED_SHARE * iterations:
+        why = ", ".join(f"{n} for {k}" for k, n in reasons.items()) or "in earlier, resumed parts of the run"
+        hint = (" A loss that is never finite means the start and target parameters coincide: check the experts "
+                "(identical snapshots?) and the learning rates." if "non-finite loss or gradient" in reasons else "")
+        kept = f"; its last checkpoint is in {folder}" if folder is not None else ""
+        raise RunFailedError(f"{policy.method}: {skipped // per} of {iterations // per} iterations were skipped ({why}), "
+                             f"more than {MAX_SKIPPED_SHARE:.0%}: the set learned nothing useful and is not returned"
+                             f"{kept}.{hint}")
     if selection is not None and best_it is not None:
         with torch.no_grad():
             for k, v in policy.tensors.items():
@@ -339,31 +418,82 @@ def _shard_transforms(policy: Policy, saved: dict[str, torch.Tensor]):
     return gather, rows
 
 
-def read_back(loss: torch.Tensor, *grads: torch.Tensor, dist: Dist | None = None, stop: bool = False
-              ) -> tuple[float, bool, bool]:
-    """``(loss as a float, whether loss and every gradient are finite, whether to stop)`` with one
-    device→host read. Under torch.distributed (``dist``) one all-reduce (max) first makes the three
-    the same on every rank: the gradients are each rank's rows, the stop request may reach one rank."""
+def read_back(loss: torch.Tensor, *grads: torch.Tensor, dist: Dist | None = None, stop: bool = False,
+              excess: torch.Tensor | None = None) -> tuple[float, bool, bool, float | None]:
+    """``(loss as a float, whether loss and every gradient are finite, whether to stop, the pixel excess when
+    the images have blown up (else None))`` with one device→host read. ``excess``: :meth:`Policy.pixel_excess`.
+    Under torch.distributed (``dist``) one all-reduce (max) first makes them the same on every rank: the
+    gradients and images are each rank's rows, the stop request may reach one rank."""
     finite = torch.isfinite(loss)
     for g in grads:
         finite = finite & torch.isfinite(g).all()
-    flags = torch.stack([loss.detach().double(), (~finite).double()])
+    zero = loss.detach().double().new_zeros(())
+    big = zero if excess is None else torch.nan_to_num(excess.detach().double(), nan=math.inf)
+    flags = torch.stack([loss.detach().double(), (~finite).double(), big])
     if dist is not None:
         flags = all_reduce_(torch.cat([flags, flags.new_tensor([float(stop)])]), dist, op="max")
-    value, bad, *halt = flags.tolist()
-    return value, not bad and math.isfinite(value), bool(halt[0]) if halt else stop
+    value, bad, over, *halt = flags.tolist()
+    return (value, not bad and math.isfinite(value), bool(halt[0]) if halt else stop,
+            over if not over <= 1.0 else None)
 
 
-def config_matches(saved: dict | None, current: dict, cls) -> bool:
-    """Whether a checkpoint's recorded config equals ``current``; fields the checkpoint predates
-    (added later, e.g. ``theta_storage``) count as their defaults."""
+def _blown_up(policy: Policy, excess: float, it: int, folder: Path | None, last_saved: int | None) -> RunFailedError:
+    lr = getattr(policy.config, policy.pixel_lr, None)
+    mean, std = policy.pixel_scale or (0.0, 1.0)
+    size = "are no longer finite" if not math.isfinite(excess) else \
+        f"lie up to {excess * PIXEL_LIMIT:.3g} standard deviations of the real images (std {std:.3g}) from their mean"
+    if folder is None:
+        kept = "no run folder: nothing was saved"
+    elif last_saved is None:
+        kept = f"no checkpoint was written to {folder}"
+    else:
+        kept = f"the last good checkpoint (iteration {last_saved}) is kept in {folder}"
+    return RunFailedError(f"{policy.method}: at iteration {it} the synthetic images {size}, more than the "
+                          f"{PIXEL_LIMIT:g} allowed: the pixel step is too large; lower {policy.pixel_lr} (now {lr:g}). "
+                          f"The run stops without a set; {kept}")
+
+
+def config_diff(saved: dict | None, current: dict, cls) -> list[str] | None:
+    """The fields in which a checkpoint's recorded config differs from ``current`` (``None`` when there is no
+    recorded config to compare); fields the checkpoint predates (added later, e.g. ``theta_storage``) count as
+    their defaults."""
     if not isinstance(saved, dict):
-        return False
+        return None
     filled = dict(saved)
     for f in fields(cls):
         if f.name not in filled and f.default is not MISSING:
             filled[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
-    return filled == current
+    return sorted(k for k in set(filled) | set(current) if filled.get(k, MISSING) != current.get(k, MISSING))
+
+
+def config_matches(saved: dict | None, current: dict, cls) -> bool:
+    """Whether a checkpoint's recorded config equals ``current`` (:func:`config_diff` is empty)."""
+    return config_diff(saved, current, cls) == []
+
+
+def check_resume(policy: Policy, meta: dict[str, Any], folder: Path, iterations: int, per: int = 1) -> None:
+    """Refuse (:class:`~fastdd.errors.ResumeError`) to continue a checkpoint that this run would not continue
+    honestly: other settings (the differing fields named), another seed, or more iterations already done than
+    ``iterations`` asks for."""
+    extra = meta["extra"]
+    current = policy.config_dict()
+    diff = config_diff(extra.get("config"), current, type(policy.config))
+    if diff is None:
+        raise ResumeError(f"the checkpoint in {folder} records no settings of {policy.method}; use another folder")
+    if diff:
+        saved = extra["config"]
+        what = "; ".join(f"{k} {saved.get(k, '(unset)')!r} there, {current.get(k, '(unset)')!r} now" for k in diff)
+        raise ResumeError(f"the checkpoint in {folder} was made with other settings: {what}. Resume with the same "
+                          "settings, or use another folder for a new run")
+    if extra.get("seed") is not None and policy.seed is not None and extra["seed"] != policy.seed:
+        raise ResumeError(f"the checkpoint in {folder} was made with seed {extra['seed']}, not {policy.seed}: its random "
+                          f"streams continue seed {extra['seed']}. Resume with seed={extra['seed']} (--seed "
+                          f"{extra['seed']}), or start the new seed in another folder")
+    done = meta["iteration"]
+    if done > iterations:
+        raise ResumeError(f"the checkpoint in {folder} has done {done // per} iterations, more than the {iterations // per} "
+                          f"asked for: pass iterations >= {done // per} to continue it (at {done // per} its set is "
+                          "returned as saved), or start a run of fewer iterations in another folder")
 
 
 def _truncate_log(path: Path, upto: int) -> None:
@@ -375,4 +505,5 @@ def _truncate_log(path: Path, upto: int) -> None:
     path.write_text("\n".join(keep) + "\n")
 
 
-__all__ = ["Policy", "Step", "Selection", "KeepBest", "LoopResult", "run_loop", "read_back", "config_matches"]
+__all__ = ["Policy", "Step", "Selection", "KeepBest", "LoopResult", "run_loop", "read_back", "config_matches",
+           "config_diff", "check_resume", "data_scale", "PIXEL_LIMIT", "MAX_SKIPPED_SHARE"]

@@ -29,10 +29,11 @@ from ..data import Dataset
 from ..distributed import Shard, all_reduce_, current, split_rows
 from ..engine import student_loss, to_device_once
 from ..models import FunctionalNet, model_for
+from ..options import check_positive
 from ..rng import generator
 from ..synthetic import SyntheticSet
 from ..train import SGD, fit
-from .loop import Policy, Step
+from .loop import Policy, Step, data_scale
 
 # DC's (outer_loop, inner_loop) by IPC (its get_loops); other IPCs need both given.
 DC_LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15),
@@ -57,8 +58,8 @@ class MatchingConfig:
             raise ValueError(f"init must be 'noise' or 'real', got {self.init!r}")
         if self.batch_real < 1:
             raise ValueError(f"batch_real must be >= 1, got {self.batch_real}")
-        if self.lr_img <= 0:
-            raise ValueError(f"lr_img must be > 0, got {self.lr_img}")
+        check_positive(self, "lr_img")
+        check_positive(self, "momentum_img", allow_zero=True)
 
 
 @dataclass
@@ -73,6 +74,9 @@ class DCConfig(MatchingConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_positive(self, "lr_net")
+        if self.batch_train < 1:
+            raise ValueError(f"batch_train must be >= 1, got {self.batch_train}")
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
 
@@ -155,6 +159,7 @@ class MatchingPolicy(Policy):
             raise ValueError(f"{method}: model {cfg.model!r} uses batch norm, which per-class matching would have to freeze "
                              "or share across classes; use a model without it (e.g. convnet, instance norm)")
         self.ds, self.ipc, self.config, self.seed, self.method, self.net = ds, ipc, cfg, seed, method, net
+        self.pixel_scale = data_scale(ds)
         images, self.init_idx = start_images(ds, ipc, cfg.init, generator(seed, method, "init"))
         labels = torch.arange(ds.num_classes, device=ds.device).repeat_interleave(ipc)
         self.classes = range(ds.num_classes)  # the classes this process matches (all, or its share)

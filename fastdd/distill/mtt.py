@@ -28,6 +28,8 @@ per run (:func:`resolve_mode`) and recorded in ``syn.meta["gradient_mode"]`` and
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +43,10 @@ from ..engine import (THETA_STORAGE, StepReduce, choose_mode, deterministic_algo
                       unroll_grad)
 from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
+from ..options import check_positive
 from ..rng import generator
 from ..synthetic import SyntheticSet
-from .loop import KeepBest, Policy, Step, run_loop
+from .loop import KeepBest, Policy, Step, data_scale, run_loop
 from .matching import start_images
 
 
@@ -85,7 +88,16 @@ class MTTConfig:
         if not 0 < self.alpha <= 1:
             raise ValueError(f"alpha (fraction distilled) must be in (0, 1], got {self.alpha}")
         if self.syn_steps < 1 or self.expert_epochs < 1:
-            raise ValueError("syn_steps and expert_epochs must be >= 1")
+            raise ValueError(f"syn_steps and expert_epochs must be >= 1, got {self.syn_steps} and {self.expert_epochs}")
+        check_positive(self, "lr_img", "lr_lr", "lr_init", "lr_floor", "lr_y")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite number (or None), got {self.threshold}")
+        check_positive(self, "beta", allow_zero=True)
+        if self.batch_syn is not None and self.batch_syn < 1:
+            raise ValueError(f"batch_syn must be >= 1 (or None: the whole set), got {self.batch_syn}")
+        for name in ("current_max_start_epoch", "expansion_end"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or None), got {getattr(self, name)}")
         if not 0 <= self.min_start_epoch < self.max_start_epoch:
             raise ValueError(f"need 0 <= min_start_epoch < max_start_epoch, got {self.min_start_epoch}, "
                              f"{self.max_start_epoch}")
@@ -247,6 +259,7 @@ class MTTPolicy(Policy):
                  scores=None, resident_experts: bool | None = None):
         net = experts.model()
         check_experts(ds, experts, net)
+        experts.verify_all()  # a corrupt shard is found now, before the run folder is touched
         if cfg.max_start_epoch - 1 + cfg.expert_epochs > experts.num_epochs:  # the latest target epoch
             raise ValueError(f"the latest start epoch {cfg.max_start_epoch - 1} + expert_epochs {cfg.expert_epochs} "
                              f"exceeds the {experts.num_epochs} epochs of the experts in {experts.path}")
@@ -266,6 +279,7 @@ class MTTPolicy(Policy):
         self.ds, self.ipc, self.experts, self.config, self.seed, self.method, self.net = \
             ds, ipc, experts, cfg, seed, method, net
         self.threshold = cfg.threshold
+        self.pixel_scale = data_scale(ds)
         g_init, g_iter, g_aug = generator(seed, method, "init"), generator(seed, method, "iter"), \
             generator(seed, method, "augment")
         images, labels, frozen, logits, self.init_idx = _init_images(ds, ipc, cfg, g_init, scores, experts, net)
