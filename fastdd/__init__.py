@@ -10,7 +10,8 @@ from .coverage import coverage, coverage_of
 from .data import Dataset, Split, load_dataset
 from .distill import PRESETS, distill
 from .engine import trajectory_matching_grad
-from .errors import CorruptFileError, DataNotFoundError, FastDDError, ModelMismatchError
+from .errors import (CorruptFileError, DataNotFoundError, FastDDError, ModelMismatchError, ResumeError, RunFailedError,
+                     UnsafePathError)
 from .evaluate import PROTOCOLS, EvalResult, Protocol, evaluate
 from .experts import ExpertBuffer, import_reference_buffer, train_experts
 from .models import FunctionalNet, build_model
@@ -22,7 +23,7 @@ from .kernels import use_backend
 
 __all__ = [
     "__version__", "Dataset", "Split", "load_dataset", "FastDDError", "DataNotFoundError", "CorruptFileError",
-    "ModelMismatchError", "build_model", "FunctionalNet", "train_experts", "ExpertBuffer", "import_reference_buffer",
+    "ModelMismatchError", "ResumeError", "RunFailedError", "UnsafePathError", "build_model", "FunctionalNet", "train_experts", "ExpertBuffer", "import_reference_buffer",
     "evaluate", "EvalResult", "Protocol", "PROTOCOLS", "select", "real_subset", "SyntheticSet",
     "window_indices", "coverage", "coverage_of", "forgetting_scores", "load_scores",
     "distill", "PRESETS", "trajectory_matching_grad", "use_backend",

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 from .distributed import is_main
 from .errors import FastDDError
-from .io import atomic_write_json
+from .io import atomic_write_json, check_out_folder
+from .options import parse_json_object
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -23,11 +27,52 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     """The evaluation protocol and its overrides."""
     p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch", "soft", "dd"],
                    help="mtt (DC/DSA/DM/MTT), selmatch, soft (train on the set's soft labels), dd (replay a DD set)")
-    p.add_argument("--num-eval", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
-    p.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    p.add_argument("--num-eval", type=_at_least(1), default=5)
+    p.add_argument("--epochs", type=_at_least(0), default=None, help="override the protocol's epochs E (it trains "
+                   "E + 1 passes, as the reference code does: 0 trains one)")
+    p.add_argument("--lr", type=_positive, default=None, help="override the learning rate")
     p.add_argument("--model", default=None, help="override the protocol's network")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=_at_least(1), default=None)
+
+
+def _at_least(low: int):
+    """An argparse type: an integer >= ``low`` (the error names the option and the value)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _number(text: str, check, want: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+    if not (math.isfinite(value) and check(value)):
+        raise argparse.ArgumentTypeError(f"must be {want}, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    return _number(text, lambda v: v > 0, "a finite number > 0")
+
+
+def _non_negative(text: str) -> float:
+    return _number(text, lambda v: v >= 0, "a finite number >= 0")
+
+
+def _fraction(text: str) -> float:
+    return _number(text, lambda v: 0 < v < 1, "a fraction in (0, 1)")
+
+
+def _share(text: str) -> float:
+    return _number(text, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def _byte_count(text: str) -> int:
@@ -51,9 +96,13 @@ def _load(args):
 def cmd_experts(args) -> int:
     from .experts import train_experts
     from .models import model_for
+    check_out_folder(args.out, "--out")
     ds = _load(args)
-    kw = json.loads(args.model_kwargs) if args.model_kwargs else {}
-    model_for(ds, args.model, **kw)  # a model that does not fit the data fails here, before anything is written
+    kw = parse_json_object(args.model_kwargs, "--model-kwargs")
+    try:
+        model_for(ds, args.model, **kw)  # a model that does not fit the data fails here, before anything is written
+    except TypeError as e:
+        raise ValueError(f"--model-kwargs: {e}") from None
     buf = train_experts(ds, args.model, num_experts=args.num_experts, epochs=args.epochs, out=args.out, seed=args.seed,
                         model_kwargs=kw, resume=not args.no_resume, run_config=_config(args), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
                         decay=args.decay, augment=args.augment, shard_size=args.shard_size)
@@ -64,6 +113,7 @@ def cmd_experts(args) -> int:
 
 def cmd_select(args) -> int:
     from .select import real_subset, select
+    check_out_folder(args.out, "--out")
     ds = _load(args)
     extra = {}
     if getattr(args, "scores", None):
@@ -93,9 +143,11 @@ def cmd_evaluate(args) -> int:
     from .runs import RunDir
     from .select import random_indices, real_subset
     from .synthetic import SyntheticSet
-    ds = _load(args)
     if (args.syn is None) == (args.random_ipc is None):
-        raise SystemExit("fastdd evaluate: give exactly one of --syn FOLDER or --random-ipc N")
+        raise ValueError("give exactly one of --syn FOLDER or --random-ipc N")
+    if args.out:
+        check_out_folder(args.out, "--out")
+    ds = _load(args)
     if args.val_fraction:  # carved first, so that a --random-ipc subset comes from what is left
         ds = ds.with_validation(args.val_fraction, seed=args.seed)
     if args.syn is not None:
@@ -104,7 +156,7 @@ def cmd_evaluate(args) -> int:
         syn = real_subset(ds, random_indices(ds, args.random_ipc, seed=args.seed))
     if args.protocol == "dd":
         if args.random_baseline or args.real_baseline or args.models or args.val_fraction:
-            raise SystemExit("fastdd evaluate: --protocol dd replays a DD set's steps on the test split; it takes no "
+            raise ValueError("--protocol dd replays a DD set's steps on the test split; it takes no "
                              "baselines, --models or --val-fraction")
         res = evaluate(syn, ds, "dd", num_eval=args.num_eval, seed=args.seed, experts=args.experts)
     else:
@@ -152,6 +204,7 @@ def cmd_sweep_window(args) -> int:
     from .plots import save_curves
     from .runs import RunDir, progress
     from .select import beta_grid, check_ipc, real_subset, window_indices
+    check_out_folder(args.out, "--out")
     ds = _load(args)
     check_ipc(ds, args.ipc)
     scores = _scores_for(args, ds) if args.scores != "forgetting" else None  # a bad file fails before --out is made
@@ -195,7 +248,8 @@ def cmd_coverage(args) -> int:
     from .select import default_extractor, extract_features, random_indices, real_subset, resolve_extractor
     from .synthetic import SyntheticSet
     if not args.syn and not args.random_ipc:
-        raise SystemExit("fastdd coverage: give --syn FOLDER [FOLDER ...] and/or --random-ipc N [N ...]")
+        raise ValueError("give --syn FOLDER [FOLDER ...] and/or --random-ipc N [N ...]")
+    check_out_folder(args.out, "--out")
     ds = _load(args)
     sets = []
     for path in args.syn or []:
@@ -258,9 +312,15 @@ def cmd_coverage(args) -> int:
 def cmd_import_buffer(args) -> int:
     from .experts import import_reference_buffer
     from .models import build_model
-    kw = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    kw = parse_json_object(args.model_kwargs, "--model-kwargs")
+    if len(args.im_size) > 2:
+        raise ValueError(f"--im-size takes H [W], got {len(args.im_size)} numbers")
     size = args.im_size if len(args.im_size) == 2 else args.im_size * 2
-    net = build_model(args.model, in_channels=args.channels, num_classes=args.num_classes, im_size=tuple(size), **kw)
+    try:
+        net = build_model(args.model, in_channels=args.channels, num_classes=args.num_classes, im_size=tuple(size), **kw)
+    except TypeError as e:
+        raise ValueError(f"--model-kwargs: {e}") from None
+    check_out_folder(args.out, "--out")
     buf = import_reference_buffer(args.files, net, args.out, dataset=args.dataset, shard_size=args.shard_size)
     print(f"imported {buf}")
     return 0
@@ -281,8 +341,10 @@ def cmd_quickstart(args) -> int:
 def cmd_distill(args) -> int:
     from .distill import distill
     from .runs import RunDir
+    options = parse_json_object(args.options, "--options")
+    select_options = parse_json_object(args.select_options, "--select-options") if args.select_options else None
+    check_out_folder(args.out, "--out")
     ds = _load(args)
-    options = json.loads(args.options) if args.options else {}
     scores = None
     if args.scores:
         from .scores import load_scores
@@ -297,13 +359,13 @@ def cmd_distill(args) -> int:
         ds = ds.with_validation(args.val_fraction, seed=args.seed)
     if args.select_every:
         options.update(select_every=args.select_every, select_protocol=args.select_protocol,
-                       select_options=json.loads(args.select_options) if args.select_options else None)
+                       select_options=select_options)
     try:
         syn = distill(ds, args.method, args.ipc, experts=args.experts, iterations=args.iterations, seed=args.seed,
                       preset=args.preset, scores=scores, out=args.out, resume=args.resume,
                       checkpoint_every=args.checkpoint_every, **options)
-    except TypeError as e:  # an unknown --options key
-        raise ValueError(str(e)) from e
+    except TypeError as e:  # an --options key the method does not have, or a value of the wrong type
+        raise ValueError(f"--options: {e}") from None
     if is_main():  # the set is saved before anything else can fail
         RunDir(args.out, _config(args))
         syn.save(Path(args.out) / "synthetic", denormalize=ds.denormalize)
@@ -373,15 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dm (default, about a minute on 2 CPU cores): DM at IPC 1 against random real digits; selmatch (~15 min): experts, "
                         "forgetting scores and SelMatch at IPC 10")
     p.add_argument("--out", default=None, help="run folder (default runs/quickstart or runs/quickstart-selmatch)")
-    p.add_argument("--iterations", type=int, default=None, help="distillation iterations (dm 300, selmatch 20)")
-    p.add_argument("--eval-epochs", type=int, default=None, help="evaluation epochs (dm 300, selmatch 150)")
-    p.add_argument("--num-eval", type=int, default=None, help="evaluation runs per set (dm 3, selmatch 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ipc", type=int, default=10, help="selmatch example: images per class")
-    p.add_argument("--num-experts", type=int, default=2, help="selmatch example")
-    p.add_argument("--expert-epochs", type=int, default=4, help="selmatch example")
-    p.add_argument("--alpha", type=float, default=0.5, help="selmatch example: fraction of each class distilled")
-    p.add_argument("--beta", type=float, default=6.0, help="selmatch example: window start, in multiples of ipc (6: "
+    p.add_argument("--iterations", type=_at_least(1), default=None, help="distillation iterations (dm 300, selmatch 20)")
+    p.add_argument("--eval-epochs", type=_at_least(1), default=None, help="evaluation epochs (dm 300, selmatch 150)")
+    p.add_argument("--num-eval", type=_at_least(1), default=None, help="evaluation runs per set (dm 3, selmatch 2)")
+    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--ipc", type=_at_least(1), default=10, help="selmatch example: images per class")
+    p.add_argument("--num-experts", type=_at_least(1), default=2, help="selmatch example")
+    p.add_argument("--expert-epochs", type=_at_least(1), default=4, help="selmatch example")
+    p.add_argument("--alpha", type=_share, default=0.5, help="selmatch example: fraction of each class distilled")
+    p.add_argument("--beta", type=_non_negative, default=6.0, help="selmatch example: window start, in multiples of ipc (6: "
                    "past the ~55 hardest digits per class, i.e. an easy window, as SelMatch prefers at small ipc)")
     p.set_defaults(func=cmd_quickstart)
 
@@ -391,15 +453,15 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--method", default="mtt", choices=["dd", "mtt", "selmatch", "tesla", "datm", "dc", "dsa", "dm"])
     p.add_argument("--preset", default=None, help="a name from fastdd.PRESETS (sets method, ipc, options)")
-    p.add_argument("--ipc", type=int, default=None)
+    p.add_argument("--ipc", type=_at_least(1), default=None)
     p.add_argument("--experts", default=None, help="expert folder (MTT family)")
     p.add_argument("--scores", default=None, help="difficulty score file (.npz C-scores / .npy forgetting) for SelMatch")
-    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--iterations", type=_at_least(1), default=None)
     p.add_argument("--options", default=None, help='JSON method options, e.g. \'{"syn_steps": 20, "mode": "adjoint"}\'')
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=_at_least(1), default=100)
     p.add_argument("--theta-storage", default=None, choices=["auto", "checkpoint", "all", "host"],
                    help="where the adjoint keeps the student's parameters: auto (default: all of them when small "
                         "against one step's activations, else checkpoint), every ceil(sqrt(N))-th (checkpoint), all "
@@ -409,9 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto is decided once per run from this, never from the free memory")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic cuDNN / algorithms for the run (on CUDA: adjoint equals bptt, reruns agree)")
-    p.add_argument("--val-fraction", type=float, default=None, help="carve a stratified validation split of this "
+    p.add_argument("--val-fraction", type=_fraction, default=None, help="carve a stratified validation split of this "
                    "fraction out of train (seeded by --seed); distillation then uses only the rest")
-    p.add_argument("--select-every", type=int, default=None, help="keep the set that scores best on the validation "
+    p.add_argument("--select-every", type=_at_least(1), default=None, help="keep the set that scores best on the validation "
                    "split (needs --val-fraction), scoring every this many iterations; default: the last set")
     p.add_argument("--select-protocol", default="mtt", choices=["mtt", "selmatch", "soft"],
                    help="protocol of the validation scoring (one run)")
@@ -420,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", action="store_true", help="evaluate the result (and a random subset) afterwards")
     p.add_argument("--protocol", default=None, choices=["mtt", "selmatch", "soft", "dd"],
                    help="evaluation protocol (default: dd for a DD set, soft for a soft-label set, else mtt)")
-    p.add_argument("--num-eval", type=int, default=3)
+    p.add_argument("--num-eval", type=_at_least(1), default=3)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("bench", help="benchmarks (memory-scaling)", description="Benchmarks that write a table and a plot.")
@@ -432,32 +494,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "--max-mib are predicted from a per-mode linear fit (peak = a + b * images_per_step * "
                     "(steps for bptt | 1 for adjoint/tesla) + the parameter vectors kept), which is checked on a "
                     "held-out measured point. Writes memory_scaling.csv/.md/.json/.png into --out.")
-    b.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 80], help="unrolled steps (default 10 20 40 80)")
+    b.add_argument("--steps", type=_at_least(1), nargs="+", default=[10, 20, 40, 80], help="unrolled steps (default 10 20 40 80)")
     b.add_argument("--modes", nargs="+", default=["adjoint", "bptt"], type=_bench_mode, metavar="MODE",
                    help="bptt, adjoint, tesla; adjoint:STORAGE / tesla:STORAGE with STORAGE auto (default), checkpoint, "
                         "all or host, e.g. adjoint:all (default: adjoint bptt)")
-    b.add_argument("--ipc", type=int, nargs="+", default=None,
+    b.add_argument("--ipc", type=_at_least(1), nargs="+", default=None,
                    help="images per class: a set of num-classes x IPC images, each step a minibatch of --batch or, "
                         "without --batch, all of them (as at high IPC)")
-    b.add_argument("--batch", type=int, nargs="+", default=None,
+    b.add_argument("--batch", type=_at_least(1), nargs="+", default=None,
                    help="images per unrolled step (minibatch); without --ipc the set is that many images "
                         "(default 100)")
-    b.add_argument("--num-classes", type=int, default=10)
-    b.add_argument("--im-size", type=int, default=32)
-    b.add_argument("--channels", type=int, default=3)
-    b.add_argument("--width", type=int, default=128)
-    b.add_argument("--depth", type=int, default=3)
+    b.add_argument("--num-classes", type=_at_least(1), default=10)
+    b.add_argument("--im-size", type=_at_least(1), default=32)
+    b.add_argument("--channels", type=_at_least(1), default=3)
+    b.add_argument("--width", type=_at_least(1), default=128)
+    b.add_argument("--depth", type=_at_least(1), default=3)
     b.add_argument("--dsa", action="store_true", help="DSA augmentation at every step (as distillation runs)")
     b.add_argument("--device", default="cpu", help="cpu (peak resident memory) or cuda (max_memory_allocated)")
-    b.add_argument("--max-mib", type=float, default=16000,
+    b.add_argument("--max-mib", type=_positive, default=16000,
                    help="measure a point only if the fit of the mode's points measured so far predicts at most "
                         "this many MiB; beyond, predict it (default 16000)")
-    b.add_argument("--max-gib", type=float, default=None,
+    b.add_argument("--max-gib", type=_positive, default=None,
                    help="also report, per mode and step count, the largest IPC (batch = all images) the fit "
                         "predicts to fit this many GiB")
-    b.add_argument("--max-gib-steps", type=int, nargs="+", default=None, metavar="N",
+    b.add_argument("--max-gib-steps", type=_at_least(1), nargs="+", default=None, metavar="N",
                    help="unrolled steps at which --max-gib is answered (default: --steps; any N, from the fit)")
-    b.add_argument("--timeout", type=float, default=3600, help="seconds allowed per measured point")
+    b.add_argument("--timeout", type=_positive, default=3600, help="seconds allowed per measured point")
     b.add_argument("--out", default="runs/bench/memory_scaling")
     b.set_defaults(func=cmd_bench)
 
@@ -466,16 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--model", default="convnet")
     p.add_argument("--model-kwargs", default=None, help='JSON model options, e.g. \'{"width": 64}\'')
-    p.add_argument("--num-experts", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-experts", type=_at_least(1), default=10)
+    p.add_argument("--epochs", type=_at_least(1), default=20)
+    p.add_argument("--lr", type=_positive, default=0.01)
+    p.add_argument("--momentum", type=_non_negative, default=0.0)
+    p.add_argument("--weight-decay", type=_non_negative, default=0.0)
+    p.add_argument("--batch-size", type=_at_least(1), default=256)
     p.add_argument("--decay", action="store_true", help="lr x0.1 once at epoch epochs//2+1")
     p.add_argument("--augment", choices=["dsa"], default=None)
-    p.add_argument("--shard-size", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=_at_least(1), default=10)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", default="runs/experts", help="folder for the trajectories (resumes if it has some)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue experts already in --out")
     p.set_defaults(func=cmd_experts)
@@ -485,15 +547,15 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--method", default="random",
                    help="random | window | forgetting | herding | kcenter | kmeans (default: random)")
-    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--ipc", type=_at_least(1), required=True)
     p.add_argument("--scores", default=None, help="window / forgetting: score file (.npz C-scores, .npy forgetting)")
-    p.add_argument("--beta", type=float, default=None, help="window: start at rank int(ipc*beta) of each class")
+    p.add_argument("--beta", type=_non_negative, default=None, help="window: start at rank int(ipc*beta) of each class")
     p.add_argument("--hardest", choices=["low", "high"], default=None,
                    help="which end of the scores is hard (default: the file type's convention)")
     p.add_argument("--extractor", default=None, help="herding / kcenter / kmeans: expert folder whose final snapshot "
                    "gives the features (default: a ConvNet trained --extractor-epochs epochs on the train split)")
-    p.add_argument("--extractor-epochs", type=int, default=5, help="epochs of the default extractor (default: 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extractor-epochs", type=_at_least(1), default=5, help="epochs of the default extractor (default: 5)")
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_select)
 
@@ -501,19 +563,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train fresh networks on a set; report final-epoch test accuracy, mean ± std.")
     _data_args(p)
     p.add_argument("--syn", default=None, help="folder of a saved SyntheticSet")
-    p.add_argument("--random-ipc", type=int, default=None, help="evaluate a random real subset of this IPC instead")
+    p.add_argument("--random-ipc", type=_at_least(1), default=None, help="evaluate a random real subset of this IPC instead")
     _eval_args(p)
     p.add_argument("--random-baseline", action="store_true", help="also evaluate random real subsets of the same IPC "
                    "(gives IOR)")
     p.add_argument("--real-baseline", action="store_true", help="also train on the whole real train split with hard "
                    "labels (gives HLR, and LRS with --random-baseline)")
-    p.add_argument("--real-epochs", type=int, default=20, help="epochs of the real-split baseline (default 20)")
+    p.add_argument("--real-epochs", type=_at_least(1), default=20, help="epochs of the real-split baseline (default 20)")
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                    help="cross-architecture: evaluate on each, e.g. convnet resnet18bn vgg11 alexnet")
-    p.add_argument("--val-fraction", type=float, default=None, help="score on a stratified validation split of "
+    p.add_argument("--val-fraction", type=_fraction, default=None, help="score on a stratified validation split of "
                    "this fraction of train (seeded by --seed) instead of test, for tuning")
     p.add_argument("--experts", default=None, help="protocol dd: experts of a DD set made with pretrained inits")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", default=None, help="run folder for config.yaml and result.json")
     p.set_defaults(func=cmd_evaluate)
 
@@ -525,18 +587,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "class (hardest first) at each beta and evaluate it; writes sweep.csv (beta, mean, std), "
                           "sweep.json and sweep.png into --out and prints the best beta.")
     _data_args(p)
-    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--ipc", type=_at_least(1), required=True)
     p.add_argument("--scores", required=True,
                    help="score file (.npz C-scores, .npy forgetting counts), or 'forgetting' to compute them")
     p.add_argument("--hardest", choices=["low", "high"], default=None, help="override the scores' convention")
-    p.add_argument("--forgetting-epochs", type=int, default=20, help="with --scores forgetting (default: 20)")
-    p.add_argument("--forgetting-runs", type=int, default=1, help="with --scores forgetting (default: 1)")
-    p.add_argument("--betas", type=float, nargs="+", default=None, help="explicit grid (default: 0, 0.1, ... up to "
+    p.add_argument("--forgetting-epochs", type=_at_least(1), default=20, help="with --scores forgetting (default: 20)")
+    p.add_argument("--forgetting-runs", type=_at_least(1), default=1, help="with --scores forgetting (default: 1)")
+    p.add_argument("--betas", type=_non_negative, nargs="+", default=None, help="explicit grid (default: 0, 0.1, ... up to "
                    "the largest beta whose window fits in the smallest class)")
-    p.add_argument("--beta-step", type=float, default=0.1)
-    p.add_argument("--beta-max", type=float, default=None, help="cap the default grid")
+    p.add_argument("--beta-step", type=_positive, default=0.1)
+    p.add_argument("--beta-max", type=_non_negative, default=None, help="cap the default grid")
     _eval_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(func=cmd_sweep_window)
 
@@ -546,13 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "--scores, for the easy / hard half of each class. Writes coverage.csv and PNG plots.")
     _data_args(p)
     p.add_argument("--syn", nargs="+", default=None, help="folders of saved SyntheticSets")
-    p.add_argument("--random-ipc", type=int, nargs="+", default=None, help="also random real subsets of these IPCs")
+    p.add_argument("--random-ipc", type=_at_least(1), nargs="+", default=None, help="also random real subsets of these IPCs")
     p.add_argument("--scores", default=None, help="score file for the easy / hard halves of the train split")
     p.add_argument("--extractor", default=None, help="expert folder whose final snapshot gives the features "
                    "(default: a ConvNet trained --extractor-epochs epochs on the train split)")
-    p.add_argument("--extractor-epochs", type=int, default=5, help="epochs of the default extractor (default: 5)")
+    p.add_argument("--extractor-epochs", type=_at_least(1), default=5, help="epochs of the default extractor (default: 5)")
     p.add_argument("--split", choices=["train", "test", "both"], default="both")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(func=cmd_coverage)
 
@@ -561,10 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--model", default="convnet")
     p.add_argument("--model-kwargs", default=None, help='JSON, e.g. \'{"depth": 4}\'')
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--im-size", type=int, nargs="+", default=[32], help="H [W] of the images")
-    p.add_argument("--shard-size", type=int, default=10, help="experts per output file")
+    p.add_argument("--channels", type=_at_least(1), default=3)
+    p.add_argument("--num-classes", type=_at_least(1), default=10)
+    p.add_argument("--im-size", type=_at_least(1), nargs="+", default=[32], help="H [W] of the images")
+    p.add_argument("--shard-size", type=_at_least(1), default=10, help="experts per output file")
     p.add_argument("--dataset", default="unknown")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_import_buffer)
@@ -584,13 +646,35 @@ def _say(text: str) -> None:
         print(text)
 
 
+#: The errors a user's input causes: reported as ``fastdd <command>: error: ...`` with exit status 2.
+USER_ERRORS = (FastDDError, ValueError, TypeError, OSError)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr (``fastdd: warning: ...``), not Python's two-line form."""
+    print(f"fastdd: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The console script. Under torchrun (``WORLD_SIZE`` > 1) ``distill``, ``experts`` and ``evaluate``
     join the process group first (:func:`fastdd.distributed.init`; ``--device cuda`` becomes
-    ``cuda:<LOCAL_RANK>``; ``FASTDD_DIST_TIMEOUT`` seconds bound a wait for a dead rank)."""
-    import os
+    ``cuda:<LOCAL_RANK>``; ``FASTDD_DIST_TIMEOUT`` seconds bound a wait for a dead rank).
+
+    A mistake in the input (an argument, an option, a file, an environment variable) ends with one line,
+    ``fastdd <command>: error: ...`` naming it, and exit status 2; a run that fails
+    (:class:`~fastdd.errors.RunFailedError`) the same way with status 1; ``FASTDD_DEBUG=1`` adds the traceback.
+    """
     from . import distributed as fd
-    from .errors import RunInterrupted
+    from .errors import RunFailedError, RunInterrupted
+    from .kernels import current_backend
+    debug = os.environ.get("FASTDD_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+    if not debug:
+        warnings.showwarning = _one_line_warning
+    try:
+        current_backend()  # FASTDD_BACKEND is checked before anything else, for every command
+    except ValueError as e:
+        print(f"fastdd: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     joined = False
     try:
@@ -601,17 +685,34 @@ def main(argv: list[str] | None = None) -> int:
             fd.init(getattr(args, "device", None))
             joined = True
         if getattr(args, "device", None) is not None:
-            args.device = str(fd.resolve_device(args.device))
+            try:
+                args.device = str(fd.resolve_device(args.device))
+            except ValueError as e:
+                raise ValueError(f"--device: {e}") from None
         return args.func(args)
     except RunInterrupted as e:  # a checkpoint was written (when the run has a folder): a clean stop
         print(f"fastdd {args.command}: {e}", file=sys.stderr)
         return 128 + e.signal
-    except (FastDDError, ValueError, FileNotFoundError) as e:
+    except RunFailedError as e:
+        if debug:
+            traceback.print_exc()
         print(f"fastdd {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as e:
+        if debug:
+            traceback.print_exc()
+        print(f"fastdd {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     finally:
         if joined:
             fd.shutdown()
+
+
+def _message(e: BaseException) -> str:
+    """An exception's message; an ``OSError`` with its file name ("permission denied: runs/x")."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.strerror.lower()}: {e.filename}"
+    return str(e)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -90,13 +90,35 @@ def init(device: str | torch.device | None = None, backend: str | None = None,
     return _CURRENT
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, checked against what torch can see: ``ValueError`` naming it when it
+    is no device name (``"gpu"``), or one torch has no such device of (``"cuda"`` without CUDA, ``"cuda:3"``
+    on a machine with two GPUs)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a torch device name; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None) if dev.type != "mps" else torch.backends.mps
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        extra = f" (torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'})" if dev.type == "cuda" else ""
+        raise ValueError(f"device {str(device)!r}: torch sees no {dev.type} device here{extra}; use 'cpu'")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise ValueError(f"device {str(device)!r}: torch sees {count()} {dev.type} device(s), "
+                         f"{dev.type}:0..{dev.type}:{count() - 1}")
+    return dev
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device | None:
-    """``"cuda"`` without an index becomes ``cuda:<LOCAL_RANK>`` under torchrun; anything else is kept."""
+    """:func:`check_device`, and ``"cuda"`` without an index becomes ``cuda:<LOCAL_RANK>`` under torchrun."""
     if device is None:
         return None
-    dev = torch.device(device)
+    dev = check_device(device)
     if dev.type == "cuda" and dev.index is None and launched():
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        dev = check_device(torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))))
     return dev
 
 
@@ -250,4 +272,4 @@ class Shard:
 
 
 __all__ = ["Dist", "Shard", "DistributedError", "DEFAULT_TIMEOUT_S", "init", "current", "is_main", "launched",
-           "resolve_device", "shutdown", "all_reduce_", "all_gather_objects", "gather_objects", "barrier", "split_rows"]
+           "check_device", "resolve_device", "shutdown", "all_reduce_", "all_gather_objects", "gather_objects", "barrier", "split_rows"]

@@ -35,10 +35,11 @@ from .data import Dataset
 from .distributed import all_gather_objects, current
 from .engine import student_loss
 from .models import accuracy, model_for
+from .options import check_dataclass_options, check_positive
 from .rng import generator
 from .runs import progress
 from .select import random_indices, real_subset
-from .synthetic import SyntheticSet
+from .synthetic import SyntheticSet, check_lr
 
 
 @dataclass(frozen=True)
@@ -165,10 +166,22 @@ def resolve_protocol(protocol: str | Protocol, **overrides: Any) -> Protocol:
             raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
         protocol = PROTOCOLS[protocol]
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    bad = set(overrides) - set(Protocol.__dataclass_fields__)
-    if bad:
-        raise TypeError(f"unknown protocol settings: {', '.join(sorted(bad))}")
-    return replace(protocol, **overrides)
+    check_dataclass_options(Protocol, overrides, f"protocol {protocol.name!r}")
+    p = replace(protocol, **overrides)
+    check_protocol(p)
+    return p
+
+
+def check_protocol(p: Protocol) -> None:
+    """``ValueError`` naming the setting when a number of ``p`` is out of range."""
+    for name, low in (("epochs", 0), ("batch_size", 1)):  # epochs E trains E + 1 passes (the reference's count)
+        v = getattr(p, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"protocol {p.name!r}: {name} must be an integer >= {low}, got {v!r}")
+    if p.lr not in (None, "learned"):
+        check_positive(p, "lr")
+    check_positive(p, "lr_default")
+    check_positive(p, "momentum", "weight_decay", "eta_min", allow_zero=True)
 
 
 _loss = student_loss  # hard labels or target probabilities, as in the student's inner loop
@@ -245,6 +258,13 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
     """
     if num_eval < 1:
         raise ValueError(f"num_eval must be >= 1, got {num_eval}")
+    if real_epochs < 1:
+        raise ValueError(f"real_epochs must be >= 1, got {real_epochs}")
+    check_lr(syn.lr, "the set's learned lr")  # a NaN rate would train every network to chance
+    labels = syn.labels
+    if labels.dim() == 1 and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= ds.num_classes):
+        raise ValueError(f"the set's labels run {int(labels.min())}..{int(labels.max())}; {ds.name} has classes "
+                         f"0..{ds.num_classes - 1}")
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
     if split == "val" and ds.val is None:

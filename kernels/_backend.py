@@ -22,8 +22,16 @@ def _validated(name: str, what: str) -> str:
     return name
 
 
-_state = {"backend": _validated(os.environ.get("FASTDD_BACKEND", "auto").strip().lower() or "auto",
-                                "FASTDD_BACKEND")}
+_state: dict[str, str | None] = {"backend": None}  # None: not chosen yet, FASTDD_BACKEND decides on first use
+
+
+def _selected() -> str:
+    """The backend in force: one set by :class:`use_backend`, else ``FASTDD_BACKEND`` (checked on first use,
+    not at import, so that a bad value is an error of the command that uses it, not of ``import fastdd``)."""
+    if _state["backend"] is None:
+        _state["backend"] = _validated(os.environ.get("FASTDD_BACKEND", "auto").strip().lower() or "auto",
+                                       "FASTDD_BACKEND")
+    return _state["backend"]
 
 
 def triton_available() -> bool:
@@ -42,12 +50,12 @@ def interpreting() -> bool:
 
 def current_backend() -> str:
     """The selected backend: ``"auto"``, ``"torch"`` or ``"triton"``."""
-    return _state["backend"]
+    return _selected()
 
 
 def resolve(x: torch.Tensor, op: str = "op") -> str:
     """The implementation ``op`` runs on tensor ``x``: ``"torch"`` or ``"triton"``."""
-    b = _state["backend"]
+    b = _selected()
     if b == "torch":
         return "torch"
     if b == "auto":
@@ -66,8 +74,9 @@ class use_backend:
     sets it inside the block and restores the previous one after."""
 
     def __init__(self, name: str):
+        new = _validated(str(name).strip().lower(), "backend")
         self._old = _state["backend"]
-        _state["backend"] = _validated(str(name).strip().lower(), "backend")
+        _state["backend"] = new
 
     def __enter__(self) -> "use_backend":
         return self

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..options import check_keywords, parameter_hints
 from .base import FunctionalNet, ParamSpec
 from .classic import MLP, VGG11, AlexCifarNet, LeNet
 from .convnet import ConvNet
@@ -33,7 +34,8 @@ def build_model(name: str, *, in_channels: int, num_classes: int, im_size: tuple
 
     ``kwargs`` are the model's options (ConvNet: ``width``, ``depth``, ``norm``, ``act``, ``pool``;
     all: ``init`` = ``"default"`` | ``"xavier"``). Raises ``ValueError`` naming the problem when the
-    name is unknown or the model does not fit the image size.
+    name is unknown or the model does not fit the image size, and ``TypeError`` naming the option for an
+    option the model does not have or a value of the wrong type.
     """
     key = name.lower().replace("-", "").replace("_", "")
     if key not in MODELS:
@@ -41,6 +43,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, im_size: tuple
     cls, defaults = MODELS[key]
     if len(im_size) != 2:
         raise ValueError(f"im_size must be (height, width), got {im_size!r}")
+    check_keywords(kwargs, parameter_hints(cls, exclude=("in_channels", "num_classes", "im_size")), f"model {name!r}")
     return cls(in_channels=in_channels, num_classes=num_classes, im_size=tuple(im_size), **{**defaults, **kwargs})
 
 
