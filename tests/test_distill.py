@@ -34,9 +34,10 @@ def test_mtt_runs_learns_and_is_deterministic(tiny_ds, experts, tmp_path):
     # init = real images of the right class (recorded in meta), then moved by the updates
     idx = torch.tensor(syn.meta["init_indices"])
     assert tiny_ds.train.labels[idx].tolist() == syn.labels.tolist() and len(set(idx.tolist())) == 12
-    start = _mtt(tiny_ds, experts, iterations=1, threshold=-1.0)  # the loss gate skips the one update
-    assert start.meta["init_indices"] == idx.tolist() and torch.equal(start.images, tiny_ds.train.images[idx])
-    assert not torch.equal(syn.images, start.images)
+    from fastdd.distill.mtt import MTTPolicy
+    start = MTTPolicy(tiny_ds, 3, experts, MTTConfig(**FAST), 0, "mtt")  # the set before any iteration
+    assert start.init_idx.tolist() == idx.tolist() and torch.equal(start.images.detach(), tiny_ds.train.images[idx])
+    assert not torch.equal(syn.images, start.images.detach())
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert rows[0].startswith("iteration,loss") and len(rows) == 4
     other = _mtt(tiny_ds, experts, seed=1)
@@ -99,13 +100,15 @@ def test_nan_guard_skips_and_reports(tiny_ds, experts, monkeypatch, capsys):
         return res
 
     monkeypatch.setattr(mtt, "unroll_grad", poisoned)
-    syn = _mtt(tiny_ds, experts, iterations=1)
+    syn = _mtt(tiny_ds, experts, iterations=2)  # iteration 0 skipped, iteration 1 applied
     assert syn.meta["skipped_iterations"] == 1
-    init = _mtt(tiny_ds, experts, iterations=1, threshold=-1.0)  # the gate skips every update
-    assert init.meta["skipped_iterations"] == 1
-    assert torch.equal(syn.images, init.images) and float(syn.lr) == pytest.approx(0.01)
     out = capsys.readouterr()
     assert "iteration 0 skipped (non-finite" in out.out + out.err
+    calls.clear()  # the next run's first unroll is poisoned again
+    with pytest.raises(fastdd.RunFailedError, match=r"1 of 1 iterations were skipped \(1 for non-finite"):
+        _mtt(tiny_ds, experts, iterations=1)  # every iteration skipped: an error, not the start set returned
+    with pytest.raises(fastdd.RunFailedError, match=r"2 of 2 iterations were skipped \(2 for loss above the thr"):
+        _mtt(tiny_ds, experts, iterations=2, threshold=-1.0)  # the gate skips every update
 
 
 def test_datm_soft_labels_learn(tiny_ds, experts):
@@ -248,7 +251,7 @@ def test_cli_distill_and_memory_bench(tmp_path, capsys):
     assert "exceeds" in capsys.readouterr().err
     assert main(["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", exp, "--iterations",
                  "1", "--options", '{"syn_stepz": 2}', "--out", str(tmp_path / "bad2")]) == 2
-    assert "no option(s) syn_stepz" in capsys.readouterr().err
+    assert "--options: mtt has no option 'syn_stepz'; its options: alpha," in capsys.readouterr().err
     assert main(["bench", "memory-scaling", "--steps", "1", "2", "--modes", "adjoint", "--batch", "4", "--width", "8",
                  "--im-size", "8", "--out", str(tmp_path / "bench")]) == 0
     rows = (tmp_path / "bench" / "memory_scaling.csv").read_text().splitlines()

@@ -101,7 +101,7 @@ def test_evaluate_errors(tiny_ds, mnist5k):
         fastdd.evaluate(syn, tiny_ds, "kip")
     with pytest.raises(ValueError, match="does not belong"):
         fastdd.evaluate(syn, mnist5k, "mtt")
-    with pytest.raises(TypeError, match="unknown protocol settings"):
+    with pytest.raises(TypeError, match="protocol 'mtt' has no option 'epoch'; its options: augment"):
         fastdd.evaluate(syn, tiny_ds, "mtt", epoch=3)
     with pytest.raises(ValueError, match="num_eval"):
         fastdd.evaluate(syn, tiny_ds, "mtt", num_eval=0)

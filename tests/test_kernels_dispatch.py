@@ -17,10 +17,20 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
 
 
-def test_unknown_fastdd_backend_is_an_error_at_import():
-    out = _run("import fastdd", FASTDD_BACKEND="cuda")
+def test_unknown_fastdd_backend_is_an_error_at_first_use_not_at_import():
+    out = _run("import fastdd\nprint('imported')\nfastdd.kernels.current_backend()", FASTDD_BACKEND="cuda")
+    assert out.stdout.strip() == "imported"  # import fastdd works: the command that uses the backend fails
     assert out.returncode != 0
-    assert "FASTDD_BACKEND='cuda' is not a fastdd backend" in out.stderr
+    assert "ValueError: FASTDD_BACKEND='cuda' is not a fastdd backend" in out.stderr
+
+
+def test_unknown_fastdd_backend_is_a_named_cli_error_for_every_command():
+    for argv in (["--version"], ["datasets"]):
+        out = _run(f"import sys; from fastdd.cli import main; sys.exit(main({argv!r}))", FASTDD_BACKEND="bogus")
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr
+        assert out.stderr.strip() == ("fastdd: error: FASTDD_BACKEND='bogus' is not a fastdd backend; choose one of: "
+                                      "auto, torch, triton")
 
 
 def test_fastdd_backend_is_read_at_import():

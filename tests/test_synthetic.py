@@ -41,7 +41,7 @@ def test_load_errors(tmp_path):
     meta = json.loads((tmp_path / "t" / "synthetic.json").read_text())
     meta["format"] = "something else"
     (tmp_path / "t" / "synthetic.json").write_text(json.dumps(meta))
-    with pytest.raises(fastdd.CorruptFileError, match="does not hold"):
+    with pytest.raises(fastdd.CorruptFileError, match="is not a fastdd.synthetic/1 synthetic set"):
         SyntheticSet.load(tmp_path / "t")
 
 
