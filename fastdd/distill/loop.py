@@ -439,7 +439,8 @@ def read_back(loss: torch.Tensor, *grads: torch.Tensor, dist: Dist | None = None
 
 def _blown_up(policy: Policy, excess: float, it: int, folder: Path | None, last_saved: int | None) -> RunFailedError:
     lr = getattr(policy.config, policy.pixel_lr, None)
-    mean, std = policy.pixel_scale or (0.0, 1.0)
+    now = f"{lr:g}" if isinstance(lr, (int, float)) else repr(lr)
+    std = (policy.pixel_scale or (0.0, 1.0))[1]
     size = "are no longer finite" if not math.isfinite(excess) else \
         f"lie up to {excess * PIXEL_LIMIT:.3g} standard deviations of the real images (std {std:.3g}) from their mean"
     if folder is None:
@@ -449,7 +450,7 @@ def _blown_up(policy: Policy, excess: float, it: int, folder: Path | None, last_
     else:
         kept = f"the last good checkpoint (iteration {last_saved}) is kept in {folder}"
     return RunFailedError(f"{policy.method}: at iteration {it} the synthetic images {size}, more than the "
-                          f"{PIXEL_LIMIT:g} allowed: the pixel step is too large; lower {policy.pixel_lr} (now {lr:g}). "
+                          f"{PIXEL_LIMIT:g} allowed: the pixel step is too large; lower {policy.pixel_lr} (now {now}). "
                           f"The run stops without a set; {kept}")
 
 
@@ -464,11 +465,6 @@ def config_diff(saved: dict | None, current: dict, cls) -> list[str] | None:
         if f.name not in filled and f.default is not MISSING:
             filled[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
     return sorted(k for k in set(filled) | set(current) if filled.get(k, MISSING) != current.get(k, MISSING))
-
-
-def config_matches(saved: dict | None, current: dict, cls) -> bool:
-    """Whether a checkpoint's recorded config equals ``current`` (:func:`config_diff` is empty)."""
-    return config_diff(saved, current, cls) == []
 
 
 def check_resume(policy: Policy, meta: dict[str, Any], folder: Path, iterations: int, per: int = 1) -> None:
@@ -505,5 +501,4 @@ def _truncate_log(path: Path, upto: int) -> None:
     path.write_text("\n".join(keep) + "\n")
 
 
-__all__ = ["Policy", "Step", "Selection", "KeepBest", "LoopResult", "run_loop", "read_back", "config_matches",
-           "config_diff", "check_resume", "data_scale", "PIXEL_LIMIT", "MAX_SKIPPED_SHARE"]
+__all__ = ["Policy", "Step", "Selection", "KeepBest", "LoopResult", "run_loop", "read_back", "config_diff", "check_resume", "data_scale", "PIXEL_LIMIT", "MAX_SKIPPED_SHARE"]
