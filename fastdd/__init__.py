@@ -4,11 +4,17 @@ The data's path: ``load_dataset`` → ``train_experts`` → (distill) → ``eval
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("fastdd")  # the one place the version is written is pyproject.toml
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 from .coverage import coverage, coverage_of
 from .data import Dataset, Split, load_dataset
 from .distill import PRESETS, distill
+from .distill.registry import methods, register_method
 from .engine import trajectory_matching_grad
 from .errors import (CorruptFileError, DataNotFoundError, FastDDError, ModelMismatchError, ResumeError, RunFailedError,
                      UnsafePathError)
@@ -26,5 +32,5 @@ __all__ = [
     "ModelMismatchError", "ResumeError", "RunFailedError", "UnsafePathError", "build_model", "FunctionalNet", "train_experts", "ExpertBuffer", "import_reference_buffer",
     "evaluate", "EvalResult", "Protocol", "PROTOCOLS", "select", "real_subset", "SyntheticSet",
     "window_indices", "coverage", "coverage_of", "forgetting_scores", "load_scores",
-    "distill", "PRESETS", "trajectory_matching_grad", "use_backend",
+    "distill", "methods", "register_method", "PRESETS", "trajectory_matching_grad", "use_backend",
 ]

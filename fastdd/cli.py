@@ -340,6 +340,8 @@ def cmd_quickstart(args) -> int:
 
 def cmd_distill(args) -> int:
     from .distill import distill
+    from .distill.registry import RunConfig, SelectConfig
+    from .engine import EngineConfig
     from .runs import RunDir
     options = parse_json_object(args.options, "--options")
     select_options = parse_json_object(args.select_options, "--select-options") if args.select_options else None
@@ -349,21 +351,19 @@ def cmd_distill(args) -> int:
     if args.scores:
         from .scores import load_scores
         scores = load_scores(args.scores, ds)
-    # the engine flags win over the same keys in --options
-    options.update({k: v for k, v in (("theta_storage", args.theta_storage), ("memory_budget", args.memory_budget))
-                    if v is not None})
-    if args.deterministic:
-        options["deterministic"] = True
-    options.setdefault("device", args.device)
+    flags = {k: v for k, v in (("theta_storage", args.theta_storage), ("memory_budget", args.memory_budget),
+                                ("deterministic", args.deterministic or None)) if v is not None}
+    for key in flags:  # the engine flags win over the same keys in --options
+        options.pop(key, None)
+    engine = EngineConfig(**flags)
     if args.val_fraction:
         ds = ds.with_validation(args.val_fraction, seed=args.seed)
-    if args.select_every:
-        options.update(select_every=args.select_every, select_protocol=args.select_protocol,
-                       select_options=select_options)
+    select = SelectConfig(args.select_every, args.select_protocol, select_options or {}) if args.select_every else None
+    run = RunConfig(out=args.out, resume=args.resume, checkpoint_every=args.checkpoint_every, device=args.device,
+                    seed=args.seed, select=select)
     try:
-        syn = distill(ds, args.method, args.ipc, experts=args.experts, iterations=args.iterations, seed=args.seed,
-                      preset=args.preset, scores=scores, out=args.out, resume=args.resume,
-                      checkpoint_every=args.checkpoint_every, **options)
+        syn = distill(ds, args.method, args.ipc, experts=args.experts, iterations=args.iterations, preset=args.preset,
+                      scores=scores, engine=engine, run=run, **options)
     except TypeError as e:  # an --options key the method does not have, or a value of the wrong type
         raise ValueError(f"--options: {e}") from None
     if is_main():  # the set is saved before anything else can fail
@@ -447,11 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "past the ~55 hardest digits per class, i.e. an easy window, as SelMatch prefers at small ipc)")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("distill", help="distil a data set (dd, mtt, selmatch, tesla, datm, dc, dsa, dm)",
+    from .distill.registry import get_method, methods
+    names = methods()
+    p = sub.add_parser("distill", help=f"distil a data set ({', '.join(names)})",
                        description="Distil with a method or a preset; writes log.csv, checkpoints, loss.png, lr.png "
-                                   "and config.yaml into --out, and the set (with images.png) into --out/synthetic.")
+                                   "and config.yaml into --out, and the set (with images.png) into --out/synthetic. "
+                                   "Methods: " + "; ".join(f"{n}: {get_method(n).description}" for n in names),
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _data_args(p)
-    p.add_argument("--method", default="mtt", choices=["dd", "mtt", "selmatch", "tesla", "datm", "dc", "dsa", "dm"])
+    p.add_argument("--method", default="mtt", choices=names, help="a registered method (fastdd.methods(); plugins "
+                   "join through the entry-point group fastdd.methods)")
     p.add_argument("--preset", default=None, help="a name from fastdd.PRESETS (sets method, ipc, options)")
     p.add_argument("--ipc", type=_at_least(1), default=None)
     p.add_argument("--experts", default=None, help="expert folder (MTT family)")

@@ -192,11 +192,12 @@ def test_dd_resume(tiny_ds, tmp_path):
 
 
 def test_presets_match_the_reference_tables():
-    from fastdd.distill import MATCHING
-    for p in PRESETS.values():  # every preset's options are fields of its method's config
-        cls = DDConfig if p.method == "dd" else MATCHING[p.method][0] if p.method in MATCHING else MTTConfig
-        cls(**{**(MATCHING[p.method][1] if p.method in MATCHING else {}), **p.options}).validate() \
-            if p.method in MATCHING else cls(**p.options)
+    from fastdd.distill.presets import check_preset
+    from fastdd.distill.registry import get_method, make_config
+    for p in PRESETS.values():  # every preset's method is registered and its options are fields of its config
+        check_preset(p)
+        cfg = make_config(get_method(p.method), dict(p.options))
+        cfg.validate(10) if isinstance(cfg, DDConfig) else cfg.validate()
     m = PRESETS["mtt-cifar10-ipc1"].options
     assert (m["syn_steps"], m["expert_epochs"], m["max_start_epoch"], m["lr_img"], m["lr_lr"], m["lr_init"]) == \
         (50, 2, 2, 100, 1e-7, 0.01)

@@ -290,11 +290,16 @@ def test_cli_engine_options_reach_distill(monkeypatch, capsys):
     assert main(base + ["--theta-storage", "host", "--memory-budget", "8GiB", "--device", "cpu",
                         "--deterministic"]) == 2
     assert "stop here" in capsys.readouterr().err
-    assert (got["theta_storage"], got["memory_budget"], got["device"], got["deterministic"]) == \
-        ("host", 8 << 30, "cpu", True)
+    from fastdd.engine import EngineConfig
+    engine, run = got["engine"], got["run"]  # the CLI builds the same config objects the API takes
+    assert (engine.theta_storage, engine.memory_budget, engine.deterministic, run.device) == ("host", 8 << 30, True,
+                                                                                             "cpu")
     got.clear()
     assert main(base + ["--options", '{"theta_storage": "all"}']) == 2
-    assert got["theta_storage"] == "all" and "memory_budget" not in got and "deterministic" not in got
+    assert got["theta_storage"] == "all" and got["engine"] == EngineConfig()  # no flag: --options decides
+    got.clear()
+    assert main(base + ["--options", '{"theta_storage": "all"}', "--theta-storage", "checkpoint"]) == 2
+    assert "theta_storage" not in got and got["engine"].theta_storage == "checkpoint"  # the flag wins
     for bad in (["--memory-budget", "lots"], ["--theta-storage", "disk"]):
         with pytest.raises(SystemExit):
             main(base + bad)

@@ -44,6 +44,9 @@ class Growing(Policy):
         self.images.grad = step.grads[0]
         self.optimizers["img"].step()
 
+    def result(self, iterations, skipped, extra_meta):
+        return self.images.detach().clone()
+
 
 def test_images_that_blow_up_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
     assert PIXEL_LIMIT == 1e3  # 10**3 is the last allowed value, 10**4 the first refused

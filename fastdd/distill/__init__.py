@@ -1,11 +1,14 @@
-"""``fastdd.distill(ds, method=...)``: every method is a thin policy on the engine (:mod:`fastdd.engine`).
+"""``fastdd.distill(ds, method=...)``: every method is a policy on one loop, registered once.
 
-Methods: ``"dd"`` (Wang et al.), ``"mtt"``, ``"selmatch"``, ``"tesla"`` (MTT with the direct-term
+fastdd's own methods: ``"dd"`` (Wang et al.), ``"mtt"``, ``"selmatch"``, ``"tesla"`` (MTT with the direct-term
 gradient and, with ``soft_labels="tesla"``, the target expert's soft labels), ``"datm"`` (MTT with
 learnable soft labels, the start-epoch schedule and the loss gate), and the baselines ``"dc"``
-(gradient matching), ``"dsa"`` (DC with siamese DSA) and ``"dm"`` (distribution matching).
+(gradient matching), ``"dsa"`` (DC with siamese DSA) and ``"dm"`` (distribution matching). Others join
+with :func:`~fastdd.distill.registry.register_method` (``fastdd.register_method``); :func:`methods` lists
+them all.
 
-Every method is a :class:`~fastdd.distill.loop.Policy` on one loop (:func:`~fastdd.distill.loop.run_loop`).
+Every method is a :class:`~fastdd.distill.loop.Policy` on one loop (:func:`~fastdd.distill.loop.run_loop`),
+run by one runner (:func:`~fastdd.distill.registry.run_method`).
 """
 from __future__ import annotations
 
@@ -17,39 +20,26 @@ import torch
 
 from ..data import Dataset
 from ..distributed import check_device
-from ..engine import parse_bytes
+from ..engine import EngineConfig, parse_bytes
 from ..experts import ExpertBuffer
 from ..io import check_out_folder
-from ..options import check_dataclass_options
 from ..synthetic import SyntheticSet
-from .dd import DDConfig, run_dd
-from .loop import KeepBest, run_loop
-from .matching import DCConfig, DistributionMatchingPolicy, DMConfig, GradientMatchingPolicy
-from .mtt import MTTConfig, run_mtt
+from .dd import DDConfig
+from .loop import KeepBest
+from .matching import DCConfig, DMConfig
+from .mtt import MTTConfig
 from .presets import PRESETS, Preset, get_preset
-
-METHODS = ("dd", "mtt", "selmatch", "tesla", "datm", "dc", "dsa", "dm")
-MATCHING = {"dc": (DCConfig, {}), "dsa": (DCConfig, {"init": "real", "dsa": True}), "dm": (DMConfig, {})}
-# What each MTT-family method changes from MTTConfig's defaults (a preset or the caller may override).
-_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mtt": {},
-    "selmatch": {"init": "window", "lr_init": 0.001, "alpha": 0.5},
-    "tesla": {"mode": "tesla"},
-    "datm": {"init": "correct", "soft_labels": "datm", "threshold": 1.0},
-}
+from .registry import (RUN_KEYWORDS, MethodSpec, RunConfig, SelectConfig, Setup, engine_from_keywords, get_method,
+                       make_config, methods, register_method, run_method)
 
 
 def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts: ExpertBuffer | str | os.PathLike
-            | None = None, iterations: int | None = None, seed: int = 0, preset: str | None = None,
-            scores=None, out: str | os.PathLike | None = None, resume: bool = False, checkpoint_every: int = 100,
-            show_progress: bool = True, theta_storage: str = "auto", memory_budget: int | str | None = None,
-            device: str | torch.device | None = None, deterministic: bool = False,
-            resident_experts: bool | None = None, select_every: int | None = None, select_protocol: str = "mtt",
-            select_options: dict[str, Any] | None = None, **options: Any) -> SyntheticSet:
+            | None = None, iterations: int | None = None, preset: str | None = None, scores=None,
+            engine: EngineConfig | None = None, run: RunConfig | None = None, **options: Any) -> SyntheticSet:
     """Distil ``ds`` into a :class:`SyntheticSet` of ``ipc`` images per class.
 
     Args:
-        method: one of :data:`METHODS` (ignored when ``preset`` names one).
+        method: a registered method, :func:`methods` (ignored when ``preset`` names one).
         ipc: images per class (DD: images per class per step × steps; taken from the preset if given).
         experts: an :class:`ExpertBuffer` or the folder it was saved to (MTT family; DD pretrained).
         iterations: outer iterations (default: the preset's, else 1000). For ``dc``/``dsa`` an iteration is
@@ -57,6 +47,9 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
             counts the same units.
         preset: a name from :data:`PRESETS`; its data set and ZCA setting must match ``ds``.
         scores: difficulty scores ``(len(ds.train),)`` for SelMatch's window initialisation.
+        The run's and the engine's options below are keywords of :class:`RunConfig` and
+        :class:`~fastdd.engine.EngineConfig`:
+
         out: run folder for the CSV log and atomic checkpoints every ``checkpoint_every`` iterations;
             with ``resume=True`` a run continues from its last checkpoint to the same result.
         theta_storage: where the adjoint keeps the student's parameters θ_i: ``"auto"`` (default: all of
@@ -76,8 +69,15 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
             never the test split) with ``evaluate(syn, ds, select_protocol, split="val", num_eval=1,
             **select_options)``, and the best-scoring one is returned; ``syn.meta["selection"]`` records
             which iteration it was and its score, ``out/selection.csv`` every score. Not for ``dd``.
-        options: fields of :class:`MTTConfig`, :class:`DDConfig`, :class:`DCConfig` or :class:`DMConfig`
-            (e.g. ``syn_steps=20``, ``mode="adjoint"``, ``batch_real=64``).
+        engine: the engine's options (:class:`~fastdd.engine.EngineConfig`: ``mode``, ``theta_storage``,
+            ``memory_budget``, ``deterministic``); the same names are accepted as keywords.
+        run: how the run is carried out (:class:`~fastdd.distill.registry.RunConfig`: ``out``, ``resume``,
+            ``checkpoint_every``, ``show_progress``, ``device``, ``seed``, ``select``, ``resident_experts``);
+            the same names are accepted as keywords (``select_every``, ``select_protocol``,
+            ``select_options`` for ``select``), as are the engine's.
+        options: fields of the method's config dataclass (:class:`MTTConfig`, :class:`DDConfig`,
+            :class:`DCConfig`, :class:`DMConfig`, or a registered method's), e.g. ``syn_steps=20``,
+            ``batch_real=64``; checked against its fields and types.
 
     Under torch.distributed (launched by ``torchrun``, the group started by :func:`fastdd.distributed.init`
     or by the caller) the MTT family splits the synthetic set over the ranks (``dm`` splits it by class;
@@ -88,6 +88,7 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
     ``theta_storage``, ``memory_budget`` and ``deterministic`` are recorded in the run's config
     (``syn.meta["config"]``, checkpoints): ``resume=True`` refuses a checkpoint made with other values.
     """
+    run = _run_config(run, options)
     extra: dict[str, Any] = {}
     if preset is not None:
         p = get_preset(preset)
@@ -101,58 +102,57 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
         iterations = p.iterations if iterations is None else iterations
         options = {**p.options, **options}
         extra["preset"] = preset
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    spec = get_method(method)
     iterations = 1000 if iterations is None else iterations
-    for name, value in (("iterations", iterations), ("ipc", ipc), ("checkpoint_every", checkpoint_every)):
+    for name, value in (("iterations", iterations), ("ipc", ipc), ("checkpoint_every", run.checkpoint_every)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if out is not None:
-        check_out_folder(out)
+    if ipc is None and spec.needs_ipc:
+        raise ValueError(f"{method}: pass ipc= (images per class)")
+    if isinstance(options.get("memory_budget"), str):
+        options["memory_budget"] = parse_bytes(options["memory_budget"])
+    engine, explicit = engine_from_keywords(options, engine)
+    cfg = make_config(spec, options, engine, explicit)
+    if run.out is not None:
+        check_out_folder(run.out)
     if isinstance(experts, (str, os.PathLike)):
         experts = ExpertBuffer(experts)
-    engine = {"theta_storage": theta_storage,
-              "memory_budget": None if memory_budget is None else parse_bytes(memory_budget),
-              "deterministic": bool(deterministic)}
-    if device is not None:
-        device = check_device(device)
+    if spec.needs_experts and experts is None:
+        raise ValueError(f"{method} matches expert trajectories: pass experts= (a buffer or its folder); "
+                         "make them with fastdd.train_experts or `fastdd experts`")
+    if run.device is not None:
+        device = check_device(run.device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         if ds.device != device:
             ds = ds.to(device)
     keep_best = None
-    if select_every is not None:  # scores on the data set where the run happens
-        keep_best = _keep_best(ds, method, select_every, select_protocol, select_options or {}, seed)
-    if method == "dd":
-        cfg = _make(DDConfig, {**options, **engine}, method)
-        if ipc is not None and ipc != cfg.steps * cfg.images_per_class:
-            if ipc % cfg.steps:
-                raise ValueError(f"dd: ipc {ipc} is not a multiple of steps={cfg.steps}")
-            cfg.images_per_class = ipc // cfg.steps
-        return run_dd(ds, cfg, iterations, seed, experts, out, resume, checkpoint_every, show_progress, extra,
-                      resident_experts=resident_experts)
-    if ipc is None:
-        raise ValueError(f"{method}: pass ipc= (images per class)")
-    if method in MATCHING:
-        return _run_matching(ds, method, ipc, iterations, seed, out, resume, checkpoint_every, show_progress, extra,
-                             options, engine, keep_best)
-    if experts is None:
-        raise ValueError(f"{method} matches expert trajectories: pass experts= (a buffer or its folder); "
-                         "make them with fastdd.train_experts or `fastdd experts`")
-    cfg = _make(MTTConfig, {**_METHOD_DEFAULTS[method], **options, **engine}, method)
-    return run_mtt(ds, ipc, experts, cfg, iterations, seed, method, scores, out, resume, checkpoint_every,
-                   show_progress, extra_meta=extra, resident_experts=resident_experts, keep_best=keep_best)
+    if run.select is not None:  # scores on the data set where the run happens
+        keep_best = _keep_best(ds, spec, run.select, run.seed)
+    setup = Setup(ds, ipc, cfg, run.seed, method, iterations, experts, scores, run.resident_experts)
+    return run_method(spec, setup, run, engine.deterministic, keep_best, extra)
 
 
-def _keep_best(ds: Dataset, method: str, every: int, protocol: str, options: dict[str, Any], seed: int) -> KeepBest:
-    if method == "dd":
-        raise ValueError("select_every is not available for method 'dd' (its evaluation replays the learned steps "
-                         "on the test split)")
+def _run_config(run: RunConfig | None, options: dict[str, Any]) -> RunConfig:
+    """``run`` with the run keywords popped from ``options`` (``out=``, ``seed=``, ``select_every=``, ...)."""
+    given = {k: options.pop(k) for k in list(options) if k in RUN_KEYWORDS}
+    base = {**vars(run)} if run is not None else {}
+    every = given.pop("select_every", None)
+    protocol, sel_options = given.pop("select_protocol", "mtt"), given.pop("select_options", None)
+    if every is not None:
+        base["select"] = SelectConfig(every, protocol, dict(sel_options or {}))
+    return RunConfig(**{**base, **given})
+
+
+def _keep_best(ds: Dataset, spec: MethodSpec, select: SelectConfig, seed: int) -> KeepBest:
+    if not spec.selection:
+        raise ValueError(f"select_every is not available for method {spec.name!r} (it cannot be scored on a "
+                         "validation split)")
     if ds.val is None:
         raise ValueError("select_every scores sets on a validation split, and this data set has none: pass "
                          "ds.with_validation(fraction, seed) (never select on the test split)")
     from ..evaluate import evaluate, resolve_protocol
-    opts = {"num_eval": 1, **options}
+    protocol, opts = select.protocol, {"num_eval": 1, **select.options}
     if protocol == "dd":
         raise ValueError("select_protocol 'dd' replays a DD set's steps on the test split; use mtt, selmatch or soft")
     own = set(inspect.signature(evaluate).parameters)  # the rest are protocol settings: checked now, not at the
@@ -161,33 +161,14 @@ def _keep_best(ds: Dataset, method: str, every: int, protocol: str, options: dic
     def score(syn: SyntheticSet) -> float:
         return evaluate(syn, ds, protocol, seed=seed, split="val", show_progress=False, **opts).mean
 
-    return KeepBest(every, score, {"protocol": protocol, "options": opts, "split": "val"})
+    return KeepBest(select.every, score, {"protocol": protocol, "options": opts, "split": "val"})
 
 
-def _run_matching(ds, method, ipc, iterations, seed, out, resume, checkpoint_every, show_progress, extra, options,
-                  engine, keep_best: KeepBest | None = None) -> SyntheticSet:
-    from ..engine import deterministic_algorithms
-    if engine["theta_storage"] != "auto" or engine["memory_budget"] is not None:
-        raise TypeError(f"{method} unrolls no student training: theta_storage and memory_budget do not apply")
-    cls, defaults = MATCHING[method]
-    cfg = _make(cls, {**defaults, **options}, method)
-    with deterministic_algorithms(engine["deterministic"]):
-        if method == "dm":
-            policy, per = DistributionMatchingPolicy(ds, ipc, cfg, seed, method), 1
-        else:
-            policy = GradientMatchingPolicy(ds, ipc, cfg, seed, method)
-            per = policy.outer  # loop steps (pixel updates) per network
-        done = run_loop(policy, iterations * per, out=out, resume=resume, checkpoint_every=checkpoint_every * per,
-                        show_progress=show_progress, desc=f"{method} ipc={ipc}",
-                        selection=None if keep_best is None else keep_best.selection(policy, per), per=per)
-    return policy.result(iterations, done.skipped, {**extra, **(keep_best.meta(done, per) if keep_best else {})})
+def __getattr__(name: str):
+    if name == "METHODS":  # the registered names, as a tuple (kept for code written before the registry)
+        return tuple(methods())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _make(cls, options: dict[str, Any], method: str):
-    """``cls(**options)`` after every key and value was checked against ``cls``'s fields (a ``TypeError``
-    names the option and the type it wants)."""
-    check_dataclass_options(cls, options, method)
-    return cls(**options)
-
-
-__all__ = ["distill", "METHODS", "MTTConfig", "DDConfig", "DCConfig", "DMConfig", "PRESETS", "Preset", "get_preset"]
+__all__ = ["distill", "methods", "register_method", "MethodSpec", "Setup", "RunConfig", "SelectConfig", "EngineConfig",
+           "MTTConfig", "DDConfig", "DCConfig", "DMConfig", "PRESETS", "Preset", "get_preset"]

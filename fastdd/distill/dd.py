@@ -15,25 +15,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, minibatches
-from ..engine import dd_grad, deterministic_algorithms, student_loss, to_device_once
+from ..engine import EngineConfig, dd_grad, student_loss, to_device_once
 from ..experts import ExpertBuffer
 from ..models import FunctionalNet, model_for
 from ..options import check_positive
 from ..rng import generator
 from ..synthetic import SyntheticSet
-from .loop import Policy, Step, data_scale, run_loop
-from .mtt import check_engine_options, resolve_mode
+from .loop import Policy, Step, data_scale
+from .registry import Setup, register_method
+from .mtt import resolve_mode
 
 
 @dataclass
-class DDConfig:
+class DDConfig(EngineConfig):
+    """Wang et al.'s settings (defaults: the official code's), with the engine's options inherited."""
+
     model: str = "lenet"
     steps: int = 10
     epochs: int = 3
@@ -48,10 +50,6 @@ class DDConfig:
     n_nets: int = 1                 # inits per iteration (fixed: drawn once)
     init: str = "default"           # weight init scheme of the network ("default" | "xavier")
     attack: tuple[int, int] | None = None  # poisoning: relabel real class a as b in the outer loss
-    mode: str = "auto"              # gradient mode of the engine ("auto": resolved once per run)
-    theta_storage: str = "auto"  # adjoint / tesla: "auto" | "checkpoint" | "all" | "host"
-    memory_budget: int | None = None   # bytes "auto" may give a BPTT graph (None: DEFAULT_MEMORY_BUDGET)
-    deterministic: bool = False        # deterministic cuDNN / algorithms for the run (CUDA)
 
     def validate(self, num_classes: int) -> None:
         if self.init_mode not in ("fixed", "random", "pretrained"):
@@ -70,7 +68,7 @@ class DDConfig:
             a, b = self.attack
             if not (0 <= a < num_classes and 0 <= b < num_classes and a != b):
                 raise ValueError(f"attack=(a, b) needs two different classes in [0, {num_classes}), got {self.attack}")
-        check_engine_options(self)
+        self.validate_engine()
 
 
 def inverse_softplus(x: float) -> float:
@@ -88,21 +86,8 @@ def dd_inits(net: FunctionalNet, cfg: DDConfig, seed: int, it: int, device, buf:
     return [buf[buf.ids[i]][-1].to(device) for i in ids]
 
 
-def run_dd(ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: ExpertBuffer | None = None,
-           out: str | Path | None = None, resume: bool = False, checkpoint_every: int = 200,
-           show_progress: bool = True, extra_meta: dict[str, Any] | None = None,
-           resident_experts: bool | None = None) -> SyntheticSet:
-    """One DD run on ``ds``'s device; ``resident_experts`` (default: on CUDA) keeps the pretrained
-    inits' trajectories in device memory; ``cfg.deterministic`` runs it under
-    :func:`fastdd.engine.deterministic_algorithms`."""
-    cfg.validate(ds.num_classes)
-    with deterministic_algorithms(cfg.deterministic):
-        policy = DDPolicy(ds, cfg, iterations, seed, experts, resident_experts)
-        done = run_loop(policy, iterations, out=out, resume=resume, checkpoint_every=checkpoint_every,
-                        show_progress=show_progress, desc="dd")
-    return policy.result(iterations, done.skipped, extra_meta)
-
-
+@register_method("dd", config=DDConfig, needs_ipc=False, selection=False,
+                 description="Dataset Distillation: per-step images and learned rates (Wang et al. 2018)")
 class DDPolicy(Policy):
     """Wang et al.'s method as a policy on :func:`fastdd.distill.loop.run_loop`."""
 
@@ -143,6 +128,17 @@ class DDPolicy(Policy):
         self.per_epoch = -(-len(ds.train) // cfg.real_batch)
         self.real_batches: list[torch.Tensor] = []
         self.mode: str | None = None
+
+    @classmethod
+    def from_setup(cls, setup: Setup) -> "DDPolicy":
+        """``ipc``, when given, is steps × images per class per step: it sets ``images_per_class``."""
+        cfg, ipc = setup.config, setup.ipc
+        if ipc is not None and ipc != cfg.steps * cfg.images_per_class:
+            if ipc % cfg.steps:
+                raise ValueError(f"dd: ipc {ipc} is not a multiple of steps={cfg.steps}")
+            cfg.images_per_class = ipc // cfg.steps
+        cfg.validate(setup.ds.num_classes)
+        return cls(setup.ds, cfg, setup.iterations, setup.seed, setup.experts, setup.resident_experts)
 
     def resume(self, iteration: int, extra: dict[str, Any]) -> None:
         self.mode = extra.get("gradient_mode")  # the mode the run started with

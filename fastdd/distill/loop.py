@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -80,9 +81,13 @@ class Step:
     payload: Any = None
 
 
-class Policy:
-    """One method on the distillation loop. Subclasses set the attributes in ``__init__`` and
-    implement :meth:`step`, :meth:`apply` and :meth:`result`."""
+class Policy(ABC):
+    """One method on the distillation loop (the contract: docs/extending.md).
+
+    A subclass sets the attributes below in ``__init__`` and implements :meth:`step` (what one iteration
+    computes), :meth:`apply` (how it updates the tensors) and :meth:`result` (the set it returns); the
+    other hooks are optional. Registered with :func:`fastdd.register_method`, it is built by
+    :meth:`from_setup` from a :class:`~fastdd.distill.registry.Setup`."""
 
     method: str                                  # e.g. "mtt"; names the progress bar and messages
     config: Any                                  # a dataclass; recorded in checkpoints (resume checks it)
@@ -96,6 +101,14 @@ class Policy:
     seed: int | None = None                      # the run's seed (checkpoints record it: resume refuses another)
     pixel_lr: str = "lr_img"                     # the option that sets the pixel step, named when images blow up
     pixel_scale: tuple[float, float] | None = None  # (mean, std) of the real images (data_scale); None: no guard
+    steps_per_iteration: int = 1                 # loop steps per method iteration (DC: pixel updates per network)
+
+    @classmethod
+    def from_setup(cls, setup: Any) -> "Policy":
+        """Build the policy for a run (:class:`~fastdd.distill.registry.Setup`: data, ipc, config, seed, method,
+        iterations, experts, scores). The default calls ``cls(setup)``; fastdd's own policies map it onto
+        their constructors."""
+        return cls(setup)  # type: ignore[call-arg]
 
     def whole(self, t: torch.Tensor) -> torch.Tensor:
         """The whole of a split tensor (under torch.distributed gathered from every rank's rows; else ``t``)."""
@@ -126,11 +139,18 @@ class Policy:
         """JSON-able state to keep in checkpoints beside the config (e.g. the gradient mode)."""
         return {}
 
-    def step(self, it: int) -> Step:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def step(self, it: int) -> Step:
+        """Compute iteration ``it`` (loss, gradients, log info) without updating anything."""
 
-    def apply(self, step: Step) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def apply(self, step: Step) -> None:
+        """Update the tensors from ``step`` (called only when its loss and gradients are finite)."""
+
+    @abstractmethod
+    def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> Any:
+        """The :class:`~fastdd.synthetic.SyntheticSet` of the current tensors (the whole set under
+        torch.distributed); ``iterations`` and ``skipped`` for its metadata, ``extra_meta`` merged in."""
 
     def end_iteration(self, it: int) -> None:
         """After the update (or the skip) of iteration ``it``, e.g. a learning-rate schedule."""

@@ -34,6 +34,7 @@ from ..rng import generator
 from ..synthetic import SyntheticSet
 from ..train import SGD, fit
 from .loop import Policy, Step, data_scale
+from .registry import Setup, register_method
 
 # DC's (outer_loop, inner_loop) by IPC (its get_loops); other IPCs need both given.
 DC_LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15),
@@ -179,6 +180,10 @@ class MatchingPolicy(Policy):
         self.generators = {"iter": generator(seed, method, "iter"), "augment": generator(seed, method, "augment")}
         self.dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
 
+    @classmethod
+    def from_setup(cls, setup: Setup) -> "MatchingPolicy":
+        return cls(setup.ds, setup.ipc, setup.config, setup.seed, setup.method)
+
     def pairs(self, x: torch.Tensor):
         """Per class of :attr:`classes` ``(c, real batch, synthetic images of c as rows of x)``,
         siamese-augmented if configured. The random draws of every class are made (a process that
@@ -216,6 +221,7 @@ class GradientMatchingPolicy(MatchingPolicy):
     def __init__(self, ds: Dataset, ipc: int, cfg: DCConfig, seed: int, method: str = "dc"):
         super().__init__(ds, ipc, cfg, seed, method)
         self.outer, self.inner = cfg.loops(ipc)
+        self.steps_per_iteration = self.outer  # an iteration is one network: outer_loop pixel updates
         self.theta = torch.zeros(self.net.num_params, device=ds.device)  # step 0 draws network 0 into it
         self.tensors["net"] = self.theta  # the current network: a resume mid-network continues it
         self.dsa = DSA(self.dsa_cfg)
@@ -264,6 +270,14 @@ class DistributionMatchingPolicy(MatchingPolicy):
         if self.shard is not None:  # the classes' terms of every rank
             loss = all_reduce_(loss.clone(), self.shard.dist)
         return Step(loss, (grad,), payload=grad)
+
+
+register_method("dc", config=DCConfig, policy=GradientMatchingPolicy,
+                description="gradient matching; an iteration is one network (Zhao et al. 2021)")
+register_method("dsa", config=DCConfig, policy=GradientMatchingPolicy, defaults={"init": "real", "dsa": True},
+                description="gradient matching with siamese augmentation (Zhao & Bilen 2021)")
+register_method("dm", config=DMConfig, policy=DistributionMatchingPolicy, distributed="classes",
+                description="distribution matching of random networks' embeddings (Zhao & Bilen 2023)")
 
 
 __all__ = ["MatchingConfig", "DCConfig", "DMConfig", "DC_LOOPS", "match_distance", "mean_embedding_distance",

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,20 +38,23 @@ import torch
 from ..augment import DSAConfig, StepAugment, apply_dsa, sample_dsa, strategy_for
 from ..data import Dataset
 from ..distributed import Shard, all_reduce_, current
-from ..engine import (THETA_STORAGE, StepReduce, choose_mode, deterministic_algorithms, matching_loss, to_device_once,
+from ..engine import (EngineConfig, StepReduce, choose_mode, matching_loss, to_device_once,
                       unroll_grad)
 from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
 from ..options import check_positive
 from ..rng import generator
 from ..synthetic import SyntheticSet
-from .loop import KeepBest, Policy, Step, data_scale, run_loop
+from .loop import Policy, Step, data_scale
+from .registry import Setup, register_method
 from .matching import start_images
 
 
 @dataclass
-class MTTConfig:
-    """Hyper-parameters of trajectory matching (defaults: MTT's code; presets set the papers' values)."""
+class MTTConfig(EngineConfig):
+    """Hyper-parameters of trajectory matching (defaults: MTT's code; presets set the papers' values), with the
+    engine's options (:class:`~fastdd.engine.EngineConfig`: ``mode``, ``theta_storage``, ``memory_budget``,
+    ``deterministic``) inherited."""
 
     syn_steps: int = 20             # N, unrolled student steps per iteration
     expert_epochs: int = 2          # M, target = start + M
@@ -65,10 +67,6 @@ class MTTConfig:
     batch_syn: int | None = None    # student minibatch; None = the whole set
     init: str = "real"              # "real" | "noise" | "window" | "correct"
     dsa: bool = True
-    mode: str = "auto"              # gradient mode of the engine ("auto": resolved once per run)
-    theta_storage: str = "auto"  # adjoint / tesla: "auto" | "checkpoint" | "all" | "host"
-    memory_budget: int | None = None   # bytes "auto" may give a BPTT graph (None: DEFAULT_MEMORY_BUDGET)
-    deterministic: bool = False        # deterministic cuDNN / algorithms for the run (CUDA)
     # SelMatch
     alpha: float = 1.0              # fraction of each class that is distilled (the rest frozen)
     beta: float = 0.0               # window start, in multiples of ipc
@@ -101,19 +99,7 @@ class MTTConfig:
         if not 0 <= self.min_start_epoch < self.max_start_epoch:
             raise ValueError(f"need 0 <= min_start_epoch < max_start_epoch, got {self.min_start_epoch}, "
                              f"{self.max_start_epoch}")
-        check_engine_options(self)
-
-
-def check_engine_options(cfg) -> None:
-    """The engine settings shared by MTTConfig and DDConfig."""
-    from ..engine import MODES
-    if cfg.mode not in MODES:
-        raise ValueError(f"unknown gradient mode {cfg.mode!r}; choose one of: {', '.join(MODES)}")
-    if cfg.theta_storage not in THETA_STORAGE:
-        raise ValueError(f"theta_storage must be one of {', '.join(THETA_STORAGE)}, got {cfg.theta_storage!r}")
-    if cfg.memory_budget is not None and (isinstance(cfg.memory_budget, bool) or not isinstance(cfg.memory_budget, int)
-                                          or cfg.memory_budget < 0):
-        raise ValueError(f"memory_budget must be a byte count >= 0 (an int) or None, got {cfg.memory_budget!r}")
+        self.validate_engine()
 
 
 def resolve_mode(cfg, net, images: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor,
@@ -218,26 +204,6 @@ def _correct_expert_logits(images, labels, buf: ExpertBuffer, net) -> torch.Tens
     return torch.where(count > 0, total / count.clamp_min(1), fallback / len(buf.ids))
 
 
-def run_mtt(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, iterations: int, seed: int,
-            method: str, scores=None, out: str | Path | None = None, resume: bool = False,
-            checkpoint_every: int = 100, show_progress: bool = True, log_every: int = 1,
-            extra_meta: dict[str, Any] | None = None, resident_experts: bool | None = None,
-            keep_best: KeepBest | None = None) -> SyntheticSet:
-    """One MTT-family run on ``ds``'s device. ``resident_experts`` (default: on CUDA) serves the
-    expert trajectories from device memory (:meth:`ExpertBuffer.to`), each loaded once.
-    ``cfg.deterministic`` runs it under :func:`fastdd.engine.deterministic_algorithms`; ``keep_best``
-    returns the best-scoring set instead of the last."""
-    cfg.validate()
-    with deterministic_algorithms(cfg.deterministic):
-        policy = MTTPolicy(ds, ipc, experts, cfg, seed, method, scores, resident_experts)
-        policy.log_every = log_every
-        done = run_loop(policy, iterations, out=out, resume=resume, checkpoint_every=checkpoint_every,
-                        show_progress=show_progress, desc=f"{method} ipc={ipc}",
-                        selection=None if keep_best is None else keep_best.selection(policy))
-    extra = {**(extra_meta or {}), **(keep_best.meta(done) if keep_best is not None else {})}
-    return policy.result(iterations, done.skipped, extra)
-
-
 def check_experts(ds: Dataset, experts: ExpertBuffer, net) -> None:
     """The experts must have been trained on ``ds``'s image shape, classes, data set and ZCA setting."""
     if (net.spec["in_channels"], tuple(net.spec["im_size"]), net.spec["num_classes"]) != \
@@ -309,6 +275,12 @@ class MTTPolicy(Policy):
         self.dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
         self.generators = {"iter": g_iter, "augment": g_aug}
         self.mode: str | None = None
+
+    @classmethod
+    def from_setup(cls, setup: Setup) -> "MTTPolicy":
+        setup.config.validate()
+        return cls(setup.ds, setup.ipc, setup.experts, setup.config, setup.seed, setup.method, setup.scores,
+                   setup.resident_experts)
 
     def resume(self, iteration: int, extra: dict[str, Any]) -> None:
         self.mode = extra.get("gradient_mode")  # the mode the run started with
@@ -399,3 +371,13 @@ class MTTPolicy(Policy):
                 "init_indices": None if self.init_idx is None else self.init_idx.tolist(), **(extra_meta or {})}
         return SyntheticSet(images.clone(), labels_out, self.syn_lr.detach().clone(),
                             frozen.clone() if frozen is not None else None, meta)
+
+
+_FAMILY = dict(config=MTTConfig, policy=MTTPolicy, needs_experts=True, distributed="rows")
+register_method("mtt", **_FAMILY, description="trajectory matching (Cazenavette et al. 2022)")
+register_method("selmatch", **_FAMILY, defaults={"init": "window", "lr_init": 0.001, "alpha": 0.5},
+                description="MTT from a difficulty window, part of each class kept real (Lee et al. 2024)")
+register_method("tesla", **_FAMILY, defaults={"mode": "tesla"}, soft_labels=True,
+                description="MTT with the direct-term gradient, soft labels optional (Cui et al. 2023)")
+register_method("datm", **_FAMILY, defaults={"init": "correct", "soft_labels": "datm", "threshold": 1.0},
+                soft_labels=True, description="MTT with learnable soft labels and a start-epoch schedule (Guo et al. 2024)")

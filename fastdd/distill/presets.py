@@ -116,6 +116,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
 
 
 def get_preset(name: str) -> Preset:
+    """The preset ``name``, checked against the method registry (:func:`check_preset`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    check_preset(PRESETS[name])
     return PRESETS[name]
+
+
+def check_preset(p: Preset) -> None:
+    """``ValueError`` / ``TypeError`` unless ``p.method`` is registered and ``p.options`` are fields of its config
+    (with their types)."""
+    from .registry import get_method, make_config
+    spec = get_method(p.method)
+    make_config(spec, dict(p.options))

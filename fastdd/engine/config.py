@@ -1,0 +1,47 @@
+"""The engine's options in one dataclass, shared by the API (``fastdd.distill(engine=...)``), the methods'
+configs that unroll student training (:class:`~fastdd.distill.MTTConfig` and :class:`~fastdd.distill.DDConfig`
+inherit them, so checkpoints record them with the method's settings) and the command line."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .unroll import MODES, THETA_STORAGE
+
+
+@dataclass
+class EngineConfig:
+    """How the engine computes the meta-gradient.
+
+    Attributes:
+        mode: ``"auto"`` (resolved once per run from the shapes and ``memory_budget``: ``bptt`` when its
+            graph fits, else ``adjoint``), ``"bptt"``, ``"adjoint"`` (exact, activation memory of one step) or
+            ``"tesla"`` (the direct-term approximation).
+        theta_storage: where the adjoint keeps the student's parameters θ_i: ``"auto"``, ``"checkpoint"``
+            (every ⌈√N⌉-th, the rest recomputed), ``"all"`` or ``"host"`` (CPU memory, pinned on CUDA).
+        memory_budget: bytes ``mode="auto"`` may give a BPTT graph (``None``: 4 GiB).
+        deterministic: deterministic cuDNN and algorithms for the run (previous settings restored after).
+    """
+
+    mode: str = "auto"
+    theta_storage: str = "auto"
+    memory_budget: int | None = None
+    deterministic: bool = False
+
+    def validate_engine(self) -> None:
+        """``ValueError`` naming the option when one is not one of its allowed values."""
+        if self.mode not in MODES:
+            raise ValueError(f"unknown gradient mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        if self.theta_storage not in THETA_STORAGE:
+            raise ValueError(f"theta_storage must be one of {', '.join(THETA_STORAGE)}, got {self.theta_storage!r}")
+        budget = self.memory_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+            raise ValueError(f"memory_budget must be a byte count >= 0 (an int) or None, got {budget!r}")
+
+    def changed(self) -> dict[str, object]:
+        """The fields that differ from their defaults: what an explicit ``engine=`` overrides."""
+        return {f.name: getattr(self, f.name) for f in fields(EngineConfig) if getattr(self, f.name) != f.default}
+
+
+ENGINE_FIELDS = tuple(f.name for f in fields(EngineConfig))
+
+__all__ = ["EngineConfig", "ENGINE_FIELDS"]
