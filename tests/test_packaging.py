@@ -5,6 +5,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 import fastdd
 
 
@@ -22,12 +24,18 @@ def test_no_top_level_kernels_module_installed(tmp_path):
     assert out.stdout.strip() == "None"
 
 
-def test_wheel_maps_kernels_into_fastdd(tmp_path):
-    root = pathlib.Path(__file__).resolve().parents[1]
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory) -> list[str]:
+    """The file names in a wheel built from this checkout."""
+    root, out = pathlib.Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(root)], check=True, capture_output=True)
-    (whl,) = tmp_path.glob("fastdd-*.whl")
-    names = zipfile.ZipFile(whl).namelist()
+                    str(out), str(root)], check=True, capture_output=True)
+    (whl,) = out.glob("fastdd-*.whl")
+    return zipfile.ZipFile(whl).namelist()
+
+
+def test_wheel_maps_kernels_into_fastdd(wheel_names):
+    names = wheel_names
     assert "fastdd/kernels/__init__.py" in names
     assert all(n.startswith(("fastdd/", "fastdd-")) for n in names), [n for n in names if not n.startswith("fastdd")]
 
@@ -36,3 +44,19 @@ def test_public_api_names():
     for name in ["load_dataset", "build_model", "train_experts", "evaluate", "select", "SyntheticSet", "ExpertBuffer"]:
         assert hasattr(fastdd, name), name
     assert importlib.util.find_spec("fastdd.augment") is not None
+
+
+def test_the_version_is_written_once_and_read_from_the_installed_metadata():
+    import importlib.metadata
+    import tomllib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert fastdd.__version__ == importlib.metadata.version("fastdd") == declared
+    assert declared not in (root / "fastdd" / "__init__.py").read_text()  # not spelled out a second time
+
+
+def test_wheel_carries_py_typed_and_the_license(wheel_names):
+    root, names = pathlib.Path(__file__).resolve().parents[1], wheel_names
+    assert "fastdd/py.typed" in names
+    assert any(n.endswith("licenses/LICENSE") for n in names), names
+    assert "Apache License" in (root / "LICENSE").read_text() and (root / "CHANGELOG.md").exists()
