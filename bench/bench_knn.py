@@ -17,6 +17,7 @@ Methods:
   fastdd      fastdd.coverage.nearest_distances(X, X, exclude_self=True): FAISS candidates (k = 9)
               with float64 re-computed distances, as coverage() runs it
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ def clustered(n: int, d: int, centres: int = 100, seed: int = 0) -> torch.Tensor
 
 def knn_faiss(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     import faiss
+
     a = np.ascontiguousarray(x.numpy())
     index = faiss.IndexFlatL2(a.shape[1])
     index.add(a)
@@ -49,8 +51,8 @@ def knn_torch_mm(x: torch.Tensor, k: int, chunk: int = 4096) -> tuple[torch.Tens
     sq = x.pow(2).sum(1)
     ds, ids = [], []
     for s in range(0, len(x), chunk):
-        q = x[s:s + chunk]
-        d2 = torch.addmm(sq[None, :], q, x.T, alpha=-2).add_(sq[s:s + chunk, None])
+        q = x[s : s + chunk]
+        d2 = torch.addmm(sq[None, :], q, x.T, alpha=-2).add_(sq[s : s + chunk, None])
         v, i = d2.topk(k, dim=1, largest=False)
         ds.append(v.clamp_min(0).sqrt())
         ids.append(i)
@@ -60,7 +62,7 @@ def knn_torch_mm(x: torch.Tensor, k: int, chunk: int = 4096) -> tuple[torch.Tens
 def knn_torch_cdist(x: torch.Tensor, k: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     ds, ids = [], []
     for s in range(0, len(x), chunk):
-        v, i = torch.cdist(x[s:s + chunk], x).topk(k, dim=1, largest=False)
+        v, i = torch.cdist(x[s : s + chunk], x).topk(k, dim=1, largest=False)
         ds.append(v)
         ids.append(i)
     return torch.cat(ds), torch.cat(ids)
@@ -68,11 +70,11 @@ def knn_torch_cdist(x: torch.Tensor, k: int, chunk: int = 4096) -> tuple[torch.T
 
 def knn_fastdd(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     from fastdd.coverage import nearest_distances
+
     d, i = nearest_distances(x, x, exclude_self=True)
     n = len(x)
     # same layout as the others: column 0 = self (distance 0), column 1 = nearest other
-    return (torch.stack([torch.zeros(n, dtype=torch.float64), d], 1),
-            torch.stack([torch.arange(n), i], 1))
+    return (torch.stack([torch.zeros(n, dtype=torch.float64), d], 1), torch.stack([torch.arange(n), i], 1))
 
 
 def main() -> None:
@@ -81,15 +83,24 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=2048)
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=1, help="rounds; each round runs every method once, in turn "
-                    "(round-robin, so a burst of load on a shared machine hits all methods alike)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds; each round runs every method once, in turn "
+        "(round-robin, so a burst of load on a shared machine hits all methods alike)",
+    )
     args = ap.parse_args()
 
     import faiss
+
     x = clustered(args.n, args.d, seed=args.seed)
-    print(f"{args.n:,} x {args.d:,} float32 (clustered, seed {args.seed}); k = 2; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
-          f"{platform.processor() or platform.machine()}", flush=True)
+    print(
+        f"{args.n:,} x {args.d:,} float32 (clustered, seed {args.seed}); k = 2; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
+        f"{platform.processor() or platform.machine()}",
+        flush=True,
+    )
     fns = {"faiss": knn_faiss, "torch-mm": knn_torch_mm, "torch-cdist": knn_torch_cdist, "fastdd": knn_fastdd}
     results, times = {}, {m: [] for m in args.methods}
     for rnd in range(args.repeat):
@@ -102,16 +113,20 @@ def main() -> None:
 
     ref = results.get("faiss") or next(iter(results.values()))
     ref_name = "faiss" if "faiss" in results else args.methods[0]
-    print(f"\n| method | best time (s) | all rounds (s) | best / {ref_name} | self is 1st hit "
-          f"| 2nd-NN index = {ref_name} | max rel. diff of 2nd-NN distance |")
+    print(
+        f"\n| method | best time (s) | all rounds (s) | best / {ref_name} | self is 1st hit "
+        f"| 2nd-NN index = {ref_name} | max rel. diff of 2nd-NN distance |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|")
     for m, (sec, d, i) in results.items():
         self_first = (i[:, 0] == torch.arange(len(i))).double().mean().item()
         agree = (i[:, 1] == ref[2][:, 1]).double().mean().item()
         rel = ((d[:, 1] - ref[1][:, 1]).abs() / ref[1][:, 1].clamp_min(1e-12)).max().item()
         rounds = ", ".join(f"{t:.1f}" for t in times[m])
-        print(f"| {m} | {sec:.1f} | {rounds} | {sec / ref[0]:.2f} | {100 * self_first:.2f} % | {100 * agree:.3f} % "
-              f"| {rel:.2e} |")
+        print(
+            f"| {m} | {sec:.1f} | {rounds} | {sec / ref[0]:.2f} | {100 * self_first:.2f} % | {100 * agree:.3f} % "
+            f"| {rel:.2e} |"
+        )
     # where a method's 2nd neighbour differs from the reference, which is truly nearer (float64)?
     notes = []
     x64 = x.double()
@@ -121,8 +136,10 @@ def main() -> None:
             continue
         dm = (x64[q] - x64[i[q, 1]]).norm(dim=1)
         dr = (x64[q] - x64[ref[2][q, 1]]).norm(dim=1)
-        notes.append(f"{m}: {len(q)} queries differ from {ref_name}; exact float64 distance of {m}'s neighbour "
-                     f"<= {ref_name}'s in {int((dm <= dr).sum())} of them, max relative gap {((dm - dr).abs() / dr).max():.1e}")
+        notes.append(
+            f"{m}: {len(q)} queries differ from {ref_name}; exact float64 distance of {m}'s neighbour "
+            f"<= {ref_name}'s in {int((dm <= dr).sum())} of them, max relative gap {((dm - dr).abs() / dr).max():.1e}"
+        )
     for line in notes:
         print(f"\n{line}")
 

@@ -15,6 +15,7 @@ w.r.t. theta, double backward of ``<g, v>`` w.r.t. theta and the images, with th
 process, so load from other processes hits both alike; it prints medians, min-max spreads and the
 ratio, plus the bytes the autograd graph holds per block after (b) (saved tensors, unique storages).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,11 +36,17 @@ VARIANTS = {"composite": kernels.norm_act_pool_reference, "closed form": norm_ac
 def block_inputs(batch: int, width: int, g: torch.Generator):
     out = []
     for s in (32, 16, 8):
-        out.append({"x": torch.randn(batch, width, s, s, generator=g),
-                    "w": torch.rand(width, generator=g) + 0.5, "b": torch.randn(width, generator=g) * 0.1,
-                    "gy": torch.randn(batch, width, s // 2, s // 2, generator=g),
-                    "hx": torch.randn(batch, width, s, s, generator=g),
-                    "hw": torch.randn(width, generator=g), "hb": torch.randn(width, generator=g)})
+        out.append(
+            {
+                "x": torch.randn(batch, width, s, s, generator=g),
+                "w": torch.rand(width, generator=g) + 0.5,
+                "b": torch.randn(width, generator=g) * 0.1,
+                "gy": torch.randn(batch, width, s // 2, s // 2, generator=g),
+                "hx": torch.randn(batch, width, s, s, generator=g),
+                "hw": torch.randn(width, generator=g),
+                "hb": torch.randn(width, generator=g),
+            }
+        )
     return out
 
 
@@ -96,7 +103,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for r, phase in rows.items():
             for v, fn in VARIANTS.items():
-                times[r, v].append(sum(timed(lambda: run_block(fn, t, phase)) for t in blocks))
+                times[r, v].append(sum(timed(lambda fn=fn, t=t, phase=phase: run_block(fn, t, phase)) for t in blocks))
 
     if not args.skip_step:
         net = fastdd.build_model("convnet", in_channels=3, num_classes=10, im_size=(32, 32), width=args.width)
@@ -122,25 +129,33 @@ def main() -> None:
     mem = {name: [graph_bytes(fn, t) for t in blocks] for name, fn in VARIANTS.items()}
 
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}, float32 CPU; "
-          f"batch {args.batch}, width {args.width}; blocks at 32², 16², 8² (a-c summed over the three); "
-          f"median of {args.rounds} alternating rounds, [min-max]")
+    print(
+        f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}, float32 CPU; "
+        f"batch {args.batch}, width {args.width}; blocks at 32², 16², 8² (a-c summed over the three); "
+        f"median of {args.rounds} alternating rounds, [min-max]"
+    )
     print()
     print("| phase | composite ms | closed form ms | speed-up |")
     print("|---|---:|---:|---:|")
     for r in rows:
         c, o = times[r, "composite"], times[r, "closed form"]
         mc, mo = statistics.median(c), statistics.median(o)
-        print(f"| {r} | {mc * 1e3:.1f} [{min(c) * 1e3:.0f}-{max(c) * 1e3:.0f}] | "
-              f"{mo * 1e3:.1f} [{min(o) * 1e3:.0f}-{max(o) * 1e3:.0f}] | {mc / mo:.2f}x |")
+        print(
+            f"| {r} | {mc * 1e3:.1f} [{min(c) * 1e3:.0f}-{max(c) * 1e3:.0f}] | "
+            f"{mo * 1e3:.1f} [{min(o) * 1e3:.0f}-{max(o) * 1e3:.0f}] | {mc / mo:.2f}x |"
+        )
     db_c = statistics.median(times["(c) (b) + double backward", "composite"]) - statistics.median(
-        times["(b) forward + create_graph backward", "composite"])
+        times["(b) forward + create_graph backward", "composite"]
+    )
     db_o = statistics.median(times["(c) (b) + double backward", "closed form"]) - statistics.median(
-        times["(b) forward + create_graph backward", "closed form"])
+        times["(b) forward + create_graph backward", "closed form"]
+    )
     print(f"| double backward alone, (c) - (b) | {db_c * 1e3:.1f} | {db_o * 1e3:.1f} | {db_c / db_o:.2f}x |")
     print()
-    print("graph memory after (b), saved tensors other than x and gy, per block (MB): "
-          + "; ".join(f"{name}: " + ", ".join(f"{b / 2**20:.1f}" for b in mem[name]) for name in VARIANTS))
+    print(
+        "graph memory after (b), saved tensors other than x and gy, per block (MB): "
+        + "; ".join(f"{name}: " + ", ".join(f"{b / 2**20:.1f}" for b in mem[name]) for name in VARIANTS)
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ the double backward go through the same ATen operators on CUDA as here (their de
 composite), so the counts carry over. The fused side is the kernels' own traffic, pass by pass, from their
 loop structure (``FUSED`` below). Time at a bandwidth ``B``: bytes / B, the memory-bound lower bound.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,50 @@ from fastdd.kernels import norm_act_pool_reference
 
 H100_BW = 3.35e12  # bytes/s, H100 SXM HBM3
 
-_FREE = {"view", "_unsafe_view", "t", "transpose", "expand", "as_strided", "detach", "alias", "reshape", "permute",
-         "unsqueeze", "squeeze", "select", "slice", "split", "split_with_sizes", "unbind", "_reshape_alias",
-         "lift_fresh", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "zeros_like",
-         "ones_like", "full_like", "zeros", "ones", "full", "scalar_tensor", "_to_copy", "copy_", "clone", "fill_",
-         "new_zeros", "new_ones", "_local_scalar_dense", "unflatten", "flatten", "contiguous", "is_same_size"}
+_FREE = {
+    "view",
+    "_unsafe_view",
+    "t",
+    "transpose",
+    "expand",
+    "as_strided",
+    "detach",
+    "alias",
+    "reshape",
+    "permute",
+    "unsqueeze",
+    "squeeze",
+    "select",
+    "slice",
+    "split",
+    "split_with_sizes",
+    "unbind",
+    "_reshape_alias",
+    "lift_fresh",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "zeros",
+    "ones",
+    "full",
+    "scalar_tensor",
+    "_to_copy",
+    "copy_",
+    "clone",
+    "fill_",
+    "new_zeros",
+    "new_ones",
+    "_local_scalar_dense",
+    "unflatten",
+    "flatten",
+    "contiguous",
+    "is_same_size",
+}
 
 
 @dataclass
@@ -106,9 +146,11 @@ def fused_block(b: int, c: int, h: int, w: int, elem: int = 4) -> dict[str, Traf
     traffic is nearer one read per tensor; the model keeps the pessimistic count.
     """
     s, p, planes = b * c * h * w, b * c * (h // 2) * (w // 2), b * c
-    return {"forward": Traffic(1, elem * 3 * s, elem * (p + 2 * planes)),
-            "backward": Traffic(1, elem * (2 * s + 2 * p + 2 * planes), elem * (s + 2 * planes)),
-            "double backward": Traffic(1, elem * (6 * s + 2 * p + 2 * planes), elem * (s + p + planes))}
+    return {
+        "forward": Traffic(1, elem * 3 * s, elem * (p + 2 * planes)),
+        "backward": Traffic(1, elem * (2 * s + 2 * p + 2 * planes), elem * (s + 2 * planes)),
+        "double backward": Traffic(1, elem * (6 * s + 2 * p + 2 * planes), elem * (s + p + planes)),
+    }
 
 
 def fused_dsa(b: int, fam: str, size: int = 32, elem: int = 4) -> dict[str, Traffic]:
@@ -116,8 +158,11 @@ def fused_dsa(b: int, fam: str, size: int = 32, elem: int = 4) -> dict[str, Traf
     write the output; color reads the sample once more for its mean. The transpose does the same on gy."""
     n = b * 3 * size * size
     reads = 2 * n if fam == "color" else n
-    return {"forward": Traffic(1, elem * reads, elem * n), "backward": Traffic(1, elem * reads, elem * n),
-            "double backward": Traffic(1, elem * reads, elem * n)}
+    return {
+        "forward": Traffic(1, elem * reads, elem * n),
+        "backward": Traffic(1, elem * reads, elem * n),
+        "double backward": Traffic(1, elem * reads, elem * n),
+    }
 
 
 def convnet_blocks(b: int, width: int = 128, size: int = 32, depth: int = 3):
@@ -159,22 +204,29 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     res = model(args.ipc)
-    print("| IPC (batch) | op | phase | unfused ops | unfused MB | fused launches | fused MB | bytes ratio | "
-          f"unfused µs @ {args.bandwidth / 1e12:.2f} TB/s | fused µs |")
+    print(
+        "| IPC (batch) | op | phase | unfused ops | unfused MB | fused launches | fused MB | bytes ratio | "
+        f"unfused µs @ {args.bandwidth / 1e12:.2f} TB/s | fused µs |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     dump = {}
     for ipc, rows in res.items():
         for op, (un, fu) in rows.items():
             for phase in ("forward", "backward", "double backward"):
                 u, f = un[phase], fu[phase]
-                print(f"| {ipc} ({ipc * 10}) | {op} | {phase} | {u.ops:.0f} | {u.total / 1e6:,.1f} | {f.ops:.0f} | "
-                      f"{f.total / 1e6:,.1f} | {u.total / f.total:.1f}× | {u.total / args.bandwidth * 1e6:,.0f} | "
-                      f"{f.total / args.bandwidth * 1e6:,.0f} |")
+                print(
+                    f"| {ipc} ({ipc * 10}) | {op} | {phase} | {u.ops:.0f} | {u.total / 1e6:,.1f} | {f.ops:.0f} | "
+                    f"{f.total / 1e6:,.1f} | {u.total / f.total:.1f}× | {u.total / args.bandwidth * 1e6:,.0f} | "
+                    f"{f.total / args.bandwidth * 1e6:,.0f} |"
+                )
                 dump[f"{ipc}/{op}/{phase}"] = {"unfused": u.__dict__, "fused": f.__dict__}
             tu = sum(un[p].total for p in un)
             tf = sum(fu[p].total for p in fu)
-            print(f"| {ipc} ({ipc * 10}) | {op} | **per unrolled step** | | **{tu / 1e6:,.1f}** | | **{tf / 1e6:,.1f}** | "
-                  f"**{tu / tf:.1f}×** | **{tu / args.bandwidth * 1e6:,.0f}** | **{tf / args.bandwidth * 1e6:,.0f}** |")
+            print(
+                f"| {ipc} ({ipc * 10}) | {op} | **per unrolled step** | | **{tu / 1e6:,.1f}** | | "
+                f"**{tf / 1e6:,.1f}** | "
+                f"**{tu / tf:.1f}×** | **{tu / args.bandwidth * 1e6:,.0f}** | **{tf / args.bandwidth * 1e6:,.0f}** |"
+            )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dump, fh, indent=1)

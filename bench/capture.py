@@ -11,6 +11,7 @@ family in each gradient mode it supports), a checkpointed run interrupted and re
 mtt / selmatch / soft / dd protocols with the random baseline, forgetting scores, and the selections.
 Only the public API is used, so the same script runs on older commits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,16 +28,27 @@ MODEL = {"width": 8, "depth": 2}
 
 def capture(path: str) -> dict[str, torch.Tensor]:
     import fastdd
+
     torch.set_num_threads(1)  # the same reduction order on every machine
     out: dict[str, torch.Tensor] = {}
     ds = fastdd.load_dataset("digits")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        buf = fastdd.train_experts(ds, "convnet", num_experts=2, epochs=3, out=tmp / "exp", seed=0,
-                                   model_kwargs=MODEL, show_progress=False)
+        buf = fastdd.train_experts(
+            ds, "convnet", num_experts=2, epochs=3, out=tmp / "exp", seed=0, model_kwargs=MODEL, show_progress=False
+        )
         out["experts"] = buf.load_all()
-        dsa = fastdd.train_experts(ds, "convnet", num_experts=1, epochs=1, out=tmp / "exp_dsa", seed=1,
-                                   model_kwargs=MODEL, augment="dsa", show_progress=False)
+        dsa = fastdd.train_experts(
+            ds,
+            "convnet",
+            num_experts=1,
+            epochs=1,
+            out=tmp / "exp_dsa",
+            seed=1,
+            model_kwargs=MODEL,
+            augment="dsa",
+            show_progress=False,
+        )
         out["experts_dsa"] = dsa.load_all()
         scores = torch.arange(len(ds.train), dtype=torch.float32).flip(0) % 97
 
@@ -55,35 +67,94 @@ def capture(path: str) -> dict[str, torch.Tensor]:
             "datm": dict(method="datm", threshold=None),
         }
         for name, kw in runs.items():
-            keep(name, fastdd.distill(ds, ipc=2, experts=buf, iterations=3, seed=0, show_progress=False,
-                                      **{**MTT, **kw}))
-        keep("dd", fastdd.distill(ds, "dd", experts=None, iterations=3, seed=0, show_progress=False, steps=2,
-                                  epochs=1, model="convnet", real_batch=128))
-        for method, kw in (("dc", {"outer_loop": 2, "inner_loop": 1}), ("dsa", {"outer_loop": 2, "inner_loop": 1}),
-                           ("dm", {})):
-            keep(method, fastdd.distill(ds, method, 1, iterations=2, seed=0, show_progress=False,
-                                        model_kwargs=MODEL, batch_real=16, **kw))
+            keep(
+                name, fastdd.distill(ds, ipc=2, experts=buf, iterations=3, seed=0, show_progress=False, **{**MTT, **kw})
+            )
+        keep(
+            "dd",
+            fastdd.distill(
+                ds,
+                "dd",
+                experts=None,
+                iterations=3,
+                seed=0,
+                show_progress=False,
+                steps=2,
+                epochs=1,
+                model="convnet",
+                real_batch=128,
+            ),
+        )
+        for method, kw in (
+            ("dc", {"outer_loop": 2, "inner_loop": 1}),
+            ("dsa", {"outer_loop": 2, "inner_loop": 1}),
+            ("dm", {}),
+        ):
+            keep(
+                method,
+                fastdd.distill(
+                    ds, method, 1, iterations=2, seed=0, show_progress=False, model_kwargs=MODEL, batch_real=16, **kw
+                ),
+            )
         # a checkpointed run, interrupted after 2 iterations and resumed to 4
-        fastdd.distill(ds, "mtt", 2, experts=buf, iterations=2, seed=0, out=tmp / "run", checkpoint_every=1,
-                       show_progress=False, **MTT)
-        keep("mtt.resumed", fastdd.distill(ds, "mtt", 2, experts=buf, iterations=4, seed=0, out=tmp / "run",
-                                           resume=True, checkpoint_every=1, show_progress=False, **MTT))
+        fastdd.distill(
+            ds,
+            "mtt",
+            2,
+            experts=buf,
+            iterations=2,
+            seed=0,
+            out=tmp / "run",
+            checkpoint_every=1,
+            show_progress=False,
+            **MTT,
+        )
+        keep(
+            "mtt.resumed",
+            fastdd.distill(
+                ds,
+                "mtt",
+                2,
+                experts=buf,
+                iterations=4,
+                seed=0,
+                out=tmp / "run",
+                resume=True,
+                checkpoint_every=1,
+                show_progress=False,
+                **MTT,
+            ),
+        )
         syn = fastdd.distill(ds, "mtt", 2, experts=buf, iterations=2, seed=0, show_progress=False, **MTT)
         for protocol, kw in (("mtt", {}), ("selmatch", {"epochs": 2}), ("soft", {})):
-            target = fastdd.distill(ds, "datm", 2, experts=buf, iterations=1, seed=0, show_progress=False,
-                                    threshold=None, **MTT) \
-                if protocol == "soft" else syn
-            res = fastdd.evaluate(target, ds, protocol, num_eval=2, seed=0, show_progress=False,
-                                  random_baseline=protocol != "soft",  # soft labels' argmax classes are unbalanced
-                                  **{"epochs": 3, "model_kwargs": MODEL, "model": "convnet", **kw})
+            target = (
+                fastdd.distill(
+                    ds, "datm", 2, experts=buf, iterations=1, seed=0, show_progress=False, threshold=None, **MTT
+                )
+                if protocol == "soft"
+                else syn
+            )
+            res = fastdd.evaluate(
+                target,
+                ds,
+                protocol,
+                num_eval=2,
+                seed=0,
+                show_progress=False,
+                random_baseline=protocol != "soft",  # soft labels' argmax classes are unbalanced
+                **{"epochs": 3, "model_kwargs": MODEL, "model": "convnet", **kw},
+            )
             accs = res.accuracies + (res.random.accuracies if res.random is not None else [])
             out[f"eval.{protocol}"] = torch.tensor(accs, dtype=torch.float64)
-        dd_set = fastdd.distill(ds, "dd", iterations=2, seed=0, show_progress=False, steps=2, epochs=1,
-                                model="convnet", real_batch=128)
-        out["eval.dd"] = torch.tensor(fastdd.evaluate(dd_set, ds, "dd", num_eval=2, seed=0).accuracies,
-                                      dtype=torch.float64)
-        out["forgetting"] = fastdd.forgetting_scores(ds, epochs=2, runs=1, seed=0, model_kwargs=MODEL,
-                                                     show_progress=False).float()
+        dd_set = fastdd.distill(
+            ds, "dd", iterations=2, seed=0, show_progress=False, steps=2, epochs=1, model="convnet", real_batch=128
+        )
+        out["eval.dd"] = torch.tensor(
+            fastdd.evaluate(dd_set, ds, "dd", num_eval=2, seed=0).accuracies, dtype=torch.float64
+        )
+        out["forgetting"] = fastdd.forgetting_scores(
+            ds, epochs=2, runs=1, seed=0, model_kwargs=MODEL, show_progress=False
+        ).float()
         for method in ("random", "herding", "kcenter", "kmeans"):
             extra = {} if method == "random" else {"extractor": buf}
             out[f"select.{method}"] = fastdd.select(ds, method, 2, seed=0, **extra).float()

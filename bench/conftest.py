@@ -15,6 +15,7 @@ Every case has a ``device`` parameter (``cpu``, ``cuda``); CUDA cases skip, sayi
 Cases record their numbers in ``benchmark.extra_info`` (peak MiB, images/s, FLOP/s, ratios to their
 baseline); ratios need the baseline case to have run earlier in the same session (it is ordered first).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -32,12 +33,23 @@ if not torch.cuda.is_available():
 
 def pytest_addoption(parser):
     g = parser.getgroup("fastdd bench")
-    g.addoption("--bench-size", choices=("tiny", "full"), default="full",
-                help="benchmark sizes: full (default; tens of minutes) or tiny (every case a second or two)")
-    g.addoption("--bench-no-memory", action="store_true",
-                help="skip the fresh-process peak-memory measurement of the iteration cases")
-    g.addoption("--bench-max-gib", type=float, default=16.0,
-                help="skip bptt / reference cases whose graph is estimated above this many GiB (default 16)")
+    g.addoption(
+        "--bench-size",
+        choices=("tiny", "full"),
+        default="full",
+        help="benchmark sizes: full (default; tens of minutes) or tiny (every case a second or two)",
+    )
+    g.addoption(
+        "--bench-no-memory",
+        action="store_true",
+        help="skip the fresh-process peak-memory measurement of the iteration cases",
+    )
+    g.addoption(
+        "--bench-max-gib",
+        type=float,
+        default=16.0,
+        help="skip bptt / reference cases whose graph is estimated above this many GiB (default 16)",
+    )
 
 
 def pytest_configure(config):

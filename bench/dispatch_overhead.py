@@ -8,6 +8,7 @@ the engine's adjoint runs per unrolled step), default ConvNet (width 128, depth 
 The two variants alternate round by round in one process, so load changes hit both alike; it prints
 the median of each, their ratio, and the cost of one ``resolve`` call measured on its own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,10 @@ def main() -> None:
     for k, m in med.items():
         print(f"  {k:13s} {m * 1e3:9.1f} ms   (all: {', '.join(f'{t * 1e3:.0f}' for t in times[k])})")
     print(f"  ratio op layer / direct: {med['op layer'] / med['direct torch']:.3f}")
-    print(f"one resolve() call: {per_resolve * 1e6:.2f} µs; at most {calls_per_step} per step = "
-          f"{calls_per_step * per_resolve / med['direct torch']:.1e} of the step")
+    print(
+        f"one resolve() call: {per_resolve * 1e6:.2f} µs; at most {calls_per_step} per step = "
+        f"{calls_per_step * per_resolve / med['direct torch']:.1e} of the step"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Prints one table and writes JSON. Uses random CIFAR-shaped tensors only (no data
 without CUDA it says so and exits 0. ``--smoke`` runs every part at tiny shapes on whatever device there is
 (on a CPU only under ``TRITON_INTERPRET=1``), to check the script itself before spending GPU time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,9 +70,11 @@ def check_op(name: str, make_inputs, run, dev: torch.device, dtype: torch.dtype)
         r = _grads3(run, ref_in, torch.Generator().manual_seed(1))
     with kernels.use_backend("triton"):
         t = _grads3(run, tri_in, torch.Generator().manual_seed(1))
-    errs = {"fwd": rel_err(t[0], r[0]),
-            "bwd": max(rel_err(a, b) for a, b in zip(t[1], r[1])),
-            "dbl": max(rel_err(a, b) for a, b in zip(t[2], r[2]))}
+    errs = {
+        "fwd": rel_err(t[0], r[0]),
+        "bwd": max(rel_err(a, b) for a, b in zip(t[1], r[1])),
+        "dbl": max(rel_err(a, b) for a, b in zip(t[2], r[2])),
+    }
     tol = 1e-9 if dtype == torch.float64 else 2e-4
     row("correct", f"{name} {str(dtype).replace('torch.', '')}", **errs, ok=all(e <= tol for e in errs.values()))
 
@@ -81,19 +84,29 @@ def correctness(dev: torch.device, smoke: bool) -> None:
     shapes = [(2, 3, 7, 9)] if smoke else [(3, 5, 17, 19), (4, 16, 32, 32), (2, 8, 64, 64)]
     for dtype in (torch.float32, torch.float64):
         for s in shapes:
+
             def make(dt, d, s=s):
-                return [torch.randn(s, generator=g, dtype=dt).to(d).requires_grad_(True),
-                        (1 + 0.3 * torch.randn(s[1], generator=g, dtype=dt)).to(d).requires_grad_(True),
-                        (0.2 * torch.randn(s[1], generator=g, dtype=dt)).to(d).requires_grad_(True)]
+                return [
+                    torch.randn(s, generator=g, dtype=dt).to(d).requires_grad_(True),
+                    (1 + 0.3 * torch.randn(s[1], generator=g, dtype=dt)).to(d).requires_grad_(True),
+                    (0.2 * torch.randn(s[1], generator=g, dtype=dt)).to(d).requires_grad_(True),
+                ]
+
             check_op(f"norm_act_pool {s}", make, lambda x, w, b: kernels.norm_act_pool(x, w, b), dev, dtype)
         size = (2, 3, 7, 9) if smoke else (5, 3, 32, 32)
         for fam in (*FAMILIES, "per_sample"):
-            p = (sample_dsa(size[0], size[2:], DSAConfig(), torch.Generator().manual_seed(3), per_sample_family=True)
-                 if fam == "per_sample" else sample_dsa(size[0], size[2:], DSAConfig(),
-                                                        torch.Generator().manual_seed(3), family=fam)).to(dev)
-            check_op(f"apply_dsa {fam} {size}", lambda dt, d: [torch.randn(size, generator=g, dtype=dt).to(d)
-                                                               .requires_grad_(True)],
-                     lambda x, p=p: kernels.apply_dsa(x, p), dev, dtype)
+            p = (
+                sample_dsa(size[0], size[2:], DSAConfig(), torch.Generator().manual_seed(3), per_sample_family=True)
+                if fam == "per_sample"
+                else sample_dsa(size[0], size[2:], DSAConfig(), torch.Generator().manual_seed(3), family=fam)
+            ).to(dev)
+            check_op(
+                f"apply_dsa {fam} {size}",
+                lambda dt, d, size=size: [torch.randn(size, generator=g, dtype=dt).to(d).requires_grad_(True)],
+                lambda x, p=p: kernels.apply_dsa(x, p),
+                dev,
+                dtype,
+            )
 
 
 # ------------------------------------------------------------------------------------- 2. kernel timings
@@ -125,6 +138,7 @@ def timeit(fn, dev: torch.device, min_time: float = 0.2, max_reps: int = 200) ->
 
 def _phases(op, inputs):
     """Callables for forward, forward+backward, and forward+backward(create_graph)+double backward."""
+
     def fwd():
         with torch.no_grad():
             op(*inputs)
@@ -137,6 +151,7 @@ def _phases(op, inputs):
         out = op(*inputs)
         first = torch.autograd.grad(out, inputs, torch.ones_like(out), create_graph=True)
         torch.autograd.grad(sum(f.sum() for f in first), inputs, allow_unused=True)
+
     return {"fwd": fwd, "fwd+bwd": fwd_bwd, "fwd+bwd+dbl": double}
 
 
@@ -147,8 +162,12 @@ def _time_variants(name: str, fn, variants: dict, dev: torch.device) -> None:
     for label, ctx in variants.items():
         with ctx():
             ts[label] = timeit(fn, dev)
-    row("kernel", name, **{f"{k}_ms": v * 1e3 for k, v in ts.items()},
-        **{f"triton_vs_{k}": v / ts["triton"] for k, v in ts.items() if k != "triton"})
+    row(
+        "kernel",
+        name,
+        **{f"{k}_ms": v * 1e3 for k, v in ts.items()},
+        **{f"triton_vs_{k}": v / ts["triton"] for k, v in ts.items() if k != "triton"},
+    )
 
 
 def kernel_timings(dev: torch.device, smoke: bool) -> None:
@@ -157,8 +176,11 @@ def kernel_timings(dev: torch.device, smoke: bool) -> None:
     batches = [4] if smoke else [100, 500, 1000]
     width, size = (8, 8) if smoke else (128, 32)
     g = torch.Generator().manual_seed(0)
-    block = {"eager": lambda: _patched(kernels, "norm_act_pool_torch", kernels.norm_act_pool_reference, "torch"),
-             "torch": lambda: kernels.use_backend("torch"), "triton": lambda: kernels.use_backend("triton")}
+    block = {
+        "eager": lambda: _patched(kernels, "norm_act_pool_torch", kernels.norm_act_pool_reference, "torch"),
+        "torch": lambda: kernels.use_backend("torch"),
+        "triton": lambda: kernels.use_backend("triton"),
+    }
     dsa = {"torch": lambda: kernels.use_backend("torch"), "triton": lambda: kernels.use_backend("triton")}
     for b in batches:
         x = torch.randn(b, width, size, size, generator=g).to(dev).requires_grad_(True)
@@ -168,9 +190,11 @@ def kernel_timings(dev: torch.device, smoke: bool) -> None:
             _time_variants(f"norm_act_pool B={b} C={width} {size}x{size} {phase}", fn, block, dev)
         xi = torch.randn(b, 3, size, size, generator=g).to(dev).requires_grad_(True)
         for fam in (*FAMILIES, "per_sample"):
-            p = (sample_dsa(b, (size, size), DSAConfig(), torch.Generator().manual_seed(1), per_sample_family=True)
-                 if fam == "per_sample" else
-                 sample_dsa(b, (size, size), DSAConfig(), torch.Generator().manual_seed(1), family=fam)).to(dev)
+            p = (
+                sample_dsa(b, (size, size), DSAConfig(), torch.Generator().manual_seed(1), per_sample_family=True)
+                if fam == "per_sample"
+                else sample_dsa(b, (size, size), DSAConfig(), torch.Generator().manual_seed(1), family=fam)
+            ).to(dev)
             for phase, fn in list(_phases(lambda x, p=p: kernels.apply_dsa(x, p), [xi]).items())[:2]:
                 _time_variants(f"apply_dsa {fam} B={b} 3x{size}x{size} {phase}", fn, dsa, dev)
 
@@ -220,8 +244,13 @@ def mtt_iteration(ipc: int, steps: int, mode: str, backend: str, dev: torch.devi
             sync(dev)
             times.append(time.perf_counter() - t)
         peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20 if dev.type == "cuda" else float("nan")
-    return {"seconds": min(times), "peak_mib": peak, "loss": float(loss), "grad_norm": float(gx.norm()),
-            "lr_grad": float(glr)}
+    return {
+        "seconds": min(times),
+        "peak_mib": peak,
+        "loss": float(loss),
+        "grad_norm": float(gx.norm()),
+        "lr_grad": float(glr),
+    }
 
 
 def _reference_meta_grad():
@@ -242,26 +271,45 @@ def mtt_timings(dev: torch.device, smoke: bool, max_bptt_gib: float) -> None:
         # BPTT and the baseline keep every step's graph: ~285 MiB per step per 100 images at width 128 (fp32)
         predicted = 0.285 * steps * ipc / 10
         ref = None
-        for mode, backends in (("reference", ("torch",)), ("bptt", ("torch", "triton")),
-                               ("adjoint", ("torch", "triton"))):
+        for mode, backends in (
+            ("reference", ("torch",)),
+            ("bptt", ("torch", "triton")),
+            ("adjoint", ("torch", "triton")),
+        ):
             if not smoke and mode != "adjoint" and predicted > max_bptt_gib:
                 row("mtt", f"ipc={ipc} steps={steps} {mode}", note=f"skipped: its graph needs ~{predicted:.0f} GiB")
                 continue
             res = {}
             for backend in backends:
                 r = res[backend] = mtt_iteration(ipc, steps, mode, backend, dev, smoke)
-                vs_ref = {} if ref is None else {"speedup_vs_reference": ref["seconds"] / r["seconds"],
-                                                  "grad_norm_rel_vs_reference":
-                                                      abs(r["grad_norm"] - ref["grad_norm"]) / max(ref["grad_norm"], 1e-30)}
-                row("mtt", f"ipc={ipc} steps={steps} {mode} {backend}", s_per_iter=r["seconds"],
-                    peak_mib=r["peak_mib"], loss=r["loss"], **vs_ref)
+                vs_ref = (
+                    {}
+                    if ref is None
+                    else {
+                        "speedup_vs_reference": ref["seconds"] / r["seconds"],
+                        "grad_norm_rel_vs_reference": abs(r["grad_norm"] - ref["grad_norm"])
+                        / max(ref["grad_norm"], 1e-30),
+                    }
+                )
+                row(
+                    "mtt",
+                    f"ipc={ipc} steps={steps} {mode} {backend}",
+                    s_per_iter=r["seconds"],
+                    peak_mib=r["peak_mib"],
+                    loss=r["loss"],
+                    **vs_ref,
+                )
             if mode == "reference":
                 ref = res["torch"]
             else:
                 a, b = res["torch"], res["triton"]
-                row("mtt", f"ipc={ipc} steps={steps} {mode} triton vs torch", speedup=a["seconds"] / b["seconds"],
+                row(
+                    "mtt",
+                    f"ipc={ipc} steps={steps} {mode} triton vs torch",
+                    speedup=a["seconds"] / b["seconds"],
                     loss_rel=abs(a["loss"] - b["loss"]) / max(abs(a["loss"]), 1e-30),
-                    grad_norm_rel=abs(a["grad_norm"] - b["grad_norm"]) / max(a["grad_norm"], 1e-30))
+                    grad_norm_rel=abs(a["grad_norm"] - b["grad_norm"]) / max(a["grad_norm"], 1e-30),
+                )
 
 
 def print_table(rows: list[dict]) -> None:
@@ -290,12 +338,20 @@ def main(argv: list[str] | None = None) -> int:
     elif args.smoke and kernels.interpreting():
         dev, name = torch.device("cpu"), "cpu (Triton interpreter)"
     else:
-        print("gpu_check: no CUDA device here; nothing to check (use --smoke with TRITON_INTERPRET=1 to test the "
-              "script on a CPU)")
+        print(
+            "gpu_check: no CUDA device here; nothing to check (use --smoke with TRITON_INTERPRET=1 to test the "
+            "script on a CPU)"
+        )
         return 0
     import triton
-    env = {"device": name, "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-           "fastdd": fastdd.__version__}
+
+    env = {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "fastdd": fastdd.__version__,
+    }
     print(json.dumps(env), flush=True)
     t0 = time.perf_counter()
     if "correct" not in args.skip:

@@ -7,6 +7,7 @@ One MTT meta-gradient per call at CIFAR shape (default ConvNet, IPC 10 = 100 ima
 them, DSA on), the inputs of ``fastdd.bench.build_problem``; prints the median seconds per mode and its
 ratio to the first mode.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     prob = build_problem(Problem(args.steps, 10 * args.ipc, 10 * args.ipc, dsa=True), "cpu")
-    fns = {m: load_impl(REFERENCE if parse_mode(m, allow_reference=True)[0] == "reference" else None)
-           for m in args.modes}
+    fns = {
+        m: load_impl(REFERENCE if parse_mode(m, allow_reference=True)[0] == "reference" else None) for m in args.modes
+    }
     times: dict[str, list[float]] = {m: [] for m in args.modes}
     for m in args.modes:  # warm-up
         call_problem(fns[m], prob, m)

@@ -22,6 +22,7 @@ ignored), so ``fastdd.bench.measure(..., impl="bench/reference_mtt.py:meta_grad"
 in a fresh process. ``tests/test_bench_suite.py`` checks that it equals fastdd's ``bptt`` and
 ``adjoint`` gradients (float64).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,15 +36,20 @@ from torch import nn
 class ConvNet(nn.Module):
     """The research code's default ConvNet (instance norm = ``GroupNorm(C, C)``, ReLU, average pooling)."""
 
-    def __init__(self, channel: int, num_classes: int, width: int = 128, depth: int = 3,
-                 im_size: tuple[int, int] = (32, 32)):
+    def __init__(
+        self, channel: int, num_classes: int, width: int = 128, depth: int = 3, im_size: tuple[int, int] = (32, 32)
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c, (h, w) = channel, im_size
         for d in range(depth):
             pad = 3 if (channel == 1 and d == 0) else 1
-            layers += [nn.Conv2d(c, width, kernel_size=3, padding=pad), nn.GroupNorm(width, width, affine=True),
-                       nn.ReLU(inplace=True), nn.AvgPool2d(kernel_size=2, stride=2)]
+            layers += [
+                nn.Conv2d(c, width, kernel_size=3, padding=pad),
+                nn.GroupNorm(width, width, affine=True),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(kernel_size=2, stride=2),
+            ]
             c, h, w = width, (h + 2 * pad - 2) // 2, (w + 2 * pad - 2) // 2
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * h * w, num_classes)
@@ -73,8 +79,11 @@ _NETS: dict[tuple, FlatParamNet] = {}
 
 def student_for(spec: dict, device: torch.device | str, dtype: torch.dtype) -> FlatParamNet:
     """The reference student for a fastdd ConvNet spec (``net.spec``), built once per spec/device/dtype."""
-    if (spec.get("norm", "instancenorm"), spec.get("act", "relu"), spec.get("pool", "avgpool")) != \
-            ("instancenorm", "relu", "avgpool"):
+    if (spec.get("norm", "instancenorm"), spec.get("act", "relu"), spec.get("pool", "avgpool")) != (
+        "instancenorm",
+        "relu",
+        "avgpool",
+    ):
         raise ValueError(f"the reference baseline is the default ConvNet block only, got {spec}")
     key = (tuple(sorted((k, str(v)) for k, v in spec.items())), str(device), dtype)
     if key not in _NETS:
@@ -107,8 +116,12 @@ def rand_crop(x, t):
     from the border)."""
     n, _, h, w = x.shape
     shift = t["shift"].to(x.device)
-    gb, gx, gy = torch.meshgrid(torch.arange(n, device=x.device), torch.arange(h, device=x.device),
-                                torch.arange(w, device=x.device), indexing="ij")
+    gb, gx, gy = torch.meshgrid(
+        torch.arange(n, device=x.device),
+        torch.arange(h, device=x.device),
+        torch.arange(w, device=x.device),
+        indexing="ij",
+    )
     gx = torch.clamp(gx + shift[:, 0].view(-1, 1, 1) + 1, 0, h + 1)
     gy = torch.clamp(gy + shift[:, 1].view(-1, 1, 1) + 1, 0, w + 1)
     x_pad = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])
@@ -120,8 +133,12 @@ def rand_cutout(x, t):
     n, _, h, w = x.shape
     centre = t["cutout_centre"].to(x.device)
     kh, kw = (int(v) for v in t["cutout_size"][0])
-    gb, gx, gy = torch.meshgrid(torch.arange(n, device=x.device), torch.arange(kh, device=x.device),
-                                torch.arange(kw, device=x.device), indexing="ij")
+    gb, gx, gy = torch.meshgrid(
+        torch.arange(n, device=x.device),
+        torch.arange(kh, device=x.device),
+        torch.arange(kw, device=x.device),
+        indexing="ij",
+    )
     gx = torch.clamp(gx + centre[:, 0].view(-1, 1, 1) - kh // 2, 0, h - 1)
     gy = torch.clamp(gy + centre[:, 1].view(-1, 1, 1) - kw // 2, 0, w - 1)
     mask = torch.ones(n, h, w, dtype=x.dtype, device=x.device)
@@ -147,8 +164,7 @@ def rand_rotate(x, t):
     """Per-sample rotation matrices built in a Python loop on the CPU, then affine_grid + grid_sample."""
     a = t["angle"].cpu().to(torch.float64)
     cos, sin = torch.cos(a), torch.sin(a)
-    theta = [[[float(cos[i]), float(-sin[i]), 0.0], [float(sin[i]), float(cos[i]), 0.0]]
-             for i in range(x.shape[0])]
+    theta = [[[float(cos[i]), float(-sin[i]), 0.0], [float(sin[i]), float(cos[i]), 0.0]] for i in range(x.shape[0])]
     theta = torch.tensor(theta, dtype=x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=True).to(x.device)
     return F.grid_sample(x, grid, align_corners=True)
@@ -177,6 +193,7 @@ def diff_augment(x: torch.Tensor, params) -> torch.Tensor:
 def _step_params(augment, step: int, x: torch.Tensor):
     """Step ``step``'s parameters from a :class:`fastdd.augment.StepAugment` (drawn like it would, if absent)."""
     from fastdd.augment import sample_dsa
+
     p = augment.params.get(step)
     if p is None:
         p = sample_dsa(x.shape[0], tuple(x.shape[2:]), augment.config, augment.generator).to(x.device)
@@ -185,9 +202,18 @@ def _step_params(augment, step: int, x: torch.Tensor):
 
 
 # ------------------------------------------------------------------------------------ the meta-gradient
-def meta_grad(net, images: torch.Tensor, labels: torch.Tensor, syn_lr: torch.Tensor, start_params: torch.Tensor,
-              target_params: torch.Tensor, batches: Sequence[torch.Tensor], augment=None, mode: str = "reference",
-              **unused) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def meta_grad(
+    net,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    syn_lr: torch.Tensor,
+    start_params: torch.Tensor,
+    target_params: torch.Tensor,
+    batches: Sequence[torch.Tensor],
+    augment=None,
+    mode: str = "reference",
+    **unused,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, ∂L/∂images, ∂L/∂syn_lr)`` computed the research code's way.
 
     ``net`` is the fastdd ConvNet whose spec the reference student copies (parameters in the same order,

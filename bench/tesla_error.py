@@ -7,6 +7,7 @@ parameters = a trained expert snapshot is not needed for the comparison: a fresh
 target θ* = θ0 + small noise; N unrolled steps of 50 images with DSA. Relative L2 error and cosine of
 ∂L/∂X, and the relative error of ∂L/∂α.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,13 +34,15 @@ def main(steps: int = 10, lrs=(0.001, 0.01, 0.03, 0.1)) -> None:
         out = {}
         for mode in ("bptt", "tesla"):
             aug = StepAugment(DSAConfig(strategy=strategy_for("mnist5k")), torch.Generator().manual_seed(2))
-            out[mode] = trajectory_matching_grad(net, x, y, torch.tensor(lr, dtype=torch.float64), theta0, target,
-                                                 batches, aug, mode=mode)
+            out[mode] = trajectory_matching_grad(
+                net, x, y, torch.tensor(lr, dtype=torch.float64), theta0, target, batches, aug, mode=mode
+            )
         (_, gx, gl), (_, tx, tl) = out["bptt"], out["tesla"]
         err = ((tx - gx).norm() / gx.norm()).item()
         cos = torch.nn.functional.cosine_similarity(tx.flatten(), gx.flatten(), 0).item()
-        print(f"| {lr} | {steps} | {100 * err:.2f} % | {cos:.5f} | {100 * abs((tl - gl) / gl).item():.2f} % |",
-              flush=True)
+        print(
+            f"| {lr} | {steps} | {100 * err:.2f} % | {cos:.5f} | {100 * abs((tl - gl) / gl).item():.2f} % |", flush=True
+        )
 
 
 if __name__ == "__main__":

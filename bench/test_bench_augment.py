@@ -11,14 +11,14 @@ both variants apply the same ones; ``tests/test_bench_suite.py`` checks that the
 outputs. ``extra_info``: ``images_per_s`` and, on the batched case, ``speedup_vs_loop`` (the loop case
 runs first). About a minute in all (``--bench-size full``); ``tiny``: 16 images of 3×16×16.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fastdd.augment import (FAMILIES, PER_SAMPLE, DSAConfig, apply_combined, apply_dsa, sample_combined,
-                            sample_dsa)
+from fastdd.augment import FAMILIES, PER_SAMPLE, DSAConfig, apply_combined, apply_dsa, sample_combined, sample_dsa
 
 SIZES = {"full": dict(n=256, im=32, rounds=10), "tiny": dict(n=16, im=16, rounds=2)}
 
@@ -37,13 +37,13 @@ def _one_image(img: torch.Tensor, fam: str, t: dict) -> torch.Tensor:
         dy, dx = int(t["shift"][0]), int(t["shift"][1])
         pad = max(abs(dy), abs(dx))
         padded = F.pad(img, (pad, pad, pad, pad))
-        return padded[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+        return padded[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
     if fam == "cutout":
         cy, cx = int(t["cutout_centre"][0]), int(t["cutout_centre"][1])
         kh, kw = int(t["cutout_size"][0]), int(t["cutout_size"][1])
         r0, c0 = cy - kh // 2, cx - kw // 2
         mask = torch.ones(h, w, dtype=img.dtype, device=img.device)
-        mask[max(r0, 0):max(r0 + kh, 0), max(c0, 0):max(c0 + kw, 0)] = 0
+        mask[max(r0, 0) : max(r0 + kh, 0), max(c0, 0) : max(c0 + kw, 0)] = 0
         return img * mask
     if fam == "flip":
         return img.flip(-1) if bool(t["flip"]) else img

@@ -12,6 +12,7 @@
 
 Under a minute (``full``); ``tiny``: 256³ matmul, width 16, batch 8, 16×16.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,8 +24,10 @@ import torch.nn.functional as F
 import fastdd
 from fastdd.bench import inner_step
 
-SIZES = {"full": dict(mm=2048, width=128, im=32, batch=100, rounds=5),
-         "tiny": dict(mm=256, width=16, im=16, batch=8, rounds=2)}
+SIZES = {
+    "full": dict(mm=2048, width=128, im=32, batch=100, rounds=5),
+    "tiny": dict(mm=256, width=16, im=16, batch=8, rounds=2),
+}
 
 
 def _matmul_flop_per_s(n: int, device: str, rounds: int = 3) -> float:
@@ -39,7 +42,7 @@ def _matmul_flop_per_s(n: int, device: str, rounds: int = 3) -> float:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 @pytest.mark.benchmark(group="flops")
@@ -48,22 +51,26 @@ def test_matmul(device, run, bench_size, bench_store):
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=g).to(device), torch.randn(n, n, generator=g).to(device)
     _, sec = run(torch.mm, args=(a, b), rounds=SIZES[bench_size]["rounds"], warmup=1)
-    bench_store[("matmul", device)] = 2 * n ** 3 / sec
-    run.benchmark.extra_info.update(n=n, flops=2 * n ** 3, flop_per_s=2 * n ** 3 / sec)
+    bench_store[("matmul", device)] = 2 * n**3 / sec
+    run.benchmark.extra_info.update(n=n, flops=2 * n**3, flop_per_s=2 * n**3 / sec)
 
 
 def _phase_fn(phase, net, theta, x, y, v):
     if phase == "forward":
+
         def fn():
             with torch.no_grad():
                 return net(x, theta)
     elif phase == "forward_backward":
+
         def fn():
             th = theta.detach().requires_grad_(True)
             return torch.autograd.grad(F.cross_entropy(net(x, th), y), th)[0]
     else:
+
         def fn():
             return inner_step(net, theta, x, y, v)
+
     return fn
 
 
@@ -71,6 +78,7 @@ def _phase_fn(phase, net, theta, x, y, v):
 @pytest.mark.parametrize("phase", ["forward", "forward_backward", "inner_step"])
 def test_step(phase, device, run, bench_size, bench_store):
     from torch.utils.flop_counter import FlopCounterMode
+
     s = SIZES[bench_size]
     g = torch.Generator().manual_seed(0)
     net = fastdd.build_model("convnet", in_channels=3, num_classes=10, im_size=(s["im"], s["im"]), width=s["width"])
@@ -84,6 +92,12 @@ def test_step(phase, device, run, bench_size, bench_store):
     flops = fc.get_total_flops()
     _, sec = run(fn, rounds=s["rounds"], warmup=1)
     peak = bench_store.get(("matmul", device)) or _matmul_flop_per_s(s["mm"], device)
-    run.benchmark.extra_info.update(phase=phase, batch=s["batch"], width=s["width"], flops=flops,
-                                    flop_per_s=flops / sec, matmul_flop_per_s=peak,
-                                    pct_of_matmul=100.0 * flops / sec / peak)
+    run.benchmark.extra_info.update(
+        phase=phase,
+        batch=s["batch"],
+        width=s["width"],
+        flops=flops,
+        flop_per_s=flops / sec,
+        matmul_flop_per_s=peak,
+        pct_of_matmul=100.0 * flops / sec / peak,
+    )

@@ -36,6 +36,7 @@ is approximate by design) and ``grad_max_diff_vs_reference`` (the same with the 
 
 ``--bench-size tiny``: width 16, depth 2, 16×16 images, IPC 1-2, 2-3 steps.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,8 +44,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastdd.bench import (GROWING_MODES, Problem, build_problem, call_problem, inner_step, load_impl, measure,
-                          parse_mode)
+from fastdd.bench import GROWING_MODES, Problem, build_problem, call_problem, inner_step, load_impl, measure, parse_mode
 
 REFERENCE_IMPL = f"{Path(__file__).resolve().with_name('reference_mtt.py')}:meta_grad"
 ALL_MODES = ("reference", "bptt", "adjoint", "adjoint:checkpoint", "tesla")
@@ -52,11 +52,24 @@ ADJOINT_ONLY = ("reference", "bptt", "adjoint", "adjoint:checkpoint")
 THREE = ("reference", "bptt", "adjoint")
 
 SIZES = {
-    "full": dict(im_size=32, channels=3, num_classes=10, width=128, depth=3,
-                 points=[(10, 100, 10, ALL_MODES), (10, 100, 20, ALL_MODES), (10, 100, 30, ADJOINT_ONLY),
-                         (10, 100, 80, ADJOINT_ONLY), (50, 256, 10, THREE), (50, 500, 10, THREE)]),
-    "tiny": dict(im_size=16, channels=3, num_classes=10, width=16, depth=2,
-                 points=[(1, 10, 2, ALL_MODES), (2, 8, 3, ALL_MODES)]),
+    "full": dict(
+        im_size=32,
+        channels=3,
+        num_classes=10,
+        width=128,
+        depth=3,
+        points=[
+            (10, 100, 10, ALL_MODES),
+            (10, 100, 20, ALL_MODES),
+            (10, 100, 30, ADJOINT_ONLY),
+            (10, 100, 80, ADJOINT_ONLY),
+            (50, 256, 10, THREE),
+            (50, 500, 10, THREE),
+        ],
+    ),
+    "tiny": dict(
+        im_size=16, channels=3, num_classes=10, width=16, depth=2, points=[(1, 10, 2, ALL_MODES), (2, 8, 3, ALL_MODES)]
+    ),
 }
 #: seconds per 100 image-steps of each mode (default ConvNet, CPU; measured order of magnitude): sets rounds
 COST = {"reference": 1.35, "bptt": 1.0, "adjoint": 1.3, "adjoint:checkpoint": 1.6, "tesla": 1.1}
@@ -81,6 +94,7 @@ def flops_per_image_step(net, device: str, store: dict) -> float | None:
     if key not in store:
         try:
             from torch.utils.flop_counter import FlopCounterMode
+
             b = 2
             c, (h, w) = net.spec["in_channels"], net.spec["im_size"]
             th = net.init().to(device)
@@ -104,18 +118,41 @@ def test_iteration(case, device, run, bench_size, bench_store, request):
     scale = (cfg["width"] / 128) * (cfg["im_size"] / 32) ** 2
     est_gib = BPTT_MIB_PER_IMAGE_STEP * scale * batch * steps / 1024
     if base in GROWING_MODES and est_gib > max_gib:
-        pytest.skip(f"{mode} at {steps} steps of {batch} images: graph estimated {est_gib:.1f} GiB > "
-                    f"--bench-max-gib {max_gib:g} (raise it on a machine with more memory)")
+        pytest.skip(
+            f"{mode} at {steps} steps of {batch} images: graph estimated {est_gib:.1f} GiB > "
+            f"--bench-max-gib {max_gib:g} (raise it on a machine with more memory)"
+        )
     images = cfg["num_classes"] * ipc
-    spec = Problem(steps, batch, images, cfg["im_size"], cfg["channels"], cfg["num_classes"], cfg["width"],
-                   cfg["depth"], dsa=True)
+    spec = Problem(
+        steps, batch, images, cfg["im_size"], cfg["channels"], cfg["num_classes"], cfg["width"], cfg["depth"], dsa=True
+    )
     info = run.benchmark.extra_info
-    info.update(mode=mode, ipc=ipc, images=images, batch=batch, steps=steps, width=cfg["width"],
-                im_size=cfg["im_size"], dsa=True)
+    info.update(
+        mode=mode,
+        ipc=ipc,
+        images=images,
+        batch=batch,
+        steps=steps,
+        width=cfg["width"],
+        im_size=cfg["im_size"],
+        dsa=True,
+    )
     if not request.config.getoption("--bench-no-memory"):
-        p = measure(mode, steps, batch, cfg["im_size"], cfg["channels"], cfg["width"], device, images=images,
-                    ipc=ipc, num_classes=cfg["num_classes"], depth=cfg["depth"], dsa=True,
-                    impl=REFERENCE_IMPL if base == "reference" else None)
+        p = measure(
+            mode,
+            steps,
+            batch,
+            cfg["im_size"],
+            cfg["channels"],
+            cfg["width"],
+            device,
+            images=images,
+            ipc=ipc,
+            num_classes=cfg["num_classes"],
+            depth=cfg["depth"],
+            dsa=True,
+            impl=REFERENCE_IMPL if base == "reference" else None,
+        )
         info.update(peak_mib=p.peak_mib, memory_run_seconds=p.seconds)
         if p.note:
             info["memory_note"] = p.note

@@ -9,6 +9,7 @@ FAISS (skipped without it; on CUDA only with a GPU FAISS). ``extra_info``: ``bac
 ``index_agreement`` (fraction of queries with the same neighbour as the torch case; both refine their
 candidates in float64, so only exact ties may differ). About a minute (``full``); ``tiny``: 2,000 × 32.
 """
+
 from __future__ import annotations
 
 import sys

@@ -2,6 +2,7 @@
 
 The data's path: ``load_dataset`` → ``train_experts`` → (distill) → ``evaluate`` → (analyse).
 """
+
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
@@ -16,21 +17,56 @@ from .data import Dataset, Split, load_dataset
 from .distill import PRESETS, distill
 from .distill.registry import methods, register_method
 from .engine import trajectory_matching_grad
-from .errors import (CorruptFileError, DataNotFoundError, FastDDError, ModelMismatchError, ResumeError, RunFailedError,
-                     UnsafePathError)
+from .errors import (
+    CorruptFileError,
+    DataNotFoundError,
+    FastDDError,
+    ModelMismatchError,
+    ResumeError,
+    RunFailedError,
+    UnsafePathError,
+)
 from .evaluate import PROTOCOLS, EvalResult, Protocol, evaluate
 from .experts import ExpertBuffer, import_reference_buffer, train_experts
+from .kernels import use_backend
 from .models import FunctionalNet, build_model
 from .scores import forgetting_scores, load_scores
 from .select import real_subset, select, window_indices
 from .synthetic import SyntheticSet
-from .kernels import use_backend
-
 
 __all__ = [
-    "__version__", "Dataset", "Split", "load_dataset", "FastDDError", "DataNotFoundError", "CorruptFileError",
-    "ModelMismatchError", "ResumeError", "RunFailedError", "UnsafePathError", "build_model", "FunctionalNet", "train_experts", "ExpertBuffer", "import_reference_buffer",
-    "evaluate", "EvalResult", "Protocol", "PROTOCOLS", "select", "real_subset", "SyntheticSet",
-    "window_indices", "coverage", "coverage_of", "forgetting_scores", "load_scores",
-    "distill", "methods", "register_method", "PRESETS", "trajectory_matching_grad", "use_backend",
+    "__version__",
+    "Dataset",
+    "Split",
+    "load_dataset",
+    "FastDDError",
+    "DataNotFoundError",
+    "CorruptFileError",
+    "ModelMismatchError",
+    "ResumeError",
+    "RunFailedError",
+    "UnsafePathError",
+    "build_model",
+    "FunctionalNet",
+    "train_experts",
+    "ExpertBuffer",
+    "import_reference_buffer",
+    "evaluate",
+    "EvalResult",
+    "Protocol",
+    "PROTOCOLS",
+    "select",
+    "real_subset",
+    "SyntheticSet",
+    "window_indices",
+    "coverage",
+    "coverage_of",
+    "forgetting_scores",
+    "load_scores",
+    "distill",
+    "methods",
+    "register_method",
+    "PRESETS",
+    "trajectory_matching_grad",
+    "use_backend",
 ]

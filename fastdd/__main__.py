@@ -1,4 +1,5 @@
 """``python -m fastdd`` (and ``torchrun -m fastdd``): the command line."""
+
 import sys
 
 from .cli import main

@@ -21,6 +21,7 @@ squares on the measured points. The fit is checked against one measured point he
 (:func:`holdout_check`), and :meth:`MemoryFit.max_ipc` inverts it: the largest IPC whose meta-gradient
 (batch = all images, as at high IPC) fits a memory budget.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,14 +46,16 @@ def parse_mode(label: str, allow_reference: bool = False) -> tuple[str, str | No
     """A mode label → ``(mode, theta_storage)``.
 
     ``"bptt"`` → ``("bptt", None)``; ``"adjoint"`` / ``"tesla"`` → ``(mode, "auto")`` (the engine's
-    default); ``"adjoint:all"``, ``"adjoint:checkpoint"``, ``"tesla:host"`` … pick the storage. ``"reference"`` (the research-code
-    style baseline of ``bench/reference_mtt.py``) only with ``allow_reference``.
+    default); ``"adjoint:all"``, ``"adjoint:checkpoint"``, ``"tesla:host"`` … pick the storage. ``"reference"``
+    (the research-code style baseline of ``bench/reference_mtt.py``) only with ``allow_reference``.
     """
     base, _, storage = str(label).strip().partition(":")
     bases = BASE_MODES + (("reference",) if allow_reference else ())
     if base not in bases:
-        raise ValueError(f"unknown mode {label!r}: give one of {', '.join(bases)}, optionally "
-                         f"adjoint:STORAGE / tesla:STORAGE with STORAGE in {', '.join(THETA_STORAGES)}")
+        raise ValueError(
+            f"unknown mode {label!r}: give one of {', '.join(bases)}, optionally "
+            f"adjoint:STORAGE / tesla:STORAGE with STORAGE in {', '.join(THETA_STORAGES)}"
+        )
     if base in GROWING_MODES:
         if storage:
             raise ValueError(f"mode {label!r}: {base} keeps its whole graph, it has no theta storage")
@@ -97,7 +100,7 @@ class Problem:
     """The inputs of one benchmark meta-gradient (built by :func:`build_problem`)."""
 
     steps: int
-    batch: int                 # images per unrolled step
+    batch: int  # images per unrolled step
     images: int | None = None  # synthetic images in the set (None: = batch)
     im_size: int = 32
     channels: int = 3
@@ -124,13 +127,20 @@ def build_problem(p: Problem, device: str = "cpu") -> dict[str, Any]:
     import fastdd
     from fastdd.augment import DSAConfig, StepAugment
     from fastdd.engine import to_device_once
+
     m, b = p.num_images, p.batch
     if not 1 <= b <= m:
         raise ValueError(f"batch must lie in 1 .. images ({m}), got {b}")
     dtype = getattr(torch, p.dtype)
     g = torch.Generator().manual_seed(p.seed)
-    net = fastdd.build_model("convnet", in_channels=p.channels, num_classes=p.num_classes,
-                             im_size=(p.im_size, p.im_size), width=p.width, depth=p.depth)
+    net = fastdd.build_model(
+        "convnet",
+        in_channels=p.channels,
+        num_classes=p.num_classes,
+        im_size=(p.im_size, p.im_size),
+        width=p.width,
+        depth=p.depth,
+    )
     start = net.init(g, dtype=dtype)
     target = start + 0.01 * torch.randn(net.num_params, generator=g, dtype=dtype)
     x = torch.randn(m, p.channels, p.im_size, p.im_size, generator=g, dtype=dtype)
@@ -140,9 +150,18 @@ def build_problem(p: Problem, device: str = "cpu") -> dict[str, Any]:
     aug = None
     if p.dsa:
         aug = StepAugment(DSAConfig(), torch.Generator().manual_seed(p.seed + 1)).prepare(
-            [b] * p.steps, p.im_size, device)
-    return {"net": net, "images": x, "labels": y, "syn_lr": torch.tensor(0.01, dtype=dtype, device=device),
-            "start": start, "target": target, "batches": batches, "augment": aug}
+            [b] * p.steps, p.im_size, device
+        )
+    return {
+        "net": net,
+        "images": x,
+        "labels": y,
+        "syn_lr": torch.tensor(0.01, dtype=dtype, device=device),
+        "start": start,
+        "target": target,
+        "batches": batches,
+        "augment": aug,
+    }
 
 
 def load_impl(impl: str | None) -> Callable:
@@ -150,8 +169,10 @@ def load_impl(impl: str | None) -> Callable:
     (same signature: ``(net, images, labels, syn_lr, start, target, batches, augment, mode=..., **kw)``)."""
     if impl is None:
         from fastdd.engine import trajectory_matching_grad
+
         return trajectory_matching_grad
     import importlib.util
+
     path, _, name = str(impl).rpartition(":")
     if not path or not name:
         raise ValueError(f"impl must be 'path/to/file.py:function', got {impl!r}")
@@ -167,8 +188,18 @@ def call_problem(fn: Callable, prob: dict[str, Any], mode: str) -> Any:
     """One meta-gradient of a built problem with ``fn`` in mode label ``mode`` (e.g. ``"adjoint:all"``)."""
     base, storage = parse_mode(mode, allow_reference=True)
     kw = {} if storage is None else {"theta_storage": storage}
-    return fn(prob["net"], prob["images"], prob["labels"], prob["syn_lr"], prob["start"], prob["target"],
-              prob["batches"], prob["augment"], mode=base, **kw)
+    return fn(
+        prob["net"],
+        prob["images"],
+        prob["labels"],
+        prob["syn_lr"],
+        prob["start"],
+        prob["target"],
+        prob["batches"],
+        prob["augment"],
+        mode=base,
+        **kw,
+    )
 
 
 def _status_bytes(key: str) -> int:
@@ -183,6 +214,7 @@ def _child(spec_json: str) -> None:
     import time
 
     import torch
+
     spec = json.loads(spec_json)
     device, mode = spec.pop("device"), spec.pop("mode")
     fn = load_impl(spec.pop("impl"))
@@ -212,16 +244,16 @@ _CHILD = "import sys, fastdd.bench as b; b._child(sys.argv[1])"
 # ------------------------------------------------------------------------------------ measuring
 @dataclass
 class MemoryPoint:
-    mode: str                 # label, e.g. "bptt", "adjoint", "adjoint:all"
+    mode: str  # label, e.g. "bptt", "adjoint", "adjoint:all"
     steps: int
-    batch: int                # images per unrolled step
-    peak_mib: float | None    # measured peak; None: not measured (predicted, or failed)
-    seconds: float | None     # the measured call's time (in its subprocess)
+    batch: int  # images per unrolled step
+    peak_mib: float | None  # measured peak; None: not measured (predicted, or failed)
+    seconds: float | None  # the measured call's time (in its subprocess)
     device: str
     note: str = ""
-    images: int | None = None     # images in the set (None: = batch)
-    ipc: int | None = None        # images per class, when the point was given by IPC
-    source: str = "measured"      # "measured" | "predicted" | "failed"
+    images: int | None = None  # images in the set (None: = batch)
+    ipc: int | None = None  # images per class, when the point was given by IPC
+    source: str = "measured"  # "measured" | "predicted" | "failed"
     predicted_mib: float | None = None  # the final fit's value at this point (measured or not)
 
     @property
@@ -229,10 +261,25 @@ class MemoryPoint:
         return self.batch if self.images is None else self.images
 
 
-def measure(mode: str, steps: int, batch: int = 100, im_size: int = 32, channels: int = 3, width: int = 128,
-            device: str = "cpu", timeout: float = 1800, *, images: int | None = None, ipc: int | None = None,
-            num_classes: int = 10, depth: int = 3, dsa: bool = False, seed: int = 0, dtype: str = "float32",
-            impl: str | None = None) -> MemoryPoint:
+def measure(
+    mode: str,
+    steps: int,
+    batch: int = 100,
+    im_size: int = 32,
+    channels: int = 3,
+    width: int = 128,
+    device: str = "cpu",
+    timeout: float = 1800,
+    *,
+    images: int | None = None,
+    ipc: int | None = None,
+    num_classes: int = 10,
+    depth: int = 3,
+    dsa: bool = False,
+    seed: int = 0,
+    dtype: str = "float32",
+    impl: str | None = None,
+) -> MemoryPoint:
     """Peak memory (MiB) and time of one meta-gradient, in a fresh subprocess.
 
     ``mode`` is a label (``"bptt"``, ``"adjoint"``, ``"adjoint:all"``, …; ``"reference"`` with ``impl``),
@@ -243,13 +290,18 @@ def measure(mode: str, steps: int, batch: int = 100, im_size: int = 32, channels
     label = mode_label(mode, allow_reference=impl is not None)
     if images is None and ipc is not None:
         images = num_classes * ipc
-    spec = {"mode": label, "device": device, "impl": None if impl is None else str(impl),
-            **asdict(Problem(steps, batch, images, im_size, channels, num_classes, width, depth, dsa, seed, dtype))}
+    spec = {
+        "mode": label,
+        "device": device,
+        "impl": None if impl is None else str(impl),
+        **asdict(Problem(steps, batch, images, im_size, channels, num_classes, width, depth, dsa, seed, dtype)),
+    }
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     point = MemoryPoint(label, steps, batch, None, None, device, images=images, ipc=ipc)
     try:
-        out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True,
-                             env=env, timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         point.source, point.note = "failed", f"failed: no result within {timeout:.0f} s"
         return point
@@ -278,16 +330,20 @@ class MemoryFit:
     mode: str
     intercept_mib: float
     per_image_step_mib: float | None
-    theta_mib: float          # one parameter vector (known: P × element size), not fitted
+    theta_mib: float  # one parameter vector (known: P × element size), not fitted
     device: str
     act_per_image_mib: float | None  # one step's first-order activations per image: decides "auto" storage
-    points: int               # measured points the fit used
+    points: int  # measured points the fit used
     xs: list[float] = field(default_factory=list)
     max_residual_pct: float = 0.0
 
     def theta_term(self, steps: int, batch: int) -> float:
-        return theta_vectors(self.mode, steps, self.device,
-                             auto_storage(steps, batch, self.theta_mib, self.act_per_image_mib)) * self.theta_mib
+        return (
+            theta_vectors(
+                self.mode, steps, self.device, auto_storage(steps, batch, self.theta_mib, self.act_per_image_mib)
+            )
+            * self.theta_mib
+        )
 
     def predict(self, steps: int, batch: int) -> float | None:
         """Predicted peak MiB of ``steps`` steps of ``batch`` images, or ``None`` when undetermined."""
@@ -321,11 +377,15 @@ class MemoryFit:
     def describe(self) -> str:
         theta = f"θ storage ({self.theta_mib:.2f} MiB per parameter vector kept)"
         if self.per_image_step_mib is None:
-            return (f"{self.mode}: peak ≈ {self.intercept_mib:.1f} MiB + {theta}; one images-per-step value "
-                    f"measured, so no per-image slope; {self.points} points, largest residual {self.max_residual_pct:.1f} %")
+            return (
+                f"{self.mode}: peak ≈ {self.intercept_mib:.1f} MiB + {theta}; one images-per-step value "
+                f"measured, so no per-image slope; {self.points} points, largest residual {self.max_residual_pct:.1f} %"
+            )
         per = "image·step" if parse_mode(self.mode, allow_reference=True)[0] in GROWING_MODES else "image per step"
-        return (f"{self.mode}: peak ≈ {self.intercept_mib:.1f} MiB + {self.per_image_step_mib:.4f} MiB per {per}"
-                f" + {theta}; {self.points} points, largest residual {self.max_residual_pct:.1f} %")
+        return (
+            f"{self.mode}: peak ≈ {self.intercept_mib:.1f} MiB + {self.per_image_step_mib:.4f} MiB per {per}"
+            f" + {theta}; {self.points} points, largest residual {self.max_residual_pct:.1f} %"
+        )
 
 
 def auto_storage(steps: int, batch: int, theta_mib: float, act_per_image_mib: float | None) -> str:
@@ -334,19 +394,28 @@ def auto_storage(steps: int, batch: int, theta_mib: float, act_per_image_mib: fl
     if act_per_image_mib is None:
         return "checkpoint"
     from .engine import auto_theta_storage
+
     return auto_theta_storage(steps, theta_mib, act_per_image_mib * batch)
 
 
-def activations_per_image_mib(in_channels: int, num_classes: int, im_size: int, width: int, depth: int,
-                              probe_batch: int = 8) -> float:
+def activations_per_image_mib(
+    in_channels: int, num_classes: int, im_size: int, width: int, depth: int, probe_batch: int = 8
+) -> float:
     """MiB autograd saves per image for one first-order student step of the ConvNet (what the engine's
     ``theta_storage="auto"`` measures on its first step), from one probe step on random images."""
     import torch
 
     from .engine import saved_bytes, student_loss
     from .models import build_model
-    net = build_model("convnet", in_channels=in_channels, num_classes=num_classes, im_size=(im_size, im_size),
-                      width=width, depth=depth)
+
+    net = build_model(
+        "convnet",
+        in_channels=in_channels,
+        num_classes=num_classes,
+        im_size=(im_size, im_size),
+        width=width,
+        depth=depth,
+    )
     g = torch.Generator().manual_seed(0)
     theta = net.init(g).requires_grad_(True)
     x = torch.randn(probe_batch, in_channels, im_size, im_size, generator=g)
@@ -361,14 +430,16 @@ def inner_step(net, theta, x, y, v):
     gradients. The unit the benchmark scripts time and count FLOPs of."""
     import torch
     import torch.nn.functional as F
+
     th = theta.detach().requires_grad_(True)
     xx = x.detach().requires_grad_(True)
     g = torch.autograd.grad(F.cross_entropy(net(xx, th), y), th, create_graph=True)[0]
     return torch.autograd.grad((g * v).sum(), [th, xx])
 
 
-def fit_memory(points: Sequence[MemoryPoint], num_params: int, bytes_per_param: int = 4,
-               act_per_image_mib: float | None = None) -> MemoryFit | None:
+def fit_memory(
+    points: Sequence[MemoryPoint], num_params: int, bytes_per_param: int = 4, act_per_image_mib: float | None = None
+) -> MemoryFit | None:
     """Least-squares fit of :class:`MemoryFit` to the measured points (all of one mode and device);
     ``None`` when none is measured."""
     pts = [p for p in points if p.peak_mib is not None]
@@ -379,8 +450,11 @@ def fit_memory(points: Sequence[MemoryPoint], num_params: int, bytes_per_param: 
         raise ValueError(f"fit_memory: points of several modes ({sorted({p.mode for p in pts})}); fit one at a time")
     theta_mib = num_params * bytes_per_param / MIB
     xs = [_x(mode, p.steps, p.batch) for p in pts]
-    ys = [p.peak_mib - theta_vectors(mode, p.steps, device, auto_storage(p.steps, p.batch, theta_mib,
-                                                                          act_per_image_mib)) * theta_mib for p in pts]
+    ys = [
+        p.peak_mib
+        - theta_vectors(mode, p.steps, device, auto_storage(p.steps, p.batch, theta_mib, act_per_image_mib)) * theta_mib
+        for p in pts
+    ]
     n = len(pts)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
@@ -406,12 +480,13 @@ class HoldoutCheck:
     ipc: int | None
     measured_mib: float
     predicted_mib: float
-    error_pct: float          # 100 · (predicted − measured) / measured
-    fitted_on: int            # measured points in the fit
+    error_pct: float  # 100 · (predicted − measured) / measured
+    fitted_on: int  # measured points in the fit
 
 
-def holdout_check(points: Sequence[MemoryPoint], num_params: int, bytes_per_param: int = 4,
-                  act_per_image_mib: float | None = None) -> HoldoutCheck | str:
+def holdout_check(
+    points: Sequence[MemoryPoint], num_params: int, bytes_per_param: int = 4, act_per_image_mib: float | None = None
+) -> HoldoutCheck | str:
     """Leave the measured point with the largest ``x`` (ties: most steps) out, fit the rest, predict it.
     Returns the check, or a string saying why there is none (fewer than 3 measured points, or the rest
     cannot predict it)."""
@@ -424,8 +499,17 @@ def holdout_check(points: Sequence[MemoryPoint], num_params: int, bytes_per_para
     pred = fit.predict(held.steps, held.batch) if fit is not None else None
     if pred is None:
         return "the other measured points have one images-per-step value: no slope to extrapolate with"
-    return HoldoutCheck(held.mode, held.steps, held.batch, held.num_images, held.ipc, held.peak_mib, pred,
-                        100.0 * (pred - held.peak_mib) / held.peak_mib, len(rest))
+    return HoldoutCheck(
+        held.mode,
+        held.steps,
+        held.batch,
+        held.num_images,
+        held.ipc,
+        held.peak_mib,
+        pred,
+        100.0 * (pred - held.peak_mib) / held.peak_mib,
+        len(rest),
+    )
 
 
 # ------------------------------------------------------------------------------------ the experiment
@@ -436,7 +520,7 @@ class ScalingResult:
     points: list[MemoryPoint]
     fits: dict[str, MemoryFit]
     holdout: dict[str, HoldoutCheck | str]
-    max_ipc: dict[str, dict[int, int | None]]   # mode -> steps -> largest IPC fitting max_gib
+    max_ipc: dict[str, dict[int, int | None]]  # mode -> steps -> largest IPC fitting max_gib
     max_gib: float | None
     config: dict[str, Any]
 
@@ -447,16 +531,22 @@ class ScalingResult:
         return len(self.points)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "points": [asdict(p) for p in self.points],
-                "fits": {m: asdict(f) for m, f in self.fits.items()},
-                "holdout": {m: asdict(h) if isinstance(h, HoldoutCheck) else {"none": h}
-                            for m, h in self.holdout.items()},
-                "max_gib": self.max_gib,
-                "max_ipc": {m: {str(s): v for s, v in d.items()} for m, d in self.max_ipc.items()}}
+        return {
+            "config": self.config,
+            "points": [asdict(p) for p in self.points],
+            "fits": {m: asdict(f) for m, f in self.fits.items()},
+            "holdout": {m: asdict(h) if isinstance(h, HoldoutCheck) else {"none": h} for m, h in self.holdout.items()},
+            "max_gib": self.max_gib,
+            "max_ipc": {m: {str(s): v for s, v in d.items()} for m, d in self.max_ipc.items()},
+        }
 
 
-def grid(steps: Sequence[int], batch: int | Sequence[int] | None = None, ipc: Sequence[int] | None = None,
-         num_classes: int = 10) -> list[tuple[int, int, int | None, int]]:
+def grid(
+    steps: Sequence[int],
+    batch: int | Sequence[int] | None = None,
+    ipc: Sequence[int] | None = None,
+    num_classes: int = 10,
+) -> list[tuple[int, int, int | None, int]]:
     """The points ``(images, batch, ipc, steps)`` of an experiment. With ``ipc``: ``num_classes · ipc``
     images, each step a minibatch of ``batch`` (capped at the set) or, without ``batch``, all of them.
     Without ``ipc``: a set of ``batch`` images (default 100), all used at every step."""
@@ -488,13 +578,27 @@ def _fmt_point(p: MemoryPoint) -> str:
     return f"{head} {p.note}"
 
 
-def memory_scaling(steps: Sequence[int], modes: Sequence[str], batch: int | Sequence[int] | None = None,
-                   im_size: int = 32, channels: int = 3, width: int = 128, device: str = "cpu",
-                   max_mib: float | None = None, out: str | os.PathLike | None = None,
-                   echo: Callable[[str], Any] = print, *, ipc: Sequence[int] | None = None, num_classes: int = 10,
-                   depth: int = 3, dsa: bool = False, max_gib: float | None = None,
-                   max_ipc_steps: Sequence[int] | None = None, timeout: float = 3600,
-                   measure_fn: Callable[..., MemoryPoint] | None = None) -> ScalingResult:
+def memory_scaling(
+    steps: Sequence[int],
+    modes: Sequence[str],
+    batch: int | Sequence[int] | None = None,
+    im_size: int = 32,
+    channels: int = 3,
+    width: int = 128,
+    device: str = "cpu",
+    max_mib: float | None = None,
+    out: str | os.PathLike | None = None,
+    echo: Callable[[str], Any] = print,
+    *,
+    ipc: Sequence[int] | None = None,
+    num_classes: int = 10,
+    depth: int = 3,
+    dsa: bool = False,
+    max_gib: float | None = None,
+    max_ipc_steps: Sequence[int] | None = None,
+    timeout: float = 3600,
+    measure_fn: Callable[..., MemoryPoint] | None = None,
+) -> ScalingResult:
     """Measure the grid :func:`grid` (``steps`` × ``ipc`` or ``batch``) for every mode label in ``modes``
     where it fits, predict the rest, check the prediction, and write the results.
 
@@ -503,16 +607,19 @@ def memory_scaling(steps: Sequence[int], modes: Sequence[str], batch: int | Sequ
     measured but predicted (``source="predicted"``). Afterwards every mode is fitted on all its measured
     points (:func:`fit_memory`), the fit is checked on a held-out point (:func:`holdout_check`), every
     point gets the fit's value (``predicted_mib``) and, with ``max_gib``, the largest IPC that fits that
-    many GiB is found per mode and step count (``max_ipc_steps``, default ``steps``). ``out``: writes ``memory_scaling.csv``, ``.md``, ``.json``
+    many GiB is found per mode and step count (``max_ipc_steps``, default ``steps``). ``out``: writes
+    ``memory_scaling.csv``, ``.md``, ``.json``
     and ``.png`` there. ``measure_fn`` replaces :func:`measure` (same arguments; for tests).
     """
     from .models import build_model
+
     labels = list(dict.fromkeys(mode_label(m) for m in modes))
     if not labels:
         raise ValueError("no modes to measure")
     points_spec = grid(steps, batch, ipc, num_classes)
-    num_params = build_model("convnet", in_channels=channels, num_classes=num_classes, im_size=(im_size, im_size),
-                             width=width, depth=depth).num_params
+    num_params = build_model(
+        "convnet", in_channels=channels, num_classes=num_classes, im_size=(im_size, im_size), width=width, depth=depth
+    ).num_params
     measure_fn = measure_fn or measure
     act = activations_per_image_mib(channels, num_classes, im_size, width, depth)  # decides "auto" θ storage
     points: list[MemoryPoint] = []
@@ -523,11 +630,35 @@ def memory_scaling(steps: Sequence[int], modes: Sequence[str], batch: int | Sequ
             fit = fit_memory(measured, num_params, act_per_image_mib=act)
             pred = fit.predict(n, b) if fit is not None else None
             if max_mib is not None and len(measured) >= 2 and pred is not None and pred > max_mib:
-                p = MemoryPoint(label, n, b, None, None, device, f"{pred:.0f} MiB > {max_mib:.0f} MiB: not measured",
-                                images=images, ipc=i, source="predicted", predicted_mib=pred)
+                p = MemoryPoint(
+                    label,
+                    n,
+                    b,
+                    None,
+                    None,
+                    device,
+                    f"{pred:.0f} MiB > {max_mib:.0f} MiB: not measured",
+                    images=images,
+                    ipc=i,
+                    source="predicted",
+                    predicted_mib=pred,
+                )
             else:
-                p = measure_fn(label, n, b, im_size, channels, width, device, timeout, images=images, ipc=i,
-                               num_classes=num_classes, depth=depth, dsa=dsa)
+                p = measure_fn(
+                    label,
+                    n,
+                    b,
+                    im_size,
+                    channels,
+                    width,
+                    device,
+                    timeout,
+                    images=images,
+                    ipc=i,
+                    num_classes=num_classes,
+                    depth=depth,
+                    dsa=dsa,
+                )
                 if p.peak_mib is not None:
                     measured.append(p)
             points.append(p)
@@ -546,12 +677,23 @@ def memory_scaling(steps: Sequence[int], modes: Sequence[str], batch: int | Sequ
             p.predicted_mib = fit.predict(p.steps, p.batch)
         if max_gib is not None:
             max_ipc[label] = {n: fit.max_ipc(max_gib, n, num_classes) for n in dict.fromkeys(max_ipc_steps or steps)}
-    config = {"steps": list(steps), "modes": labels, "batch": batch if batch is None or isinstance(batch, int)
-              else list(batch), "ipc": None if ipc is None else list(ipc), "num_classes": num_classes,
-              "im_size": im_size, "channels": channels, "width": width, "depth": depth, "dsa": dsa, "device": device,
-              "max_mib": max_mib, "num_params": num_params,
-              "model": "peak ≈ a + b · images_per_step · (steps for bptt | 1 for adjoint/tesla) "
-                       "+ theta_vectors(mode, steps) · num_params · 4 bytes"}
+    config = {
+        "steps": list(steps),
+        "modes": labels,
+        "batch": batch if batch is None or isinstance(batch, int) else list(batch),
+        "ipc": None if ipc is None else list(ipc),
+        "num_classes": num_classes,
+        "im_size": im_size,
+        "channels": channels,
+        "width": width,
+        "depth": depth,
+        "dsa": dsa,
+        "device": device,
+        "max_mib": max_mib,
+        "num_params": num_params,
+        "model": "peak ≈ a + b · images_per_step · (steps for bptt | 1 for adjoint/tesla) "
+        "+ theta_vectors(mode, steps) · num_params · 4 bytes",
+    }
     res = ScalingResult(points, fits, holdout, max_ipc, max_gib, config)
     for line in summary_lines(res):
         echo(line)
@@ -569,21 +711,27 @@ def summary_lines(res: ScalingResult) -> list[str]:
     lines.append("held-out check (largest measured point left out of the fit, then predicted):")
     for label, h in res.holdout.items():
         if isinstance(h, HoldoutCheck):
-            lines.append(f"  {label}: steps={h.steps} batch={h.batch} images={h.images}: measured "
-                         f"{h.measured_mib:.1f} MiB, predicted {h.predicted_mib:.1f} MiB from {h.fitted_on} points: "
-                         f"error {h.error_pct:+.1f} %")
+            lines.append(
+                f"  {label}: steps={h.steps} batch={h.batch} images={h.images}: measured "
+                f"{h.measured_mib:.1f} MiB, predicted {h.predicted_mib:.1f} MiB from {h.fitted_on} points: "
+                f"error {h.error_pct:+.1f} %"
+            )
         else:
             lines.append(f"  {label}: none ({h})")
     if res.max_gib is not None:
-        lines.append(f"largest IPC fitting {res.max_gib:g} GiB (batch = all {res.config['num_classes']}·IPC images, "
-                     "from the fit):")
+        lines.append(
+            f"largest IPC fitting {res.max_gib:g} GiB (batch = all {res.config['num_classes']}·IPC images, "
+            "from the fit):"
+        )
         for label in res.config["modes"]:
             d = res.max_ipc.get(label)
             if not d:
                 lines.append(f"  {label}: unknown (nothing measured)")
                 continue
-            parts = [f"{n} steps: {'unknown (no slope: measure two IPCs / batches)' if v is None else v}"
-                     for n, v in d.items()]
+            parts = [
+                f"{n} steps: {'unknown (no slope: measure two IPCs / batches)' if v is None else v}"
+                for n, v in d.items()
+            ]
             lines.append(f"  {label}: " + ", ".join(parts))
     return lines
 
@@ -595,19 +743,26 @@ def _num(v: float | None, fmt: str = ".1f") -> str:
 def write_results(res: ScalingResult, out: Path) -> None:
     """``memory_scaling.csv`` / ``.md`` / ``.json`` / ``.png`` into ``out``."""
     from .io import atomic_write_json, atomic_write_text
+
     out.mkdir(parents=True, exist_ok=True)
     rows = ["mode,steps,batch,images,ipc,peak_mib,predicted_mib,source,seconds,device,note"]
-    rows += [f"{p.mode},{p.steps},{p.batch},{p.num_images},{'' if p.ipc is None else p.ipc},{_num(p.peak_mib)},"
-             f"{_num(p.predicted_mib)},{p.source},{_num(p.seconds)},{p.device},{p.note.replace(',', ';')}"
-             for p in res.points]
+    rows += [
+        f"{p.mode},{p.steps},{p.batch},{p.num_images},{'' if p.ipc is None else p.ipc},{_num(p.peak_mib)},"
+        f"{_num(p.predicted_mib)},{p.source},{_num(p.seconds)},{p.device},{p.note.replace(',', ';')}"
+        for p in res.points
+    ]
     atomic_write_text(out / "memory_scaling.csv", "\n".join(rows) + "\n")
-    md = ["| mode | IPC | images | batch | steps | peak (MiB) | source | fit (MiB) | seconds |",
-          "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    md = [
+        "| mode | IPC | images | batch | steps | peak (MiB) | source | fit (MiB) | seconds |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
     for p in res.points:
         peak = f"{p.peak_mib:,.1f}" if p.peak_mib is not None else ""
         src = p.source if p.source != "failed" else f"failed: {p.note[8:80]}"
-        md.append(f"| {p.mode} | {'' if p.ipc is None else p.ipc} | {p.num_images} | {p.batch} | {p.steps} | {peak} "
-                  f"| {src} | {'' if p.predicted_mib is None else f'{p.predicted_mib:,.1f}'} | {_num(p.seconds)} |")
+        md.append(
+            f"| {p.mode} | {'' if p.ipc is None else p.ipc} | {p.num_images} | {p.batch} | {p.steps} | {peak} "
+            f"| {src} | {'' if p.predicted_mib is None else f'{p.predicted_mib:,.1f}'} | {_num(p.seconds)} |"
+        )
     md += ["", "```", *[line for line in summary_lines(res) if line], "```", ""]
     atomic_write_text(out / "memory_scaling.md", "\n".join(md))
     atomic_write_json(out / "memory_scaling.json", res.to_dict())
@@ -616,6 +771,7 @@ def write_results(res: ScalingResult, out: Path) -> None:
 
 def _plot(res: ScalingResult, path: Path) -> None:
     from .plots import _pyplot, save_figure
+
     plt = _pyplot()
     pts = res.points
     by_steps = len({p.steps for p in pts}) > 1
@@ -627,19 +783,35 @@ def _plot(res: ScalingResult, path: Path) -> None:
     for key, ps in series.items():
         ps = sorted(ps, key=lambda p: p.steps if by_steps else p.batch)
         xs = [p.steps if by_steps else p.batch for p in ps]
-        name = (f"{key[0]}, {key[2]} img/step" + (f" of {key[1]}" if key[1] != key[2] else "")) if by_steps \
+        name = (
+            (f"{key[0]}, {key[2]} img/step" + (f" of {key[1]}" if key[1] != key[2] else ""))
+            if by_steps
             else f"{key[0]}, {key[1]} steps"
+        )
         fit_x = [x for x, p in zip(xs, ps) if p.predicted_mib is not None]
         fit_y = [p.predicted_mib for p in ps if p.predicted_mib is not None]
         line = ax.plot(fit_x, fit_y, linestyle="--", linewidth=1)[0] if fit_x else None
         color = line.get_color() if line is not None else None
         mx = [x for x, p in zip(xs, ps) if p.peak_mib is not None]
-        ax.plot(mx, [p.peak_mib for p in ps if p.peak_mib is not None], marker="o", linestyle="-", color=color,
-                label=f"{name} (measured)")
+        ax.plot(
+            mx,
+            [p.peak_mib for p in ps if p.peak_mib is not None],
+            marker="o",
+            linestyle="-",
+            color=color,
+            label=f"{name} (measured)",
+        )
         px = [x for x, p in zip(xs, ps) if p.peak_mib is None and p.predicted_mib is not None]
         if px:
-            ax.plot(px, [p.predicted_mib for p in ps if p.peak_mib is None and p.predicted_mib is not None],
-                    marker="o", markerfacecolor="none", linestyle="none", color=color, label=f"{name} (predicted)")
+            ax.plot(
+                px,
+                [p.predicted_mib for p in ps if p.peak_mib is None and p.predicted_mib is not None],
+                marker="o",
+                markerfacecolor="none",
+                linestyle="none",
+                color=color,
+                label=f"{name} (predicted)",
+            )
     values = [v for p in pts for v in (p.peak_mib, p.predicted_mib) if v is not None and v > 0]
     if res.max_gib is not None and values and res.max_gib * 1024 <= 2 * max(values):
         ax.axhline(res.max_gib * 1024, color="grey", linewidth=0.8, linestyle=":", label=f"{res.max_gib:g} GiB")

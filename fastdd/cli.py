@@ -1,4 +1,5 @@
 """The ``fastdd`` command line: ``fastdd <command> --help`` for each command's options."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,18 +19,28 @@ from .options import parse_json_object
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="mnist5k", help="data set name (default: mnist5k, embedded)")
     p.add_argument("--root", default=None, help="folder holding the data (not needed for mnist5k / digits)")
-    p.add_argument("--download", action="store_true", help="let torchvision download MNIST/FashionMNIST/SVHN/CIFAR into --root")
+    p.add_argument(
+        "--download", action="store_true", help="let torchvision download MNIST/FashionMNIST/SVHN/CIFAR into --root"
+    )
     p.add_argument("--zca", action="store_true", help="ZCA-whiten (fitted on the train split) instead of mean/std")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
     """The evaluation protocol and its overrides."""
-    p.add_argument("--protocol", default="mtt", choices=["mtt", "selmatch", "soft", "dd"],
-                   help="mtt (DC/DSA/DM/MTT), selmatch, soft (train on the set's soft labels), dd (replay a DD set)")
+    p.add_argument(
+        "--protocol",
+        default="mtt",
+        choices=["mtt", "selmatch", "soft", "dd"],
+        help="mtt (DC/DSA/DM/MTT), selmatch, soft (train on the set's soft labels), dd (replay a DD set)",
+    )
     p.add_argument("--num-eval", type=_at_least(1), default=5)
-    p.add_argument("--epochs", type=_at_least(0), default=None, help="override the protocol's epochs E (it trains "
-                   "E + 1 passes, as the reference code does: 0 trains one)")
+    p.add_argument(
+        "--epochs",
+        type=_at_least(0),
+        default=None,
+        help="override the protocol's epochs E (it trains E + 1 passes, as the reference code does: 0 trains one)",
+    )
     p.add_argument("--lr", type=_positive, default=None, help="override the learning rate")
     p.add_argument("--model", default=None, help="override the protocol's network")
     p.add_argument("--batch-size", type=_at_least(1), default=None)
@@ -37,6 +48,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def _at_least(low: int):
     """An argparse type: an integer >= ``low`` (the error names the option and the value)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -45,6 +57,7 @@ def _at_least(low: int):
         if value < low:
             raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
         return value
+
     parse.__name__ = f"integer >= {low}"
     return parse
 
@@ -77,6 +90,7 @@ def _share(text: str) -> float:
 
 def _byte_count(text: str) -> int:
     from .engine import parse_bytes
+
     try:
         return parse_bytes(text)
     except ValueError as e:
@@ -90,12 +104,14 @@ def _config(args) -> dict:
 
 def _load(args):
     from .data import load_dataset
+
     return load_dataset(args.dataset, args.root, download=args.download, zca=args.zca, device=args.device)
 
 
 def cmd_experts(args) -> int:
     from .experts import train_experts
     from .models import model_for
+
     check_out_folder(args.out, "--out")
     ds = _load(args)
     kw = parse_json_object(args.model_kwargs, "--model-kwargs")
@@ -103,9 +119,24 @@ def cmd_experts(args) -> int:
         model_for(ds, args.model, **kw)  # a model that does not fit the data fails here, before anything is written
     except TypeError as e:
         raise ValueError(f"--model-kwargs: {e}") from None
-    buf = train_experts(ds, args.model, num_experts=args.num_experts, epochs=args.epochs, out=args.out, seed=args.seed,
-                        model_kwargs=kw, resume=not args.no_resume, run_config=_config(args), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
-                        decay=args.decay, augment=args.augment, shard_size=args.shard_size)
+    buf = train_experts(
+        ds,
+        args.model,
+        num_experts=args.num_experts,
+        epochs=args.epochs,
+        out=args.out,
+        seed=args.seed,
+        model_kwargs=kw,
+        resume=not args.no_resume,
+        run_config=_config(args),
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        decay=args.decay,
+        augment=args.augment,
+        shard_size=args.shard_size,
+    )
     accs = buf.manifest["test_accuracy"]
     _say(f"{buf}\nfinal test accuracy per expert: " + ", ".join(f"{100 * a:.2f}%" for a in accs))
     return 0
@@ -113,25 +144,35 @@ def cmd_experts(args) -> int:
 
 def cmd_select(args) -> int:
     from .select import real_subset, select
+
     check_out_folder(args.out, "--out")
     ds = _load(args)
     extra = {}
     if getattr(args, "scores", None):
         from .scores import load_scores
+
         extra["scores"] = load_scores(args.scores, ds)
     for k in ("beta", "hardest"):
         if getattr(args, k, None) is not None:
             extra[k] = getattr(args, k)
     if args.method in ("herding", "kcenter", "kmeans"):
         from .select import check_ipc, default_extractor, resolve_extractor
+
         check_ipc(ds, args.ipc)  # before training an extractor
-        extra["extractor"] = (resolve_extractor(ds, args.extractor) if args.extractor else
-                              default_extractor(ds, args.seed, epochs=args.extractor_epochs, show_progress=True))
+        extra["extractor"] = (
+            resolve_extractor(ds, args.extractor)
+            if args.extractor
+            else default_extractor(ds, args.seed, epochs=args.extractor_epochs, show_progress=True)
+        )
     try:
         idx = select(ds, args.method, args.ipc, seed=args.seed, show_progress=True, **extra)
     except TypeError as e:  # an option the method does not use
         raise ValueError(str(e)) from e
-    meta = {k: v for k, v in (("beta", getattr(args, "beta", None)), ("scores", getattr(args, "scores", None))) if v is not None}
+    meta = {
+        k: v
+        for k, v in (("beta", getattr(args, "beta", None)), ("scores", getattr(args, "scores", None)))
+        if v is not None
+    }
     syn = real_subset(ds, idx, method=args.method, ipc=args.ipc, seed=args.seed, **meta)
     path = syn.save(args.out)
     print(f"selected {len(idx)} images ({args.ipc} per class, {args.method}) from {ds.name} -> {path}")
@@ -143,6 +184,7 @@ def cmd_evaluate(args) -> int:
     from .runs import RunDir
     from .select import random_indices, real_subset
     from .synthetic import SyntheticSet
+
     if (args.syn is None) == (args.random_ipc is None):
         raise ValueError("give exactly one of --syn FOLDER or --random-ipc N")
     if args.out:
@@ -156,15 +198,26 @@ def cmd_evaluate(args) -> int:
         syn = real_subset(ds, random_indices(ds, args.random_ipc, seed=args.seed))
     if args.protocol == "dd":
         if args.random_baseline or args.real_baseline or args.models or args.val_fraction:
-            raise ValueError("--protocol dd replays a DD set's steps on the test split; it takes no "
-                             "baselines, --models or --val-fraction")
+            raise ValueError(
+                "--protocol dd replays a DD set's steps on the test split; it takes no "
+                "baselines, --models or --val-fraction"
+            )
         res = evaluate(syn, ds, "dd", num_eval=args.num_eval, seed=args.seed, experts=args.experts)
     else:
         overrides = {k: getattr(args, k) for k in ("epochs", "lr", "model", "batch_size")}
-        res = evaluate(syn, ds, args.protocol, num_eval=args.num_eval, seed=args.seed,
-                       random_baseline=args.random_baseline, real_baseline=args.real_baseline,
-                       real_epochs=args.real_epochs, split="val" if args.val_fraction else "test",
-                       models=args.models, **overrides)
+        res = evaluate(
+            syn,
+            ds,
+            args.protocol,
+            num_eval=args.num_eval,
+            seed=args.seed,
+            random_baseline=args.random_baseline,
+            real_baseline=args.real_baseline,
+            real_epochs=args.real_epochs,
+            split="val" if args.val_fraction else "test",
+            models=args.models,
+            **overrides,
+        )
     if not is_main():
         return 0
     print(res)
@@ -185,16 +238,22 @@ def cmd_evaluate(args) -> int:
 def _scores_for(args, ds):
     """The --scores argument: a file, or 'forgetting' to compute forgetting counts (saved under --out)."""
     from .scores import Scores, forgetting_scores, load_scores
+
     if args.scores == "forgetting":
         import io
+
         import numpy as np
+
         from .io import atomic_write_bytes
+
         vals = forgetting_scores(ds, epochs=args.forgetting_epochs, runs=args.forgetting_runs, seed=args.seed)
         buf = io.BytesIO()
         np.save(buf, vals.numpy())
         atomic_write_bytes(f"{args.out}/forgetting.npy", buf.getvalue())
-        print(f"forgetting scores ({args.forgetting_epochs} epochs x {args.forgetting_runs} runs) -> "
-              f"{args.out}/forgetting.npy")
+        print(
+            f"forgetting scores ({args.forgetting_epochs} epochs x {args.forgetting_runs} runs) -> "
+            f"{args.out}/forgetting.npy"
+        )
         return Scores(vals, hardest="high", kind="forgetting", source=f"{args.out}/forgetting.npy")
     return load_scores(args.scores, ds)
 
@@ -204,6 +263,7 @@ def cmd_sweep_window(args) -> int:
     from .plots import save_curves
     from .runs import RunDir, progress
     from .select import beta_grid, check_ipc, real_subset, window_indices
+
     check_out_folder(args.out, "--out")
     ds = _load(args)
     check_ipc(ds, args.ipc)
@@ -213,10 +273,13 @@ def cmd_sweep_window(args) -> int:
         scores = _scores_for(args, ds)
     if args.hardest is not None and args.hardest != scores.hardest:
         from .scores import Scores
+
         scores = Scores(scores.values, hardest=args.hardest, kind=scores.kind, source=scores.source)
     betas = args.betas if args.betas else beta_grid(min(ds.class_counts()), args.ipc, args.beta_step, args.beta_max)
-    print(f"window sweep on {ds.name}, ipc {args.ipc}, {scores.kind} scores (hardest={scores.hardest}), "
-          f"{len(betas)} betas: {', '.join(f'{b:g}' for b in betas)}")
+    print(
+        f"window sweep on {ds.name}, ipc {args.ipc}, {scores.kind} scores (hardest={scores.hardest}), "
+        f"{len(betas)} betas: {', '.join(f'{b:g}' for b in betas)}"
+    )
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "model", "batch_size")}
     log = run.csv("sweep.csv", ["beta", "mean", "std"])
     rows = []
@@ -231,13 +294,27 @@ def cmd_sweep_window(args) -> int:
         print(f"beta {beta:g} (ranks {int(args.ipc * beta)}..{int(args.ipc * beta) + args.ipc - 1}): {res}")
     log.close()
     best = max(rows, key=lambda r: r["mean"])
-    atomic_write_json(run / "sweep.json", {"ipc": args.ipc, "scores": scores.source, "hardest": scores.hardest,
-                                           "best_beta": best["beta"], "results": rows})
-    save_curves(run / "sweep.png", {f"ipc {args.ipc}": ([r["beta"] for r in rows], [100 * r["mean"] for r in rows])},
-                xlabel="beta (window start / ipc)", ylabel="test accuracy (%)",
-                title=f"window selection on {ds.name}, protocol {args.protocol}")
-    print(f"best beta: {best['beta']:g} ({100 * best['mean']:.2f} ± {100 * best['std']:.2f} %) -> "
-          f"{run / 'sweep.csv'}, {run / 'sweep.png'}")
+    atomic_write_json(
+        run / "sweep.json",
+        {
+            "ipc": args.ipc,
+            "scores": scores.source,
+            "hardest": scores.hardest,
+            "best_beta": best["beta"],
+            "results": rows,
+        },
+    )
+    save_curves(
+        run / "sweep.png",
+        {f"ipc {args.ipc}": ([r["beta"] for r in rows], [100 * r["mean"] for r in rows])},
+        xlabel="beta (window start / ipc)",
+        ylabel="test accuracy (%)",
+        title=f"window selection on {ds.name}, protocol {args.protocol}",
+    )
+    print(
+        f"best beta: {best['beta']:g} ({100 * best['mean']:.2f} ± {100 * best['std']:.2f} %) -> "
+        f"{run / 'sweep.csv'}, {run / 'sweep.png'}"
+    )
     return 0
 
 
@@ -247,6 +324,7 @@ def cmd_coverage(args) -> int:
     from .runs import RunDir, progress
     from .select import default_extractor, extract_features, random_indices, real_subset, resolve_extractor
     from .synthetic import SyntheticSet
+
     if not args.syn and not args.random_ipc:
         raise ValueError("give --syn FOLDER [FOLDER ...] and/or --random-ipc N [N ...]")
     check_out_folder(args.out, "--out")
@@ -261,6 +339,7 @@ def cmd_coverage(args) -> int:
     scores = None
     if args.scores:
         from .scores import load_scores
+
         scores = load_scores(args.scores, ds)
     if args.extractor:
         fn = resolve_extractor(ds, args.extractor)
@@ -275,11 +354,23 @@ def cmd_coverage(args) -> int:
     log = run.csv("coverage.csv", fields)
     results = []
     for name, method, syn in progress(sets, desc="coverage"):
-        res = coverage_from_features(train_f, extract_features(ds, extractor=fn, images=syn.images),
-                                     train_labels=ds.train.labels, test_features=test_f, scores=scores,
-                                     radius=radius, split=args.split)
-        row = {"set": name, "method": method, "ipc": syn.ipc, "num_images": len(syn), "radius": radius,
-               **{k: ("" if getattr(res, k) is None else getattr(res, k)) for k in fields[5:]}}
+        res = coverage_from_features(
+            train_f,
+            extract_features(ds, extractor=fn, images=syn.images),
+            train_labels=ds.train.labels,
+            test_features=test_f,
+            scores=scores,
+            radius=radius,
+            split=args.split,
+        )
+        row = {
+            "set": name,
+            "method": method,
+            "ipc": syn.ipc,
+            "num_images": len(syn),
+            "radius": radius,
+            **{k: ("" if getattr(res, k) is None else getattr(res, k)) for k in fields[5:]},
+        }
         log.log(**row)
         results.append(row)
         print(f"{name}: {res}")
@@ -293,8 +384,13 @@ def cmd_coverage(args) -> int:
         for split in ("train", "test"):
             if rs[0][split] != "":
                 series[f"{method} ({split})"] = ([r["ipc"] for r in rs], [100 * r[split] for r in rs])
-    save_curves(run / "coverage_vs_ipc.png", series, xlabel="images per class", ylabel="coverage (%)",
-                title=f"coverage of {ds.name} (r = {radius:.3g})")
+    save_curves(
+        run / "coverage_vs_ipc.png",
+        series,
+        xlabel="images per class",
+        ylabel="coverage (%)",
+        title=f"coverage of {ds.name} (r = {radius:.3g})",
+    )
     pngs = [run / "coverage_vs_ipc.png"]
     if scores is not None and args.split != "test":
         series = {}
@@ -302,8 +398,13 @@ def cmd_coverage(args) -> int:
             rs = sorted(rs, key=lambda r: r["ipc"])
             for group in ("easy", "hard"):
                 series[f"{method} {group}"] = ([r["ipc"] for r in rs], [100 * r[f"train_{group}"] for r in rs])
-        save_curves(run / "coverage_easy_hard.png", series, xlabel="images per class", ylabel="coverage (%)",
-                    title=f"{ds.name} train: easy vs hard half ({scores.kind})")
+        save_curves(
+            run / "coverage_easy_hard.png",
+            series,
+            xlabel="images per class",
+            ylabel="coverage (%)",
+            title=f"{ds.name} train: easy vs hard half ({scores.kind})",
+        )
         pngs.append(run / "coverage_easy_hard.png")
     print(f"-> {run / 'coverage.csv'}, " + ", ".join(str(p) for p in pngs))
     return 0
@@ -312,12 +413,15 @@ def cmd_coverage(args) -> int:
 def cmd_import_buffer(args) -> int:
     from .experts import import_reference_buffer
     from .models import build_model
+
     kw = parse_json_object(args.model_kwargs, "--model-kwargs")
     if len(args.im_size) > 2:
         raise ValueError(f"--im-size takes H [W], got {len(args.im_size)} numbers")
     size = args.im_size if len(args.im_size) == 2 else args.im_size * 2
     try:
-        net = build_model(args.model, in_channels=args.channels, num_classes=args.num_classes, im_size=tuple(size), **kw)
+        net = build_model(
+            args.model, in_channels=args.channels, num_classes=args.num_classes, im_size=tuple(size), **kw
+        )
     except TypeError as e:
         raise ValueError(f"--model-kwargs: {e}") from None
     check_out_folder(args.out, "--out")
@@ -328,13 +432,28 @@ def cmd_import_buffer(args) -> int:
 
 def cmd_quickstart(args) -> int:
     from .quickstart import quickstart, selmatch_example
+
     if args.example == "dm":
-        quickstart(args.out or "runs/quickstart", iterations=args.iterations or 300,
-                   eval_epochs=args.eval_epochs or 300, num_eval=args.num_eval or 3, seed=args.seed)
+        quickstart(
+            args.out or "runs/quickstart",
+            iterations=args.iterations or 300,
+            eval_epochs=args.eval_epochs or 300,
+            num_eval=args.num_eval or 3,
+            seed=args.seed,
+        )
         return 0
-    selmatch_example(args.out or "runs/quickstart-selmatch", ipc=args.ipc, num_experts=args.num_experts, expert_epochs=args.expert_epochs,
-                     iterations=args.iterations or 20, alpha=args.alpha, beta=args.beta,
-                     eval_epochs=args.eval_epochs or 150, num_eval=args.num_eval or 2, seed=args.seed)
+    selmatch_example(
+        args.out or "runs/quickstart-selmatch",
+        ipc=args.ipc,
+        num_experts=args.num_experts,
+        expert_epochs=args.expert_epochs,
+        iterations=args.iterations or 20,
+        alpha=args.alpha,
+        beta=args.beta,
+        eval_epochs=args.eval_epochs or 150,
+        num_eval=args.num_eval or 2,
+        seed=args.seed,
+    )
     return 0
 
 
@@ -343,6 +462,7 @@ def cmd_distill(args) -> int:
     from .distill.registry import RunConfig, SelectConfig
     from .engine import EngineConfig
     from .runs import RunDir
+
     options = parse_json_object(args.options, "--options")
     select_options = parse_json_object(args.select_options, "--select-options") if args.select_options else None
     check_out_folder(args.out, "--out")
@@ -350,20 +470,44 @@ def cmd_distill(args) -> int:
     scores = None
     if args.scores:
         from .scores import load_scores
+
         scores = load_scores(args.scores, ds)
-    flags = {k: v for k, v in (("theta_storage", args.theta_storage), ("memory_budget", args.memory_budget),
-                                ("deterministic", args.deterministic or None)) if v is not None}
+    flags = {
+        k: v
+        for k, v in (
+            ("theta_storage", args.theta_storage),
+            ("memory_budget", args.memory_budget),
+            ("deterministic", args.deterministic or None),
+        )
+        if v is not None
+    }
     for key in flags:  # the engine flags win over the same keys in --options
         options.pop(key, None)
     engine = EngineConfig(**flags)
     if args.val_fraction:
         ds = ds.with_validation(args.val_fraction, seed=args.seed)
     select = SelectConfig(args.select_every, args.select_protocol, select_options or {}) if args.select_every else None
-    run = RunConfig(out=args.out, resume=args.resume, checkpoint_every=args.checkpoint_every, device=args.device,
-                    seed=args.seed, select=select)
+    run = RunConfig(
+        out=args.out,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        seed=args.seed,
+        select=select,
+    )
     try:
-        syn = distill(ds, args.method, args.ipc, experts=args.experts, iterations=args.iterations, preset=args.preset,
-                      scores=scores, engine=engine, run=run, **options)
+        syn = distill(
+            ds,
+            args.method,
+            args.ipc,
+            experts=args.experts,
+            iterations=args.iterations,
+            preset=args.preset,
+            scores=scores,
+            engine=engine,
+            run=run,
+            **options,
+        )
     except TypeError as e:  # an --options key the method does not have, or a value of the wrong type
         raise ValueError(f"--options: {e}") from None
     if is_main():  # the set is saved before anything else can fail
@@ -373,6 +517,7 @@ def cmd_distill(args) -> int:
         print(f"distilled {len(syn)} images ({syn.meta['method']}, ipc {syn.ipc}) -> {Path(args.out) / 'synthetic'}")
     if args.evaluate:  # every rank takes its share of the evaluation runs
         from .evaluate import evaluate
+
         protocol = args.protocol or ("dd" if syn.meta["method"] == "dd" else "soft" if syn.labels.dim() == 2 else "mtt")
         if protocol == "dd":
             res = evaluate(syn, ds, "dd", num_eval=args.num_eval, seed=args.seed, experts=args.experts)
@@ -385,7 +530,9 @@ def cmd_distill(args) -> int:
 def _curves(folder: Path) -> None:
     """loss.png and lr.png from a run's log.csv."""
     import csv
+
     from .plots import save_curves
+
     rows = list(csv.DictReader(open(folder / "log.csv")))
     if not rows:
         return
@@ -398,6 +545,7 @@ def _curves(folder: Path) -> None:
 
 def _bench_mode(text: str) -> str:
     from .bench import mode_label
+
     try:
         return mode_label(text)
     except ValueError as e:
@@ -406,16 +554,32 @@ def _bench_mode(text: str) -> str:
 
 def cmd_bench(args) -> int:
     from .bench import memory_scaling
-    memory_scaling(args.steps, args.modes, batch=args.batch, im_size=args.im_size, channels=args.channels,
-                   width=args.width, device=args.device, max_mib=args.max_mib, out=args.out, ipc=args.ipc,
-                   num_classes=args.num_classes, depth=args.depth, dsa=args.dsa, max_gib=args.max_gib,
-                   max_ipc_steps=args.max_gib_steps, timeout=args.timeout)
+
+    memory_scaling(
+        args.steps,
+        args.modes,
+        batch=args.batch,
+        im_size=args.im_size,
+        channels=args.channels,
+        width=args.width,
+        device=args.device,
+        max_mib=args.max_mib,
+        out=args.out,
+        ipc=args.ipc,
+        num_classes=args.num_classes,
+        depth=args.depth,
+        dsa=args.dsa,
+        max_gib=args.max_gib,
+        max_ipc_steps=args.max_gib_steps,
+        timeout=args.timeout,
+    )
     print(f"table (csv, md), json and plot -> {args.out}")
     return 0
 
 
 def cmd_datasets(args) -> int:
     from .data import DATASETS, EMBEDDED
+
     for name in DATASETS:
         print(f"{name:14s} {'embedded, no download' if name in EMBEDDED else 'local folder (--root)'}")
     return 0
@@ -423,19 +587,30 @@ def cmd_datasets(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+
     ap = argparse.ArgumentParser(prog="fastdd", description="Fast, memory-scalable dataset distillation.")
     ap.add_argument("--version", action="version", version=f"fastdd {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="command")
 
-    p = sub.add_parser("quickstart", help="the whole pipeline on the embedded MNIST digits, with a report",
-                       description="On mnist5k: DM at one image per class against one random real digit per class "
-                                   "under the same protocol (default, about a minute on 2 CPU cores), or --example "
-                                   "selmatch (experts, difficulty scores, SelMatch at IPC 10). Writes report.md and PNGs.")
-    p.add_argument("--example", choices=["dm", "selmatch"], default="dm",
-                   help="dm (default, about a minute on 2 CPU cores): DM at IPC 1 against random real digits; selmatch (~15 min): experts, "
-                        "forgetting scores and SelMatch at IPC 10")
+    p = sub.add_parser(
+        "quickstart",
+        help="the whole pipeline on the embedded MNIST digits, with a report",
+        description="On mnist5k: DM at one image per class against one random real digit per class "
+        "under the same protocol (default, about a minute on 2 CPU cores), or --example "
+        "selmatch (experts, difficulty scores, SelMatch at IPC 10). Writes report.md and PNGs.",
+    )
+    p.add_argument(
+        "--example",
+        choices=["dm", "selmatch"],
+        default="dm",
+        help="dm (default, about a minute on 2 CPU cores): DM at IPC 1 against random real digits; "
+        "selmatch (~15 min): experts, "
+        "forgetting scores and SelMatch at IPC 10",
+    )
     p.add_argument("--out", default=None, help="run folder (default runs/quickstart or runs/quickstart-selmatch)")
-    p.add_argument("--iterations", type=_at_least(1), default=None, help="distillation iterations (dm 300, selmatch 20)")
+    p.add_argument(
+        "--iterations", type=_at_least(1), default=None, help="distillation iterations (dm 300, selmatch 20)"
+    )
     p.add_argument("--eval-epochs", type=_at_least(1), default=None, help="evaluation epochs (dm 300, selmatch 150)")
     p.add_argument("--num-eval", type=_at_least(1), default=None, help="evaluation runs per set (dm 3, selmatch 2)")
     p.add_argument("--seed", type=_at_least(0), default=0)
@@ -443,72 +618,139 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-experts", type=_at_least(1), default=2, help="selmatch example")
     p.add_argument("--expert-epochs", type=_at_least(1), default=4, help="selmatch example")
     p.add_argument("--alpha", type=_share, default=0.5, help="selmatch example: fraction of each class distilled")
-    p.add_argument("--beta", type=_non_negative, default=6.0, help="selmatch example: window start, in multiples of ipc (6: "
-                   "past the ~55 hardest digits per class, i.e. an easy window, as SelMatch prefers at small ipc)")
+    p.add_argument(
+        "--beta",
+        type=_non_negative,
+        default=6.0,
+        help="selmatch example: window start, in multiples of ipc (6: "
+        "past the ~55 hardest digits per class, i.e. an easy window, as SelMatch prefers at small ipc)",
+    )
     p.set_defaults(func=cmd_quickstart)
 
     from .distill.registry import get_method, methods
+
     names = methods()
-    p = sub.add_parser("distill", help=f"distil a data set ({', '.join(names)})",
-                       description="Distil with a method or a preset; writes log.csv, checkpoints, loss.png, lr.png "
-                                   "and config.yaml into --out, and the set (with images.png) into --out/synthetic. "
-                                   "Methods: " + "; ".join(f"{n}: {get_method(n).description}" for n in names),
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "distill",
+        help=f"distil a data set ({', '.join(names)})",
+        description="Distil with a method or a preset; writes log.csv, checkpoints, loss.png, lr.png "
+        "and config.yaml into --out, and the set (with images.png) into --out/synthetic. "
+        "Methods: " + "; ".join(f"{n}: {get_method(n).description}" for n in names),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _data_args(p)
-    p.add_argument("--method", default="mtt", choices=names, help="a registered method (fastdd.methods(); plugins "
-                   "join through the entry-point group fastdd.methods)")
+    p.add_argument(
+        "--method",
+        default="mtt",
+        choices=names,
+        help="a registered method (fastdd.methods(); plugins join through the entry-point group fastdd.methods)",
+    )
     p.add_argument("--preset", default=None, help="a name from fastdd.PRESETS (sets method, ipc, options)")
     p.add_argument("--ipc", type=_at_least(1), default=None)
     p.add_argument("--experts", default=None, help="expert folder (MTT family)")
-    p.add_argument("--scores", default=None, help="difficulty score file (.npz C-scores / .npy forgetting) for SelMatch")
+    p.add_argument(
+        "--scores", default=None, help="difficulty score file (.npz C-scores / .npy forgetting) for SelMatch"
+    )
     p.add_argument("--iterations", type=_at_least(1), default=None)
     p.add_argument("--options", default=None, help='JSON method options, e.g. \'{"syn_steps": 20, "mode": "adjoint"}\'')
     p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--checkpoint-every", type=_at_least(1), default=100)
-    p.add_argument("--theta-storage", default=None, choices=["auto", "checkpoint", "all", "host"],
-                   help="where the adjoint keeps the student's parameters: auto (default: all of them when small "
-                        "against one step's activations, else checkpoint), every ceil(sqrt(N))-th (checkpoint), all "
-                        "of them, or all in host memory (host: pinned on CUDA machines)")
-    p.add_argument("--memory-budget", default=None, type=_byte_count, metavar="BYTES",
-                   help="what mode 'auto' may give a BPTT graph: bytes or e.g. 8GiB, 512MiB (default 4GiB); "
-                        "auto is decided once per run from this, never from the free memory")
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic cuDNN / algorithms for the run (on CUDA: adjoint equals bptt, reruns agree)")
-    p.add_argument("--val-fraction", type=_fraction, default=None, help="carve a stratified validation split of this "
-                   "fraction out of train (seeded by --seed); distillation then uses only the rest")
-    p.add_argument("--select-every", type=_at_least(1), default=None, help="keep the set that scores best on the validation "
-                   "split (needs --val-fraction), scoring every this many iterations; default: the last set")
-    p.add_argument("--select-protocol", default="mtt", choices=["mtt", "selmatch", "soft"],
-                   help="protocol of the validation scoring (one run)")
-    p.add_argument("--select-options", default=None, help='JSON evaluate() overrides for the scoring, e.g. '
-                   '\'{"epochs": 300}\'')
+    p.add_argument(
+        "--theta-storage",
+        default=None,
+        choices=["auto", "checkpoint", "all", "host"],
+        help="where the adjoint keeps the student's parameters: auto (default: all of them when small "
+        "against one step's activations, else checkpoint), every ceil(sqrt(N))-th (checkpoint), all "
+        "of them, or all in host memory (host: pinned on CUDA machines)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        default=None,
+        type=_byte_count,
+        metavar="BYTES",
+        help="what mode 'auto' may give a BPTT graph: bytes or e.g. 8GiB, 512MiB (default 4GiB); "
+        "auto is decided once per run from this, never from the free memory",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic cuDNN / algorithms for the run (on CUDA: adjoint equals bptt, reruns agree)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=None,
+        help="carve a stratified validation split of this "
+        "fraction out of train (seeded by --seed); distillation then uses only the rest",
+    )
+    p.add_argument(
+        "--select-every",
+        type=_at_least(1),
+        default=None,
+        help="keep the set that scores best on the validation "
+        "split (needs --val-fraction), scoring every this many iterations; default: the last set",
+    )
+    p.add_argument(
+        "--select-protocol",
+        default="mtt",
+        choices=["mtt", "selmatch", "soft"],
+        help="protocol of the validation scoring (one run)",
+    )
+    p.add_argument(
+        "--select-options", default=None, help="JSON evaluate() overrides for the scoring, e.g. '{\"epochs\": 300}'"
+    )
     p.add_argument("--evaluate", action="store_true", help="evaluate the result (and a random subset) afterwards")
-    p.add_argument("--protocol", default=None, choices=["mtt", "selmatch", "soft", "dd"],
-                   help="evaluation protocol (default: dd for a DD set, soft for a soft-label set, else mtt)")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        choices=["mtt", "selmatch", "soft", "dd"],
+        help="evaluation protocol (default: dd for a DD set, soft for a soft-label set, else mtt)",
+    )
     p.add_argument("--num-eval", type=_at_least(1), default=3)
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("bench", help="benchmarks (memory-scaling)", description="Benchmarks that write a table and a plot.")
+    p = sub.add_parser(
+        "bench", help="benchmarks (memory-scaling)", description="Benchmarks that write a table and a plot."
+    )
     bsub = p.add_subparsers(dest="bench", required=True, metavar="benchmark")
     b = bsub.add_parser(
-        "memory-scaling", help="peak memory of one meta-gradient vs IPC, minibatch and unrolled steps, per mode",
+        "memory-scaling",
+        help="peak memory of one meta-gradient vs IPC, minibatch and unrolled steps, per mode",
         description="Peak memory of one MTT meta-gradient (random CIFAR-like data, ConvNet) for every mode x "
-                    "(IPC or minibatch) x unrolled steps, each point in a fresh process; points that would not fit "
-                    "--max-mib are predicted from a per-mode linear fit (peak = a + b * images_per_step * "
-                    "(steps for bptt | 1 for adjoint/tesla) + the parameter vectors kept), which is checked on a "
-                    "held-out measured point. Writes memory_scaling.csv/.md/.json/.png into --out.")
-    b.add_argument("--steps", type=_at_least(1), nargs="+", default=[10, 20, 40, 80], help="unrolled steps (default 10 20 40 80)")
-    b.add_argument("--modes", nargs="+", default=["adjoint", "bptt"], type=_bench_mode, metavar="MODE",
-                   help="bptt, adjoint, tesla; adjoint:STORAGE / tesla:STORAGE with STORAGE auto (default), checkpoint, "
-                        "all or host, e.g. adjoint:all (default: adjoint bptt)")
-    b.add_argument("--ipc", type=_at_least(1), nargs="+", default=None,
-                   help="images per class: a set of num-classes x IPC images, each step a minibatch of --batch or, "
-                        "without --batch, all of them (as at high IPC)")
-    b.add_argument("--batch", type=_at_least(1), nargs="+", default=None,
-                   help="images per unrolled step (minibatch); without --ipc the set is that many images "
-                        "(default 100)")
+        "(IPC or minibatch) x unrolled steps, each point in a fresh process; points that would not fit "
+        "--max-mib are predicted from a per-mode linear fit (peak = a + b * images_per_step * "
+        "(steps for bptt | 1 for adjoint/tesla) + the parameter vectors kept), which is checked on a "
+        "held-out measured point. Writes memory_scaling.csv/.md/.json/.png into --out.",
+    )
+    b.add_argument(
+        "--steps", type=_at_least(1), nargs="+", default=[10, 20, 40, 80], help="unrolled steps (default 10 20 40 80)"
+    )
+    b.add_argument(
+        "--modes",
+        nargs="+",
+        default=["adjoint", "bptt"],
+        type=_bench_mode,
+        metavar="MODE",
+        help="bptt, adjoint, tesla; adjoint:STORAGE / tesla:STORAGE with STORAGE auto (default), checkpoint, "
+        "all or host, e.g. adjoint:all (default: adjoint bptt)",
+    )
+    b.add_argument(
+        "--ipc",
+        type=_at_least(1),
+        nargs="+",
+        default=None,
+        help="images per class: a set of num-classes x IPC images, each step a minibatch of --batch or, "
+        "without --batch, all of them (as at high IPC)",
+    )
+    b.add_argument(
+        "--batch",
+        type=_at_least(1),
+        nargs="+",
+        default=None,
+        help="images per unrolled step (minibatch); without --ipc the set is that many images (default 100)",
+    )
     b.add_argument("--num-classes", type=_at_least(1), default=10)
     b.add_argument("--im-size", type=_at_least(1), default=32)
     b.add_argument("--channels", type=_at_least(1), default=3)
@@ -516,23 +758,41 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--depth", type=_at_least(1), default=3)
     b.add_argument("--dsa", action="store_true", help="DSA augmentation at every step (as distillation runs)")
     b.add_argument("--device", default="cpu", help="cpu (peak resident memory) or cuda (max_memory_allocated)")
-    b.add_argument("--max-mib", type=_positive, default=16000,
-                   help="measure a point only if the fit of the mode's points measured so far predicts at most "
-                        "this many MiB; beyond, predict it (default 16000)")
-    b.add_argument("--max-gib", type=_positive, default=None,
-                   help="also report, per mode and step count, the largest IPC (batch = all images) the fit "
-                        "predicts to fit this many GiB")
-    b.add_argument("--max-gib-steps", type=_at_least(1), nargs="+", default=None, metavar="N",
-                   help="unrolled steps at which --max-gib is answered (default: --steps; any N, from the fit)")
+    b.add_argument(
+        "--max-mib",
+        type=_positive,
+        default=16000,
+        help="measure a point only if the fit of the mode's points measured so far predicts at most "
+        "this many MiB; beyond, predict it (default 16000)",
+    )
+    b.add_argument(
+        "--max-gib",
+        type=_positive,
+        default=None,
+        help="also report, per mode and step count, the largest IPC (batch = all images) the fit "
+        "predicts to fit this many GiB",
+    )
+    b.add_argument(
+        "--max-gib-steps",
+        type=_at_least(1),
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="unrolled steps at which --max-gib is answered (default: --steps; any N, from the fit)",
+    )
     b.add_argument("--timeout", type=_positive, default=3600, help="seconds allowed per measured point")
     b.add_argument("--out", default="runs/bench/memory_scaling")
     b.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("experts", help="train expert trajectories", description="Train expert networks on the real "
-                       "train split; snapshot their parameters at init and after every epoch.")
+    p = sub.add_parser(
+        "experts",
+        help="train expert trajectories",
+        description="Train expert networks on the real "
+        "train split; snapshot their parameters at init and after every epoch.",
+    )
     _data_args(p)
     p.add_argument("--model", default="convnet")
-    p.add_argument("--model-kwargs", default=None, help='JSON model options, e.g. \'{"width": 64}\'')
+    p.add_argument("--model-kwargs", default=None, help="JSON model options, e.g. '{\"width\": 64}'")
     p.add_argument("--num-experts", type=_at_least(1), default=10)
     p.add_argument("--epochs", type=_at_least(1), default=20)
     p.add_argument("--lr", type=_positive, default=0.01)
@@ -547,59 +807,108 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="refuse to continue experts already in --out")
     p.set_defaults(func=cmd_experts)
 
-    p = sub.add_parser("select", help="select real images per class and save them as a set",
-                       description="Class-balanced selection of real training images.")
+    p = sub.add_parser(
+        "select",
+        help="select real images per class and save them as a set",
+        description="Class-balanced selection of real training images.",
+    )
     _data_args(p)
-    p.add_argument("--method", default="random",
-                   help="random | window | forgetting | herding | kcenter | kmeans (default: random)")
+    p.add_argument(
+        "--method", default="random", help="random | window | forgetting | herding | kcenter | kmeans (default: random)"
+    )
     p.add_argument("--ipc", type=_at_least(1), required=True)
     p.add_argument("--scores", default=None, help="window / forgetting: score file (.npz C-scores, .npy forgetting)")
     p.add_argument("--beta", type=_non_negative, default=None, help="window: start at rank int(ipc*beta) of each class")
-    p.add_argument("--hardest", choices=["low", "high"], default=None,
-                   help="which end of the scores is hard (default: the file type's convention)")
-    p.add_argument("--extractor", default=None, help="herding / kcenter / kmeans: expert folder whose final snapshot "
-                   "gives the features (default: a ConvNet trained --extractor-epochs epochs on the train split)")
-    p.add_argument("--extractor-epochs", type=_at_least(1), default=5, help="epochs of the default extractor (default: 5)")
+    p.add_argument(
+        "--hardest",
+        choices=["low", "high"],
+        default=None,
+        help="which end of the scores is hard (default: the file type's convention)",
+    )
+    p.add_argument(
+        "--extractor",
+        default=None,
+        help="herding / kcenter / kmeans: expert folder whose final snapshot "
+        "gives the features (default: a ConvNet trained --extractor-epochs epochs on the train split)",
+    )
+    p.add_argument(
+        "--extractor-epochs", type=_at_least(1), default=5, help="epochs of the default extractor (default: 5)"
+    )
     p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("evaluate", help="evaluate a saved set (or a random subset) under a protocol",
-                       description="Train fresh networks on a set; report final-epoch test accuracy, mean ± std.")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a saved set (or a random subset) under a protocol",
+        description="Train fresh networks on a set; report final-epoch test accuracy, mean ± std.",
+    )
     _data_args(p)
     p.add_argument("--syn", default=None, help="folder of a saved SyntheticSet")
-    p.add_argument("--random-ipc", type=_at_least(1), default=None, help="evaluate a random real subset of this IPC instead")
+    p.add_argument(
+        "--random-ipc", type=_at_least(1), default=None, help="evaluate a random real subset of this IPC instead"
+    )
     _eval_args(p)
-    p.add_argument("--random-baseline", action="store_true", help="also evaluate random real subsets of the same IPC "
-                   "(gives IOR)")
-    p.add_argument("--real-baseline", action="store_true", help="also train on the whole real train split with hard "
-                   "labels (gives HLR, and LRS with --random-baseline)")
-    p.add_argument("--real-epochs", type=_at_least(1), default=20, help="epochs of the real-split baseline (default 20)")
-    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
-                   help="cross-architecture: evaluate on each, e.g. convnet resnet18bn vgg11 alexnet")
-    p.add_argument("--val-fraction", type=_fraction, default=None, help="score on a stratified validation split of "
-                   "this fraction of train (seeded by --seed) instead of test, for tuning")
+    p.add_argument(
+        "--random-baseline", action="store_true", help="also evaluate random real subsets of the same IPC (gives IOR)"
+    )
+    p.add_argument(
+        "--real-baseline",
+        action="store_true",
+        help="also train on the whole real train split with hard labels (gives HLR, and LRS with --random-baseline)",
+    )
+    p.add_argument(
+        "--real-epochs", type=_at_least(1), default=20, help="epochs of the real-split baseline (default 20)"
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="MODEL",
+        help="cross-architecture: evaluate on each, e.g. convnet resnet18bn vgg11 alexnet",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=None,
+        help="score on a stratified validation split of "
+        "this fraction of train (seeded by --seed) instead of test, for tuning",
+    )
     p.add_argument("--experts", default=None, help="protocol dd: experts of a DD set made with pretrained inits")
     p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", default=None, help="run folder for config.yaml and result.json")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("sweep", help="hyper-parameter sweeps (window: SelMatch's sliding-window search over beta)",
-                       description="Sweeps that evaluate one setting per grid point.")
+    p = sub.add_parser(
+        "sweep",
+        help="hyper-parameter sweeps (window: SelMatch's sliding-window search over beta)",
+        description="Sweeps that evaluate one setting per grid point.",
+    )
     sweeps = p.add_subparsers(dest="sweep", required=True, metavar="sweep")
-    p = sweeps.add_parser("window", help="evaluate the window selection at every beta of a grid",
-                          description="For one IPC, select the window [int(ipc*beta), int(ipc*beta)+ipc) of every "
-                          "class (hardest first) at each beta and evaluate it; writes sweep.csv (beta, mean, std), "
-                          "sweep.json and sweep.png into --out and prints the best beta.")
+    p = sweeps.add_parser(
+        "window",
+        help="evaluate the window selection at every beta of a grid",
+        description="For one IPC, select the window [int(ipc*beta), int(ipc*beta)+ipc) of every "
+        "class (hardest first) at each beta and evaluate it; writes sweep.csv (beta, mean, std), "
+        "sweep.json and sweep.png into --out and prints the best beta.",
+    )
     _data_args(p)
     p.add_argument("--ipc", type=_at_least(1), required=True)
-    p.add_argument("--scores", required=True,
-                   help="score file (.npz C-scores, .npy forgetting counts), or 'forgetting' to compute them")
+    p.add_argument(
+        "--scores",
+        required=True,
+        help="score file (.npz C-scores, .npy forgetting counts), or 'forgetting' to compute them",
+    )
     p.add_argument("--hardest", choices=["low", "high"], default=None, help="override the scores' convention")
     p.add_argument("--forgetting-epochs", type=_at_least(1), default=20, help="with --scores forgetting (default: 20)")
     p.add_argument("--forgetting-runs", type=_at_least(1), default=1, help="with --scores forgetting (default: 1)")
-    p.add_argument("--betas", type=_non_negative, nargs="+", default=None, help="explicit grid (default: 0, 0.1, ... up to "
-                   "the largest beta whose window fits in the smallest class)")
+    p.add_argument(
+        "--betas",
+        type=_non_negative,
+        nargs="+",
+        default=None,
+        help="explicit grid (default: 0, 0.1, ... up to the largest beta whose window fits in the smallest class)",
+    )
     p.add_argument("--beta-step", type=_positive, default=0.1)
     p.add_argument("--beta-max", type=_non_negative, default=None, help="cap the default grid")
     _eval_args(p)
@@ -607,27 +916,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(func=cmd_sweep_window)
 
-    p = sub.add_parser("coverage", help="coverage of the real data by saved sets / random subsets",
-                       description="Fraction of real samples within r (the mean nearest-neighbour distance among "
-                       "the real train features) of some image of the set, in a feature space; overall and, with "
-                       "--scores, for the easy / hard half of each class. Writes coverage.csv and PNG plots.")
+    p = sub.add_parser(
+        "coverage",
+        help="coverage of the real data by saved sets / random subsets",
+        description="Fraction of real samples within r (the mean nearest-neighbour distance among "
+        "the real train features) of some image of the set, in a feature space; overall and, with "
+        "--scores, for the easy / hard half of each class. Writes coverage.csv and PNG plots.",
+    )
     _data_args(p)
     p.add_argument("--syn", nargs="+", default=None, help="folders of saved SyntheticSets")
-    p.add_argument("--random-ipc", type=_at_least(1), nargs="+", default=None, help="also random real subsets of these IPCs")
+    p.add_argument(
+        "--random-ipc", type=_at_least(1), nargs="+", default=None, help="also random real subsets of these IPCs"
+    )
     p.add_argument("--scores", default=None, help="score file for the easy / hard halves of the train split")
-    p.add_argument("--extractor", default=None, help="expert folder whose final snapshot gives the features "
-                   "(default: a ConvNet trained --extractor-epochs epochs on the train split)")
-    p.add_argument("--extractor-epochs", type=_at_least(1), default=5, help="epochs of the default extractor (default: 5)")
+    p.add_argument(
+        "--extractor",
+        default=None,
+        help="expert folder whose final snapshot gives the features "
+        "(default: a ConvNet trained --extractor-epochs epochs on the train split)",
+    )
+    p.add_argument(
+        "--extractor-epochs", type=_at_least(1), default=5, help="epochs of the default extractor (default: 5)"
+    )
     p.add_argument("--split", choices=["train", "test", "both"], default="both")
     p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", required=True, help="run folder")
     p.set_defaults(func=cmd_coverage)
 
-    p = sub.add_parser("import-buffer", help="convert the reference code's replay_buffer_*.pt files",
-                       description="Import MTT-style replay_buffer_*.pt expert files (read with weights_only=True).")
+    p = sub.add_parser(
+        "import-buffer",
+        help="convert the reference code's replay_buffer_*.pt files",
+        description="Import MTT-style replay_buffer_*.pt expert files (read with weights_only=True).",
+    )
     p.add_argument("files", nargs="+")
     p.add_argument("--model", default="convnet")
-    p.add_argument("--model-kwargs", default=None, help='JSON, e.g. \'{"depth": 4}\'')
+    p.add_argument("--model-kwargs", default=None, help="JSON, e.g. '{\"depth\": 4}'")
     p.add_argument("--channels", type=_at_least(1), default=3)
     p.add_argument("--num-classes", type=_at_least(1), default=10)
     p.add_argument("--im-size", type=_at_least(1), nargs="+", default=[32], help="H [W] of the images")
@@ -672,6 +995,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import distributed as fd
     from .errors import RunFailedError, RunInterrupted
     from .kernels import current_backend
+
     debug = os.environ.get("FASTDD_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
     if not debug:
         warnings.showwarning = _one_line_warning
@@ -685,8 +1009,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if fd.launched() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             if args.command not in DISTRIBUTED_COMMANDS:
-                raise ValueError(f"{args.command} runs on one process; under torchrun fastdd runs "
-                                 f"{', '.join(DISTRIBUTED_COMMANDS)}")
+                raise ValueError(
+                    f"{args.command} runs on one process; under torchrun fastdd runs {', '.join(DISTRIBUTED_COMMANDS)}"
+                )
             fd.init(getattr(args, "device", None))
             joined = True
         if getattr(args, "device", None) is not None:

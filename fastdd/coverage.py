@@ -21,6 +21,7 @@ score (a **per-class median split**: in each class, the ``⌊n_c/2⌋`` hardest 
 the window selection ranks them, hardest first with ties by index, form the hard half, the rest
 the easy half), on the train and test splits.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,6 +80,7 @@ class _FaissSearch:
         self.on_gpu = on_gpu
         if on_gpu:
             import faiss.contrib.torch_utils  # noqa: F401 - lets GPU indexes take and return CUDA tensors
+
             self.res = faiss.StandardGpuResources()  # kept alive as long as the index
             index = faiss.index_cpu_to_gpu(self.res, xc.device.index or 0, index)
             index.add(xc.float().contiguous())
@@ -116,9 +118,15 @@ def _as_2d(x: Any, what: str) -> torch.Tensor:
     return t
 
 
-def nearest_distances(queries: torch.Tensor, database: torch.Tensor, *, exclude_self: bool = False,
-                      chunk: int = DEFAULT_CHUNK, refine: int = DEFAULT_REFINE,
-                      show_progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_distances(
+    queries: torch.Tensor,
+    database: torch.Tensor,
+    *,
+    exclude_self: bool = False,
+    chunk: int = DEFAULT_CHUNK,
+    refine: int = DEFAULT_REFINE,
+    show_progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact nearest-neighbour search: for each query, the closest database vector.
 
     Args:
@@ -153,7 +161,7 @@ def nearest_distances(queries: torch.Tensor, database: torch.Tensor, *, exclude_
     idx_out = torch.empty(q.shape[0], dtype=torch.long, device=dev)
     qc = q.detach().to(dev)
     for s in progress(range(0, q.shape[0], chunk), desc="k-NN", disable=not show_progress):
-        qq = qc[s:s + chunk].double()
+        qq = qc[s : s + chunk].double()
         cand = search(qq - centre, k)  # (B, k) indices, nearest first; -1 never happens: k <= M
         if exclude_self:
             rows = torch.arange(s, s + len(qq), device=dev)[:, None]
@@ -165,11 +173,11 @@ def nearest_distances(queries: torch.Tensor, database: torch.Tensor, *, exclude_
             cand = cand[keep].view(len(qq), k - 1)
         rows = max(1, _REFINE_ELEMS // (cand.shape[1] * x.shape[1]))  # bounds the float64 temporaries
         for b in range(0, len(qq), rows):
-            cb = cand[b:b + rows]
-            d = (qq[b:b + rows][:, None, :] - x64[cb]).pow(2).sum(-1).sqrt()  # (rows, k') exact float64
+            cb = cand[b : b + rows]
+            d = (qq[b : b + rows][:, None, :] - x64[cb]).pow(2).sum(-1).sqrt()  # (rows, k') exact float64
             j = d.argmin(1)  # ties: the search's order (lower distance first, then lower index)
-            dist_out[s + b:s + b + len(cb)] = d.gather(1, j[:, None]).flatten()
-            idx_out[s + b:s + b + len(cb)] = cb.gather(1, j[:, None]).flatten()
+            dist_out[s + b : s + b + len(cb)] = d.gather(1, j[:, None]).flatten()
+            idx_out[s + b : s + b + len(cb)] = cb.gather(1, j[:, None]).flatten()
     return dist_out.cpu(), idx_out.cpu()
 
 
@@ -179,8 +187,13 @@ def mean_nn_distance(features: torch.Tensor, *, chunk: int = DEFAULT_CHUNK, show
     return float(d.mean())
 
 
-def coverage_of(real_features: torch.Tensor, syn_features: torch.Tensor, radius: float | None = None,
-                chunk: int = DEFAULT_CHUNK, show_progress: bool = False) -> tuple[float, float]:
+def coverage_of(
+    real_features: torch.Tensor,
+    syn_features: torch.Tensor,
+    radius: float | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    show_progress: bool = False,
+) -> tuple[float, float]:
     """Fraction of ``real_features`` ``(N, D)`` within distance ``radius`` (``<=``) of some row of
     ``syn_features`` ``(M, D)``.
 
@@ -217,7 +230,7 @@ def hard_mask(labels: torch.Tensor, scores: Scores | torch.Tensor, hardest: str 
     for c in torch.unique(lab).tolist():
         members = torch.nonzero(lab == c).flatten()
         order = torch.sort(key[members], stable=True).indices
-        mask[members[order[:len(members) // 2]]] = True
+        mask[members[order[: len(members) // 2]]] = True
     return mask
 
 
@@ -257,11 +270,21 @@ class CoverageResult:
         return f"coverage of {self.num_syn} images: " + ", ".join(parts)
 
 
-def coverage_from_features(train_features: torch.Tensor, syn_features: torch.Tensor, *,
-                           train_labels: torch.Tensor | None = None, test_features: torch.Tensor | None = None,
-                           test_labels: torch.Tensor | None = None, scores: Any = None, test_scores: Any = None,
-                           hardest: str | None = None, radius: float | None = None, split: str = "both",
-                           chunk: int = DEFAULT_CHUNK, show_progress: bool = False) -> CoverageResult:
+def coverage_from_features(
+    train_features: torch.Tensor,
+    syn_features: torch.Tensor,
+    *,
+    train_labels: torch.Tensor | None = None,
+    test_features: torch.Tensor | None = None,
+    test_labels: torch.Tensor | None = None,
+    scores: Any = None,
+    test_scores: Any = None,
+    hardest: str | None = None,
+    radius: float | None = None,
+    split: str = "both",
+    chunk: int = DEFAULT_CHUNK,
+    show_progress: bool = False,
+) -> CoverageResult:
     """:func:`coverage` on precomputed features (``(N, D)`` train, ``(M, D)`` synthetic, ``(T, D)`` test).
 
     ``radius=None`` computes it from ``train_features`` (pass it when calling repeatedly with the same
@@ -295,9 +318,20 @@ def coverage_from_features(train_features: torch.Tensor, syn_features: torch.Ten
     return res
 
 
-def coverage(syn: SyntheticSet, ds: Dataset, extractor: Extractor = None, scores: Any = None,
-             hardest: str | None = None, split: str = "both", *, test_scores: Any = None, seed: int = 0,
-             radius: float | None = None, chunk: int = DEFAULT_CHUNK, show_progress: bool = True) -> CoverageResult:
+def coverage(
+    syn: SyntheticSet,
+    ds: Dataset,
+    extractor: Extractor = None,
+    scores: Any = None,
+    hardest: str | None = None,
+    split: str = "both",
+    *,
+    test_scores: Any = None,
+    seed: int = 0,
+    radius: float | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    show_progress: bool = True,
+) -> CoverageResult:
     """Coverage of the real data by ``syn`` in a feature space.
 
     Args:
@@ -318,8 +352,9 @@ def coverage(syn: SyntheticSet, ds: Dataset, extractor: Extractor = None, scores
     if split not in ("train", "test", "both"):
         raise ValueError(f"split must be 'train', 'test' or 'both', got {split!r}")
     if tuple(syn.images.shape[1:]) != (ds.channels, *ds.im_size):
-        raise ValueError(f"the synthetic images {tuple(syn.images.shape[1:])} do not match {ds.name}'s "
-                         f"{(ds.channels, *ds.im_size)}")
+        raise ValueError(
+            f"the synthetic images {tuple(syn.images.shape[1:])} do not match {ds.name}'s {(ds.channels, *ds.im_size)}"
+        )
     if scores is not None:
         scores = as_scores(scores, hardest=hardest, n=len(ds.train), what="scores")
     if test_scores is not None:
@@ -328,13 +363,31 @@ def coverage(syn: SyntheticSet, ds: Dataset, extractor: Extractor = None, scores
     train_f = extract_features(ds, "train", fn, show_progress=show_progress)
     test_f = extract_features(ds, "test", fn, show_progress=show_progress) if split != "train" else None
     syn_f = extract_features(ds, extractor=fn, images=syn.images)
-    res = coverage_from_features(train_f, syn_f, train_labels=ds.train.labels, test_features=test_f,
-                                 test_labels=ds.test.labels, scores=scores, test_scores=test_scores,
-                                 radius=radius, split=split, chunk=chunk, show_progress=show_progress)
+    res = coverage_from_features(
+        train_f,
+        syn_f,
+        train_labels=ds.train.labels,
+        test_features=test_f,
+        test_labels=ds.test.labels,
+        scores=scores,
+        test_scores=test_scores,
+        radius=radius,
+        split=split,
+        chunk=chunk,
+        show_progress=show_progress,
+    )
     res.extractor = getattr(fn, "description", repr(fn))
     return res
 
 
-__all__ = ["coverage", "coverage_of", "coverage_from_features", "CoverageResult", "nearest_distances",
-           "mean_nn_distance", "hard_mask", "faiss_gpu_available",
-           "search_backend"]
+__all__ = [
+    "coverage",
+    "coverage_of",
+    "coverage_from_features",
+    "CoverageResult",
+    "nearest_distances",
+    "mean_nn_distance",
+    "hard_mask",
+    "faiss_gpu_available",
+    "search_backend",
+]

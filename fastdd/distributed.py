@@ -18,6 +18,7 @@ What is split:
 A failed collective (a rank died, or the group's timeout passed) raises :class:`DistributedError`
 naming this rank, instead of hanging.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -45,7 +46,7 @@ class Dist:
     rank: int
     world: int
     timeout_s: float = DEFAULT_TIMEOUT_S
-    cpu_group: Any = field(default=None, compare=False)   # gloo group for host objects (None: the default group)
+    cpu_group: Any = field(default=None, compare=False)  # gloo group for host objects (None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -60,8 +61,9 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
-def init(device: str | torch.device | None = None, backend: str | None = None,
-         timeout_s: float | None = None) -> Dist | None:
+def init(
+    device: str | torch.device | None = None, backend: str | None = None, timeout_s: float | None = None
+) -> Dist | None:
     """Join the process group torchrun described in the environment; ``None`` when not launched by it.
 
     ``device``: ``"cuda"`` becomes ``cuda:<LOCAL_RANK>`` (and is made the current device); the backend
@@ -70,6 +72,7 @@ def init(device: str | torch.device | None = None, backend: str | None = None,
     Calling it again returns the group already joined."""
     global _CURRENT
     import torch.distributed as dist
+
     if _CURRENT is not None:
         return _CURRENT
     if not launched():
@@ -84,8 +87,11 @@ def init(device: str | torch.device | None = None, backend: str | None = None,
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    cpu_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s)) \
-        if dist.get_backend() != "gloo" else None
+    cpu_group = (
+        dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        if dist.get_backend() != "gloo"
+        else None
+    )
     _CURRENT = Dist(dist.get_rank(), dist.get_world_size(), timeout_s, cpu_group)
     return _CURRENT
 
@@ -103,12 +109,15 @@ def check_device(device: str | torch.device) -> torch.device:
     backend = getattr(torch, dev.type, None) if dev.type != "mps" else torch.backends.mps
     available = getattr(backend, "is_available", None)
     if available is None or not available():
-        extra = f" (torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'})" if dev.type == "cuda" else ""
+        extra = (
+            f" (torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'})" if dev.type == "cuda" else ""
+        )
         raise ValueError(f"device {str(device)!r}: torch sees no {dev.type} device here{extra}; use 'cpu'")
     count = getattr(backend, "device_count", None)
     if dev.index is not None and count is not None and dev.index >= count():
-        raise ValueError(f"device {str(device)!r}: torch sees {count()} {dev.type} device(s), "
-                         f"{dev.type}:0..{dev.type}:{count() - 1}")
+        raise ValueError(
+            f"device {str(device)!r}: torch sees {count()} {dev.type} device(s), {dev.type}:0..{dev.type}:{count() - 1}"
+        )
     return dev
 
 
@@ -128,6 +137,7 @@ def current() -> Dist | None:
     A group started by :func:`init` or by the caller (``torch.distributed.init_process_group``)."""
     global _CURRENT
     import torch.distributed as dist
+
     if _CURRENT is not None:
         return _CURRENT if _CURRENT.world > 1 else None
     if not (dist.is_available() and dist.is_initialized()):
@@ -147,19 +157,23 @@ def shutdown() -> None:
     """Leave the process group (if :func:`init` or the caller started one)."""
     global _CURRENT
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _CURRENT = None
 
 
 def _failed(d: Dist, what: str, e: BaseException) -> DistributedError:
-    return DistributedError(f"rank {d.rank} of {d.world}: {what} failed ({type(e).__name__}: {e}). Another rank "
-                            f"probably died or stopped answering (timeout {d.timeout_s:g} s); this rank stops too")
+    return DistributedError(
+        f"rank {d.rank} of {d.world}: {what} failed ({type(e).__name__}: {e}). Another rank "
+        f"probably died or stopped answering (timeout {d.timeout_s:g} s); this rank stops too"
+    )
 
 
 def all_reduce_(t: torch.Tensor, d: Dist, op: str = "sum") -> torch.Tensor:
     """Sum (or ``op="max"``) ``t`` over the ranks, in place; returns ``t``."""
     import torch.distributed as dist
+
     try:
         dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     except (RuntimeError, ValueError) as e:  # gloo / NCCL errors (DistBackendError is a RuntimeError)
@@ -170,6 +184,7 @@ def all_reduce_(t: torch.Tensor, d: Dist, op: str = "sum") -> torch.Tensor:
 def all_gather_objects(obj: Any, d: Dist) -> list[Any]:
     """Every rank's ``obj`` (small host objects, e.g. accuracies) on every rank, in rank order."""
     import torch.distributed as dist
+
     out: list[Any] = [None] * d.world
     try:
         dist.all_gather_object(out, obj, group=d.cpu_group)
@@ -182,6 +197,7 @@ def gather_objects(obj: Any, d: Dist) -> list[Any] | None:
     """Every rank's ``obj`` on rank 0, in rank order (``None`` on the others): large host objects only
     rank 0 writes, such as expert trajectories."""
     import torch.distributed as dist
+
     out: list[Any] | None = [None] * d.world if d.is_main else None
     try:
         dist.gather_object(obj, out, dst=0, group=d.cpu_group)
@@ -192,6 +208,7 @@ def gather_objects(obj: Any, d: Dist) -> list[Any] | None:
 
 def barrier(d: Dist) -> None:
     import torch.distributed as dist
+
     try:
         dist.barrier(group=d.cpu_group)
     except (RuntimeError, ValueError) as e:
@@ -242,21 +259,22 @@ class Shard:
 
     def rows(self, t: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a whole tensor (a copy)."""
-        return t[self.lo:self.hi].clone()
+        return t[self.lo : self.hi].clone()
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """The whole tensor from every rank's rows ``t``, on every rank (padded all-gather: the
         ranks' row counts may differ by one)."""
         import torch.distributed as dist
+
         most = max(hi - lo for lo, hi in self.bounds)
         pad = t.new_zeros((most, *t.shape[1:]))
-        pad[:len(t)] = t.detach()
+        pad[: len(t)] = t.detach()
         parts = [torch.empty_like(pad) for _ in range(self.dist.world)]
         try:
             dist.all_gather(parts, pad)
         except (RuntimeError, ValueError) as e:
             raise _failed(self.dist, "all_gather", e) from e
-        return torch.cat([p[:hi - lo] for p, (lo, hi) in zip(parts, self.bounds)])
+        return torch.cat([p[: hi - lo] for p, (lo, hi) in zip(parts, self.bounds)])
 
     def localize(self, batches: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
         """Split host index batches into this rank's part: ``(local indices into its rows, their
@@ -271,5 +289,21 @@ class Shard:
         return local, pos, weights
 
 
-__all__ = ["Dist", "Shard", "DistributedError", "DEFAULT_TIMEOUT_S", "init", "current", "is_main", "launched",
-           "check_device", "resolve_device", "shutdown", "all_reduce_", "all_gather_objects", "gather_objects", "barrier", "split_rows"]
+__all__ = [
+    "Dist",
+    "Shard",
+    "DistributedError",
+    "DEFAULT_TIMEOUT_S",
+    "init",
+    "current",
+    "is_main",
+    "launched",
+    "check_device",
+    "resolve_device",
+    "shutdown",
+    "all_reduce_",
+    "all_gather_objects",
+    "gather_objects",
+    "barrier",
+    "split_rows",
+]

@@ -1,4 +1,5 @@
 """Exceptions fastdd raises for bad input. Each message names the argument or file at fault."""
+
 from __future__ import annotations
 
 
@@ -40,6 +41,7 @@ class RunInterrupted(FastDDError, KeyboardInterrupt):
 
     def __init__(self, signum: int, iteration: int, folder: str | None):
         import signal as _signal
+
         self.signal, self.iteration, self.folder = int(signum), iteration, folder
         name = _signal.Signals(signum).name
         where = f"resume from the checkpoint in {folder}" if folder else "no checkpoint was written"

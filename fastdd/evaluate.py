@@ -23,6 +23,7 @@ and LRS (:mod:`fastdd.metrics`); ``models=[...]`` evaluates across architectures
 torch.distributed (``torchrun ... fastdd evaluate``) rank ``r`` trains runs ``r, r + K, ...`` and every
 rank gets every run's accuracy: the same numbers one process reports.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,16 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {
     "mtt": Protocol("mtt", model="convnet"),
     "soft": Protocol("soft", model="convnet", labels="soft"),
-    "selmatch": Protocol("selmatch", model="resnet18bn", epochs=None, batch_size=128, lr=0.1, schedule="cosine",
-                         eta_min=0.001, augment="combined"),
+    "selmatch": Protocol(
+        "selmatch",
+        model="resnet18bn",
+        epochs=None,
+        batch_size=128,
+        lr=0.1,
+        schedule="cosine",
+        eta_min=0.001,
+        augment="combined",
+    ),
 }
 
 
@@ -77,9 +86,9 @@ class EvalResult:
 
     accuracies: list[float]
     protocol: dict[str, Any]
-    random: "EvalResult | None" = None
-    real: "EvalResult | None" = None
-    hard: "EvalResult | None" = None
+    random: EvalResult | None = None
+    real: EvalResult | None = None
+    hard: EvalResult | None = None
 
     @property
     def mean(self) -> float:
@@ -94,26 +103,32 @@ class EvalResult:
     def ior(self) -> float | None:
         """Mean accuracy minus the random subset's (needs ``random_baseline=True``)."""
         from .metrics import ior
+
         return None if self.random is None else ior(self.mean, self.random.mean)
 
     @property
     def hlr(self) -> float | None:
         """The real train split's mean accuracy minus this set's on hard labels (needs ``real_baseline=True``)."""
         from .metrics import hlr
+
         return None if self.real is None else hlr(self.real.mean, (self.hard or self).mean)
 
     def lrs(self, weight: float = 0.5) -> float | None:
         """DD-Ranking's label-robust score in [0, 1] (needs both baselines)."""
         from .metrics import lrs
+
         return None if self.ior is None or self.hlr is None else lrs(self.ior, self.hlr, weight)
 
     def __str__(self) -> str:
-        s = f"{100 * self.mean:.2f} ± {100 * self.std:.2f} % ({len(self.accuracies)} runs, protocol {self.protocol['name']})"
+        runs = f"{len(self.accuracies)} runs, protocol {self.protocol['name']}"
+        s = f"{100 * self.mean:.2f} ± {100 * self.std:.2f} % ({runs})"
         if self.hard is not None:
             s += f"; with hard labels: {100 * self.hard.mean:.2f} ± {100 * self.hard.std:.2f} %"
         if self.random is not None:
-            s += (f"; random real subset: {100 * self.random.mean:.2f} ± {100 * self.random.std:.2f} % "
-                  f"(IOR {100 * self.ior:+.2f})")
+            s += (
+                f"; random real subset: {100 * self.random.mean:.2f} ± {100 * self.random.std:.2f} % "
+                f"(IOR {100 * self.ior:+.2f})"
+            )
         if self.real is not None:
             s += f"; real train split: {100 * self.real.mean:.2f} % (HLR {100 * self.hlr:.2f})"
         if self.lrs() is not None:
@@ -145,8 +160,11 @@ class CrossArchResult:
         rows = ["| model | accuracy (%) | random real (%) | IOR |", "|---|---|---|---|"]
         for name, r in self.results.items():
             rnd = f"{100 * r.random.mean:.2f} ± {100 * r.random.std:.2f}" if r.random is not None else "—"
-            rows.append(f"| {name} | {100 * r.mean:.2f} ± {100 * r.std:.2f} | {rnd} | "
-                        + (f"{100 * r.ior:+.2f}" if r.ior is not None else "—") + " |")
+            rows.append(
+                f"| {name} | {100 * r.mean:.2f} ± {100 * r.std:.2f} | {rnd} | "
+                + (f"{100 * r.ior:+.2f}" if r.ior is not None else "—")
+                + " |"
+            )
         return "\n".join(rows)
 
     __str__ = table
@@ -187,9 +205,19 @@ def check_protocol(p: Protocol) -> None:
 _loss = student_loss  # hard labels or target probabilities, as in the student's inner loop
 
 
-def train_on(images: torch.Tensor, labels: torch.Tensor, ds: Dataset, p: Protocol, lr: float, seed: int,
-             distilled: torch.Tensor | None = None, show_progress: bool = False, desc: str = "",
-             test_images: torch.Tensor | None = None, test_labels: torch.Tensor | None = None) -> float:
+def train_on(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    ds: Dataset,
+    p: Protocol,
+    lr: float,
+    seed: int,
+    distilled: torch.Tensor | None = None,
+    show_progress: bool = False,
+    desc: str = "",
+    test_images: torch.Tensor | None = None,
+    test_labels: torch.Tensor | None = None,
+) -> float:
     """Train one fresh network of protocol ``p`` on ``(images, labels)`` (:func:`fastdd.train.fit`); return
     its final-epoch accuracy on ``ds.test`` (or on ``test_images``/``test_labels``, e.g. a validation split).
 
@@ -210,31 +238,70 @@ def train_on(images: torch.Tensor, labels: torch.Tensor, ds: Dataset, p: Protoco
     if distilled is None:
         distilled = torch.ones(len(images), dtype=torch.bool)
     distilled = distilled.to(dev)
-    epochs = p.epochs if p.epochs is not None else selmatch_epochs(max(1, len(images) // ds.num_classes),
-                                                                   min(ds.class_counts()))
-    augment = {"dsa": lambda x, idx: dsa(x, g_aug),
-               "combined": lambda x, idx: combined_augment(x, distilled[idx], g_aug, cfg),
-               "crop_flip": lambda x, idx: crop_flip(x, g_aug, prob_flip=cfg.prob_flip if "flip" in cfg.families
-                                                     else 0.0),
-               "none": None}
+    epochs = (
+        p.epochs
+        if p.epochs is not None
+        else selmatch_epochs(max(1, len(images) // ds.num_classes), min(ds.class_counts()))
+    )
+    augment = {
+        "dsa": lambda x, idx: dsa(x, g_aug),
+        "combined": lambda x, idx: combined_augment(x, distilled[idx], g_aug, cfg),
+        "crop_flip": lambda x, idx: crop_flip(x, g_aug, prob_flip=cfg.prob_flip if "flip" in cfg.families else 0.0),
+        "none": None,
+    }
     if p.augment not in augment:
         raise ValueError(f"unknown augmentation {p.augment!r}")
     if p.schedule not in ("step", "cosine", "constant"):
         raise ValueError(f"unknown schedule {p.schedule!r}")
     # E + 1 passes, lr x0.1 from pass E//2 + 1 (the reference loop's off-by-one kept), or cosine over E
-    sgd = SGD(lr, p.momentum, p.weight_decay, schedule=p.schedule, decay_epoch=epochs // 2 + 1, cosine_epochs=epochs,
-              eta_min=p.eta_min)
+    sgd = SGD(
+        lr,
+        p.momentum,
+        p.weight_decay,
+        schedule=p.schedule,
+        decay_epoch=epochs // 2 + 1,
+        cosine_epochs=epochs,
+        eta_min=p.eta_min,
+    )
     bar = progress(total=epochs + 1, desc=desc, disable=not show_progress)
-    theta = fit(net, theta0, images, labels, epochs + 1, sgd, g_batch, batch_size=p.batch_size, buffers=buffers,
-                augment=augment[p.augment], on_epoch=lambda *_: bar.update(1))
+    theta = fit(
+        net,
+        theta0,
+        images,
+        labels,
+        epochs + 1,
+        sgd,
+        g_batch,
+        batch_size=p.batch_size,
+        buffers=buffers,
+        augment=augment[p.augment],
+        on_epoch=lambda *_: bar.update(1),
+    )
     bar.close()
-    return accuracy(net, theta, buffers, test_images if test_images is not None else ds.test.images,
-                    test_labels if test_labels is not None else ds.test.labels)
+    return accuracy(
+        net,
+        theta,
+        buffers,
+        test_images if test_images is not None else ds.test.images,
+        test_labels if test_labels is not None else ds.test.labels,
+    )
 
 
-def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", num_eval: int = 5, seed: int = 0, *,
-             random_baseline: bool = False, real_baseline: bool = False, real_epochs: int = 20, split: str = "test",
-             models: list | None = None, show_progress: bool = True, **overrides: Any) -> EvalResult | CrossArchResult:
+def evaluate(
+    syn: SyntheticSet,
+    ds: Dataset,
+    protocol: str | Protocol = "mtt",
+    num_eval: int = 5,
+    seed: int = 0,
+    *,
+    random_baseline: bool = False,
+    real_baseline: bool = False,
+    real_epochs: int = 20,
+    split: str = "test",
+    models: list | None = None,
+    show_progress: bool = True,
+    **overrides: Any,
+) -> EvalResult | CrossArchResult:
     """Train ``num_eval`` fresh networks on ``syn`` under ``protocol`` and test them on ``ds.test``.
 
     Args:
@@ -263,22 +330,36 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
     check_lr(syn.lr, "the set's learned lr")  # a NaN rate would train every network to chance
     labels = syn.labels
     if labels.dim() == 1 and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= ds.num_classes):
-        raise ValueError(f"the set's labels run {int(labels.min())}..{int(labels.max())}; {ds.name} has classes "
-                         f"0..{ds.num_classes - 1}")
+        raise ValueError(
+            f"the set's labels run {int(labels.min())}..{int(labels.max())}; {ds.name} has classes "
+            f"0..{ds.num_classes - 1}"
+        )
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
     if split == "val" and ds.val is None:
-        raise ValueError(f"split='val' needs a validation split: use ds.with_validation(fraction, seed) ({ds.name} "
-                         "has none)")
+        raise ValueError(
+            f"split='val' needs a validation split: use ds.with_validation(fraction, seed) ({ds.name} has none)"
+        )
     if syn.num_classes != ds.num_classes or tuple(syn.images.shape[1:]) != (ds.channels, *ds.im_size):
-        raise ValueError(f"the synthetic set ({syn.num_classes} classes, images {tuple(syn.images.shape[1:])}) does not "
-                         f"belong to {ds.name} ({ds.num_classes} classes, images {(ds.channels, *ds.im_size)})")
+        raise ValueError(
+            f"the synthetic set ({syn.num_classes} classes, images {tuple(syn.images.shape[1:])}) does not "
+            f"belong to {ds.name} ({ds.num_classes} classes, images {(ds.channels, *ds.im_size)})"
+        )
     for key, have in (("dataset", ds.name), ("zca", ds.zca is not None)):
         if key in syn.meta and syn.meta[key] != have:
-            raise ValueError(f"the synthetic set was made with {key}={syn.meta[key]!r}, but the data set has "
-                             f"{key}={have!r}: evaluate it on the data it came from")
-    common = dict(num_eval=num_eval, seed=seed, random_baseline=random_baseline, real_baseline=real_baseline,
-                  real_epochs=real_epochs, split=split, show_progress=show_progress)
+            raise ValueError(
+                f"the synthetic set was made with {key}={syn.meta[key]!r}, but the data set has "
+                f"{key}={have!r}: evaluate it on the data it came from"
+            )
+    common = dict(
+        num_eval=num_eval,
+        seed=seed,
+        random_baseline=random_baseline,
+        real_baseline=real_baseline,
+        real_epochs=real_epochs,
+        split=split,
+        show_progress=show_progress,
+    )
     if models is not None:
         if protocol == "dd":
             raise ValueError("protocol 'dd' replays the set's own network; it cannot change architectures")
@@ -293,10 +374,13 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
     if protocol == "dd":
         from .distill.dd import evaluate_dd
         from .experts import ExpertBuffer
+
         experts = overrides.pop("experts", None)
         if overrides or random_baseline or real_baseline or split != "test":
-            raise TypeError("protocol 'dd' replays the learned steps on the test split; it takes no "
-                            f"{', '.join(overrides) or 'baselines or split'}")
+            raise TypeError(
+                "protocol 'dd' replays the learned steps on the test split; it takes no "
+                f"{', '.join(overrides) or 'baselines or split'}"
+            )
         if experts is not None and not isinstance(experts, ExpertBuffer):
             experts = ExpertBuffer(experts)
         accs, info = evaluate_dd(syn, ds, num_eval, seed, experts=experts)
@@ -306,8 +390,10 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
         raise ValueError(f"labels must be 'auto', 'hard' or 'soft', got {p.labels!r}")
     soft = syn.labels.dim() == 2
     if p.labels == "soft" and not soft:
-        raise ValueError(f"protocol {p.name!r} trains on soft labels, and this set's labels are hard class indices "
-                         "(use protocol 'mtt')")
+        raise ValueError(
+            f"protocol {p.name!r} trains on soft labels, and this set's labels are hard class indices "
+            "(use protocol 'mtt')"
+        )
     labels = syn.hard_labels if p.labels == "hard" else syn.labels
     learned = float(syn.lr.reshape(())) if syn.lr is not None and syn.lr.numel() == 1 else None
     if p.lr == "learned":
@@ -326,11 +412,21 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
 
     def runs(pick, protocol_, what, mask=None) -> list[float]:
         """``num_eval`` runs of ``protocol_``; run ``r`` trains on ``pick(r) = (images, labels)``."""
-        mine = {r: train_on(*pick(r), ds, protocol_, lr, seed=_run_seed(seed, r), distilled=mask,
-                            show_progress=show_progress and (d is None or d.is_main),
-                            desc=f"eval {what} run {r + 1}/{num_eval}", test_images=held_out.images,
-                            test_labels=held_out.labels)
-                for r in (range(num_eval) if d is None else range(d.rank, num_eval, d.world))}
+        mine = {
+            r: train_on(
+                *pick(r),
+                ds,
+                protocol_,
+                lr,
+                seed=_run_seed(seed, r),
+                distilled=mask,
+                show_progress=show_progress and (d is None or d.is_main),
+                desc=f"eval {what} run {r + 1}/{num_eval}",
+                test_images=held_out.images,
+                test_labels=held_out.labels,
+            )
+            for r in (range(num_eval) if d is None else range(d.rank, num_eval, d.world))
+        }
         if d is not None:
             mine = {r: a for part in all_gather_objects(mine, d) for r, a in part.items()}
         return [mine[r] for r in range(num_eval)]
@@ -340,12 +436,14 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
 
     result = EvalResult(runs(lambda r: (syn.images, labels), p, p.name, distilled), info)
     if real_baseline and soft and p.labels != "hard":
-        result.hard = EvalResult(runs(lambda r: (syn.images, syn.hard_labels), p, "hard labels", distilled),
-                                 {**info, "labels": "hard"})
+        result.hard = EvalResult(
+            runs(lambda r: (syn.images, syn.hard_labels), p, "hard labels", distilled), {**info, "labels": "hard"}
+        )
     if random_baseline:
         counts = syn.per_class_counts()
         if len(set(counts)) != 1:
             raise ValueError(f"random_baseline needs the same number of images per class, got {counts}")
+
         def random_subset(r: int):
             sub = real_subset(ds, random_indices(ds, counts[0], seed=_run_seed(seed, r, "random")))
             return sub.images, sub.labels
@@ -354,12 +452,14 @@ def evaluate(syn: SyntheticSet, ds: Dataset, protocol: str | Protocol = "mtt", n
     if real_baseline:
         p_real = replace(p, epochs=real_epochs, labels="auto")
         n_train = len(ds.train)
-        result.real = EvalResult(runs(lambda r: (ds.train.images, ds.train.labels), p_real, "real train split",
-                                      all_real(n_train)),
-                                 {**info, "method": "real", "epochs": real_epochs, "num_images": n_train})
+        result.real = EvalResult(
+            runs(lambda r: (ds.train.images, ds.train.labels), p_real, "real train split", all_real(n_train)),
+            {**info, "method": "real", "epochs": real_epochs, "num_images": n_train},
+        )
     return result
 
 
 def _run_seed(seed: int, r: int, *keys: object) -> int:
     from .rng import derive_seed
+
     return derive_seed(seed, "eval.run", r, *keys)

@@ -13,6 +13,7 @@ file's experts, rank 0 gathers them and writes the same files one process writes
 Nothing is unpickled on load. ``import_reference_buffer`` converts the reference code's
 ``replay_buffer_*.pt`` files (loaded with ``torch.load(weights_only=True)``).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,15 @@ from safetensors import SafetensorError, safe_open
 from .data import Dataset
 from .distributed import barrier, current, gather_objects
 from .errors import CorruptFileError, ExpertWarning, ModelMismatchError
-from .io import (atomic_save_safetensors, atomic_write_json, check_file, check_out_folder, inside, json_field,
-                 read_json_object)
+from .io import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    check_file,
+    check_out_folder,
+    inside,
+    json_field,
+    read_json_object,
+)
 from .models import FunctionalNet, accuracy, model_for, model_from_spec
 from .options import check_positive
 from .rng import generator
@@ -51,23 +59,31 @@ class ExpertConfig:
     augment: str | None = None  # None | "dsa"
 
 
-def train_one(net: FunctionalNet, ds: Dataset, epochs: int, cfg: ExpertConfig, seed: int,
-              on_epoch=None) -> tuple[torch.Tensor, float]:
+def train_one(
+    net: FunctionalNet, ds: Dataset, epochs: int, cfg: ExpertConfig, seed: int, on_epoch=None
+) -> tuple[torch.Tensor, float]:
     """Train one expert with :func:`fastdd.train.fit`; returns ``(trajectory (epochs + 1, P) float32 on
     CPU, final test accuracy)``. ``on_epoch(epoch, loss)`` is called after every epoch."""
     from .train import SGD, fit
+
     dev = ds.device
     theta0 = net.init(generator(seed, "init"), device=dev)
     buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
     augment = None
     if cfg.augment == "dsa":
         from .augment import DSA, DSAConfig, strategy_for
+
         dsa, g_aug = DSA(DSAConfig(strategy=strategy_for(ds.name))), generator(seed, "augment")
         augment = lambda x, idx: dsa(x, g_aug)  # noqa: E731
     elif cfg.augment not in (None, "none"):
         raise ValueError(f"expert augment must be None or 'dsa', got {cfg.augment!r}")
-    sgd = SGD(cfg.lr, cfg.momentum, cfg.weight_decay, schedule="step" if cfg.decay else "constant",
-              decay_epoch=epochs // 2 + 1 if cfg.decay else None)
+    sgd = SGD(
+        cfg.lr,
+        cfg.momentum,
+        cfg.weight_decay,
+        schedule="step" if cfg.decay else "constant",
+        decay_epoch=epochs // 2 + 1 if cfg.decay else None,
+    )
     snaps = [theta0.detach().cpu().clone()]
 
     def snapshot(ep: int, loss: torch.Tensor, theta: torch.Tensor) -> None:
@@ -75,18 +91,43 @@ def train_one(net: FunctionalNet, ds: Dataset, epochs: int, cfg: ExpertConfig, s
         if on_epoch is not None:
             on_epoch(ep, float(loss))
 
-    theta = fit(net, theta0, ds.train.images, ds.train.labels, epochs, sgd, generator(seed, "batches"),
-                batch_size=cfg.batch_size, buffers=buffers, augment=augment, on_epoch=snapshot)
+    theta = fit(
+        net,
+        theta0,
+        ds.train.images,
+        ds.train.labels,
+        epochs,
+        sgd,
+        generator(seed, "batches"),
+        batch_size=cfg.batch_size,
+        buffers=buffers,
+        augment=augment,
+        on_epoch=snapshot,
+    )
     acc = accuracy(net, theta, buffers, ds.test.images, ds.test.labels)
     return torch.stack(snaps), acc
 
 
-def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_experts: int = 10, epochs: int = 20,
-                  out: str | os.PathLike | None = "runs/experts", seed: int = 0, *, lr: float = 0.01,
-                  momentum: float = 0.0, weight_decay: float = 0.0, batch_size: int = 256, decay: bool = False,
-                  augment: str | None = None, shard_size: int = 10, model_kwargs: dict[str, Any] | None = None,
-                  resume: bool = True, show_progress: bool = True,
-                  run_config: dict[str, Any] | None = None) -> "ExpertBuffer":
+def train_experts(
+    ds: Dataset,
+    model: str | FunctionalNet = "convnet",
+    num_experts: int = 10,
+    epochs: int = 20,
+    out: str | os.PathLike | None = "runs/experts",
+    seed: int = 0,
+    *,
+    lr: float = 0.01,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    decay: bool = False,
+    augment: str | None = None,
+    shard_size: int = 10,
+    model_kwargs: dict[str, Any] | None = None,
+    resume: bool = True,
+    show_progress: bool = True,
+    run_config: dict[str, Any] | None = None,
+) -> ExpertBuffer:
     """Train ``num_experts`` networks on ``ds.train`` and save their trajectories under ``out``.
 
     Args:
@@ -101,12 +142,17 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
 
     Returns the :class:`ExpertBuffer` over ``out``.
     """
-    for name, value in (("num_experts", num_experts), ("epochs", epochs), ("batch_size", batch_size),
-                        ("shard_size", shard_size)):
+    for name, value in (
+        ("num_experts", num_experts),
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("shard_size", shard_size),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    cfg = ExpertConfig(lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, decay=decay,
-                       augment=augment)
+    cfg = ExpertConfig(
+        lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, decay=decay, augment=augment
+    )
     check_positive(cfg, "lr")
     check_positive(cfg, "momentum", "weight_decay", allow_zero=True)
     if augment not in (None, "none", "dsa"):
@@ -116,12 +162,23 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
         if current() is not None:
             raise ValueError("train_experts under torch.distributed needs out= (a folder every rank can read)")
         import tempfile
+
         out = tempfile.mkdtemp(prefix="fastdd-experts-")
     out = Path(out)
     check_out_folder(out)
-    header = {"format": FORMAT, "model": net.name, "model_spec": net.spec, "init": net.init_scheme,
-              "num_params": net.num_params, "dataset": ds.name, "zca": ds.zca is not None, "epochs": epochs,
-              "seed": seed, "shard_size": shard_size, "train": asdict(cfg)}
+    header = {
+        "format": FORMAT,
+        "model": net.name,
+        "model_spec": net.spec,
+        "init": net.init_scheme,
+        "num_params": net.num_params,
+        "dataset": ds.name,
+        "zca": ds.zca is not None,
+        "epochs": epochs,
+        "seed": seed,
+        "shard_size": shard_size,
+        "train": asdict(cfg),
+    }
     manifest = {**header, "num_experts": num_experts, "shards": [], "test_accuracy": [], "complete": False}
     mpath = out / MANIFEST
     if mpath.exists() and not resume:
@@ -130,8 +187,10 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
         old = read_manifest(out)
         differ = sorted(k for k in header if old.get(k) != header[k])
         if differ:
-            raise ValueError(f"{out} holds experts trained with other settings ({', '.join(differ)} differ); resume "
-                             "with the same settings or use another folder")
+            raise ValueError(
+                f"{out} holds experts trained with other settings ({', '.join(differ)} differ); resume "
+                "with the same settings or use another folder"
+            )
         for shard in old["shards"]:  # the shards kept must be intact
             check_file(out / shard["file"], shard, mpath, "expert shard")
         manifest["shards"], manifest["test_accuracy"] = old["shards"], old.get("test_accuracy", [])
@@ -143,14 +202,14 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
     todo = list(range(done, num_experts))
     d = current()  # under torch.distributed each rank trains its share of every file's experts
     main = d is None or d.is_main
-    mine = len(todo) if d is None else len(todo[d.rank::d.world])
+    mine = len(todo) if d is None else len(todo[d.rank :: d.world])
     bar = progress(total=mine * epochs, desc=f"experts ({net.name}, {ds.name})", disable=not (show_progress and main))
     log = CSVLog(out / "log.csv", ["expert", "epoch", "train_loss", "test_accuracy"]) if main else None
     # one output file per chunk: shard_size experts (the last may be short), as an uninterrupted run writes them
-    chunks = [todo[j:j + shard_size] for j in range(0, len(todo), shard_size)]
+    chunks = [todo[j : j + shard_size] for j in range(0, len(todo), shard_size)]
     for chunk in chunks:
         trained: dict[int, tuple[torch.Tensor, float, list[float]]] = {}
-        for i in (chunk if d is None else chunk[d.rank::d.world]):
+        for i in chunk if d is None else chunk[d.rank :: d.world]:
             losses: list[float] = []
 
             def on_epoch(ep: int, loss: float, i: int = i, losses: list[float] = losses) -> None:
@@ -171,8 +230,9 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
                 log.log(expert=i, epoch=epochs, train_loss="", test_accuracy=trained[i][1])
             k = len(manifest["shards"])
             fname = f"experts_{k:04d}.safetensors"
-            record = atomic_save_safetensors(out / fname, {f"expert_{i}": trained[i][0] for i in chunk},
-                                             metadata={"format": FORMAT})
+            record = atomic_save_safetensors(
+                out / fname, {f"expert_{i}": trained[i][0] for i in chunk}, metadata={"format": FORMAT}
+            )
             manifest["shards"].append({"file": fname, "experts": list(chunk), **record})
             manifest["test_accuracy"].extend(trained[i][1] for i in chunk)
             manifest["complete"] = sum(len(s["experts"]) for s in manifest["shards"]) >= num_experts
@@ -192,6 +252,7 @@ def train_experts(ds: Dataset, model: str | FunctionalNet = "convnet", num_exper
 
 def _expert_seed(seed: int, i: int) -> int:
     from .rng import derive_seed
+
     return derive_seed(seed, "expert", i)
 
 
@@ -223,7 +284,9 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         json_field(shard, "sha256", str, mpath, where=where)
         ids = json_field(shard, "experts", list, mpath, where=where)
         if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in ids) or seen & set(ids):
-            raise CorruptFileError(f"{mpath}: '{where}experts' must list new expert ids (integers >= 0), got {ids!r:.60}")
+            raise CorruptFileError(
+                f"{mpath}: '{where}experts' must list new expert ids (integers >= 0), got {ids!r:.60}"
+            )
         seen |= set(ids)
     return m
 
@@ -246,9 +309,13 @@ def warn_identical(traj: torch.Tensor, what: str) -> None:
         return
     pairs = ", ".join(f"{e - 1}-{e}" for e in eps[:6]) + (" ..." if len(eps) > 6 else "")
     every = " (every snapshot is the same)" if len(eps) == len(traj) - 1 else ""
-    warnings.warn(f"{what}: consecutive snapshots are identical at epochs {pairs}{every}; trajectory matching "
-                  "cannot learn from an expert that does not move (a buffer saved on a CPU by the reference code "
-                  "holds the final weights in every snapshot: re-save it with .clone())", ExpertWarning, stacklevel=3)
+    warnings.warn(
+        f"{what}: consecutive snapshots are identical at epochs {pairs}{every}; trajectory matching "
+        "cannot learn from an expert that does not move (a buffer saved on a CPU by the reference code "
+        "holds the final weights in every snapshot: re-save it with .clone())",
+        ExpertWarning,
+        stacklevel=3,
+    )
 
 
 class ExpertBuffer:
@@ -267,8 +334,10 @@ class ExpertBuffer:
         self.path = Path(path)
         mpath = self.path / MANIFEST
         if not mpath.exists():
-            raise FileNotFoundError(f"{mpath} not found: {self.path} is not an expert folder "
-                                    "(make one with `fastdd experts` or fastdd.train_experts)")
+            raise FileNotFoundError(
+                f"{mpath} not found: {self.path} is not an expert folder "
+                "(make one with `fastdd experts` or fastdd.train_experts)"
+            )
         self.manifest = read_manifest(self.path)
         self.verify = verify
         self._verified: set[str] = set()
@@ -279,8 +348,10 @@ class ExpertBuffer:
             if not f.is_file():
                 raise CorruptFileError(f"expert shard {f} listed in {mpath} is missing")
             if f.stat().st_size != s["bytes"]:
-                raise CorruptFileError(f"expert shard {f} is truncated or corrupt: {f.stat().st_size} bytes, "
-                                       f"the manifest says {s['bytes']}")
+                raise CorruptFileError(
+                    f"expert shard {f} is truncated or corrupt: {f.stat().st_size} bytes, "
+                    f"the manifest says {s['bytes']}"
+                )
             self._shard[s["file"]] = s
             for e in s["experts"]:
                 self._where[e] = s["file"]
@@ -290,7 +361,7 @@ class ExpertBuffer:
         self.device: torch.device | None = None  # None: read from the files on every call
         self._resident: dict[int, torch.Tensor] = {}
 
-    def to(self, device: torch.device | str) -> "ExpertBuffer":
+    def to(self, device: torch.device | str) -> ExpertBuffer:
         """A buffer over the same folder whose trajectories live on ``device``: each is read (and
         checked) once, on first use, moved there and kept; ``buf[i]`` and :meth:`snapshots` then return
         tensors on ``device`` (``buf[i]`` is the kept tensor itself: clone it before changing it in
@@ -300,6 +371,7 @@ class ExpertBuffer:
         if self.device == device:
             return self
         import copy
+
         other = copy.copy(self)
         other.device = device
         other._resident = {}
@@ -325,10 +397,14 @@ class ExpertBuffer:
         try:
             net = model_from_spec(m["model"], m["model_spec"], m.get("init", "default"))
         except (TypeError, ValueError) as e:
-            raise CorruptFileError(f"{mpath}: 'model' / 'model_spec' do not describe a network fastdd builds: {e}") from e
+            raise CorruptFileError(
+                f"{mpath}: 'model' / 'model_spec' do not describe a network fastdd builds: {e}"
+            ) from e
         if net.num_params != self.num_params:
-            raise CorruptFileError(f"{mpath}: {net.describe()} has {net.num_params} parameters, the manifest says "
-                                   f"num_params {self.num_params}")
+            raise CorruptFileError(
+                f"{mpath}: {net.describe()} has {net.num_params} parameters, the manifest says "
+                f"num_params {self.num_params}"
+            )
         return net
 
     def verify_all(self) -> None:
@@ -341,8 +417,10 @@ class ExpertBuffer:
         """Raise :class:`ModelMismatchError` unless ``net`` has the experts' architecture."""
         m = self.manifest
         if net.name != m["model"] or net.spec != m["model_spec"]:
-            raise ModelMismatchError(f"experts in {self.path} were trained with {m['model']}({m['model_spec']}), "
-                                     f"but the student is {net.describe()}")
+            raise ModelMismatchError(
+                f"experts in {self.path} were trained with {m['model']}({m['model_spec']}), "
+                f"but the student is {net.describe()}"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -350,8 +428,10 @@ class ExpertBuffer:
     def __repr__(self) -> str:
         m = self.manifest
         where = f", resident on {self.device}" if self.device is not None else ""
-        return (f"<ExpertBuffer {self.path}: {len(self)} experts × {self.num_epochs + 1} snapshots of "
-                f"{m['model']} on {m['dataset']}{where}>")
+        return (
+            f"<ExpertBuffer {self.path}: {len(self)} experts × {self.num_epochs + 1} snapshots of "
+            f"{m['model']} on {m['dataset']}{where}>"
+        )
 
     # ---------------------------------------------------------------- reading
     def _check_sha(self, file: str) -> None:
@@ -369,7 +449,9 @@ class ExpertBuffer:
 
     def _key(self, i: int) -> tuple[str, str]:
         if i not in self._where:
-            raise IndexError(f"expert {i} is not in {self.path} (it holds {len(self)}: ids {self.ids[0]}..{self.ids[-1]})")
+            raise IndexError(
+                f"expert {i} is not in {self.path} (it holds {len(self)}: ids {self.ids[0]}..{self.ids[-1]})"
+            )
         return self._where[i], f"expert_{i}"
 
     def __getitem__(self, i: int) -> torch.Tensor:
@@ -402,13 +484,15 @@ class ExpertBuffer:
         file, key = self._key(i)
         with self._open(file) as f:
             sl = f.get_slice(key)
-            t = torch.stack([sl[e:e + 1].reshape(-1) for e in epochs])
+            t = torch.stack([sl[e : e + 1].reshape(-1) for e in epochs])
         return t
 
     def _check(self, t: torch.Tensor, file: str) -> None:
         if t.shape != (self.num_epochs + 1, self.num_params):
-            raise CorruptFileError(f"{self.path / file}: a trajectory has shape {tuple(t.shape)}, expected "
-                                   f"({self.num_epochs + 1}, {self.num_params})")
+            raise CorruptFileError(
+                f"{self.path / file}: a trajectory has shape {tuple(t.shape)}, expected "
+                f"({self.num_epochs + 1}, {self.num_params})"
+            )
 
     def load_all(self) -> torch.Tensor:
         """All trajectories in memory: ``(num_experts, epochs + 1, num_params)``."""
@@ -429,11 +513,17 @@ class ExpertBuffer:
                     yield e, trajs[e]
 
 
-def import_reference_buffer(files: Sequence[str | os.PathLike], net: FunctionalNet, out: str | os.PathLike,
-                            dataset: str = "unknown", shard_size: int = 10) -> ExpertBuffer:
+def import_reference_buffer(
+    files: Sequence[str | os.PathLike],
+    net: FunctionalNet,
+    out: str | os.PathLike,
+    dataset: str = "unknown",
+    shard_size: int = 10,
+) -> ExpertBuffer:
     """Convert the reference code's ``replay_buffer_*.pt`` files into an expert folder.
 
-    Files are taken in natural order (``replay_buffer_2`` before ``replay_buffer_10``). Each file is a list of experts, each a list of epochs, each a list of parameter tensors in
+    Files are taken in natural order (``replay_buffer_2`` before ``replay_buffer_10``). Each file is a list of
+    experts, each a list of epochs, each a list of parameter tensors in
     ``nn.Module.parameters()`` order. Files are read with ``torch.load(weights_only=True)`` (no code
     is unpickled). Raises :class:`ModelMismatchError` when the tensors do not match ``net``'s parameters.
     """
@@ -442,6 +532,7 @@ def import_reference_buffer(files: Sequence[str | os.PathLike], net: FunctionalN
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     import re
+
     files = sorted(files, key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.fspath(f))])
     shapes = [p.shape for p in net.params]
     trajs: list[torch.Tensor] = []
@@ -468,7 +559,8 @@ def import_reference_buffer(files: Sequence[str | os.PathLike], net: FunctionalN
                     got = [tuple(t.shape) for t in params][:4]
                     raise ModelMismatchError(
                         f"{fpath}: expert {ei} epoch {ep} has {len(params)} tensors {got}..., which does not match "
-                        f"{net.describe()} ({len(shapes)} tensors {shapes[:4]}...)")
+                        f"{net.describe()} ({len(shapes)} tensors {shapes[:4]}...)"
+                    )
                 snaps.append(torch.cat([t.detach().float().reshape(-1) for t in params]))
             if epochs is None:
                 epochs = len(snaps) - 1
@@ -482,14 +574,29 @@ def import_reference_buffer(files: Sequence[str | os.PathLike], net: FunctionalN
     out = Path(out)
     check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"format": FORMAT, "model": net.name, "model_spec": net.spec, "init": net.init_scheme,
-                "num_params": net.num_params, "dataset": dataset, "zca": None, "epochs": epochs, "seed": None,
-                "shard_size": shard_size, "train": {"imported_from": [os.fspath(f) for f in files]},
-                "num_experts": len(trajs), "shards": [], "test_accuracy": [], "complete": True}
+    manifest = {
+        "format": FORMAT,
+        "model": net.name,
+        "model_spec": net.spec,
+        "init": net.init_scheme,
+        "num_params": net.num_params,
+        "dataset": dataset,
+        "zca": None,
+        "epochs": epochs,
+        "seed": None,
+        "shard_size": shard_size,
+        "train": {"imported_from": [os.fspath(f) for f in files]},
+        "num_experts": len(trajs),
+        "shards": [],
+        "test_accuracy": [],
+        "complete": True,
+    }
     for k in range(0, len(trajs), shard_size):
         fname = f"experts_{k // shard_size:04d}.safetensors"
         ids = list(range(k, min(k + shard_size, len(trajs))))
-        record = atomic_save_safetensors(out / fname, {f"expert_{i}": trajs[i] for i in ids}, metadata={"format": FORMAT})
+        record = atomic_save_safetensors(
+            out / fname, {f"expert_{i}": trajs[i] for i in ids}, metadata={"format": FORMAT}
+        )
         manifest["shards"].append({"file": fname, "experts": ids, **record})
     atomic_write_json(out / "manifest.json", manifest)
     return ExpertBuffer(out)

@@ -3,14 +3,14 @@ checks on what is read back (file names from JSON stay inside their folder, JSON
 
 Written files get the mode an ordinary ``open`` would give them (``0o666`` less the umask: 0644 under
 umask 022), so a shared run folder stays readable by the group."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import tempfile
-from pathlib import Path
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -77,8 +77,9 @@ def atomic_write_json(path: PathLike, obj: Any, create: bool = True) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", create)
 
 
-def atomic_save_safetensors(path: PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
-                            create: bool = True) -> dict[str, Any]:
+def atomic_save_safetensors(
+    path: PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, create: bool = True
+) -> dict[str, Any]:
     """``safetensors.torch.save_file`` made atomic. Tensors are made contiguous and moved to the CPU.
     Returns the file's record (:func:`file_record`: size and SHA-256) for the index that names it."""
     path, tmp = _atomic_target(path, create)
@@ -110,10 +111,14 @@ def check_file(path: PathLike, record: Any, index: PathLike, what: str = "file")
     """Raise :class:`CorruptFileError` naming ``path`` unless its size and SHA-256 equal ``record`` (the
     entry of ``index`` that names it). The size is compared first (cheap: a truncated file)."""
     path = Path(path)
-    if not isinstance(record, dict) or not isinstance(record.get("bytes"), int) \
-            or not isinstance(record.get("sha256"), str):
-        raise CorruptFileError(f"{index}: the record of {path.name} must be {{\"bytes\": int, \"sha256\": str}}, "
-                               f"got {record!r}")
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("bytes"), int)
+        or not isinstance(record.get("sha256"), str)
+    ):
+        raise CorruptFileError(
+            f'{index}: the record of {path.name} must be {{"bytes": int, "sha256": str}}, got {record!r}'
+        )
     if not path.is_file():
         raise CorruptFileError(f"{what} {path} named in {index} is missing")
     size = path.stat().st_size
@@ -131,13 +136,17 @@ def inside(folder: PathLike, name: Any, *, source: PathLike, field: str) -> Path
         raise UnsafePathError(f"{source}: field {field!r} must be a file name inside {folder}, got {name!r}")
     pure = PurePath(name)
     if pure.is_absolute() or ".." in pure.parts or name.startswith("~"):
-        raise UnsafePathError(f"{source}: field {field!r} = {name!r} points outside {folder}; file names there must "
-                              "stay inside the folder (no absolute path, no '..')")
+        raise UnsafePathError(
+            f"{source}: field {field!r} = {name!r} points outside {folder}; file names there must "
+            "stay inside the folder (no absolute path, no '..')"
+        )
     base = Path(folder).resolve()
     full = (base / pure).resolve()
     if full == base or base not in full.parents:
-        raise UnsafePathError(f"{source}: field {field!r} = {name!r} resolves to {full}, outside {base} (a symbolic "
-                              "link that points out of the folder?)")
+        raise UnsafePathError(
+            f"{source}: field {field!r} = {name!r} resolves to {full}, outside {base} (a symbolic "
+            "link that points out of the folder?)"
+        )
     return Path(folder) / pure
 
 
@@ -150,21 +159,36 @@ def read_json_object(path: PathLike, what: str = "file") -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptFileError(f"{path} is not valid JSON ({e}); the {what} is damaged") from e
     if not isinstance(obj, dict):
-        raise CorruptFileError(f"{path} must hold a JSON object ({{...}}), got a {_json_type(obj)}; the {what} is "
-                               "damaged")
+        raise CorruptFileError(
+            f"{path} must hold a JSON object ({{...}}), got a {_json_type(obj)}; the {what} is damaged"
+        )
     return obj
 
 
-_JSON_TYPES = {dict: "object", list: "list", str: "string", int: "integer", float: "number", bool: "boolean",
-               type(None): "null"}
+_JSON_TYPES = {
+    dict: "object",
+    list: "list",
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 
 def _json_type(v: Any) -> str:
     return _JSON_TYPES.get(type(v), type(v).__name__)
 
 
-def json_field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], source: PathLike, *,
-               optional: bool = False, where: str = "") -> Any:
+def json_field(
+    obj: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    source: PathLike,
+    *,
+    optional: bool = False,
+    where: str = "",
+) -> Any:
     """``obj[key]`` checked to be of ``kind`` (JSON booleans never count as integers); a missing key (unless
     ``optional``: then ``None``) or a wrong type raises :class:`CorruptFileError` naming ``source`` and the key
     (``where`` prefixes it, e.g. ``"shards[2]."``)."""

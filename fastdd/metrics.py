@@ -11,6 +11,7 @@
 DD-Ranking's code feeds percentages (0–100) into the same normalisation, which assumes α in [−1, 1];
 fastdd uses fractions, so its LRS is that formula on its intended range.
 """
+
 from __future__ import annotations
 
 import math

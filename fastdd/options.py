@@ -1,6 +1,7 @@
 """Checking options typed by hand (``--options``, ``--model-kwargs``, keyword arguments) against what they
 configure: every key must be a field (or parameter), every value of its declared type, and a mistake is a
 ``TypeError`` that names the key and the type wanted."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,16 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null",
-          dict: "an object ({...})", list: "a list", tuple: "a list"}
+_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    type(None): "null",
+    dict: "an object ({...})",
+    list: "a list",
+    tuple: "a list",
+}
 
 
 def describe(hint: Any) -> str:
@@ -71,12 +80,15 @@ def check_keywords(options: Mapping[str, Any], hints: Mapping[str, Any], owner: 
     and its value matches (:func:`matches`)."""
     bad = sorted(set(options) - set(hints))
     if bad:
-        raise TypeError(f"{owner} has no option{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; its options: "
-                        f"{', '.join(sorted(hints))}")
+        raise TypeError(
+            f"{owner} has no option{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; its options: "
+            f"{', '.join(sorted(hints))}"
+        )
     for key, value in options.items():
         if not matches(value, hints[key]):
-            raise TypeError(f"{owner}: option {key!r} must be {describe(hints[key])}, got {value!r:.60} "
-                            f"({_json_name(value)})")
+            raise TypeError(
+                f"{owner}: option {key!r} must be {describe(hints[key])}, got {value!r:.60} ({_json_name(value)})"
+            )
 
 
 def check_dataclass_options(cls: type, options: Mapping[str, Any], owner: str) -> None:
@@ -93,8 +105,11 @@ def parameter_hints(fn: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     except Exception:  # unresolvable annotations: check the names only
         hints = {}
     params = inspect.signature(target).parameters
-    return {n: hints.get(n, Any) for n, p in params.items()
-            if n not in ("self", *exclude) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {
+        n: hints.get(n, Any)
+        for n, p in params.items()
+        if n not in ("self", *exclude) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
@@ -118,16 +133,35 @@ def check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
         v = getattr(obj, name)
         if v is None:
             continue
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= 0 if allow_zero
-                                                                                               else v > 0)
+        ok = (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and (v >= 0 if allow_zero else v > 0)
+        )
         if not ok:
             raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
 
 
 def _json_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", type(None): "null",
-            dict: "an object", list: "a list", tuple: "a list"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+        dict: "an object",
+        list: "a list",
+        tuple: "a list",
+    }.get(type(value), type(value).__name__)
 
 
-__all__ = ["describe", "matches", "check_keywords", "check_dataclass_options", "parameter_hints", "parse_json_object",
-           "check_positive"]
+__all__ = [
+    "describe",
+    "matches",
+    "check_keywords",
+    "check_dataclass_options",
+    "parameter_hints",
+    "parse_json_object",
+    "check_positive",
+]

@@ -1,4 +1,5 @@
 """PNG pictures: image grids (one row per class) and simple curves. Matplotlib runs headless (Agg)."""
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,14 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def save_image_grid(images: torch.Tensor, path: str | os.PathLike, labels: torch.Tensor | None = None,
-                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                    max_per_class: int = 10) -> None:
+def save_image_grid(
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    labels: torch.Tensor | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    max_per_class: int = 10,
+) -> None:
     """Save ``images`` ``(M, C, H, W)`` as a grid: one row per class (at most ``max_per_class`` each).
 
     Images are un-normalised with ``mean``/``std`` when given (else min-max scaled) and clipped to [0, 1].
@@ -53,8 +59,14 @@ def save_image_grid(images: torch.Tensor, path: str | os.PathLike, labels: torch
     os.replace(tmp, path)
 
 
-def save_curves(path: str | os.PathLike, series: dict[str, tuple[Sequence[float], Sequence[float]]],
-                xlabel: str, ylabel: str, title: str = "", logy: bool = False) -> None:
+def save_curves(
+    path: str | os.PathLike,
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logy: bool = False,
+) -> None:
     """Line plot of named ``(x, y)`` series."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
@@ -73,15 +85,21 @@ def save_curves(path: str | os.PathLike, series: dict[str, tuple[Sequence[float]
     save_figure(fig, path)
 
 
-def save_quickstart_figure(path: str | os.PathLike, start: torch.Tensor, distilled: torch.Tensor,
-                           iterations: Sequence[int], losses: Sequence[float], title: str) -> None:
+def save_quickstart_figure(
+    path: str | os.PathLike,
+    start: torch.Tensor,
+    distilled: torch.Tensor,
+    iterations: Sequence[int],
+    losses: Sequence[float],
+    title: str,
+) -> None:
     """The quickstart's figure: start images (top row) above distilled images (bottom row), both
     ``(K, C, H, W)`` in ``[0, 1]`` pixels, one per class, and the loss curve beside them."""
     from torchvision.utils import make_grid
+
     plt = _pyplot()
     k = len(start)
-    grid = make_grid(torch.cat([start, distilled]).detach().float().cpu().clamp(0, 1), nrow=k, padding=2,
-                     pad_value=1.0)
+    grid = make_grid(torch.cat([start, distilled]).detach().float().cpu().clamp(0, 1), nrow=k, padding=2, pad_value=1.0)
     fig, (ax_img, ax_loss) = plt.subplots(1, 2, figsize=(11, 3.0), dpi=110, gridspec_kw={"width_ratios": [2.6, 1]})
     ax_img.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     h = start.shape[-2] + 2
@@ -92,8 +110,9 @@ def save_quickstart_figure(path: str | os.PathLike, start: torch.Tensor, distill
     ax_loss.plot(its, ys, alpha=0.35, label="per iteration")
     w = max(1, len(ys) // 15)
     if w > 1:  # each iteration draws a fresh network: a running mean shows the trend
-        ax_loss.plot(its[w - 1:], [sum(ys[i - w + 1:i + 1]) / w for i in range(w - 1, len(ys))],
-                     label=f"mean of {w}")
+        ax_loss.plot(
+            its[w - 1 :], [sum(ys[i - w + 1 : i + 1]) / w for i in range(w - 1, len(ys))], label=f"mean of {w}"
+        )
         ax_loss.legend(fontsize=8)
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("matching loss")

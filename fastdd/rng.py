@@ -1,5 +1,6 @@
 """Explicit random streams. Every random draw in fastdd comes from a ``torch.Generator`` built here
 from a user-given seed (never the clock, never the global RNG)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Run folders (config, CSV log, outputs) and progress bars."""
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,9 @@ from .io import atomic_write_text
 
 def progress(iterable=None, *, total: int | None = None, desc: str = "", disable: bool = False, **kw):
     """A tqdm bar on stderr; hidden when ``disable`` or when stderr is not a terminal (logs stay clean)."""
-    return tqdm(iterable, total=total, desc=desc, disable=True if disable else None, dynamic_ncols=True,
-                file=sys.stderr, **kw)
+    return tqdm(
+        iterable, total=total, desc=desc, disable=True if disable else None, dynamic_ncols=True, file=sys.stderr, **kw
+    )
 
 
 class CSVLog:
@@ -53,6 +55,7 @@ class RunDir:
 
     def write_config(self, config: dict[str, Any]) -> None:
         from . import __version__
+
         safe = json.loads(json.dumps({**config, "fastdd_version": __version__}, default=str))
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(safe, sort_keys=False))
 

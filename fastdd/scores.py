@@ -12,6 +12,7 @@ Files are read with numpy (``allow_pickle=False``): nothing is unpickled. A load
 the dtype it has on disk (float64 C-scores, float32 forgetting counts): converting would round
 distinct scores into ties and change the order that the window selection relies on.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,13 +64,15 @@ class Scores:
 def check_hardest(hardest: str) -> str:
     """Return ``hardest`` if it is ``"low"`` or ``"high"``, else raise ``ValueError`` naming it."""
     if hardest not in HARDEST:
-        raise ValueError(f"hardest must be 'low' (C-scores: low = hard) or 'high' (forgetting: high = hard), "
-                         f"got {hardest!r}")
+        raise ValueError(
+            f"hardest must be 'low' (C-scores: low = hard) or 'high' (forgetting: high = hard), got {hardest!r}"
+        )
     return hardest
 
 
-def as_scores(scores: Any, *, hardest: str | None = None, n: int | None = None, what: str = "scores",
-              default_hardest: str = "low") -> Scores:
+def as_scores(
+    scores: Any, *, hardest: str | None = None, n: int | None = None, what: str = "scores", default_hardest: str = "low"
+) -> Scores:
     """Coerce ``scores`` (a :class:`Scores`, tensor, array or list) into :class:`Scores`.
 
     ``hardest=None`` keeps a :class:`Scores`' own convention and uses ``default_hardest`` for plain
@@ -78,8 +81,10 @@ def as_scores(scores: Any, *, hardest: str | None = None, n: int | None = None, 
     """
     if isinstance(scores, Scores):
         if hardest is not None and check_hardest(hardest) != scores.hardest:
-            raise ValueError(f"hardest={hardest!r} contradicts the {scores.kind} scores' own convention "
-                             f"(hardest={scores.hardest!r}); leave hardest unset")
+            raise ValueError(
+                f"hardest={hardest!r} contradicts the {scores.kind} scores' own convention "
+                f"(hardest={scores.hardest!r}); leave hardest unset"
+            )
         out = scores
     else:
         if isinstance(scores, (str, os.PathLike)):
@@ -87,8 +92,10 @@ def as_scores(scores: Any, *, hardest: str | None = None, n: int | None = None, 
         t = torch.as_tensor(np.asarray(scores) if not isinstance(scores, torch.Tensor) else scores)
         if t.dim() != 1:
             raise ValueError(f"{what} must be 1-D (N,), got shape {tuple(t.shape)}")
-        if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
-                                                       torch.uint8, torch.bool)):
+        if not (
+            t.is_floating_point()
+            or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
+        ):
             raise ValueError(f"{what} must be numeric, got dtype {t.dtype}")
         out = Scores(t.detach().cpu(), hardest=check_hardest(hardest or default_hardest), kind="scores")
     if out.values.is_floating_point() and not torch.isfinite(out.values).all():
@@ -106,8 +113,9 @@ def _np_load(path: Path) -> Any:
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:  # object arrays need pickle: refused
-        raise CorruptFileError(f"{path}: cannot read without unpickling ({e}); score files must hold plain "
-                               "numeric arrays") from e
+        raise CorruptFileError(
+            f"{path}: cannot read without unpickling ({e}); score files must hold plain numeric arrays"
+        ) from e
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise CorruptFileError(f"{path} is truncated or not a numpy .npy/.npz file: {e}") from e
 
@@ -118,7 +126,9 @@ def _check_array(a: np.ndarray, path: Path, key: str, n: int | None) -> np.ndarr
     if a.dtype.kind not in "fiub":
         raise CorruptFileError(f"{path}: '{key}' must be numeric, got dtype {a.dtype}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise CorruptFileError(f"{path}: '{key}' contains NaN or inf (first at index {int(np.flatnonzero(~np.isfinite(a))[0])})")
+        raise CorruptFileError(
+            f"{path}: '{key}' contains NaN or inf (first at index {int(np.flatnonzero(~np.isfinite(a))[0])})"
+        )
     if n is not None and len(a) != n:
         raise ValueError(f"{path}: '{key}' has {len(a)} values but the training split has {n} examples")
     return a
@@ -142,8 +152,10 @@ def load_cscores(path: str | os.PathLike, labels: Any = None) -> Scores:
     with data:
         for key in ("labels", "scores"):
             if key not in data.files:
-                raise CorruptFileError(f"{path} has no '{key}' array (keys: {', '.join(data.files) or 'none'}); "
-                                       "a C-score file holds 'labels' and 'scores'")
+                raise CorruptFileError(
+                    f"{path} has no '{key}' array (keys: {', '.join(data.files) or 'none'}); "
+                    "a C-score file holds 'labels' and 'scores'"
+                )
         try:
             file_labels, scores = data["labels"], data["scores"]
         except ValueError as e:
@@ -157,14 +169,18 @@ def load_cscores(path: str | os.PathLike, labels: Any = None) -> Scores:
     if labels is not None:
         want = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         if len(want) != len(file_labels):
-            raise ValueError(f"{path} holds {len(file_labels)} C-scores but the data set has {len(want)} training "
-                             "labels: the file belongs to another data set")
+            raise ValueError(
+                f"{path} holds {len(file_labels)} C-scores but the data set has {len(want)} training "
+                "labels: the file belongs to another data set"
+            )
         diff = np.flatnonzero(file_labels.astype(np.int64) != want.astype(np.int64))
         if len(diff):
             i = int(diff[0])
-            raise ValueError(f"{path}: labels differ from the data set's at {len(diff)} indices, first at index {i} "
-                             f"(file {int(file_labels[i])}, data set {int(want[i])}); the scores must follow the "
-                             "data set's training order")
+            raise ValueError(
+                f"{path}: labels differ from the data set's at {len(diff)} indices, first at index {i} "
+                f"(file {int(file_labels[i])}, data set {int(want[i])}); the scores must follow the "
+                "data set's training order"
+            )
     return Scores(torch.from_numpy(np.ascontiguousarray(scores)), hardest="low", kind="cscore", source=os.fspath(path))
 
 
@@ -196,8 +212,10 @@ def load_scores(path: str | os.PathLike, ds: Dataset | None = None) -> Scores:
         return load_cscores(path, labels=ds.train.labels if ds is not None else None)
     if suffix == ".npy":
         return load_forgetting(path, n=len(ds.train) if ds is not None else None)
-    raise ValueError(f"score file {path}: unknown extension {path.suffix!r}; expected .npz (C-scores: 'labels', "
-                     "'scores') or .npy (forgetting counts)")
+    raise ValueError(
+        f"score file {path}: unknown extension {path.suffix!r}; expected .npz (C-scores: 'labels', "
+        "'scores') or .npy (forgetting counts)"
+    )
 
 
 # ------------------------------------------------------------------------------------------ forgetting
@@ -236,7 +254,9 @@ class ForgettingTracker:
         indices = torch.as_tensor(indices, device=self.device).long().reshape(-1)
         correct = torch.as_tensor(correct, device=self.device).reshape(-1).bool()
         if indices.shape != correct.shape:
-            raise ValueError(f"indices {tuple(indices.shape)} and correct {tuple(correct.shape)} must have the same length")
+            raise ValueError(
+                f"indices {tuple(indices.shape)} and correct {tuple(correct.shape)} must have the same length"
+            )
         if len(indices) == 0:
             return
         if int(indices.min()) < 0 or int(indices.max()) >= self.n:
@@ -270,10 +290,20 @@ class ForgettingTracker:
         return (total / runs).float()
 
 
-def forgetting_scores(ds: Dataset, model: str = "convnet", epochs: int = 20, runs: int = 1, seed: int = 0,
-                      batch_size: int = 128, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
-                      augment: str | None = None, model_kwargs: dict[str, Any] | None = None,
-                      show_progress: bool = True) -> torch.Tensor:
+def forgetting_scores(
+    ds: Dataset,
+    model: str = "convnet",
+    epochs: int = 20,
+    runs: int = 1,
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    augment: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> torch.Tensor:
     """Forgetting counts of ``ds.train``'s examples, averaged over ``runs`` training runs.
 
     Each run trains a fresh ``model`` (SGD, ``epochs`` passes over a seeded permutation of the
@@ -298,6 +328,7 @@ def forgetting_scores(ds: Dataset, model: str = "convnet", epochs: int = 20, run
     if augment not in (None, "none", "crop_flip", "dsa"):
         raise ValueError(f"augment must be None, 'crop_flip' or 'dsa', got {augment!r}")
     from .train import SGD, fit
+
     dev = ds.device
     net = model_for(ds, model, **(model_kwargs or {}))
     y_all = ds.train.labels
@@ -305,26 +336,51 @@ def forgetting_scores(ds: Dataset, model: str = "convnet", epochs: int = 20, run
     dsa = None
     if augment == "dsa":
         from .augment import DSA, DSAConfig, strategy_for
+
         dsa = DSA(DSAConfig(strategy=strategy_for(ds.name)))
     from .augment import crop_flip
+
     sgd = SGD(lr, momentum, weight_decay)
     bar = progress(total=runs * epochs, desc=f"forgetting ({net.name}, {ds.name})", disable=not show_progress)
     for r in range(runs):
         g_aug = generator(seed, "forgetting", r, "augment")
-        augment_fn = (lambda x, idx: dsa(x, g_aug)) if dsa is not None else \
-            (lambda x, idx: crop_flip(x, g_aug)) if augment == "crop_flip" else None
-        fit(net, net.init(generator(seed, "forgetting", r, "init"), device=dev), ds.train.images, y_all, epochs, sgd,
-            generator(seed, "forgetting", r, "batches"), batch_size=batch_size,
-            buffers=net.init_buffers(device=dev) if net.has_batchnorm else None, augment=augment_fn,
+        augment_fn = (
+            (lambda x, idx, g_aug=g_aug: dsa(x, g_aug))
+            if dsa is not None
+            else (lambda x, idx, g_aug=g_aug: crop_flip(x, g_aug))
+            if augment == "crop_flip"
+            else None
+        )
+        fit(
+            net,
+            net.init(generator(seed, "forgetting", r, "init"), device=dev),
+            ds.train.images,
+            y_all,
+            epochs,
+            sgd,
+            generator(seed, "forgetting", r, "batches"),
+            batch_size=batch_size,
+            buffers=net.init_buffers(device=dev) if net.has_batchnorm else None,
+            augment=augment_fn,
             on_batch=lambda idx, logits: tracker.update(idx, logits.detach().argmax(1) == y_all[idx]),
-            on_epoch=lambda *_: bar.update(1))
+            on_epoch=lambda *_: bar.update(1),
+        )
         tracker.end_run()
     bar.close()
     return tracker.scores().cpu()
 
 
-__all__ = ["Scores", "HARDEST", "check_hardest", "as_scores", "load_cscores", "load_forgetting", "load_scores",
-           "ForgettingTracker", "forgetting_scores"]
+__all__ = [
+    "Scores",
+    "HARDEST",
+    "check_hardest",
+    "as_scores",
+    "load_cscores",
+    "load_forgetting",
+    "load_scores",
+    "ForgettingTracker",
+    "forgetting_scores",
+]
 
 
 def forgetting_from_experts(buf, ds: Dataset, batch: int = 1024, split: str = "train") -> Scores:
@@ -349,5 +405,6 @@ def forgetting_from_experts(buf, ds: Dataset, batch: int = 1024, split: str = "t
                 pred = torch.cat([net(x, theta).argmax(1) for x in part.images.split(batch)])
             tracker.update(every, pred == part.labels)
         tracker.end_run()
-    return Scores(tracker.scores().cpu(), hardest="high", kind="forgetting",
-                  source=f"experts {buf.path} ({split} split)")
+    return Scores(
+        tracker.scores().cpu(), hardest="high", kind="forgetting", source=f"experts {buf.path} ({split} split)"
+    )

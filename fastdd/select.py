@@ -12,6 +12,7 @@ order 0..K-1):
 Within a class, indices come in rank order (window, forgetting), pick order (herding, k-center),
 centroid order (k-means) or random order (random).
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,10 @@ def check_ipc(ds: Dataset, ipc: int) -> None:
     smallest = min(counts)
     if ipc > smallest:
         c = counts.index(smallest)
-        raise ValueError(f"ipc={ipc} is larger than the smallest class of {ds.name}'s train split "
-                         f"(class {c} '{ds.class_names[c]}' has {smallest} images)")
+        raise ValueError(
+            f"ipc={ipc} is larger than the smallest class of {ds.name}'s train split "
+            f"(class {c} '{ds.class_names[c]}' has {smallest} images)"
+        )
 
 
 def random_indices(ds: Dataset, ipc: int, seed: int = 0) -> torch.Tensor:
@@ -102,8 +105,10 @@ def window_indices(labels: Any, scores: Any, ipc: int, beta: float, hardest: str
     short = torch.nonzero(counts < start + ipc).flatten()
     if len(short):
         c = int(short[0])
-        raise ValueError(f"the window [{start}, {start + ipc}) (ipc={ipc}, beta={beta}) runs past the end of class "
-                         f"{int(classes[c])}, which has {int(counts[c])} examples")
+        raise ValueError(
+            f"the window [{start}, {start + ipc}) (ipc={ipc}, beta={beta}) runs past the end of class "
+            f"{int(classes[c])}, which has {int(counts[c])} examples"
+        )
     first = torch.cumsum(counts, 0) - counts  # where each class starts in `order`
     pick = first[:, None] + start + torch.arange(ipc)[None, :]
     return order[pick.flatten()].long()
@@ -167,9 +172,18 @@ class FeatureExtractor:
         return f"<FeatureExtractor {self.description}>"
 
 
-def default_extractor(ds: Dataset, seed: int = 0, *, model: str = "convnet", epochs: int = DEFAULT_EXTRACTOR_EPOCHS,
-                      lr: float = 0.01, momentum: float = 0.9, batch_size: int = 256,
-                      model_kwargs: dict[str, Any] | None = None, show_progress: bool = False) -> FeatureExtractor:
+def default_extractor(
+    ds: Dataset,
+    seed: int = 0,
+    *,
+    model: str = "convnet",
+    epochs: int = DEFAULT_EXTRACTOR_EPOCHS,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    batch_size: int = 256,
+    model_kwargs: dict[str, Any] | None = None,
+    show_progress: bool = False,
+) -> FeatureExtractor:
     """A ConvNet (depth by resolution) trained for ``epochs`` epochs on ``ds.train`` (SGD, seeded by
     ``seed``); its penultimate layer is the feature space (``width·(H/2^d)·(W/2^d)`` dims: 2,048 on CIFAR)."""
     from .experts import ExpertConfig, train_one
@@ -178,8 +192,9 @@ def default_extractor(ds: Dataset, seed: int = 0, *, model: str = "convnet", epo
     net = model_for(ds, model, **(model_kwargs or {}))
     cfg = ExpertConfig(lr=lr, momentum=momentum, batch_size=batch_size)
     bar = progress(total=epochs, desc=f"feature extractor ({net.name}, {ds.name})", disable=not show_progress)
-    traj, acc = train_one(net, ds, epochs, cfg, seed=derive_seed(seed, "select.extractor"),
-                          on_epoch=lambda ep, loss: bar.update(1))
+    traj, acc = train_one(
+        net, ds, epochs, cfg, seed=derive_seed(seed, "select.extractor"), on_epoch=lambda ep, loss: bar.update(1)
+    )
     bar.close()
     theta = traj[-1].to(ds.device)
     buffers = None
@@ -188,12 +203,18 @@ def default_extractor(ds: Dataset, seed: int = 0, *, model: str = "convnet", epo
         with torch.no_grad():
             for x in ds.train.images.split(batch_size):
                 net(x, theta, buffers, train=True)
-    return FeatureExtractor(net, theta, buffers, description=f"{net.describe()} trained {epochs} epochs on "
-                            f"{ds.name} (seed {seed}, test accuracy {100 * acc:.1f}%)")
+    return FeatureExtractor(
+        net,
+        theta,
+        buffers,
+        description=f"{net.describe()} trained {epochs} epochs on "
+        f"{ds.name} (seed {seed}, test accuracy {100 * acc:.1f}%)",
+    )
 
 
-def resolve_extractor(ds: Dataset, extractor: Extractor = None, seed: int = 0,
-                      show_progress: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def resolve_extractor(
+    ds: Dataset, extractor: Extractor = None, seed: int = 0, show_progress: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Turn ``extractor`` into a callable ``images -> (B, D)`` features.
 
     Accepted: ``None`` (:func:`default_extractor`), a callable, a ``(net, theta)`` or
@@ -209,20 +230,32 @@ def resolve_extractor(ds: Dataset, extractor: Extractor = None, seed: int = 0,
     if isinstance(extractor, ExpertBuffer):
         i = extractor.ids[0]
         theta = extractor.snapshots(i, [extractor.num_epochs])[0].to(ds.device)
-        return FeatureExtractor(extractor.model(), theta, description=f"expert {i} of {extractor.path} after epoch "
-                                f"{extractor.num_epochs}")
+        return FeatureExtractor(
+            extractor.model(), theta, description=f"expert {i} of {extractor.path} after epoch {extractor.num_epochs}"
+        )
     if isinstance(extractor, tuple):
         if len(extractor) not in (2, 3):
-            raise ValueError(f"extractor tuple must be (net, theta) or (net, theta, buffers), got {len(extractor)} items")
+            raise ValueError(
+                f"extractor tuple must be (net, theta) or (net, theta, buffers), got {len(extractor)} items"
+            )
         return FeatureExtractor(*extractor)
     if callable(extractor):
         return extractor
-    raise TypeError(f"extractor must be None, a callable, (net, theta[, buffers]), an ExpertBuffer or its folder; "
-                    f"got {type(extractor).__name__}")
+    raise TypeError(
+        f"extractor must be None, a callable, (net, theta[, buffers]), an ExpertBuffer or its folder; "
+        f"got {type(extractor).__name__}"
+    )
 
 
-def extract_features(ds: Dataset, split: str = "train", extractor: Extractor = None, batch: int = 512, seed: int = 0,
-                     show_progress: bool = False, images: torch.Tensor | None = None) -> torch.Tensor:
+def extract_features(
+    ds: Dataset,
+    split: str = "train",
+    extractor: Extractor = None,
+    batch: int = 512,
+    seed: int = 0,
+    show_progress: bool = False,
+    images: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Features of a split's images (or of ``images``): ``(N, D)`` float32 on ``ds.device``.
 
     Args:
@@ -244,8 +277,9 @@ def extract_features(ds: Dataset, split: str = "train", extractor: Extractor = N
             f = fn(x.to(ds.device))
             if not isinstance(f, torch.Tensor) or f.dim() != 2 or f.shape[0] != x.shape[0]:
                 shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-                raise ValueError(f"the feature extractor must return a ({x.shape[0]}, D) tensor for {x.shape[0]} "
-                                 f"images, got {shape}")
+                raise ValueError(
+                    f"the feature extractor must return a ({x.shape[0]}, D) tensor for {x.shape[0]} images, got {shape}"
+                )
             chunks.append(f.float())
     return torch.cat(chunks)
 
@@ -306,8 +340,15 @@ def kmeans_order(features: torch.Tensor, k: int, seed: int = 0, niter: int = 20)
 
     f = _check_features(features, k)
     x = np.ascontiguousarray(f.numpy().astype(np.float32))
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(derive_seed(seed, "kmeans") % (2 ** 31 - 1)),
-                      min_points_per_centroid=1, max_points_per_centroid=max(1, len(x)), verbose=False)
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=niter,
+        seed=int(derive_seed(seed, "kmeans") % (2**31 - 1)),
+        min_points_per_centroid=1,
+        max_points_per_centroid=max(1, len(x)),
+        verbose=False,
+    )
     km.train(x)
     cent = torch.from_numpy(km.centroids.astype(np.float64))
     d = torch.cdist(cent, f, compute_mode="donot_use_mm_for_euclid_dist")  # (k, n)
@@ -341,9 +382,20 @@ def _check_features(features: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ select
-def select(ds: Dataset, method: str = "random", ipc: int = 10, *, seed: int = 0, scores: Any = None,
-           beta: float | None = None, hardest: str | None = None, features: torch.Tensor | None = None,
-           extractor: Extractor = None, show_progress: bool = False, **kwargs: Any) -> torch.Tensor:
+def select(
+    ds: Dataset,
+    method: str = "random",
+    ipc: int = 10,
+    *,
+    seed: int = 0,
+    scores: Any = None,
+    beta: float | None = None,
+    hardest: str | None = None,
+    features: torch.Tensor | None = None,
+    extractor: Extractor = None,
+    show_progress: bool = False,
+    **kwargs: Any,
+) -> torch.Tensor:
     """Indices into ``ds.train`` of a class-balanced selection of ``ipc`` images per class.
 
     Args:
@@ -367,8 +419,11 @@ def select(ds: Dataset, method: str = "random", ipc: int = 10, *, seed: int = 0,
         raise ValueError(f"unknown selection method {method!r}; available: {', '.join(METHODS)}")
     if kwargs:
         raise TypeError(f"select(method={method!r}) got unexpected arguments: {', '.join(kwargs)}")
-    given = {k for k, v in dict(scores=scores, beta=beta, hardest=hardest, features=features,
-                                extractor=extractor).items() if v is not None}
+    given = {
+        k
+        for k, v in dict(scores=scores, beta=beta, hardest=hardest, features=features, extractor=extractor).items()
+        if v is not None
+    }
     unused = given - _METHOD_ARGS[method]
     if unused:
         raise TypeError(f"select(method={method!r}) does not use {', '.join(sorted(unused))}")
@@ -377,23 +432,34 @@ def select(ds: Dataset, method: str = "random", ipc: int = 10, *, seed: int = 0,
         return random_indices(ds, ipc, seed)
     if method in ("window", "forgetting"):
         if scores is None:
-            hint = ("fastdd.load_scores(path, ds) or fastdd.forgetting_scores(ds)" if method == "window"
-                    else "fastdd.forgetting_scores(ds) or fastdd.load_scores('forgetting_*.npy', ds)")
+            hint = (
+                "fastdd.load_scores(path, ds) or fastdd.forgetting_scores(ds)"
+                if method == "window"
+                else "fastdd.forgetting_scores(ds) or fastdd.load_scores('forgetting_*.npy', ds)"
+            )
             raise ValueError(f"select(method={method!r}) needs scores= ({hint})")
         if method == "window" and beta is None:
-            raise ValueError("select(method='window') needs beta= (the window starts at rank int(ipc*beta) of each "
-                             "class, hardest first)")
+            raise ValueError(
+                "select(method='window') needs beta= (the window starts at rank int(ipc*beta) of each "
+                "class, hardest first)"
+            )
         if method == "forgetting" and isinstance(scores, Scores) and scores.kind == "cscore":
             raise ValueError("select(method='forgetting') got C-scores; use method='window' for them")
-        s = as_scores(scores, hardest=hardest, n=len(ds.train), what="scores",
-                      default_hardest="high" if method == "forgetting" else "low")
+        s = as_scores(
+            scores,
+            hardest=hardest,
+            n=len(ds.train),
+            what="scores",
+            default_hardest="high" if method == "forgetting" else "low",
+        )
         return window_indices(ds.train.labels, s, ipc, 0.0 if beta is None else beta)
     if features is None:
         features = extract_features(ds, "train", extractor, seed=seed, show_progress=show_progress)
     features = torch.as_tensor(features)
     if features.dim() != 2 or features.shape[0] != len(ds.train):
-        raise ValueError(f"features must be ({len(ds.train)}, D) for {ds.name}'s train split, "
-                         f"got {tuple(features.shape)}")
+        raise ValueError(
+            f"features must be ({len(ds.train)}, D) for {ds.name}'s train split, got {tuple(features.shape)}"
+        )
     out = []
     for c, idx in enumerate(progress(ds.class_indices, desc=method, disable=not show_progress)):
         idx = idx.cpu()
@@ -411,12 +477,36 @@ def select(ds: Dataset, method: str = "random", ipc: int = 10, *, seed: int = 0,
 def real_subset(ds: Dataset, idx: torch.Tensor, method: str = "random", **meta) -> SyntheticSet:
     """A :class:`SyntheticSet` made of real training images ``ds.train[idx]`` (hard labels, nothing learned)."""
     sub = ds.train.subset(idx)
-    return SyntheticSet(sub.images.clone(), sub.labels.clone(), meta=dict(
-        method=method, dataset=ds.name, zca=ds.zca is not None, num_classes=ds.num_classes, mean=list(ds.mean),
-        std=list(ds.std),
-        indices=idx.tolist(), **meta))
+    return SyntheticSet(
+        sub.images.clone(),
+        sub.labels.clone(),
+        meta=dict(
+            method=method,
+            dataset=ds.name,
+            zca=ds.zca is not None,
+            num_classes=ds.num_classes,
+            mean=list(ds.mean),
+            std=list(ds.std),
+            indices=idx.tolist(),
+            **meta,
+        ),
+    )
 
 
-__all__ = ["METHODS", "check_ipc", "random_indices", "window_indices", "max_window_beta", "beta_grid",
-           "FeatureExtractor", "default_extractor", "resolve_extractor", "extract_features", "herding_order",
-           "kcenter_order", "kmeans_order", "select", "real_subset"]
+__all__ = [
+    "METHODS",
+    "check_ipc",
+    "random_indices",
+    "window_indices",
+    "max_window_beta",
+    "beta_grid",
+    "FeatureExtractor",
+    "default_extractor",
+    "resolve_extractor",
+    "extract_features",
+    "herding_order",
+    "kcenter_order",
+    "kmeans_order",
+    "select",
+    "real_subset",
+]

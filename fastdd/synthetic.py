@@ -1,4 +1,5 @@
 """The distilled (or selected) training set: :class:`SyntheticSet`, saved as safetensors + JSON."""
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,10 @@ class SyntheticSet:
             if self.labels.dtype.is_floating_point or self.labels.dtype == torch.bool:
                 raise ValueError(f"hard labels must be integer class indices, got dtype {self.labels.dtype}")
             if m and (int(self.labels.min()) < 0 or (k is not None and int(self.labels.max()) >= k)):
-                raise ValueError(f"labels must lie in [0, {k if k is not None else 'num_classes'}), got "
-                                 f"{int(self.labels.min())}..{int(self.labels.max())}")
+                raise ValueError(
+                    f"labels must lie in [0, {k if k is not None else 'num_classes'}), got "
+                    f"{int(self.labels.min())}..{int(self.labels.max())}"
+                )
         else:
             if k is not None and self.labels.shape[1] != k:
                 raise ValueError(f"soft labels must have {k} columns (num_classes), got {self.labels.shape[1]}")
@@ -91,9 +94,11 @@ class SyntheticSet:
         """Images per class (the smallest class's count if they differ)."""
         return min(self.per_class_counts())
 
-    def to(self, device) -> "SyntheticSet":
+    def to(self, device) -> SyntheticSet:
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return SyntheticSet(self.images.to(device), self.labels.to(device), mv(self.lr), mv(self.frozen), dict(self.meta))
+        return SyntheticSet(
+            self.images.to(device), self.labels.to(device), mv(self.lr), mv(self.frozen), dict(self.meta)
+        )
 
     # ------------------------------------------------------------------ io
     def save(self, path: str | os.PathLike, grid: bool = True, denormalize=None) -> Path:
@@ -104,6 +109,7 @@ class SyntheticSet:
         ``ds.denormalize`` (needed for ZCA'd sets); by default the stored mean/std are used.
         """
         from . import __version__
+
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {"images": self.images, "labels": self.labels}
@@ -112,21 +118,37 @@ class SyntheticSet:
         if self.frozen is not None:
             tensors["frozen"] = self.frozen.to(torch.uint8)
         record = atomic_save_safetensors(path / TENSORS, tensors, metadata={"format": FORMAT})
-        meta = dict(self.meta, format=FORMAT, fastdd_version=__version__,
-                    lr_shape=list(self.lr.shape) if self.lr is not None else None, files={TENSORS: record})
+        meta = dict(
+            self.meta,
+            format=FORMAT,
+            fastdd_version=__version__,
+            lr_shape=list(self.lr.shape) if self.lr is not None else None,
+            files={TENSORS: record},
+        )
         atomic_write_json(path / INDEX, meta)
         if grid:
             from .plots import save_image_grid
+
             if denormalize is not None:
-                save_image_grid(denormalize(self.images), path / "images.png", labels=self.hard_labels,
-                                mean=[0.0] * self.images.shape[1], std=[1.0] * self.images.shape[1])
+                save_image_grid(
+                    denormalize(self.images),
+                    path / "images.png",
+                    labels=self.hard_labels,
+                    mean=[0.0] * self.images.shape[1],
+                    std=[1.0] * self.images.shape[1],
+                )
             else:
-                save_image_grid(self.images, path / "images.png", labels=self.hard_labels,
-                                mean=self.meta.get("mean"), std=self.meta.get("std"))
+                save_image_grid(
+                    self.images,
+                    path / "images.png",
+                    labels=self.hard_labels,
+                    mean=self.meta.get("mean"),
+                    std=self.meta.get("std"),
+                )
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "SyntheticSet":
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SyntheticSet:
         """Load a set saved by :meth:`save` (no unpickling). The tensor file is checked against the size and
         SHA-256 that ``synthetic.json`` records (sets saved before the record load with a notice); labels out of
         range, a learned lr that is not a finite positive number, or a malformed ``synthetic.json`` raise
@@ -141,8 +163,11 @@ class SyntheticSet:
             raise CorruptFileError(f"{jfile} is not a {FORMAT} synthetic set (format {meta.get('format')!r})")
         files = json_field(meta, "files", dict, jfile, optional=True)
         if files is None:
-            warnings.warn(f"{jfile} predates checksums: {TENSORS} is loaded without a SHA-256 check",
-                          UnverifiedFileWarning, stacklevel=2)
+            warnings.warn(
+                f"{jfile} predates checksums: {TENSORS} is loaded without a SHA-256 check",
+                UnverifiedFileWarning,
+                stacklevel=2,
+            )
         else:
             if set(files) != {TENSORS}:
                 raise CorruptFileError(f"{jfile}: 'files' must record {TENSORS} only, got {sorted(files)}")
@@ -175,5 +200,6 @@ def check_lr(lr: torch.Tensor | None, what: str = "the learned lr") -> None:
     if not lr.dtype.is_floating_point:
         raise ValueError(f"{what} must be a floating-point tensor, got {lr.dtype}")
     if lr.numel() and not bool((torch.isfinite(lr) & (lr > 0)).all()):
-        raise ValueError(f"{what} must be finite and > 0, got {lr.flatten()[:4].tolist()}"
-                         f"{' ...' if lr.numel() > 4 else ''}")
+        raise ValueError(
+            f"{what} must be finite and > 0, got {lr.flatten()[:4].tolist()}{' ...' if lr.numel() > 4 else ''}"
+        )

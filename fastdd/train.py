@@ -4,6 +4,7 @@ Experts (:mod:`fastdd.experts`), evaluation (:mod:`fastdd.evaluate`), forgetting
 (:mod:`fastdd.scores`) and DC's inner network updates (:mod:`fastdd.distill.matching`) all train
 through :func:`fit`; they differ only in the :class:`SGD` settings, the augmentation and the callbacks.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -49,15 +50,26 @@ class SGD:
             raise ValueError(f"lr must be >= 0, got {self.lr}")
 
     def optimizer(self, theta: torch.Tensor, lr: float | None = None) -> torch.optim.Optimizer:
-        return torch.optim.SGD([theta], lr=self.lr if lr is None else lr, momentum=self.momentum,
-                               weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            [theta], lr=self.lr if lr is None else lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
 
 
-def fit(net: FunctionalNet, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, epochs: int,
-        sgd: SGD, generator: torch.Generator, *, batch_size: int = 256, buffers: torch.Tensor | None = None,
-        augment: Augment | None = None,
-        on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-        on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+def fit(
+    net: FunctionalNet,
+    theta: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int,
+    sgd: SGD,
+    generator: torch.Generator,
+    *,
+    batch_size: int = 256,
+    buffers: torch.Tensor | None = None,
+    augment: Augment | None = None,
+    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """Train ``net`` from ``theta`` for ``epochs`` passes over ``(images, labels)``; return the final parameters.
 
     Args:
@@ -79,8 +91,11 @@ def fit(net: FunctionalNet, theta: torch.Tensor, images: torch.Tensor, labels: t
     dev = images.device
     theta = torch.nn.Parameter(theta.detach().clone())
     opt = sgd.optimizer(theta)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sgd.cosine_epochs, eta_min=sgd.eta_min) \
-        if sgd.schedule == "cosine" else None
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sgd.cosine_epochs, eta_min=sgd.eta_min)
+        if sgd.schedule == "cosine"
+        else None
+    )
     min_last = 2 if net.has_batchnorm else 1
     for ep in range(epochs):
         if sgd.schedule == "step" and ep == sgd.decay_epoch:

@@ -22,6 +22,7 @@ This folder sits at the top of the repository and is mapped onto the subpackage 
 by ``pyproject.toml``; it never becomes a top-level ``kernels`` module. Triton is imported only when
 a Triton path runs, so the package also imports where Triton is not installed.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,9 @@ from ._backend import BACKENDS, current_backend, interpreting, resolve, triton_a
 from .convnet_block_torch import norm_act_pool_closed
 
 
-def norm_act_pool_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                            eps: float = 1e-5) -> torch.Tensor:
+def norm_act_pool_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
     """:func:`norm_act_pool` as eager's composite ``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2)``
     (what ``nn.GroupNorm`` → ``nn.ReLU`` → ``nn.AvgPool2d`` computes): the reference the other paths are
     tested against, and the way the research code computes the block."""
@@ -56,14 +58,27 @@ def norm_act_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     if resolve(x, "norm_act_pool") == "torch":
         return norm_act_pool_torch(x, weight, bias, eps)
     from .convnet_block import norm_act_pool_triton
+
     return norm_act_pool_triton(x, weight, bias, eps)
 
 
 def apply_dsa(x: torch.Tensor, params) -> torch.Tensor:
     """DSA augmentation: the contract of :func:`fastdd.augment.apply_dsa` (which calls this op layer)."""
     from ..augment.dsa import apply_dsa as _apply
+
     return _apply(x, params)
 
 
-__all__ = ["BACKENDS", "current_backend", "interpreting", "resolve", "triton_available", "use_backend",
-           "norm_act_pool", "norm_act_pool_torch", "norm_act_pool_reference", "norm_act_pool_closed", "apply_dsa"]
+__all__ = [
+    "BACKENDS",
+    "current_backend",
+    "interpreting",
+    "resolve",
+    "triton_available",
+    "use_backend",
+    "norm_act_pool",
+    "norm_act_pool_torch",
+    "norm_act_pool_reference",
+    "norm_act_pool_closed",
+    "apply_dsa",
+]

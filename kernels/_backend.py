@@ -7,6 +7,7 @@ it is an error. ``torch`` forces the torch implementation everywhere. The choice
 ``FASTDD_BACKEND`` at import (an unknown value is an error then) and changed with
 :func:`use_backend`.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,10 +29,11 @@ _state: dict[str, str | None] = {"backend": None}  # None: not chosen yet, FASTD
 def _selected() -> str:
     """The backend in force: one set by :class:`use_backend`, else ``FASTDD_BACKEND`` (checked on first use,
     not at import, so that a bad value is an error of the command that uses it, not of ``import fastdd``)."""
-    if _state["backend"] is None:
-        _state["backend"] = _validated(os.environ.get("FASTDD_BACKEND", "auto").strip().lower() or "auto",
-                                       "FASTDD_BACKEND")
-    return _state["backend"]
+    backend = _state["backend"]
+    if backend is None:
+        backend = _validated(os.environ.get("FASTDD_BACKEND", "auto").strip().lower() or "auto", "FASTDD_BACKEND")
+        _state["backend"] = backend
+    return backend
 
 
 def triton_available() -> bool:
@@ -64,9 +66,11 @@ def resolve(x: torch.Tensor, op: str = "op") -> str:
         raise RuntimeError(f"backend 'triton' was selected for {op}, but Triton is not installed")
     if x.is_cuda or (x.device.type == "cpu" and interpreting()):
         return "triton"
-    raise RuntimeError(f"backend 'triton' was selected for {op} on a {x.device.type} tensor: Triton kernels run on "
-                       "CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (its interpreter, for tests); "
-                       "use backend 'auto' or 'torch' here")
+    raise RuntimeError(
+        f"backend 'triton' was selected for {op} on a {x.device.type} tensor: Triton kernels run on "
+        "CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (its interpreter, for tests); "
+        "use backend 'auto' or 'torch' here"
+    )
 
 
 class use_backend:
@@ -78,7 +82,7 @@ class use_backend:
         self._old = _state["backend"]
         _state["backend"] = new
 
-    def __enter__(self) -> "use_backend":
+    def __enter__(self) -> use_backend:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,5 +1,6 @@
 """Helpers shared by the kernel modules: launch settings picked by shape, and the description of a
 kernel configuration that the compile-only test builds for sm_80 / sm_90 without a GPU."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +32,16 @@ def on_device_of(x: torch.Tensor) -> contextlib.AbstractContextManager:
 
 def triton_dtype(dtype: torch.dtype) -> str:
     """The pointer type string of ``dtype`` in a Triton signature (``"fp32"``, ``"fp64"``, ...)."""
-    return {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
-            torch.int32: "i32", torch.int64: "i64", torch.int8: "i8", torch.bool: "i1"}[dtype]
+    return {
+        torch.float32: "fp32",
+        torch.float64: "fp64",
+        torch.float16: "fp16",
+        torch.bfloat16: "bf16",
+        torch.int32: "i32",
+        torch.int64: "i64",
+        torch.int8: "i8",
+        torch.bool: "i1",
+    }[dtype]
 
 
 @dataclass

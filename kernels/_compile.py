@@ -7,6 +7,7 @@ the device's per-block limit.
 Run it in a process where ``TRITON_INTERPRET`` is not set (under the interpreter ``@triton.jit``
 returns interpreter functions, which cannot be compiled): ``python -m fastdd.kernels._compile``.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ class CompileResult:
     name: str
     cc: int
     ok: bool
-    shared: int | None     # bytes of shared memory per block
+    shared: int | None  # bytes of shared memory per block
     seconds: float
     error: str = ""
 
@@ -33,6 +34,7 @@ class CompileResult:
 def all_specs() -> list[KernelSpec]:
     """Every configuration of every Triton kernel in :mod:`fastdd.kernels`."""
     from . import convnet_block, dsa
+
     return [*convnet_block.compile_specs(), *dsa.compile_specs()]
 
 
@@ -50,13 +52,20 @@ def compile_spec(spec: KernelSpec, cc: int) -> CompileResult:
     shared = int(k.metadata.shared)
     limit = SHARED_LIMIT.get(cc)
     ok = limit is None or shared <= limit
-    return CompileResult(spec.name, cc, ok, shared, time.perf_counter() - t,
-                         "" if ok else f"shared memory {shared} B exceeds the sm_{cc} limit {limit} B")
+    return CompileResult(
+        spec.name,
+        cc,
+        ok,
+        shared,
+        time.perf_counter() - t,
+        "" if ok else f"shared memory {shared} B exceeds the sm_{cc} limit {limit} B",
+    )
 
 
 def check(ccs: tuple[int, ...] = (80, 90)) -> list[CompileResult]:
     """Compile every configuration for every compute capability in ``ccs``."""
     from ._backend import interpreting
+
     if interpreting():
         raise RuntimeError("the compile-only check needs real @triton.jit kernels: unset TRITON_INTERPRET")
     return [compile_spec(s, cc) for s in all_specs() for cc in ccs]

@@ -6,7 +6,9 @@ float64, weight and bias (C,), output (N, C, H // 2, W // 2). The statistics (me
 cover the whole H x W plane; the pool floors odd H / W, so a last odd row / column enters the
 statistics but not the output.
 
-The torch path is :func:`fastdd.kernels.norm_act_pool_torch`; the reference :func:`fastdd.kernels.norm_act_pool_reference`. The Triton path has three kernels, one program per (n, c) plane (grid ``(N * C,)``), each looping
+The torch path is :func:`fastdd.kernels.norm_act_pool_torch`; the reference
+:func:`fastdd.kernels.norm_act_pool_reference`. The Triton path has three kernels, one program per (n, c) plane (grid
+``(N * C,)``), each looping
 over the plane in tiles of ``BLOCK`` elements, computing in the input dtype:
 
 * forward: plane mean and variance (two passes), then the pooled output from the four taps of each
@@ -20,6 +22,7 @@ atomics). Notation used below, per plane of M = H * W pixels: ``xh = (x - mean) 
 ``z = w * xh + b``, ``g = dL/dz = (z > 0) * unpool(gy) / 4`` (zero on a dropped odd row / column),
 ``P(v) = v - mean(v) - xh * mean(v * xh)``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,6 +39,7 @@ __all__ = ["norm_act_pool_triton", "NormActPoolFunction", "NormActPoolBackward",
 # --------------------------------------------------------------------------------------------------
 # Triton kernels
 # --------------------------------------------------------------------------------------------------
+
 
 @triton.jit
 def _plane_grad_z(gy_base, idx, live, z, W, HO, WO):
@@ -150,8 +154,7 @@ def _tap_grad_g(x_base, u_base, p, live, mean, rstd, wc, bc, hwc, hbc, mean_u, m
 
 
 @triton.jit
-def _nap_bwd2_kernel(X, WT, BS, MEAN, RSTD, GY, HX, HW, HB, DX, DGY, DWP, C, H, W,
-                     BLOCK: tl.constexpr):
+def _nap_bwd2_kernel(X, WT, BS, MEAN, RSTD, GY, HX, HW, HB, DX, DGY, DWP, C, H, W, BLOCK: tl.constexpr):
     """Grads of S = <HX, gx> + <HW, gw> + <HB, gb> (the backward's outputs) w.r.t. x (DX), gy (DGY)
     and per-plane partials of w (DWP, N*C), with the mean / rstd / mask of the forward."""
     pid = tl.program_id(0)
@@ -230,8 +233,7 @@ def _nap_bwd2_kernel(X, WT, BS, MEAN, RSTD, GY, HX, HW, HB, DX, DGY, DWP, C, H, 
         s = _tap_grad_g(x_base, u_base, p, live, mean, rstd, wc, bc, hwc, hbc, mean_u, mean_uxh)
         s += _tap_grad_g(x_base, u_base, p + 1, live, mean, rstd, wc, bc, hwc, hbc, mean_u, mean_uxh)
         s += _tap_grad_g(x_base, u_base, p + W, live, mean, rstd, wc, bc, hwc, hbc, mean_u, mean_uxh)
-        s += _tap_grad_g(x_base, u_base, p + W + 1, live, mean, rstd, wc, bc, hwc, hbc, mean_u,
-                         mean_uxh)
+        s += _tap_grad_g(x_base, u_base, p + W + 1, live, mean, rstd, wc, bc, hwc, hbc, mean_u, mean_uxh)
         tl.store(dgy_base + o, s * 0.25, mask=live)
 
 
@@ -242,8 +244,9 @@ def _nap_bwd2_kernel(X, WT, BS, MEAN, RSTD, GY, HX, HW, HB, DX, DGY, DWP, C, H, 
 _DTYPES = (torch.float32, torch.float64)
 
 
-def _launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _launch_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the forward kernel: x (N, C, H, W) contiguous -> y (N, C, H//2, W//2), mean, rstd (N*C,)."""
     n, c, h, w = x.shape
     y = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, device=x.device)
@@ -251,13 +254,13 @@ def _launch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     rstd = torch.empty(n * c, dtype=x.dtype, device=x.device)
     block, warps = block_and_warps(h * w)
     with on_device_of(x):
-        _nap_fwd_kernel[(n * c,)](x, weight, bias, y, mean, rstd, c, h, w, float(eps),
-                                  BLOCK=block, num_warps=warps)
+        _nap_fwd_kernel[(n * c,)](x, weight, bias, y, mean, rstd, c, h, w, float(eps), BLOCK=block, num_warps=warps)
     return y, mean, rstd
 
 
-def _launch_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
-                     rstd: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _launch_backward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, gy: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the backward kernel: gy (N, C, H//2, W//2) contiguous -> gx (like x), gw, gb (C,)."""
     n, c, h, w = x.shape
     gx = torch.empty_like(x)
@@ -265,14 +268,21 @@ def _launch_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     gbp = torch.empty(n * c, dtype=x.dtype, device=x.device)
     block, warps = block_and_warps(h * w)
     with on_device_of(x):
-        _nap_bwd_kernel[(n * c,)](x, weight, bias, mean, rstd, gy, gx, gwp, gbp, c, h, w,
-                                  BLOCK=block, num_warps=warps)
+        _nap_bwd_kernel[(n * c,)](x, weight, bias, mean, rstd, gy, gx, gwp, gbp, c, h, w, BLOCK=block, num_warps=warps)
     return gx, gwp.view(n, c).sum(0), gbp.view(n, c).sum(0)
 
 
-def _launch_double_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                            mean: torch.Tensor, rstd: torch.Tensor, gy: torch.Tensor, hx: torch.Tensor,
-                            hw: torch.Tensor, hb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _launch_double_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    gy: torch.Tensor,
+    hx: torch.Tensor,
+    hw: torch.Tensor,
+    hb: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the double-backward kernel: upstream hx (like x), hw, hb (C,), all contiguous ->
     grads w.r.t. x (like x), weight (C,) and gy (like gy)."""
     n, c, h, w = x.shape
@@ -281,14 +291,16 @@ def _launch_double_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     dwp = torch.empty(n * c, dtype=x.dtype, device=x.device)
     block, warps = block_and_warps(h * w)
     with on_device_of(x):
-        _nap_bwd2_kernel[(n * c,)](x, weight, bias, mean, rstd, gy, hx, hw, hb, dx, dgy, dwp, c, h, w,
-                                   BLOCK=block, num_warps=warps)
+        _nap_bwd2_kernel[(n * c,)](
+            x, weight, bias, mean, rstd, gy, hx, hw, hb, dx, dgy, dwp, c, h, w, BLOCK=block, num_warps=warps
+        )
     return dx, dwp.view(n, c).sum(0), dgy
 
 
 # --------------------------------------------------------------------------------------------------
 # Autograd
 # --------------------------------------------------------------------------------------------------
+
 
 class NormActPoolBackward(torch.autograd.Function):
     """The backward of :class:`NormActPoolFunction` as a differentiable op (so ``create_graph=True``
@@ -332,13 +344,14 @@ class NormActPoolFunction(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def norm_act_pool_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                         eps: float = 1e-5) -> torch.Tensor:
+def norm_act_pool_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """The Triton path of :func:`fastdd.kernels.norm_act_pool` (which picks it by backend): instance norm
     with affine weight / bias (C,), ReLU, 2x2 average pool (floor): x (N, C, H, W) -> (N, C, H // 2, W // 2)."""
     if x.dim() != 4 or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
-        raise ValueError(f"norm_act_pool expects x (N, C, H, W) and weight, bias (C,); got x "
-                         f"{tuple(x.shape)}, weight {tuple(weight.shape)}, bias {tuple(bias.shape)}")
+        raise ValueError(
+            f"norm_act_pool expects x (N, C, H, W) and weight, bias (C,); got x "
+            f"{tuple(x.shape)}, weight {tuple(weight.shape)}, bias {tuple(bias.shape)}"
+        )
     if x.dtype not in _DTYPES:
         raise TypeError(f"norm_act_pool's Triton kernels take float32 or float64 input, not {x.dtype}")
     if x.numel() == 0:
@@ -385,6 +398,13 @@ def compile_specs() -> list[KernelSpec]:
             types = {"ptr": ptr, "i32": "i32", "eps": "fp32", "constexpr": "constexpr"}
             sig = {a: types[k] for a, k in zip(arg_names, kinds)}
             for block, warps in _launch_configs():
-                specs.append(KernelSpec(name=f"{name}_{triton_dtype(dtype)}_b{block}_w{warps}", fn=fn,
-                                        signature=sig, constexprs={"BLOCK": block}, num_warps=warps))
+                specs.append(
+                    KernelSpec(
+                        name=f"{name}_{triton_dtype(dtype)}_b{block}_w{warps}",
+                        fn=fn,
+                        signature=sig,
+                        constexprs={"BLOCK": block},
+                        num_warps=warps,
+                    )
+                )
     return specs

@@ -35,6 +35,7 @@ Plane reductions are ``.sum((2, 3))`` and per-plane dot products one ``bmm`` eac
 over both operands, no product temporary). The per-plane ``sum(g)`` and ``sum(g * xh)`` of the
 backward are kept for the double backward, which then reads ``g`` only once more.
 """
+
 from __future__ import annotations
 
 import torch
@@ -72,18 +73,18 @@ def _fill_grad_z(out: torch.Tensor, mask: torch.Tensor, gq: torch.Tensor) -> tor
     n, c, h, w = out.shape
     ho, wo = gq.shape[2], gq.shape[3]
     half = gq.unsqueeze(-1).expand(n, c, ho, wo, 2).reshape(n, c, ho, 2 * wo)
-    crop = out[:, :, :2 * ho, :2 * wo].unflatten(2, (ho, 2))
-    torch.mul(mask[:, :, :2 * ho, :2 * wo].unflatten(2, (ho, 2)), half.unsqueeze(3), out=crop)
+    crop = out[:, :, : 2 * ho, : 2 * wo].unflatten(2, (ho, 2))
+    torch.mul(mask[:, :, : 2 * ho, : 2 * wo].unflatten(2, (ho, 2)), half.unsqueeze(3), out=crop)
     if h != 2 * ho:
-        out[:, :, 2 * ho:].zero_()
+        out[:, :, 2 * ho :].zero_()
     if w != 2 * wo:
-        out[:, :, :, 2 * wo:].zero_()
+        out[:, :, :, 2 * wo :].zero_()
     return out
 
 
 def _pool_sum(t: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
     """The sum of the four taps of each 2x2 cell of ``t`` (N, C, H, W), floor: (N, C, ho, wo)."""
-    rows = t[:, :, :2 * ho, :2 * wo].unflatten(2, (ho, 2))
+    rows = t[:, :, : 2 * ho, : 2 * wo].unflatten(2, (ho, 2))
     half = torch.add(rows[:, :, :, 0], rows[:, :, :, 1])
     cols = half.unflatten(3, (wo, 2))
     return torch.add(cols[..., 0], cols[..., 1])
@@ -199,13 +200,14 @@ class NormActPoolTorch(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-def norm_act_pool_closed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                         eps: float = 1e-5) -> torch.Tensor:
+def norm_act_pool_closed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2, 2)`` (bitwise the composite's forward)
     with a closed-form backward and double backward: x (N, C, H, W) -> (N, C, H // 2, W // 2)."""
     if x.dim() != 4 or weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
-        raise ValueError(f"norm_act_pool expects x (N, C, H, W) and weight, bias (C,); got x "
-                         f"{tuple(x.shape)}, weight {tuple(weight.shape)}, bias {tuple(bias.shape)}")
+        raise ValueError(
+            f"norm_act_pool expects x (N, C, H, W) and weight, bias (C,); got x "
+            f"{tuple(x.shape)}, weight {tuple(weight.shape)}, bias {tuple(bias.shape)}"
+        )
     if x.numel() == 0 or not x.is_floating_point():
         return F.avg_pool2d(F.relu(F.group_norm(x, x.shape[1], weight, bias, eps=eps)), 2, 2)
     # Made contiguous / cast outside the autograd.Function, so these steps stay differentiable.

@@ -1,7 +1,8 @@
 """DSA augmentation (:func:`fastdd.augment.apply_dsa`, also :func:`fastdd.kernels.apply_dsa`) as one fused
 Triton launch per batch, with its backward (the transpose) and the backward's backward.
 
-``apply_dsa_triton(x, params)``, the Triton path the dispatcher picks, has the contract of :func:`fastdd.augment.dsa.apply_dsa`: x (N, C, H, W),
+``apply_dsa_triton(x, params)``, the Triton path the dispatcher picks, has the contract of
+:func:`fastdd.augment.dsa.apply_dsa`: x (N, C, H, W),
 ``params.n == N``, output (N, C, H, W), differentiable w.r.t. x (to any order). On the Triton path
 (float32 / float64; other dtypes use the torch implementation) the parameters become a per-sample
 table on x's device, built with torch ops only (no host sync):
@@ -33,6 +34,7 @@ in x: ``out = A x + b`` with b nonzero for color only. Flags: ``TRANSPOSE`` appl
 Autograd: :class:`DSAFunction` (forward A x + b) → :class:`DSATranspose` (Aᵀ) ↔ :class:`DSALinear` (A x),
 each the backward of the other, so gradients of any order stay on the Triton path.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,17 +43,30 @@ import triton.language as tl
 from torch import Tensor
 
 from ..augment import dsa as _ref
-
 from ._common import KernelSpec, block_and_warps, on_device_of, triton_dtype
 
-__all__ = ["apply_dsa_triton", "dsa_table", "DSAFunction", "DSATranspose", "DSALinear", "compile_specs",
-           "FAMILY_CODE", "NCOL"]
+__all__ = [
+    "apply_dsa_triton",
+    "dsa_table",
+    "DSAFunction",
+    "DSATranspose",
+    "DSALinear",
+    "compile_specs",
+    "FAMILY_CODE",
+    "NCOL",
+]
 
 # family codes (int32 in ``codes``)
 COLOR, CROP, CUTOUT, FLIP, AFFINE, IDENTITY = 0, 1, 2, 3, 4, 5
 #: DSA family name -> kernel family code (scale and rotate are both an affine resampling).
-FAMILY_CODE: dict[str, int] = {"color": COLOR, "crop": CROP, "cutout": CUTOUT, "flip": FLIP,
-                               "scale": AFFINE, "rotate": AFFINE}
+FAMILY_CODE: dict[str, int] = {
+    "color": COLOR,
+    "crop": CROP,
+    "cutout": CUTOUT,
+    "flip": FLIP,
+    "scale": AFFINE,
+    "rotate": AFFINE,
+}
 
 # columns of the parameter table
 _B, _S, _C, _DY, _DX, _R0, _R1, _C0, _C1, _FL, _A00, _A01, _A10, _A11, _I00, _I01, _I10, _I11, _EX, _EY = range(20)
@@ -77,6 +92,7 @@ _WINDOW_MARGIN = 1e-3
 # --------------------------------------------------------------------------------------------------
 # Triton kernel
 # --------------------------------------------------------------------------------------------------
+
 
 @triton.jit
 def _linspace(q, n, dt):
@@ -110,8 +126,9 @@ def _tent(t):
 
 
 @triton.jit(do_not_specialize=["C", "H", "W"])
-def _dsa_kernel(x_ptr, out_ptr, code_ptr, tab_ptr, C, H, W,
-                TRANSPOSE: tl.constexpr, OFFSET: tl.constexpr, BLOCK: tl.constexpr):
+def _dsa_kernel(
+    x_ptr, out_ptr, code_ptr, tab_ptr, C, H, W, TRANSPOSE: tl.constexpr, OFFSET: tl.constexpr, BLOCK: tl.constexpr
+):
     """out[n] = A_n x[n] (+ b_n if OFFSET), or A_nᵀ x[n] if TRANSPOSE, for the tile ``program_id(1)`` of
     BLOCK pixels of sample ``program_id(0)``; x, out (N, C, H, W) contiguous, codes (N,) int32,
     tab (N, NCOL) in x's dtype."""
@@ -258,13 +275,17 @@ def _dsa_kernel(x_ptr, out_ptr, code_ptr, tab_ptr, C, H, W,
 # parameter table (torch ops on x's device, no host sync)
 # --------------------------------------------------------------------------------------------------
 
+
 def _family_columns(fam: str, t: dict[str, Tensor], dtype: torch.dtype) -> dict[int, Tensor]:
     """The table columns family ``fam`` sets: column -> (N,) float64 (values already rounded to
     ``dtype`` where the torch code rounds them)."""
     f64 = torch.float64
     if fam == "color":
-        return {_B: t["brightness"].to(dtype).to(f64), _S: t["saturation"].to(dtype).to(f64),
-                _C: t["contrast"].to(dtype).to(f64)}
+        return {
+            _B: t["brightness"].to(dtype).to(f64),
+            _S: t["saturation"].to(dtype).to(f64),
+            _C: t["contrast"].to(dtype).to(f64),
+        }
     if fam == "crop":
         sh = t["shift"].to(f64)
         return {_DY: sh[:, 0], _DX: sh[:, 1]}
@@ -276,8 +297,9 @@ def _family_columns(fam: str, t: dict[str, Tensor], dtype: torch.dtype) -> dict[
     if fam == "flip":
         return {_FL: t["flip"].to(f64)}
     if fam in ("scale", "rotate"):
-        theta = (_ref._scale_theta(t["scale"], dtype) if fam == "scale"
-                 else _ref._rotate_theta(t["angle"], dtype)).to(f64)
+        theta = (_ref._scale_theta(t["scale"], dtype) if fam == "scale" else _ref._rotate_theta(t["angle"], dtype)).to(
+            f64
+        )
         return {_A00: theta[:, 0, 0], _A01: theta[:, 0, 1], _A10: theta[:, 1, 0], _A11: theta[:, 1, 1]}
     raise ValueError(f"unknown DSA family {fam!r}; known families: {', '.join(_ref.FAMILIES)}")
 
@@ -349,6 +371,7 @@ def dsa_table(x: Tensor, params: _ref.DSAParams) -> tuple[Tensor, Tensor]:
 # launcher and autograd
 # --------------------------------------------------------------------------------------------------
 
+
 def _launch(x: Tensor, codes: Tensor, tab: Tensor, transpose: bool, offset: bool) -> Tensor:
     """Run the kernel on x (N, C, H, W): A x (+ b if ``offset``) or Aᵀ x (``transpose``)."""
     x = x.contiguous()
@@ -359,8 +382,7 @@ def _launch(x: Tensor, codes: Tensor, tab: Tensor, transpose: bool, offset: bool
     block, warps = block_and_warps(h * w)
     grid = (n, triton.cdiv(h * w, block))
     with on_device_of(x):
-        _dsa_kernel[grid](x, out, codes, tab, c, h, w, TRANSPOSE=transpose, OFFSET=offset, BLOCK=block,
-                          num_warps=warps)
+        _dsa_kernel[grid](x, out, codes, tab, c, h, w, TRANSPOSE=transpose, OFFSET=offset, BLOCK=block, num_warps=warps)
     return out
 
 
@@ -418,8 +440,10 @@ def apply_dsa_triton(x: Tensor, params: _ref.DSAParams) -> Tensor:
     if x.dim() != 4:
         raise ValueError(f"apply_dsa expects x of shape (N, C, H, W), got {tuple(x.shape)}")
     if params.n != x.shape[0]:
-        raise ValueError(f"DSA parameters cover {params.n} samples but x has {x.shape[0]}; "
-                         "use params.expand(n) to share one transform across a batch")
+        raise ValueError(
+            f"DSA parameters cover {params.n} samples but x has {x.shape[0]}; "
+            "use params.expand(n) to share one transform across a batch"
+        )
     codes, tab = dsa_table(x, params)
     return DSAFunction.apply(x, codes, tab)
 
@@ -427,6 +451,7 @@ def apply_dsa_triton(x: Tensor, params: _ref.DSAParams) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 # compile-only specs
 # --------------------------------------------------------------------------------------------------
+
 
 def compile_specs() -> list[KernelSpec]:
     """Every configuration :func:`apply_dsa_triton` can launch: float32 / float64 × (forward with offset,
@@ -439,10 +464,25 @@ def compile_specs() -> list[KernelSpec]:
         ty = triton_dtype(dtype)
         for label, transpose, offset in modes:
             for block, warps in configs:
-                sig = {"x_ptr": f"*{ty}", "out_ptr": f"*{ty}", "code_ptr": "*i32", "tab_ptr": f"*{ty}",
-                       "C": "i32", "H": "i32", "W": "i32",
-                       "TRANSPOSE": "constexpr", "OFFSET": "constexpr", "BLOCK": "constexpr"}
-                specs.append(KernelSpec(name=f"dsa_{label}_{ty}_b{block}_w{warps}", fn=_dsa_kernel, signature=sig,
-                                        constexprs={"TRANSPOSE": transpose, "OFFSET": offset, "BLOCK": block},
-                                        num_warps=warps))
+                sig = {
+                    "x_ptr": f"*{ty}",
+                    "out_ptr": f"*{ty}",
+                    "code_ptr": "*i32",
+                    "tab_ptr": f"*{ty}",
+                    "C": "i32",
+                    "H": "i32",
+                    "W": "i32",
+                    "TRANSPOSE": "constexpr",
+                    "OFFSET": "constexpr",
+                    "BLOCK": "constexpr",
+                }
+                specs.append(
+                    KernelSpec(
+                        name=f"dsa_{label}_{ty}_b{block}_w{warps}",
+                        fn=_dsa_kernel,
+                        signature=sig,
+                        constexprs={"TRANSPOSE": transpose, "OFFSET": offset, "BLOCK": block},
+                        num_warps=warps,
+                    )
+                )
     return specs

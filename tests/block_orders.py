@@ -1,5 +1,6 @@
 """Shared by the ConvNet-block tests (torch closed form and Triton): random inputs and every order of
 derivative of ``norm_act_pool`` (forward, backward, double backward), compared against a reference."""
+
 from __future__ import annotations
 
 import torch
@@ -10,13 +11,15 @@ def block_inputs(shape, dtype, device="cpu", seed=0, scale=2.0, offset=0.5) -> d
     functional whose gradient is the double backward; drawn in float64, then cast to ``dtype`` on ``device``."""
     g = torch.Generator().manual_seed(seed)
     n, c, h, w = shape
-    t = {"x": torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset,
-         "w": torch.randn(c, generator=g, dtype=torch.float64),
-         "b": torch.randn(c, generator=g, dtype=torch.float64) * 0.5,
-         "gy": torch.randn(n, c, h // 2, w // 2, generator=g, dtype=torch.float64),
-         "hx": torch.randn(shape, generator=g, dtype=torch.float64),
-         "hw": torch.randn(c, generator=g, dtype=torch.float64),
-         "hb": torch.randn(c, generator=g, dtype=torch.float64)}
+    t = {
+        "x": torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset,
+        "w": torch.randn(c, generator=g, dtype=torch.float64),
+        "b": torch.randn(c, generator=g, dtype=torch.float64) * 0.5,
+        "gy": torch.randn(n, c, h // 2, w // 2, generator=g, dtype=torch.float64),
+        "hx": torch.randn(shape, generator=g, dtype=torch.float64),
+        "hw": torch.randn(c, generator=g, dtype=torch.float64),
+        "hb": torch.randn(c, generator=g, dtype=torch.float64),
+    }
     return {k: v.to(device, dtype) for k, v in t.items()}
 
 

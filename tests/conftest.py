@@ -17,13 +17,15 @@ def _scores_dir() -> Path | None:
 
 
 SCORES = _scores_dir()
-needs_scores = pytest.mark.skipif(SCORES is None, reason="real score files not found beside the repo "
-                                  "(../shared/data/scores) nor in $FASTDD_SCORES")
+needs_scores = pytest.mark.skipif(
+    SCORES is None, reason="real score files not found beside the repo (../shared/data/scores) nor in $FASTDD_SCORES"
+)
 
 
 @pytest.fixture(scope="session")
 def mnist5k():
     import fastdd
+
     return fastdd.load_dataset("mnist5k")
 
 
@@ -31,6 +33,7 @@ def mnist5k():
 def tiny_ds():
     """A small generated data set: 4 classes, 12 train / 4 test images each, 1x8x8."""
     from fastdd.data import from_pixels
+
     g = torch.Generator().manual_seed(0)
     k, n_tr, n_te = 4, 12, 4
     tx = torch.rand(k * n_tr, 1, 8, 8, generator=g)
@@ -40,5 +43,5 @@ def tiny_ds():
     # make classes separable: brighten one quadrant per class
     for x, y in ((tx, ty), (vx, vy)):
         for c in range(k):
-            x[y == c, :, (c // 2) * 4:(c // 2) * 4 + 4, (c % 2) * 4:(c % 2) * 4 + 4] += 1.0
+            x[y == c, :, (c // 2) * 4 : (c // 2) * 4 + 4, (c % 2) * 4 : (c % 2) * 4 + 4] += 1.0
     return from_pixels("tiny", tx, ty, vx, vy, k)

@@ -1,4 +1,5 @@
 """Run a function on K gloo ranks (spawned processes) and collect what each returns."""
+
 from __future__ import annotations
 
 import os
@@ -17,10 +18,17 @@ def free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, fn, args: tuple, out: str, timeout_s: float) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(1)  # K processes share the machine's cores
     import fastdd.distributed as fd
+
     fd.init("cpu", timeout_s=timeout_s)
     try:
         res = fn(*args)
@@ -35,5 +43,7 @@ def run_ranks(fn, *args, world: int = 2, timeout_s: float = 60.0) -> list:
     ``None`` for a rank that exited without returning."""
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(_worker, args=(world, free_port(), fn, args, out, timeout_s), nprocs=world, join=True)
-        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) if (Path(out) / f"rank{r}.pt").exists()
-                else None for r in range(world)]
+        return [
+            torch.load(Path(out) / f"rank{r}.pt", weights_only=True) if (Path(out) / f"rank{r}.pt").exists() else None
+            for r in range(world)
+        ]

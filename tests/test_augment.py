@@ -4,6 +4,7 @@ The references recompute every family sample by sample with explicit index arith
 flip), the colour formulas on one sample, and a hand-written float64 bilinear sampler (scale, rotate)
 that does not call affine_grid / grid_sample.
 """
+
 from __future__ import annotations
 
 import io
@@ -67,7 +68,7 @@ def ref_cutout(img: torch.Tensor, cy: int, cx: int, kh: int, kw: int) -> torch.T
     _, h, w = img.shape
     out = img.clone()
     y0, x0 = cy - kh // 2, cx - kw // 2
-    out[:, max(y0, 0):min(y0 + kh, h), max(x0, 0):min(x0 + kw, w)] = 0
+    out[:, max(y0, 0) : min(y0 + kh, h), max(x0, 0) : min(x0 + kw, w)] = 0
     return out
 
 
@@ -111,8 +112,13 @@ def ref_one(img: torch.Tensor, fam: str, t: dict[str, torch.Tensor], i: int) -> 
     if fam == "crop":
         return ref_crop(img, int(t["shift"][i, 0]), int(t["shift"][i, 1]))
     if fam == "cutout":
-        return ref_cutout(img, int(t["cutout_centre"][i, 0]), int(t["cutout_centre"][i, 1]),
-                          int(t["cutout_size"][i, 0]), int(t["cutout_size"][i, 1]))
+        return ref_cutout(
+            img,
+            int(t["cutout_centre"][i, 0]),
+            int(t["cutout_centre"][i, 1]),
+            int(t["cutout_size"][i, 0]),
+            int(t["cutout_size"][i, 1]),
+        )
     if fam == "flip":
         return ref_flip(img, bool(t["flip"][i]))
     if fam == "scale":
@@ -284,8 +290,16 @@ def test_strategy_validation_and_presets() -> None:
     g = gen(19)
     assert all(sample_dsa(1, 8, cfg, g).family != "flip" for _ in range(300))
     c = DSAConfig()
-    assert (c.prob_flip, c.ratio_scale, c.ratio_rotate, c.ratio_crop_pad, c.ratio_cutout,
-            c.brightness, c.saturation, c.contrast) == (0.5, 1.2, 15.0, 0.125, 0.5, 1.0, 2.0, 0.5)
+    assert (
+        c.prob_flip,
+        c.ratio_scale,
+        c.ratio_rotate,
+        c.ratio_crop_pad,
+        c.ratio_cutout,
+        c.brightness,
+        c.saturation,
+        c.contrast,
+    ) == (0.5, 1.2, 15.0, 0.125, 0.5, 1.0, 2.0, 0.5)
 
 
 def test_sample_needs_generator_and_matching_batch() -> None:
@@ -341,7 +355,7 @@ def test_siamese_expand(family: str | None) -> None:
     y1, y2 = apply_dsa(x1, pe), apply_dsa(x1.clone(), pe)
     assert torch.equal(y1, y2)
     for i in range(7):  # each row equals the one-sample call on that row
-        torch.testing.assert_close(y1[i:i + 1], apply_dsa(x1[i:i + 1], p1), rtol=0, atol=1e-12)
+        torch.testing.assert_close(y1[i : i + 1], apply_dsa(x1[i : i + 1], p1), rtol=0, atol=1e-12)
     same = x1[:1].expand(7, -1, -1, -1).contiguous()  # identical images -> identical outputs
     ys = apply_dsa(same, pe)
     torch.testing.assert_close(ys, ys[:1].expand_as(ys), rtol=0, atol=1e-12)
@@ -364,7 +378,9 @@ def test_siamese_dsa_two_batches() -> None:
 def test_params_storage_and_device() -> None:
     x = torch.randn(6, 3, 8, 8)
     for p in [sample_dsa(6, 8, None, gen(41), family=f) for f in FAMILIES] + [
-            sample_dsa(6, 8, None, gen(42), per_sample_family=True), sample_dsa(1, 8, None, gen(43)).expand(6)]:
+        sample_dsa(6, 8, None, gen(42), per_sample_family=True),
+        sample_dsa(1, 8, None, gen(43)).expand(6),
+    ]:
         buf = io.BytesIO()
         torch.save(p.state_dict(), buf)
         buf.seek(0)
@@ -385,14 +401,20 @@ def test_params_storage_and_device() -> None:
 
 def _fixed_params(family: str, n: int = 2) -> DSAParams:
     if family == "color":
-        return DSAParams(family, {"brightness": torch.tensor([0.3, -0.2], dtype=torch.float64),
-                                  "saturation": torch.tensor([1.7, 0.4], dtype=torch.float64),
-                                  "contrast": torch.tensor([0.6, 1.3], dtype=torch.float64)})
+        return DSAParams(
+            family,
+            {
+                "brightness": torch.tensor([0.3, -0.2], dtype=torch.float64),
+                "saturation": torch.tensor([1.7, 0.4], dtype=torch.float64),
+                "contrast": torch.tensor([0.6, 1.3], dtype=torch.float64),
+            },
+        )
     if family == "crop":
         return DSAParams(family, {"shift": torch.tensor([[1, -2], [-1, 0]])})
     if family == "cutout":
-        return DSAParams(family, {"cutout_centre": torch.tensor([[2, 3], [0, 5]]),
-                                  "cutout_size": torch.tensor([[3, 3], [3, 3]])})
+        return DSAParams(
+            family, {"cutout_centre": torch.tensor([[2, 3], [0, 5]]), "cutout_size": torch.tensor([[3, 3], [3, 3]])}
+        )
     if family == "flip":
         return DSAParams(family, {"flip": torch.tensor([True, False])})
     if family == "scale":
@@ -414,8 +436,9 @@ def test_gradcheck_per_sample_and_combined() -> None:
     p = sample_dsa(6, (5, 6), None, gen(52), per_sample_family=True)
     p.tensors["family_index"] = torch.arange(6)  # every family once
     assert torch.autograd.gradcheck(lambda z: apply_dsa(z, p), (x,))
-    _, cp = combined_augment(x.detach(), torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool), gen(53),
-                             return_params=True)
+    _, cp = combined_augment(
+        x.detach(), torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool), gen(53), return_params=True
+    )
     assert torch.autograd.gradcheck(lambda z: apply_combined(z, cp), (x,))
 
 
@@ -427,7 +450,7 @@ def ref_crop_flip(img: torch.Tensor, dy: int, dx: int, f: bool, padding: int) ->
     """Zero-pad, take the (dy + p, dx + p) window (torchvision RandomCrop), then flip."""
     _, h, w = img.shape
     padded = F.pad(img, (padding, padding, padding, padding))
-    win = padded[:, dy + padding:dy + padding + h, dx + padding:dx + padding + w]
+    win = padded[:, dy + padding : dy + padding + h, dx + padding : dx + padding + w]
     return ref_flip(win, f)
 
 
@@ -436,8 +459,9 @@ def test_crop_flip_matches_pad_crop_reference() -> None:
     for padding in (0, 2, 4):
         y, p = crop_flip(x, gen(61 + padding), padding=padding, return_params=True)
         assert isinstance(p, CropFlipParams) and p.n == 20
-        want = torch.stack([ref_crop_flip(x[i], int(p.shift[i, 0]), int(p.shift[i, 1]), bool(p.flip[i]), padding)
-                            for i in range(20)])
+        want = torch.stack(
+            [ref_crop_flip(x[i], int(p.shift[i, 0]), int(p.shift[i, 1]), bool(p.flip[i]), padding) for i in range(20)]
+        )
         assert torch.equal(y, want)
         assert torch.equal(apply_crop_flip(x, p), y)
     sp = sample_crop_flip(20000, gen(62), padding=4)
@@ -465,8 +489,9 @@ def test_combined_augment_rows() -> None:
             fam = p.dsa.families[int(p.dsa.tensors["family_index"][i])]
             want = ref_one(x[i], fam, p.dsa.tensors, i)
         else:
-            want = ref_crop_flip(x[i], int(p.crop_flip.shift[i, 0]), int(p.crop_flip.shift[i, 1]),
-                                 bool(p.crop_flip.flip[i]), 4)
+            want = ref_crop_flip(
+                x[i], int(p.crop_flip.shift[i, 0]), int(p.crop_flip.shift[i, 1]), bool(p.crop_flip.flip[i]), 4
+            )
         torch.testing.assert_close(y[i], want, rtol=0, atol=1e-12)
     # several families occur among the distilled rows
     assert len(set(p.dsa.tensors["family_index"][mask].tolist())) >= 4

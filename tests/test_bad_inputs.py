@@ -7,6 +7,7 @@ To stay within a minute on 2 cores, the processes are forked from one driver tha
 once (each case still runs ``fastdd.cli.main`` in a fresh child process, with its own stdout, stderr and
 exit status); two run at a time. The fixtures (experts, a finished run, a saved set) are made once.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,20 +83,38 @@ print(json.dumps(results))
 class Case:
     id: str
     argv: list[str]
-    rc: int                                   # the exit status wanted
-    names: tuple[str, ...] = ()               # what stderr must mention (the culprit)
+    rc: int  # the exit status wanted
+    names: tuple[str, ...] = ()  # what stderr must mention (the culprit)
     env: dict[str, str] = field(default_factory=dict)
-    unchanged: str | None = None              # a folder that must be byte-for-byte as it was
+    unchanged: str | None = None  # a folder that must be byte-for-byte as it was
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<dir>")
-            for p in sorted(folder.rglob("*"))} if folder.exists() else {}
+    return (
+        {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(folder.rglob("*"))}
+        if folder.exists()
+        else {}
+    )
 
 
 def _distill_argv(experts: str, out: str, iterations: int = 3, options: dict | None = None, *extra: str) -> list[str]:
-    return ["distill", *DIGITS, "--method", "mtt", "--ipc", "1", "--experts", experts, "--iterations", str(iterations),
-            "--options", json.dumps(options or MTT), "--out", out, *extra]
+    return [
+        "distill",
+        *DIGITS,
+        "--method",
+        "mtt",
+        "--ipc",
+        "1",
+        "--experts",
+        experts,
+        "--iterations",
+        str(iterations),
+        "--options",
+        json.dumps(options or MTT),
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 def _edit_json(path: Path, edit) -> None:
@@ -116,10 +135,19 @@ def world(tmp_path_factory):
     """The fixtures every case starts from, and the cases themselves (built in a fresh folder)."""
     root = tmp_path_factory.mktemp("bad")
     ds = fastdd.load_dataset("digits")
-    fastdd.train_experts(ds, "convnet", num_experts=1, epochs=2, out=root / "exp", seed=0, show_progress=False,
-                         model_kwargs={"width": 8, "depth": 1})
-    syn = fastdd.distill(ds, "mtt", 1, experts=root / "exp", iterations=3, seed=0, out=root / "run",
-                         show_progress=False, **MTT)
+    fastdd.train_experts(
+        ds,
+        "convnet",
+        num_experts=1,
+        epochs=2,
+        out=root / "exp",
+        seed=0,
+        show_progress=False,
+        model_kwargs={"width": 8, "depth": 1},
+    )
+    syn = fastdd.distill(
+        ds, "mtt", 1, experts=root / "exp", iterations=3, seed=0, out=root / "run", show_progress=False, **MTT
+    )
     syn.save(root / "set")
     (root / "victim.txt").write_text("keep me")
     net = fastdd.build_model("convnet", in_channels=1, num_classes=10, im_size=(8, 8), width=8, depth=1)
@@ -135,8 +163,8 @@ def world(tmp_path_factory):
         return dst
 
     victim = str(root / "victim.txt")
-    ck = lambda f: (lambda d: _edit_json(d / "checkpoint.json", f))  # noqa: E731
-    mf = lambda f: (lambda d: _edit_json(d / "manifest.json", f))  # noqa: E731
+    ck = lambda f: lambda d: _edit_json(d / "checkpoint.json", f)  # noqa: E731
+    mf = lambda f: lambda d: _edit_json(d / "manifest.json", f)  # noqa: E731
 
     def shard_link(d: Path) -> None:
         (d / "link.safetensors").symlink_to(root / "exp" / "experts_0000.safetensors")  # outside d
@@ -155,98 +183,271 @@ def world(tmp_path_factory):
     resume = ("--resume",)
     cases = [
         # paths from files stay inside their folder
-        Case("checkpoint-dotdot", _distill_argv("exp", copy("run", "r1", ck(lambda m: {**m, "file": "../victim.txt"})),
-                                                4, None, *resume), 2, ("checkpoint.json", "'file'", "../victim.txt"),
-             unchanged="r1"),
-        Case("checkpoint-absolute", _distill_argv("exp", copy("run", "r2", ck(lambda m: {**m, "file": victim})), 4,
-                                                  None, *resume), 2, ("checkpoint.json", "'file'"), unchanged="r2"),
-        Case("checkpoint-symlink", _distill_argv("exp", copy("run", "r3", ckpt_link), 4, None, *resume), 2,
-             ("checkpoint.json", "symbolic link"), unchanged="r3"),
-        Case("checkpoint-crafted-fresh-run-deletes-nothing",
-             _distill_argv("exp", copy("run", "r4", ck(lambda m: {**m, "file": "../victim.txt"}))), 0),
-        Case("manifest-dotdot", _distill_argv(copy("exp", "e1", shard("file", "../exp/experts_0000.safetensors")),
-                                              "o1"), 2, ("manifest.json", "'shards[0].file'", "..")),
-        Case("manifest-absolute", _distill_argv(copy("exp", "e2", shard("file", str(root / "exp/experts_0000.safetensors"))),
-                                                "o2"), 2, ("manifest.json", "'shards[0].file'")),
-        Case("manifest-symlink", _distill_argv(copy("exp", "e3", shard_link), "o3"), 2,
-             ("manifest.json", "'shards[0].file'", "symbolic link")),
+        Case(
+            "checkpoint-dotdot",
+            _distill_argv("exp", copy("run", "r1", ck(lambda m: {**m, "file": "../victim.txt"})), 4, None, *resume),
+            2,
+            ("checkpoint.json", "'file'", "../victim.txt"),
+            unchanged="r1",
+        ),
+        Case(
+            "checkpoint-absolute",
+            _distill_argv("exp", copy("run", "r2", ck(lambda m: {**m, "file": victim})), 4, None, *resume),
+            2,
+            ("checkpoint.json", "'file'"),
+            unchanged="r2",
+        ),
+        Case(
+            "checkpoint-symlink",
+            _distill_argv("exp", copy("run", "r3", ckpt_link), 4, None, *resume),
+            2,
+            ("checkpoint.json", "symbolic link"),
+            unchanged="r3",
+        ),
+        Case(
+            "checkpoint-crafted-fresh-run-deletes-nothing",
+            _distill_argv("exp", copy("run", "r4", ck(lambda m: {**m, "file": "../victim.txt"}))),
+            0,
+        ),
+        Case(
+            "manifest-dotdot",
+            _distill_argv(copy("exp", "e1", shard("file", "../exp/experts_0000.safetensors")), "o1"),
+            2,
+            ("manifest.json", "'shards[0].file'", ".."),
+        ),
+        Case(
+            "manifest-absolute",
+            _distill_argv(copy("exp", "e2", shard("file", str(root / "exp/experts_0000.safetensors"))), "o2"),
+            2,
+            ("manifest.json", "'shards[0].file'"),
+        ),
+        Case(
+            "manifest-symlink",
+            _distill_argv(copy("exp", "e3", shard_link), "o3"),
+            2,
+            ("manifest.json", "'shards[0].file'", "symbolic link"),
+        ),
         # checked files
-        Case("set-flipped-bytes", ["evaluate", *DIGITS, "--syn", copy("set", "s1", lambda d: _flip(d / "synthetic.safetensors")),
-                                   "--num-eval", "1", "--epochs", "1"], 2, ("synthetic.safetensors", "SHA-256")),
-        Case("checkpoint-flipped-bytes", _distill_argv("exp", copy("run", "r5", lambda d: _flip(d / "checkpoint_3.safetensors")),
-                                                       4, None, *resume), 2, ("checkpoint_3.safetensors", "SHA-256"),
-             unchanged="r5"),
-        Case("set-without-checksums-loads-with-a-notice",
-             ["evaluate", *DIGITS, "--syn", copy("set", "s2", lambda d: _edit_json(d / "synthetic.json", drop("files"))),
-              "--num-eval", "1", "--epochs", "1"], 0, ("predates checksums",)),
+        Case(
+            "set-flipped-bytes",
+            [
+                "evaluate",
+                *DIGITS,
+                "--syn",
+                copy("set", "s1", lambda d: _flip(d / "synthetic.safetensors")),
+                "--num-eval",
+                "1",
+                "--epochs",
+                "1",
+            ],
+            2,
+            ("synthetic.safetensors", "SHA-256"),
+        ),
+        Case(
+            "checkpoint-flipped-bytes",
+            _distill_argv("exp", copy("run", "r5", lambda d: _flip(d / "checkpoint_3.safetensors")), 4, None, *resume),
+            2,
+            ("checkpoint_3.safetensors", "SHA-256"),
+            unchanged="r5",
+        ),
+        Case(
+            "set-without-checksums-loads-with-a-notice",
+            [
+                "evaluate",
+                *DIGITS,
+                "--syn",
+                copy("set", "s2", lambda d: _edit_json(d / "synthetic.json", drop("files"))),
+                "--num-eval",
+                "1",
+                "--epochs",
+                "1",
+            ],
+            0,
+            ("predates checksums",),
+        ),
         # validate, then write: a failed start leaves the folder as it was
-        Case("corrupt-experts-keep-the-log", _distill_argv(copy("exp", "e4", lambda d: _flip(d / "experts_0000.safetensors")),
-                                                           copy("run", "r6"), 4, None, *resume), 2,
-             ("experts_0000.safetensors", "SHA-256"), unchanged="r6"),
+        Case(
+            "corrupt-experts-keep-the-log",
+            _distill_argv(
+                copy("exp", "e4", lambda d: _flip(d / "experts_0000.safetensors")), copy("run", "r6"), 4, None, *resume
+            ),
+            2,
+            ("experts_0000.safetensors", "SHA-256"),
+            unchanged="r6",
+        ),
         Case("corrupt-experts-fresh-start", _distill_argv("e4", copy("run", "r7"), 4), 2, ("SHA-256",), unchanged="r7"),
         # resume is honest
-        Case("resume-other-seed", _distill_argv("exp", copy("run", "r8"), 4, None, "--resume", "--seed", "7"), 2,
-             ("seed 0", "--seed 0"), unchanged="r8"),
-        Case("resume-fewer-iterations", _distill_argv("exp", copy("run", "r9"), 2, None, *resume), 2,
-             ("3 iterations", "iterations >= 3"), unchanged="r9"),
-        Case("resume-same-iterations-returns-the-set", _distill_argv("exp", copy("run", "r10"), 3, None, *resume), 0,
-             ("already done all 3 iterations",)),
-        Case("resume-other-settings", _distill_argv("exp", copy("run", "r11"), 4, {**MTT, "syn_steps": 3}, *resume), 2,
-             ("other settings", "syn_steps 2 there, 3 now"), unchanged="r11"),
+        Case(
+            "resume-other-seed",
+            _distill_argv("exp", copy("run", "r8"), 4, None, "--resume", "--seed", "7"),
+            2,
+            ("seed 0", "--seed 0"),
+            unchanged="r8",
+        ),
+        Case(
+            "resume-fewer-iterations",
+            _distill_argv("exp", copy("run", "r9"), 2, None, *resume),
+            2,
+            ("3 iterations", "iterations >= 3"),
+            unchanged="r9",
+        ),
+        Case(
+            "resume-same-iterations-returns-the-set",
+            _distill_argv("exp", copy("run", "r10"), 3, None, *resume),
+            0,
+            ("already done all 3 iterations",),
+        ),
+        Case(
+            "resume-other-settings",
+            _distill_argv("exp", copy("run", "r11"), 4, {**MTT, "syn_steps": 3}, *resume),
+            2,
+            ("other settings", "syn_steps 2 there, 3 now"),
+            unchanged="r11",
+        ),
         # one error style, no tracebacks
         Case("device-cuda", _distill_argv("exp", "o4", 3, None, "--device", "cuda"), 2, ("--device", "cuda")),
         Case("device-gpu", _distill_argv("exp", "o5", 3, None, "--device", "gpu"), 2, ("--device", "'gpu'")),
         Case("options-list", _distill_argv("exp", "o6", 3, [1, 2]), 2, ("--options", "a list")),
-        Case("options-null", _distill_argv("exp", "o7") [:-3] + ["null", "--out", "o7"], 2, ("--options", "null")),
-        Case("options-malformed", _distill_argv("exp", "o8")[:-3] + ["{syn_steps: 2", "--out", "o8"], 2,
-             ("--options", "not valid JSON")),
-        Case("options-wrong-type", _distill_argv("exp", "o9", 3, {**MTT, "syn_steps": "three"}), 2,
-             ("--options", "'syn_steps'", "an integer")),
-        Case("options-unknown-key", _distill_argv("exp", "o10", 3, {**MTT, "synsteps": 2}), 2, ("--options", "'synsteps'")),
+        Case("options-null", _distill_argv("exp", "o7")[:-3] + ["null", "--out", "o7"], 2, ("--options", "null")),
+        Case(
+            "options-malformed",
+            _distill_argv("exp", "o8")[:-3] + ["{syn_steps: 2", "--out", "o8"],
+            2,
+            ("--options", "not valid JSON"),
+        ),
+        Case(
+            "options-wrong-type",
+            _distill_argv("exp", "o9", 3, {**MTT, "syn_steps": "three"}),
+            2,
+            ("--options", "'syn_steps'", "an integer"),
+        ),
+        Case(
+            "options-unknown-key",
+            _distill_argv("exp", "o10", 3, {**MTT, "synsteps": 2}),
+            2,
+            ("--options", "'synsteps'"),
+        ),
         Case("backend-bogus-version", ["--version"], 2, ("FASTDD_BACKEND", "'bogus'"), env={"FASTDD_BACKEND": "bogus"}),
-        Case("backend-bogus-distill", _distill_argv("exp", "o11"), 2, ("FASTDD_BACKEND",), env={"FASTDD_BACKEND": "bogus"}),
+        Case(
+            "backend-bogus-distill",
+            _distill_argv("exp", "o11"),
+            2,
+            ("FASTDD_BACKEND",),
+            env={"FASTDD_BACKEND": "bogus"},
+        ),
         Case("out-under-a-file", _distill_argv("exp", "a_file/run"), 2, ("--out", "a_file", "not a folder")),
         Case("out-unwritable", _distill_argv("exp", "/sys/fastdd-test-run"), 2, ("/sys/fastdd-test-run",)),
-        Case("manifest-missing-model-spec", _distill_argv(copy("exp", "e5", mf(drop("model_spec"))), "o12"), 2,
-             ("manifest.json", "'model_spec'")),
-        Case("manifest-missing-shards", _distill_argv(copy("exp", "e6", mf(drop("shards"))), "o13"), 2,
-             ("manifest.json", "'shards'")),
-        Case("manifest-wrong-type", _distill_argv(copy("exp", "e7", mf(lambda m: {**m, "shards": "x"})), "o14"), 2,
-             ("manifest.json", "'shards'", "list")),
-        Case("manifest-is-a-list", _distill_argv(copy("exp", "e8", mf(lambda m: [m])), "o15"), 2,
-             ("manifest.json", "JSON object")),
-        Case("checkpoint-missing-optimizers", _distill_argv("exp", copy("run", "r12", ck(drop("optimizers"))), 4, None,
-                                                            *resume), 2, ("checkpoint.json", "'optimizers'"),
-             unchanged="r12"),
-        Case("checkpoint-wrong-type", _distill_argv("exp", copy("run", "r13", ck(lambda m: {**m, "iteration": "3"})), 4,
-                                                    None, *resume), 2, ("checkpoint.json", "'iteration'", "integer"),
-             unchanged="r13"),
-        Case("set-json-is-a-list", ["evaluate", *DIGITS, "--syn", copy("set", "s3", lambda d: _edit_json(
-            d / "synthetic.json", lambda m: [m])), "--num-eval", "1"], 2, ("synthetic.json", "JSON object")),
-        Case("set-label-out-of-range", ["evaluate", *DIGITS, "--syn", copy("set", "s4", _relabel), "--num-eval", "1"], 2,
-             ("s4", "labels", "[0, 10)")),
-        Case("set-nan-lr", ["evaluate", *DIGITS, "--syn", copy("set", "s5", _nan_lr), "--num-eval", "1"], 2,
-             ("s5", "learned lr", "finite")),
-        Case("model-kwargs-typo", ["experts", *DIGITS, "--model-kwargs", '{"widht": 8}', "--out", "o16"], 2,
-             ("--model-kwargs", "'widht'", "width")),
+        Case(
+            "manifest-missing-model-spec",
+            _distill_argv(copy("exp", "e5", mf(drop("model_spec"))), "o12"),
+            2,
+            ("manifest.json", "'model_spec'"),
+        ),
+        Case(
+            "manifest-missing-shards",
+            _distill_argv(copy("exp", "e6", mf(drop("shards"))), "o13"),
+            2,
+            ("manifest.json", "'shards'"),
+        ),
+        Case(
+            "manifest-wrong-type",
+            _distill_argv(copy("exp", "e7", mf(lambda m: {**m, "shards": "x"})), "o14"),
+            2,
+            ("manifest.json", "'shards'", "list"),
+        ),
+        Case(
+            "manifest-is-a-list",
+            _distill_argv(copy("exp", "e8", mf(lambda m: [m])), "o15"),
+            2,
+            ("manifest.json", "JSON object"),
+        ),
+        Case(
+            "checkpoint-missing-optimizers",
+            _distill_argv("exp", copy("run", "r12", ck(drop("optimizers"))), 4, None, *resume),
+            2,
+            ("checkpoint.json", "'optimizers'"),
+            unchanged="r12",
+        ),
+        Case(
+            "checkpoint-wrong-type",
+            _distill_argv("exp", copy("run", "r13", ck(lambda m: {**m, "iteration": "3"})), 4, None, *resume),
+            2,
+            ("checkpoint.json", "'iteration'", "integer"),
+            unchanged="r13",
+        ),
+        Case(
+            "set-json-is-a-list",
+            [
+                "evaluate",
+                *DIGITS,
+                "--syn",
+                copy("set", "s3", lambda d: _edit_json(d / "synthetic.json", lambda m: [m])),
+                "--num-eval",
+                "1",
+            ],
+            2,
+            ("synthetic.json", "JSON object"),
+        ),
+        Case(
+            "set-label-out-of-range",
+            ["evaluate", *DIGITS, "--syn", copy("set", "s4", _relabel), "--num-eval", "1"],
+            2,
+            ("s4", "labels", "[0, 10)"),
+        ),
+        Case(
+            "set-nan-lr",
+            ["evaluate", *DIGITS, "--syn", copy("set", "s5", _nan_lr), "--num-eval", "1"],
+            2,
+            ("s5", "learned lr", "finite"),
+        ),
+        Case(
+            "model-kwargs-typo",
+            ["experts", *DIGITS, "--model-kwargs", '{"widht": 8}', "--out", "o16"],
+            2,
+            ("--model-kwargs", "'widht'", "width"),
+        ),
         Case("import-empty-list", ["import-buffer", "empty.pt", "--out", "o17"], 2, ("empty.pt", "no experts")),
         # numbers in range
-        Case("evaluate-negative-epochs", ["evaluate", *DIGITS, "--random-ipc", "1", "--epochs", "-1"], 2,
-             ("--epochs", "-1")),
+        Case(
+            "evaluate-negative-epochs",
+            ["evaluate", *DIGITS, "--random-ipc", "1", "--epochs", "-1"],
+            2,
+            ("--epochs", "-1"),
+        ),
         Case("negative-lr-img", _distill_argv("exp", "o18", 3, {**MTT, "lr_img": -100}), 2, ("lr_img", "-100")),
-        Case("lr-img-1e12-blows-up", _distill_argv("exp", "o19", 20, {**MTT, "lr_img": 1e12}, "--checkpoint-every", "1"),
-             1, ("lr_img", "standard deviations", "without a set")),
+        Case(
+            "lr-img-1e12-blows-up",
+            _distill_argv("exp", "o19", 20, {**MTT, "lr_img": 1e12}, "--checkpoint-every", "1"),
+            1,
+            ("lr_img", "standard deviations", "without a set"),
+        ),
         Case("lr-img-1e30-blows-up", _distill_argv("exp", "o20", 5, {**MTT, "lr_img": 1e30}), 1, ("lr_img",)),
-        Case("import-identical-snapshots-warns", ["import-buffer", "replay_buffer_0.pt", "--model-kwargs",
-                                                  '{"width": 8, "depth": 1}', "--channels", "1", "--im-size", "8",
-                                                  "--dataset", "digits", "--out", "frozen"], 0,
-             ("replay_buffer_0.pt", "expert 0", "identical", "epochs 0-1, 1-2")),
+        Case(
+            "import-identical-snapshots-warns",
+            [
+                "import-buffer",
+                "replay_buffer_0.pt",
+                "--model-kwargs",
+                '{"width": 8, "depth": 1}',
+                "--channels",
+                "1",
+                "--im-size",
+                "8",
+                "--dataset",
+                "digits",
+                "--out",
+                "frozen",
+            ],
+            0,
+            ("replay_buffer_0.pt", "expert 0", "identical", "epochs 0-1, 1-2"),
+        ),
     ]
     return root, cases
 
 
 def _relabel(d: Path) -> None:
     from safetensors.torch import load_file, save_file
+
     t = load_file(str(d / "synthetic.safetensors"))
     t["labels"][0] = 12
     save_file(t, str(d / "synthetic.safetensors"), metadata={"format": "fastdd.synthetic/1"})
@@ -255,6 +456,7 @@ def _relabel(d: Path) -> None:
 
 def _nan_lr(d: Path) -> None:
     from safetensors.torch import load_file, save_file
+
     t = load_file(str(d / "synthetic.safetensors"))
     t["lr"][0] = float("nan")
     save_file(t, str(d / "synthetic.safetensors"), metadata={"format": "fastdd.synthetic/1"})
@@ -262,11 +464,26 @@ def _nan_lr(d: Path) -> None:
 
 
 def _run_cases(root: Path, cases: list[Case], parallel: int = 2) -> dict[str, tuple[int, str, str]]:
-    jobs = [{"id": c.id, "argv": c.argv, "cwd": str(root), "env": c.env, "stdout": str(root / f"{c.id}.out"),
-             "stderr": str(root / f"{c.id}.err")} for c in cases]
+    jobs = [
+        {
+            "id": c.id,
+            "argv": c.argv,
+            "cwd": str(root),
+            "env": c.env,
+            "stdout": str(root / f"{c.id}.out"),
+            "stderr": str(root / f"{c.id}.err"),
+        }
+        for c in cases
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("FASTDD_BACKEND", "FASTDD_DEBUG")}
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(parallel)], input=json.dumps(jobs), capture_output=True,
-                          text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(parallel)],
+        input=json.dumps(jobs),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr  # the driver's stderr: each case's seconds
     codes = json.loads(proc.stdout.strip().splitlines()[-1])
     return {c.id: (codes[c.id], (root / f"{c.id}.out").read_text(), (root / f"{c.id}.err").read_text()) for c in cases}
@@ -278,24 +495,65 @@ def outcomes(world):
     # the followup case (distill on the imported frozen experts) needs the import first
     before = {c.id: _snapshot(root / c.unchanged) for c in cases if c.unchanged}
     results = _run_cases(root, cases)
-    follow = [Case("every-iteration-skipped-fails", _distill_argv("frozen", "o21"), 1,
-                   ("3 of 3 iterations were skipped", "non-finite", "identical snapshots"))]
+    follow = [
+        Case(
+            "every-iteration-skipped-fails",
+            _distill_argv("frozen", "o21"),
+            1,
+            ("3 of 3 iterations were skipped", "non-finite", "identical snapshots"),
+        )
+    ]
     results.update(_run_cases(root, follow, parallel=1))
     after = {c.id: _snapshot(root / c.unchanged) for c in cases if c.unchanged}
     return root, {c.id: c for c in cases + follow}, results, before, after
 
 
-CASE_IDS = ["checkpoint-dotdot", "checkpoint-absolute", "checkpoint-symlink", "checkpoint-crafted-fresh-run-deletes-nothing",
-            "manifest-dotdot", "manifest-absolute", "manifest-symlink", "set-flipped-bytes", "checkpoint-flipped-bytes",
-            "set-without-checksums-loads-with-a-notice", "corrupt-experts-keep-the-log", "corrupt-experts-fresh-start",
-            "resume-other-seed", "resume-fewer-iterations", "resume-same-iterations-returns-the-set",
-            "resume-other-settings", "device-cuda", "device-gpu", "options-list", "options-null", "options-malformed",
-            "options-wrong-type", "options-unknown-key", "backend-bogus-version", "backend-bogus-distill",
-            "out-under-a-file", "out-unwritable", "manifest-missing-model-spec", "manifest-missing-shards",
-            "manifest-wrong-type", "manifest-is-a-list", "checkpoint-missing-optimizers", "checkpoint-wrong-type",
-            "set-json-is-a-list", "set-label-out-of-range", "set-nan-lr", "model-kwargs-typo", "import-empty-list",
-            "evaluate-negative-epochs", "negative-lr-img", "lr-img-1e12-blows-up", "lr-img-1e30-blows-up",
-            "import-identical-snapshots-warns", "every-iteration-skipped-fails"]
+CASE_IDS = [
+    "checkpoint-dotdot",
+    "checkpoint-absolute",
+    "checkpoint-symlink",
+    "checkpoint-crafted-fresh-run-deletes-nothing",
+    "manifest-dotdot",
+    "manifest-absolute",
+    "manifest-symlink",
+    "set-flipped-bytes",
+    "checkpoint-flipped-bytes",
+    "set-without-checksums-loads-with-a-notice",
+    "corrupt-experts-keep-the-log",
+    "corrupt-experts-fresh-start",
+    "resume-other-seed",
+    "resume-fewer-iterations",
+    "resume-same-iterations-returns-the-set",
+    "resume-other-settings",
+    "device-cuda",
+    "device-gpu",
+    "options-list",
+    "options-null",
+    "options-malformed",
+    "options-wrong-type",
+    "options-unknown-key",
+    "backend-bogus-version",
+    "backend-bogus-distill",
+    "out-under-a-file",
+    "out-unwritable",
+    "manifest-missing-model-spec",
+    "manifest-missing-shards",
+    "manifest-wrong-type",
+    "manifest-is-a-list",
+    "checkpoint-missing-optimizers",
+    "checkpoint-wrong-type",
+    "set-json-is-a-list",
+    "set-label-out-of-range",
+    "set-nan-lr",
+    "model-kwargs-typo",
+    "import-empty-list",
+    "evaluate-negative-epochs",
+    "negative-lr-img",
+    "lr-img-1e12-blows-up",
+    "lr-img-1e30-blows-up",
+    "import-identical-snapshots-warns",
+    "every-iteration-skipped-fails",
+]
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)

@@ -1,4 +1,5 @@
 """The GPU check and the bytes-moved model run (tiny settings); the CPU-only answer of the GPU check."""
+
 import os
 import subprocess
 import sys
@@ -11,14 +12,19 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def _run(*args, env=None):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})}, cwd=BENCH.parent)
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+        cwd=BENCH.parent,
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
 def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
-    out = _run(str(BENCH / "gpu_check.py"), "--out", str(tmp_path / "g.json"),
-               env={"TRITON_INTERPRET": "0"})
+    out = _run(str(BENCH / "gpu_check.py"), "--out", str(tmp_path / "g.json"), env={"TRITON_INTERPRET": "0"})
     assert out.returncode == 0, out.stderr
     assert "no CUDA device here" in out.stdout
     assert not (tmp_path / "g.json").exists()

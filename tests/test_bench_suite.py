@@ -1,6 +1,7 @@
 """The benchmark suite's correctness (fast; the timings themselves run with ``pytest bench``):
 the reference-style baseline equals fastdd's gradients, the per-image loops equal the batched
 augmentations, and the memory-scaling model and its command line do what they say."""
+
 import importlib.util
 import json
 import subprocess
@@ -76,8 +77,10 @@ def test_reference_lazy_augment_draws_like_step_augment(reference):
     y = torch.arange(8) % 4
     batches = [torch.arange(8)] * 4
     lr = torch.tensor(0.05, dtype=torch.float64)
-    out = [f(net, x, y, lr, theta0, target, batches, StepAugment(None, torch.Generator().manual_seed(3)))
-           for f in (reference.meta_grad, trajectory_matching_grad)]
+    out = [
+        f(net, x, y, lr, theta0, target, batches, StepAugment(None, torch.Generator().manual_seed(3)))
+        for f in (reference.meta_grad, trajectory_matching_grad)
+    ]
     assert _rel(out[0][1], out[1][1]) < 1e-10
 
 
@@ -105,7 +108,7 @@ P = 320_010  # the default ConvNet's parameters
 
 def _linear(mode, steps, batch, a=400.0, b=2.85, device="cpu", images=None, ipc=None):
     """A point exactly on the model: a + b·x + θ storage."""
-    theta = bench.theta_vectors(mode, steps, device) * P * 4 / 2 ** 20
+    theta = bench.theta_vectors(mode, steps, device) * P * 4 / 2**20
     peak = a + b * bench._x(mode, steps, batch) + theta
     return bench.MemoryPoint(mode, steps, batch, peak, 1.0, device, images=images, ipc=ipc)
 
@@ -145,8 +148,12 @@ def test_theta_vectors_and_mode_labels():
     assert bench.theta_vectors("bptt", 40) == 40
     assert bench.theta_vectors("adjoint:all", 40) == 41
     assert bench.theta_vectors("adjoint:host", 40, "cuda") == 1 and bench.theta_vectors("adjoint:host", 40) == 41
-    assert bench.theta_vectors("adjoint", 80) == 9 + 9 - 1  # k = 9 for 80 steps: 9 checkpoints + a segment of 9 (one shared)
-    assert bench.mode_label("adjoint:auto") == "adjoint" and bench.mode_label("adjoint:checkpoint") == "adjoint:checkpoint"
+    assert (
+        bench.theta_vectors("adjoint", 80) == 9 + 9 - 1
+    )  # k = 9 for 80 steps: 9 checkpoints + a segment of 9 (one shared)
+    assert (
+        bench.mode_label("adjoint:auto") == "adjoint" and bench.mode_label("adjoint:checkpoint") == "adjoint:checkpoint"
+    )
     assert bench.mode_label("tesla:all") == "tesla:all" and bench.parse_mode("adjoint") == ("adjoint", "auto")
     for bad in ("bptt:all", "adjoint:disk", "sgd", "reference"):
         with pytest.raises(ValueError):
@@ -169,8 +176,17 @@ def test_memory_scaling_measures_what_fits_and_predicts_beyond(tmp_path):
         calls.append((mode, steps, batch))
         return _linear(mode, steps, batch, images=images, ipc=ipc)
 
-    res = bench.memory_scaling([10, 20, 40, 80], ["bptt", "adjoint:all"], ipc=[10, 50], max_mib=16000, max_gib=24,
-                               max_ipc_steps=[80, 200], out=tmp_path, echo=lambda s: None, measure_fn=fake_measure)
+    res = bench.memory_scaling(
+        [10, 20, 40, 80],
+        ["bptt", "adjoint:all"],
+        ipc=[10, 50],
+        max_mib=16000,
+        max_gib=24,
+        max_ipc_steps=[80, 200],
+        out=tmp_path,
+        echo=lambda s: None,
+        measure_fn=fake_measure,
+    )
     by = {(p.mode, p.ipc, p.steps): p for p in res.points}
     assert len(res) == 16 and len(calls) == 16 - 4
     # bptt, 2.85 MiB per image·step: IPC 10 x 80 steps (23,200 MiB) and IPC 50 x 20 / 40 / 80 steps > 16,000 MiB
@@ -194,32 +210,103 @@ def test_memory_scaling_measures_what_fits_and_predicts_beyond(tmp_path):
 
 def test_cli_flags_parse():
     from fastdd.cli import build_parser
-    a = build_parser().parse_args(["bench", "memory-scaling", "--ipc", "10", "50", "--steps", "20", "80", "--modes",
-                                   "bptt", "adjoint:all", "tesla", "--batch", "256", "--max-gib", "24", "--dsa",
-                                   "--device", "cuda", "--max-mib", "9000", "--depth", "4", "--num-classes", "100",
-                                   "--max-gib-steps", "80", "200"])
-    assert (a.ipc, a.steps, a.modes, a.batch, a.max_gib, a.dsa, a.device, a.max_mib, a.depth, a.num_classes,
-            a.max_gib_steps) == ([10, 50], [20, 80], ["bptt", "adjoint:all", "tesla"], [256], 24.0, True, "cuda",
-                                 9000.0, 4, 100, [80, 200])
+
+    a = build_parser().parse_args(
+        [
+            "bench",
+            "memory-scaling",
+            "--ipc",
+            "10",
+            "50",
+            "--steps",
+            "20",
+            "80",
+            "--modes",
+            "bptt",
+            "adjoint:all",
+            "tesla",
+            "--batch",
+            "256",
+            "--max-gib",
+            "24",
+            "--dsa",
+            "--device",
+            "cuda",
+            "--max-mib",
+            "9000",
+            "--depth",
+            "4",
+            "--num-classes",
+            "100",
+            "--max-gib-steps",
+            "80",
+            "200",
+        ]
+    )
+    assert (
+        a.ipc,
+        a.steps,
+        a.modes,
+        a.batch,
+        a.max_gib,
+        a.dsa,
+        a.device,
+        a.max_mib,
+        a.depth,
+        a.num_classes,
+        a.max_gib_steps,
+    ) == ([10, 50], [20, 80], ["bptt", "adjoint:all", "tesla"], [256], 24.0, True, "cuda", 9000.0, 4, 100, [80, 200])
     d = build_parser().parse_args(["bench", "memory-scaling"])
-    assert (d.steps, d.modes, d.batch, d.ipc, d.max_gib, d.dsa) == ([10, 20, 40, 80], ["adjoint", "bptt"], None, None,
-                                                                    None, False)
+    assert (d.steps, d.modes, d.batch, d.ipc, d.max_gib, d.dsa) == (
+        [10, 20, 40, 80],
+        ["adjoint", "bptt"],
+        None,
+        None,
+        None,
+        False,
+    )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "memory-scaling", "--modes", "adjoint:disk"])
 
 
 def test_measure_runs_the_reference_baseline_in_a_fresh_process():
-    p = bench.measure("reference", 2, 4, im_size=8, channels=1, width=4, depth=1, dsa=True,
-                      impl=f"{BENCH / 'reference_mtt.py'}:meta_grad")
+    p = bench.measure(
+        "reference",
+        2,
+        4,
+        im_size=8,
+        channels=1,
+        width=4,
+        depth=1,
+        dsa=True,
+        impl=f"{BENCH / 'reference_mtt.py'}:meta_grad",
+    )
     assert p.source == "measured" and p.peak_mib is not None and p.peak_mib >= 0, p.note
-    bad = bench.measure("adjoint", 2, 4, im_size=8, channels=1, width=4, depth=1,
-                        impl=f"{BENCH / 'reference_mtt.py'}:no_such_function")
+    bad = bench.measure(
+        "adjoint", 2, 4, im_size=8, channels=1, width=4, depth=1, impl=f"{BENCH / 'reference_mtt.py'}:no_such_function"
+    )
     assert bad.source == "failed" and "no_such_function" in bad.note
 
 
 def test_bench_suite_collects():
-    out = subprocess.run([sys.executable, "-m", "pytest", str(BENCH), "--collect-only", "-q", "--bench-size", "tiny",
-                          "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(BENCH),
+            "--collect-only",
+            "-q",
+            "--bench-size",
+            "tiny",
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=BENCH.parent,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     for group in ("test_iteration", "test_dsa", "test_combined", "test_train_experts", "test_knn", "test_step"):
         assert group in out.stdout, group

@@ -1,4 +1,5 @@
 """The fastdd command line: help for every command, clear errors, a small end-to-end run on digits."""
+
 import subprocess
 import sys
 
@@ -36,12 +37,44 @@ def test_errors_are_reported_not_raised(capsys, tmp_path):
 
 
 def test_end_to_end_on_digits(tmp_path, capsys):
-    assert main(["experts", "--dataset", "digits", "--num-experts", "1", "--epochs", "1", "--model", "convnet",
-                 "--out", str(tmp_path / "exp")]) == 0
+    assert (
+        main(
+            [
+                "experts",
+                "--dataset",
+                "digits",
+                "--num-experts",
+                "1",
+                "--epochs",
+                "1",
+                "--model",
+                "convnet",
+                "--out",
+                str(tmp_path / "exp"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "exp" / "manifest.json").exists() and (tmp_path / "exp" / "config.yaml").exists()
     assert main(["select", "--dataset", "digits", "--ipc", "2", "--out", str(tmp_path / "sel")]) == 0
-    assert main(["evaluate", "--dataset", "digits", "--syn", str(tmp_path / "sel"), "--epochs", "2", "--num-eval", "1",
-                 "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--dataset",
+                "digits",
+                "--syn",
+                str(tmp_path / "sel"),
+                "--epochs",
+                "2",
+                "--num-eval",
+                "1",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "% (1 runs, protocol mtt)" in out
     assert (tmp_path / "ev" / "result.json").exists()

@@ -1,19 +1,19 @@
 """The closed-form torch ConvNet block (kernels/convnet_block_torch.py) against the composite
 ``avg_pool2d(relu(group_norm(x)))``: forward bitwise, backward and double backward to 1e-10 (float64) /
 1e-5 (float32), gradcheck / gradgradcheck, and a whole tiny ConvNet's inner step with either block."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from block_orders import all_orders as _all_orders
+from block_orders import block_inputs
+from block_orders import max_rel as _max_rel
 
 import fastdd
 from fastdd import kernels
 from fastdd.kernels import norm_act_pool_reference
 from fastdd.kernels.convnet_block_torch import NormActPoolTorch, NormActPoolTorchBackward, norm_act_pool_closed
-
-from block_orders import all_orders as _all_orders
-from block_orders import block_inputs
-from block_orders import max_rel as _max_rel
 
 SHAPES = [(2, 3, 5, 7), (1, 2, 6, 6), (3, 1, 9, 4), (2, 4, 8, 8), (1, 2, 3, 2)]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -70,8 +70,11 @@ def test_one_node_per_order_and_no_graph_for_the_double_backward():
 def test_missing_upstream_grads_and_partial_inputs():
     # Only gx used (hw = hb = None inside), only gw used (hx = None), and gy not requiring grad.
     t = block_inputs((2, 3, 5, 6), torch.float64)
-    for fn_out in (lambda gx, gw, gb: (gx * t["hx"]).sum(), lambda gx, gw, gb: (gw * t["hw"]).sum(),
-                   lambda gx, gw, gb: (gb * t["hb"]).sum() + (gw * t["hw"]).sum()):
+    for fn_out in (
+        lambda gx, gw, gb: (gx * t["hx"]).sum(),
+        lambda gx, gw, gb: (gw * t["hw"]).sum(),
+        lambda gx, gw, gb: (gb * t["hb"]).sum() + (gw * t["hw"]).sum(),
+    ):
         res = []
         for fn in (norm_act_pool_reference, norm_act_pool_closed):
             x, w, b = (t[k].clone().requires_grad_() for k in ("x", "w", "b"))
@@ -82,7 +85,7 @@ def test_missing_upstream_grads_and_partial_inputs():
             assert _max_rel(a, r) < 1e-10
         x, w, b = (t[k].clone().requires_grad_() for k in ("x", "w", "b"))
         g = torch.autograd.grad(norm_act_pool_closed(x, w, b), (x, w, b), t["gy"], create_graph=True)
-        dx, = torch.autograd.grad(fn_out(*g), x, allow_unused=True, materialize_grads=True)
+        (dx,) = torch.autograd.grad(fn_out(*g), x, allow_unused=True, materialize_grads=True)
         assert _max_rel(dx, res[1][0]) < 1e-12
 
 
@@ -94,7 +97,7 @@ def test_noncontiguous_and_cast_inputs_reach_caller_tensors():
     for fn in (norm_act_pool_closed, norm_act_pool_reference):
         x = xt.transpose(2, 3)
         y = fn(x, w, t["b"])
-        gx, = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        (gx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
         outs.append((y.detach(), *torch.autograd.grad((gx * t["hx"]).sum(), (xt, w))))
     assert torch.equal(outs[0][0], outs[1][0])
     for a, r in zip(*outs):
@@ -122,7 +125,7 @@ def _inner_step(net, theta, x, y, v):
     th = theta.detach().requires_grad_(True)
     xx = x.detach().requires_grad_(True)
     out = net(xx, th)
-    g, = torch.autograd.grad(torch.nn.functional.cross_entropy(out, y), th, create_graph=True)
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(out, y), th, create_graph=True)
     return (out.detach(), g.detach(), *torch.autograd.grad((g * v).sum(), [th, xx]))
 
 

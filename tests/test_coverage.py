@@ -1,5 +1,6 @@
 """Coverage: FAISS k-NN + exact refinement against brute-force float64 distances, the radius with
 duplicates, points exactly at distance r, easy/hard halves, and the `coverage` command."""
+
 import csv
 import itertools
 
@@ -8,8 +9,7 @@ import torch
 
 import fastdd
 from fastdd.cli import main
-from fastdd.coverage import (coverage_from_features, faiss_gpu_available, hard_mask, mean_nn_distance,
-                             nearest_distances)
+from fastdd.coverage import coverage_from_features, faiss_gpu_available, hard_mask, mean_nn_distance, nearest_distances
 from fastdd.scores import Scores
 from fastdd.select import real_subset
 
@@ -53,9 +53,9 @@ def test_coverage_and_radius_equal_brute_force(seed):
 def test_self_exclusion_is_by_index_with_duplicates():
     pts = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [3.0, 4.0], [3.0, 4.0], [10.0, 0.0]])
     d, i = nearest_distances(pts, pts, exclude_self=True)
-    assert d.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0, pytest.approx(65 ** 0.5)]
+    assert d.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0, pytest.approx(65**0.5)]
     assert all(int(i[q]) != q for q in range(len(pts)))
-    assert mean_nn_distance(pts) == pytest.approx(65 ** 0.5 / 6)
+    assert mean_nn_distance(pts) == pytest.approx(65**0.5 / 6)
     # with refine=1 FAISS returns only 2 candidates per query; among 3 identical points the own
     # index may be missing from them, and the query must still get distance 0, not a dropped match
     d1, _ = nearest_distances(pts, pts, exclude_self=True, refine=1)
@@ -65,15 +65,20 @@ def test_self_exclusion_is_by_index_with_duplicates():
 def test_points_exactly_at_radius_are_covered():
     # a 5 x 5 integer lattice: every nearest-neighbour distance is exactly 1, so r = 1.0 exactly
     grid = torch.tensor(list(itertools.product(range(5), range(5))), dtype=torch.float32)
-    syn = torch.tensor([[-1.0, 0.0],   # exactly 1 from (0,0) only
-                        [2.0, 2.0],    # (2,2) and its 4 neighbours at exactly 1
-                        [7.0, 4.0]])   # 3 from (4,4): covers nothing
+    syn = torch.tensor(
+        [
+            [-1.0, 0.0],  # exactly 1 from (0,0) only
+            [2.0, 2.0],  # (2,2) and its 4 neighbours at exactly 1
+            [7.0, 4.0],
+        ]
+    )  # 3 from (4,4): covers nothing
     frac, r = fastdd.coverage_of(grid, syn)
     assert r == 1.0 and frac == 6 / 25 and brute(grid, syn) == (frac, r)
     # padded to more dims and shifted far from the origin: float32 |q|^2 + |x|^2 - 2 q.x would be
     # off by hundreds there; the search runs on centred features, then float64 distances.
     # Force FAISS's BLAS path (small searches otherwise take its exact direct loop).
     import faiss
+
     old = faiss.cvar.distance_compute_blas_threshold
     faiss.cvar.distance_compute_blas_threshold = 0
     try:
@@ -101,6 +106,7 @@ def test_bad_inputs_are_named():
 
 def test_gpu_index_only_with_faiss_gpu():
     import faiss
+
     # faiss-cpu exposes knn_gpu (unusable); the guard must not be fooled by it
     if not hasattr(faiss, "StandardGpuResources"):
         assert not faiss_gpu_available()
@@ -131,8 +137,15 @@ def test_coverage_on_tiny_ds_matches_raw_features(tiny_ds):
     assert res.train_easy == brute(train_f[~hard], syn_f, r)[0]
     assert res.test_easy is None and res.test_hard is None  # no scores for the test split
     t_scores = torch.rand(len(tiny_ds.test), generator=torch.Generator().manual_seed(1))
-    res2 = coverage_from_features(train_f, syn_f, test_features=test_f, test_labels=tiny_ds.test.labels,
-                                  test_scores=t_scores, hardest="high", split="test")
+    res2 = coverage_from_features(
+        train_f,
+        syn_f,
+        test_features=test_f,
+        test_labels=tiny_ds.test.labels,
+        test_scores=t_scores,
+        hardest="high",
+        split="test",
+    )
     thard = hard_mask(tiny_ds.test.labels, t_scores, "high")
     assert res2.train is None and res2.test_hard == brute(test_f[thard], syn_f, r)[0]
     # the whole train split covers itself
@@ -149,13 +162,49 @@ def test_coverage_default_extractor_is_seeded(tiny_ds):
 
 def test_cli_coverage_on_digits(tmp_path, capsys):
     import numpy as np
+
     ds = fastdd.load_dataset("digits")
     np.save(tmp_path / "f.npy", np.random.default_rng(0).random(len(ds.train)).astype(np.float32))
-    assert main(["select", "--dataset", "digits", "--method", "kcenter", "--ipc", "2", "--extractor-epochs", "1",
-                 "--out", str(tmp_path / "kc")]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--dataset",
+                "digits",
+                "--method",
+                "kcenter",
+                "--ipc",
+                "2",
+                "--extractor-epochs",
+                "1",
+                "--out",
+                str(tmp_path / "kc"),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "cov"
-    assert main(["coverage", "--dataset", "digits", "--syn", str(tmp_path / "kc"), "--random-ipc", "1", "3",
-                 "--scores", str(tmp_path / "f.npy"), "--extractor-epochs", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "coverage",
+                "--dataset",
+                "digits",
+                "--syn",
+                str(tmp_path / "kc"),
+                "--random-ipc",
+                "1",
+                "3",
+                "--scores",
+                str(tmp_path / "f.npy"),
+                "--extractor-epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(open(out / "coverage.csv")))
     assert [(r["method"], r["ipc"]) for r in rows] == [("kcenter", "2"), ("random", "1"), ("random", "3")]
     for r in rows:
@@ -168,6 +217,7 @@ def test_cli_coverage_on_digits(tmp_path, capsys):
 def test_torch_search_without_faiss_matches_faiss(monkeypatch):
     # without FAISS installed, the exact torch ranking finds the same neighbours and float64 distances
     import sys
+
     cov = sys.modules["fastdd.coverage"]  # (fastdd.coverage the attribute is the function)
     g = torch.Generator().manual_seed(3)
     pts = torch.randn(300, 12, generator=g, dtype=torch.float64)

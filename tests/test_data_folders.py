@@ -1,4 +1,5 @@
 """Folder-backed data sets (fastdd.data.folders) on small generated files: no download, ever."""
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ from fastdd.errors import CorruptFileError, DataNotFoundError
 @pytest.fixture(autouse=True)
 def no_download(monkeypatch):
     """Any attempt by torchvision to download fails the test."""
+
     def fail(self, *a, **k):
         raise AssertionError(f"{type(self).__name__}.download() was called")
 
@@ -28,6 +30,7 @@ def no_download(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- MNIST
+
 
 def _write_idx(path, arr: np.ndarray) -> None:
     magic = 0x0800 | arr.ndim  # 0x08: unsigned byte data
@@ -86,6 +89,7 @@ def test_mnist_truncated_file_is_corrupt(tmp_path):
 # ---------------------------------------------------------------------------------------------- CIFAR / SVHN
 # torchvision checks their files' MD5s, which fake files cannot match: the checks are patched out here.
 
+
 def test_cifar10_hwc_to_chw(tmp_path):
     rng = np.random.default_rng(1)
     base = tmp_path / "cifar-10-batches-py"
@@ -141,14 +145,18 @@ def test_svhn_labels_and_shape(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- missing data
 
-@pytest.mark.parametrize("name,expected", [
-    ("cifar10", "cifar-10-batches-py"),
-    ("cifar100", "cifar-100-python"),
-    ("mnist", os.path.join("MNIST", "raw")),
-    ("fashionmnist", os.path.join("FashionMNIST", "raw")),
-    ("svhn", "train_32x32.mat"),
-    ("tinyimagenet", "train"),
-])
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("cifar10", "cifar-10-batches-py"),
+        ("cifar100", "cifar-100-python"),
+        ("mnist", os.path.join("MNIST", "raw")),
+        ("fashionmnist", os.path.join("FashionMNIST", "raw")),
+        ("svhn", "train_32x32.mat"),
+        ("tinyimagenet", "train"),
+    ],
+)
 def test_missing_root_names_path_and_download(tmp_path, name, expected):
     root = tmp_path / "nope"
     with pytest.raises(DataNotFoundError) as err:
@@ -158,11 +166,14 @@ def test_missing_root_names_path_and_download(tmp_path, name, expected):
     assert not root.exists()  # nothing was created (or downloaded) there
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("cifar10", "cifar-10-batches-py"),
-    ("mnist", os.path.join("MNIST", "raw")),
-    ("svhn", "train_32x32.mat"),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("cifar10", "cifar-10-batches-py"),
+        ("mnist", os.path.join("MNIST", "raw")),
+        ("svhn", "train_32x32.mat"),
+    ],
+)
 def test_empty_root_names_expected_path(tmp_path, name, expected):
     with pytest.raises(DataNotFoundError) as err:
         load_dataset(name, root=tmp_path)
@@ -269,6 +280,7 @@ def test_tinyimagenet_missing_val_file_and_annotations(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- ImageFolder
+
 
 def _png(path, arr):
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,21 +1,31 @@
 """Methods on the engine: MTT, SelMatch, TESLA, DATM options, DD; checkpoints, guards, presets."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastdd
-from fastdd.distill import PRESETS, MTTConfig, DDConfig
+from fastdd.distill import PRESETS, DDConfig, MTTConfig
 from fastdd.distill.mtt import start_upper_bound, student_batches
 from fastdd.experts import train_experts
 
-FAST = dict(syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=10.0, lr_lr=1e-3, lr_init=0.01, batch_syn=5,
-            mode="adjoint")
+FAST = dict(
+    syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=10.0, lr_lr=1e-3, lr_init=0.01, batch_syn=5, mode="adjoint"
+)
 
 
 @pytest.fixture
 def experts(tiny_ds, tmp_path):
-    return train_experts(tiny_ds, "convnet", num_experts=2, epochs=3, out=tmp_path / "experts", seed=0,
-                         model_kwargs={"width": 4, "depth": 2}, show_progress=False)
+    return train_experts(
+        tiny_ds,
+        "convnet",
+        num_experts=2,
+        epochs=3,
+        out=tmp_path / "experts",
+        seed=0,
+        model_kwargs={"width": 4, "depth": 2},
+        show_progress=False,
+    )
 
 
 def _mtt(ds, experts, **kw):
@@ -35,6 +45,7 @@ def test_mtt_runs_learns_and_is_deterministic(tiny_ds, experts, tmp_path):
     idx = torch.tensor(syn.meta["init_indices"])
     assert tiny_ds.train.labels[idx].tolist() == syn.labels.tolist() and len(set(idx.tolist())) == 12
     from fastdd.distill.mtt import MTTPolicy
+
     start = MTTPolicy(tiny_ds, 3, experts, MTTConfig(**FAST), 0, "mtt")  # the set before any iteration
     assert start.init_idx.tolist() == idx.tolist() and torch.equal(start.images.detach(), tiny_ds.train.images[idx])
     assert not torch.equal(syn.images, start.images.detach())
@@ -65,8 +76,19 @@ def test_resume_continues_to_the_same_result(tiny_ds, experts, tmp_path):
 def test_selmatch_window_init_and_frozen_part(tiny_ds, experts):
     g = torch.Generator().manual_seed(3)
     scores = torch.rand(len(tiny_ds.train), generator=g)
-    syn = fastdd.distill(tiny_ds, "selmatch", ipc=4, experts=experts, iterations=2, scores=scores, alpha=0.5,
-                         beta=0.5, seed=0, show_progress=False, **FAST)
+    syn = fastdd.distill(
+        tiny_ds,
+        "selmatch",
+        ipc=4,
+        experts=experts,
+        iterations=2,
+        scores=scores,
+        alpha=0.5,
+        beta=0.5,
+        seed=0,
+        show_progress=False,
+        **FAST,
+    )
     # independent rule: per class, ascending score (hardest first for C-scores), ranks [2, 6)
     expect = []
     for c in range(4):
@@ -77,18 +99,36 @@ def test_selmatch_window_init_and_frozen_part(tiny_ds, experts):
     assert syn.meta["init_indices"] == expect
     assert torch.equal(syn.images[syn.frozen], init[syn.frozen])
     assert not torch.equal(syn.images[~syn.frozen], init[~syn.frozen])
-    res = fastdd.evaluate(syn, tiny_ds, "selmatch", num_eval=1, model="convnetbn",
-                          model_kwargs={"width": 4, "depth": 1}, epochs=1, show_progress=False)
+    res = fastdd.evaluate(
+        syn,
+        tiny_ds,
+        "selmatch",
+        num_eval=1,
+        model="convnetbn",
+        model_kwargs={"width": 4, "depth": 1},
+        epochs=1,
+        show_progress=False,
+    )
     assert 0 <= res.mean <= 1
     with pytest.raises(ValueError, match="scores"):
         fastdd.distill(tiny_ds, "selmatch", ipc=4, experts=experts, iterations=1, show_progress=False, **FAST)
     with pytest.raises(ValueError, match="would be distilled"):
-        fastdd.distill(tiny_ds, "selmatch", ipc=1, experts=experts, scores=scores, alpha=0.5, iterations=1,
-                       show_progress=False, **FAST)
+        fastdd.distill(
+            tiny_ds,
+            "selmatch",
+            ipc=1,
+            experts=experts,
+            scores=scores,
+            alpha=0.5,
+            iterations=1,
+            show_progress=False,
+            **FAST,
+        )
 
 
 def test_nan_guard_skips_and_reports(tiny_ds, experts, monkeypatch, capsys):
     from fastdd.distill import mtt
+
     real = mtt.unroll_grad
     calls = []
 
@@ -112,18 +152,38 @@ def test_nan_guard_skips_and_reports(tiny_ds, experts, monkeypatch, capsys):
 
 
 def test_datm_soft_labels_learn(tiny_ds, experts):
-    syn = fastdd.distill(tiny_ds, "datm", ipc=2, experts=experts, iterations=2, seed=0, show_progress=False,
-                         threshold=None, lr_y=5.0, **FAST)
+    syn = fastdd.distill(
+        tiny_ds,
+        "datm",
+        ipc=2,
+        experts=experts,
+        iterations=2,
+        seed=0,
+        show_progress=False,
+        threshold=None,
+        lr_y=5.0,
+        **FAST,
+    )
     assert syn.labels.shape == (8, 4) and syn.soft
     torch.testing.assert_close(syn.labels.sum(1), torch.ones(8))
-    res = fastdd.evaluate(syn, tiny_ds, "mtt", num_eval=1, epochs=1, model_kwargs={"width": 4, "depth": 2},
-                          show_progress=False)
+    res = fastdd.evaluate(
+        syn, tiny_ds, "mtt", num_eval=1, epochs=1, model_kwargs={"width": 4, "depth": 2}, show_progress=False
+    )
     assert 0 <= res.mean <= 1
 
 
 def test_tesla_soft_labels_from_target_expert(tiny_ds, experts):
-    syn = fastdd.distill(tiny_ds, "tesla", ipc=2, experts=experts, iterations=1, seed=0, show_progress=False,
-                         soft_labels="tesla", **{**FAST, "mode": "tesla"})
+    syn = fastdd.distill(
+        tiny_ds,
+        "tesla",
+        ipc=2,
+        experts=experts,
+        iterations=1,
+        seed=0,
+        show_progress=False,
+        soft_labels="tesla",
+        **{**FAST, "mode": "tesla"},
+    )
     assert syn.labels.dim() == 1  # TESLA relabels on the fly; the stored labels stay hard
 
 
@@ -155,13 +215,27 @@ def test_datm_start_epoch_schedule():
 
 
 def test_dd_fixed_init_and_replay_evaluation(tiny_ds, tmp_path):
-    syn = fastdd.distill(tiny_ds, "dd", iterations=5, seed=0, show_progress=False, model="mlp", steps=2, epochs=2,
-                         images_per_class=1, lr_init=0.05, real_batch=16, init_mode="fixed", mode="adjoint",
-                         out=tmp_path / "dd")
+    syn = fastdd.distill(
+        tiny_ds,
+        "dd",
+        iterations=5,
+        seed=0,
+        show_progress=False,
+        model="mlp",
+        steps=2,
+        epochs=2,
+        images_per_class=1,
+        lr_init=0.05,
+        real_batch=16,
+        init_mode="fixed",
+        mode="adjoint",
+        out=tmp_path / "dd",
+    )
     assert syn.images.shape == (8, 1, 8, 8) and syn.lr.shape == (4,) and bool((syn.lr > 0).all())
     res = fastdd.evaluate(syn, tiny_ds, "dd", num_eval=2)
     # independent replay with torch.nn: the fixed init, 4 plain SGD steps with the learned rates
     from fastdd.rng import generator
+
     net = fastdd.build_model("mlp", in_channels=1, num_classes=4, im_size=(8, 8))
     mod = net.module().double()
     net.load_into_module(mod, net.init(generator(0, "dd.fixed", 0), dtype=torch.float64))
@@ -177,8 +251,9 @@ def test_dd_fixed_init_and_replay_evaluation(tiny_ds, tmp_path):
         want = (mod(tiny_ds.test.images.double()).argmax(1) == tiny_ds.test.labels).double().mean().item()
     assert res.accuracies[0] == pytest.approx(want)
     # the poisoning objective runs and reports its success rate
-    atk = fastdd.distill(tiny_ds, "dd", iterations=2, show_progress=False, model="mlp", steps=1, epochs=1,
-                         real_batch=16, attack=(0, 1))
+    atk = fastdd.distill(
+        tiny_ds, "dd", iterations=2, show_progress=False, model="mlp", steps=1, epochs=1, real_batch=16, attack=(0, 1)
+    )
     r = fastdd.evaluate(atk, tiny_ds, "dd", num_eval=1)
     assert len(r.protocol["attack_success"]) == 1
 
@@ -194,13 +269,20 @@ def test_dd_resume(tiny_ds, tmp_path):
 def test_presets_match_the_reference_tables():
     from fastdd.distill.presets import check_preset
     from fastdd.distill.registry import get_method, make_config
+
     for p in PRESETS.values():  # every preset's method is registered and its options are fields of its config
         check_preset(p)
         cfg = make_config(get_method(p.method), dict(p.options))
         cfg.validate(10) if isinstance(cfg, DDConfig) else cfg.validate()
     m = PRESETS["mtt-cifar10-ipc1"].options
-    assert (m["syn_steps"], m["expert_epochs"], m["max_start_epoch"], m["lr_img"], m["lr_lr"], m["lr_init"]) == \
-        (50, 2, 2, 100, 1e-7, 0.01)
+    assert (m["syn_steps"], m["expert_epochs"], m["max_start_epoch"], m["lr_img"], m["lr_lr"], m["lr_init"]) == (
+        50,
+        2,
+        2,
+        100,
+        1e-7,
+        0.01,
+    )
     assert PRESETS["mtt-cifar10-ipc50"].zca is False and PRESETS["mtt-cifar100-ipc50"].options["batch_syn"] == 125
     s = PRESETS["selmatch-cifar10-ipc1000"].options
     assert (s["alpha"], s["beta"], s["lr_img"], s["syn_steps"], s["lr_init"]) == (0.1, 0.2, 10000, 55, 0.001)
@@ -220,6 +302,7 @@ def test_preset_must_match_data(tiny_ds, experts):
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_forgetting_from_expert_snapshots(tiny_ds, experts, split):
     from fastdd.scores import forgetting_from_experts
+
     part = getattr(tiny_ds, split)
     s = forgetting_from_experts(experts, tiny_ds, split=split)
     assert s.hardest == "high" and s.values.shape == (len(part),)
@@ -227,8 +310,7 @@ def test_forgetting_from_expert_snapshots(tiny_ds, experts, split):
     want = torch.zeros(len(part), dtype=torch.float64)
     for e in experts.ids:  # plain loops: per example, count 1 -> 0 between consecutive epochs
         traj = experts[e]
-        correct = [(net(part.images, traj[ep]).argmax(1) == part.labels).tolist()
-                   for ep in range(1, traj.shape[0])]
+        correct = [(net(part.images, traj[ep]).argmax(1) == part.labels).tolist() for ep in range(1, traj.shape[0])]
         for i in range(len(part)):
             seq = [c[i] for c in correct]
             want[i] += sum(a and not b for a, b in zip(seq, seq[1:])) if any(seq) else len(seq)
@@ -237,23 +319,126 @@ def test_forgetting_from_expert_snapshots(tiny_ds, experts, split):
 
 def test_cli_distill_and_memory_bench(tmp_path, capsys):
     from fastdd.cli import main
+
     exp = str(tmp_path / "exp")
-    assert main(["experts", "--dataset", "digits", "--num-experts", "1", "--epochs", "3", "--model-kwargs",
-                 '{"width": 8, "depth": 2}', "--out", exp]) == 0
+    assert (
+        main(
+            [
+                "experts",
+                "--dataset",
+                "digits",
+                "--num-experts",
+                "1",
+                "--epochs",
+                "3",
+                "--model-kwargs",
+                '{"width": 8, "depth": 2}',
+                "--out",
+                exp,
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "mtt"
-    assert main(["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", exp, "--iterations",
-                 "2", "--options", '{"syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 2, "lr_img": 10}',
-                 "--out", str(out)]) == 0
-    for f in ("log.csv", "loss.png", "lr.png", "config.yaml", "checkpoint.json", "synthetic/synthetic.safetensors",
-              "synthetic/images.png"):
+    assert (
+        main(
+            [
+                "distill",
+                "--dataset",
+                "digits",
+                "--method",
+                "mtt",
+                "--ipc",
+                "1",
+                "--experts",
+                exp,
+                "--iterations",
+                "2",
+                "--options",
+                '{"syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 2, "lr_img": 10}',
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    for f in (
+        "log.csv",
+        "loss.png",
+        "lr.png",
+        "config.yaml",
+        "checkpoint.json",
+        "synthetic/synthetic.safetensors",
+        "synthetic/images.png",
+    ):
         assert (out / f).exists(), f
-    assert main(["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", exp, "--iterations",
-                 "2", "--options", '{"max_start_epoch": 9}', "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--dataset",
+                "digits",
+                "--method",
+                "mtt",
+                "--ipc",
+                "1",
+                "--experts",
+                exp,
+                "--iterations",
+                "2",
+                "--options",
+                '{"max_start_epoch": 9}',
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert "exceeds" in capsys.readouterr().err
-    assert main(["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", exp, "--iterations",
-                 "1", "--options", '{"syn_stepz": 2}', "--out", str(tmp_path / "bad2")]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--dataset",
+                "digits",
+                "--method",
+                "mtt",
+                "--ipc",
+                "1",
+                "--experts",
+                exp,
+                "--iterations",
+                "1",
+                "--options",
+                '{"syn_stepz": 2}',
+                "--out",
+                str(tmp_path / "bad2"),
+            ]
+        )
+        == 2
+    )
     assert "--options: mtt has no option 'syn_stepz'; its options: alpha," in capsys.readouterr().err
-    assert main(["bench", "memory-scaling", "--steps", "1", "2", "--modes", "adjoint", "--batch", "4", "--width", "8",
-                 "--im-size", "8", "--out", str(tmp_path / "bench")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "memory-scaling",
+                "--steps",
+                "1",
+                "2",
+                "--modes",
+                "adjoint",
+                "--batch",
+                "4",
+                "--width",
+                "8",
+                "--im-size",
+                "8",
+                "--out",
+                str(tmp_path / "bench"),
+            ]
+        )
+        == 0
+    )
     rows = (tmp_path / "bench" / "memory_scaling.csv").read_text().splitlines()
     assert rows[0].startswith("mode,steps") and len(rows) == 3 and (tmp_path / "bench" / "memory_scaling.png").exists()

@@ -1,4 +1,5 @@
 """The engine's gradient modes: adjoint (exact, recomputing) must equal plain BPTT through autograd."""
+
 import pytest
 import torch
 
@@ -37,8 +38,9 @@ def test_adjoint_equals_bptt_trajectory_matching_float64(norm, dsa, soft):
     for mode in ("bptt", "adjoint"):
         aug = StepAugment(DSAConfig(), torch.Generator().manual_seed(5)) if dsa else None
         lrs = lr.expand(len(batches)).clone().requires_grad_()
-        res[mode] = unroll_grad(net, x.clone().requires_grad_(), y, lrs, theta0, batches,
-                                matching_loss(theta0, target), aug, mode)
+        res[mode] = unroll_grad(
+            net, x.clone().requires_grad_(), y, lrs, theta0, batches, matching_loss(theta0, target), aug, mode
+        )
     b, a = res["bptt"], res["adjoint"]
     assert a.mode == "adjoint" and b.mode == "bptt"
     assert abs(a.loss.item() - b.loss.item()) <= 1e-12 * abs(b.loss.item())
@@ -56,8 +58,9 @@ def test_adjoint_equals_bptt_float32(norm):
     out = {}
     for mode in ("bptt", "adjoint"):
         aug = StepAugment(DSAConfig(), torch.Generator().manual_seed(5))
-        out[mode] = trajectory_matching_grad(net, x, y, torch.tensor(0.3, dtype=torch.float32), theta0, target,
-                                             batches, aug, mode=mode)
+        out[mode] = trajectory_matching_grad(
+            net, x, y, torch.tensor(0.3, dtype=torch.float32), theta0, target, batches, aug, mode=mode
+        )
     (lb, gb, glb), (la, ga, gla) = out["bptt"], out["adjoint"]
     assert ga.dtype == torch.float32
     assert _rel(ga, gb) < 1e-5 and abs((gla - glb) / glb).item() < 1e-5 and abs((la - lb) / lb).item() < 1e-6
@@ -71,12 +74,13 @@ def test_adjoint_equals_bptt_dd_objective(soft):
     theta0 = net.init(g, dtype=torch.float64)
     s, n, epochs = 2, 4, 3
     x = torch.randn(s, n, 1, 28, 28, generator=g, **F64)
-    y = (torch.softmax(torch.randn(s, n, 4, generator=g, **F64), -1) if soft else torch.arange(n).repeat(s, 1) % 4)
+    y = torch.softmax(torch.randn(s, n, 4, generator=g, **F64), -1) if soft else torch.arange(n).repeat(s, 1) % 4
     lrs = torch.full((s * epochs,), 0.05, **F64)
     xr, yr = torch.randn(10, 1, 28, 28, generator=g, **F64), torch.randint(0, 4, (10,), generator=g)
     b = dd_grad(net, x.clone().requires_grad_(), y, lrs.clone().requires_grad_(), theta0, xr, yr, epochs, mode="bptt")
-    a = dd_grad(net, x.clone().requires_grad_(), y, lrs.clone().requires_grad_(), theta0, xr, yr, epochs,
-                mode="adjoint")
+    a = dd_grad(
+        net, x.clone().requires_grad_(), y, lrs.clone().requires_grad_(), theta0, xr, yr, epochs, mode="adjoint"
+    )
     assert a.images.shape == x.shape
     assert _rel(a.images, b.images) < 1e-10 and _rel(a.lrs, b.lrs) < 1e-10
     assert abs(a.loss - b.loss) < 1e-12
@@ -131,7 +135,9 @@ def test_auto_mode_picks_by_budget_and_matches():
     net, theta0, target, x, y, batches = _setup()
     lrs = torch.full((len(batches),), 0.2, requires_grad=True, **F64)
     kw = dict(outer=matching_loss(theta0, target))
-    big = unroll_grad(net, x.clone().requires_grad_(), y, lrs, theta0, batches, mode="auto", memory_budget=1 << 40, **kw)
+    big = unroll_grad(
+        net, x.clone().requires_grad_(), y, lrs, theta0, batches, mode="auto", memory_budget=1 << 40, **kw
+    )
     small = unroll_grad(net, x.clone().requires_grad_(), y, lrs, theta0, batches, mode="auto", memory_budget=1, **kw)
     assert big.mode == "bptt" and small.mode == "adjoint"
     assert _rel(small.images, big.images) < 1e-10
@@ -158,14 +164,16 @@ def test_theta_storage_modes_are_exact(storage, n_steps):
     lrs = torch.full((n_steps,), 0.3, requires_grad=True, **F64)
     kw = dict(outer=matching_loss(theta0, target))
     b = unroll_grad(net, x.clone().requires_grad_(), y, lrs, theta0, batches, mode="bptt", **kw)
-    a = unroll_grad(net, x.clone().requires_grad_(), y, lrs, theta0, batches, mode="adjoint", theta_storage=storage,
-                    **kw)
+    a = unroll_grad(
+        net, x.clone().requires_grad_(), y, lrs, theta0, batches, mode="adjoint", theta_storage=storage, **kw
+    )
     assert _rel(a.images, b.images) < 1e-10 and _rel(a.lrs, b.lrs) < 1e-10
     assert torch.equal(a.theta_final, b.theta_final) or _rel(a.theta_final, b.theta_final) < 1e-14
 
 
 def test_auto_theta_storage_rule_and_bitwise_equal_storages():
     from fastdd.engine import AUTO_THETA_FRACTION, auto_theta_storage
+
     assert AUTO_THETA_FRACTION == 0.25
     # the default ConvNet at batch 100: 216 MiB of activations per step, 1.22 MiB per θ
     assert auto_theta_storage(44, 1_280_040, 216 << 20) == "all"
@@ -176,8 +184,18 @@ def test_auto_theta_storage_rule_and_bitwise_equal_storages():
     for storage in ("auto", "checkpoint", "all"):
         aug = StepAugment(DSAConfig(), torch.Generator().manual_seed(5))
         lrs = lr.expand(len(batches)).clone().requires_grad_()
-        out[storage] = unroll_grad(net, x.clone().requires_grad_(), y, lrs, theta0, batches,
-                                   matching_loss(theta0, target), aug, "adjoint", theta_storage=storage)
+        out[storage] = unroll_grad(
+            net,
+            x.clone().requires_grad_(),
+            y,
+            lrs,
+            theta0,
+            batches,
+            matching_loss(theta0, target),
+            aug,
+            "adjoint",
+            theta_storage=storage,
+        )
     # this tiny net's θ is large against its activations: auto checkpoints
     assert out["auto"].theta_storage == "checkpoint" and out["all"].theta_storage == "all"
     for s in ("auto", "all"):
@@ -190,11 +208,21 @@ def test_auto_theta_storage_keeps_all_when_activations_dominate():
     y = torch.arange(40) % 3
     batches = [torch.arange(40)] * 2
     res = trajectory_matching_grad(net, x, y, torch.tensor(0.1, **F64), theta0, target, batches, mode="adjoint")
-    ref = trajectory_matching_grad(net, x, y, torch.tensor(0.1, **F64), theta0, target, batches, mode="adjoint",
-                                   theta_storage="checkpoint")
+    ref = trajectory_matching_grad(
+        net, x, y, torch.tensor(0.1, **F64), theta0, target, batches, mode="adjoint", theta_storage="checkpoint"
+    )
     assert all(torch.equal(a, b) for a, b in zip(res, ref))
-    r = unroll_grad(net, x.requires_grad_(), y, torch.full((2,), 0.1, **F64), theta0, batches,
-                    matching_loss(theta0, target), None, "adjoint")
+    r = unroll_grad(
+        net,
+        x.requires_grad_(),
+        y,
+        torch.full((2,), 0.1, **F64),
+        theta0,
+        batches,
+        matching_loss(theta0, target),
+        None,
+        "adjoint",
+    )
     assert r.theta_storage == "all"
 
 
@@ -209,10 +237,12 @@ def test_tesla_asks_autograd_for_no_hessian_vector_product(monkeypatch):
         ins = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
         counts["n"] += any(t.shape == (net.num_params,) for t in ins)
         return real_grad(outputs, inputs, *a, **k)
+
     monkeypatch.setattr(torch.autograd, "grad", spy)
     n = len(batches)
     for mode, expect in (("adjoint", 1 + 3 * n), ("tesla", 1 + 2 * n)):
         counts["n"] = 0
-        trajectory_matching_grad(net, x, y, torch.tensor(0.3, **F64), theta0, target, batches, mode=mode,
-                                 theta_storage="all")
+        trajectory_matching_grad(
+            net, x, y, torch.tensor(0.3, **F64), theta0, target, batches, mode=mode, theta_storage="all"
+        )
         assert counts["n"] == expect, (mode, counts["n"])

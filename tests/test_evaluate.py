@@ -1,4 +1,5 @@
 """Evaluation protocols: the training loop against torch.nn, schedules, determinism, baselines."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,8 +15,9 @@ TINY = {"model": "convnet", "model_kwargs": {"width": 8, "depth": 2}}
 def test_one_epoch_without_tricks_is_one_sgd_step(tiny_ds):
     """Plain protocol (no aug, no momentum, no wd, constant lr), epochs=0 → E+1 = 1 epoch of one full batch:
     the network is θ0 − lr·∇L(θ0); its test accuracy must equal the torch.nn module's after the same step."""
-    p = resolve_protocol("mtt", augment="none", momentum=0.0, weight_decay=0.0, schedule="constant", epochs=0,
-                         batch_size=1000, **TINY)
+    p = resolve_protocol(
+        "mtt", augment="none", momentum=0.0, weight_decay=0.0, schedule="constant", epochs=0, batch_size=1000, **TINY
+    )
     images, labels = tiny_ds.train.images, tiny_ds.train.labels
     acc = train_on(images, labels, tiny_ds, p, lr=0.5, seed=3)
     net = fastdd.build_model("convnet", in_channels=1, num_classes=4, im_size=(8, 8), width=8, depth=2)
@@ -52,10 +54,10 @@ def test_cosine_schedule_reaches_eta_min(tiny_ds, monkeypatch):
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.SGD, "step", spy)
-    p = resolve_protocol("selmatch", model="convnet", model_kwargs={"width": 8, "depth": 2}, epochs=4,
-                         batch_size=1000)
+    p = resolve_protocol("selmatch", model="convnet", model_kwargs={"width": 8, "depth": 2}, epochs=4, batch_size=1000)
     train_on(tiny_ds.train.images, tiny_ds.train.labels, tiny_ds, p, lr=0.1, seed=0)
     import math
+
     want = [0.001 + (0.1 - 0.001) * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(5)]
     assert lrs == pytest.approx(want)
 
@@ -90,8 +92,9 @@ def test_evaluate_is_deterministic_and_reports_final_accuracy(tiny_ds):
 
 def test_evaluate_learns_separable_data(tiny_ds):
     syn = real_subset(tiny_ds, random_indices(tiny_ds, 5, seed=0))
-    res = fastdd.evaluate(syn, tiny_ds, "mtt", num_eval=1, epochs=30, lr=0.05, augment="none", show_progress=False,
-                          **TINY)
+    res = fastdd.evaluate(
+        syn, tiny_ds, "mtt", num_eval=1, epochs=30, lr=0.05, augment="none", show_progress=False, **TINY
+    )
     assert res.mean >= 0.9
 
 
@@ -109,10 +112,23 @@ def test_evaluate_errors(tiny_ds, mnist5k):
 
 def test_protocol_presets():
     mtt, sel = PROTOCOLS["mtt"], PROTOCOLS["selmatch"]
-    assert (mtt.model, mtt.epochs, mtt.batch_size, mtt.momentum, mtt.weight_decay, mtt.schedule, mtt.augment) == \
-        ("convnet", 1000, 256, 0.9, 5e-4, "step", "dsa")
-    assert (sel.model, sel.lr, sel.batch_size, sel.schedule, sel.eta_min, sel.augment) == \
-        ("resnet18bn", 0.1, 128, "cosine", 0.001, "combined")
+    assert (mtt.model, mtt.epochs, mtt.batch_size, mtt.momentum, mtt.weight_decay, mtt.schedule, mtt.augment) == (
+        "convnet",
+        1000,
+        256,
+        0.9,
+        5e-4,
+        "step",
+        "dsa",
+    )
+    assert (sel.model, sel.lr, sel.batch_size, sel.schedule, sel.eta_min, sel.augment) == (
+        "resnet18bn",
+        0.1,
+        128,
+        "cosine",
+        0.001,
+        "combined",
+    )
 
 
 def test_set_from_other_data_or_zca_is_refused():

@@ -1,4 +1,5 @@
 """Expert trajectories: training, storage, resume, corruption, and the reference-buffer importer."""
+
 import json
 
 import pytest
@@ -13,8 +14,9 @@ SMALL = {"width": 8, "depth": 2}
 
 
 def _train(ds, out, **kw):
-    args = dict(model="convnet", num_experts=2, epochs=2, out=out, seed=0, shard_size=1, model_kwargs=SMALL,
-                show_progress=False)
+    args = dict(
+        model="convnet", num_experts=2, epochs=2, out=out, seed=0, shard_size=1, model_kwargs=SMALL, show_progress=False
+    )
     args.update(kw)
     return train_experts(ds, **args)
 
@@ -113,8 +115,12 @@ def test_import_reference_buffer(tmp_path):
     ref = _reference_buffer(mod)
     torch.save(ref, tmp_path / "replay_buffer_0.pt")
     torch.save(_reference_buffer(mod, seed=1), tmp_path / "replay_buffer_1.pt")
-    buf = import_reference_buffer([tmp_path / "replay_buffer_0.pt", tmp_path / "replay_buffer_1.pt"], net,
-                                  tmp_path / "imported", dataset="cifar10")
+    buf = import_reference_buffer(
+        [tmp_path / "replay_buffer_0.pt", tmp_path / "replay_buffer_1.pt"],
+        net,
+        tmp_path / "imported",
+        dataset="cifar10",
+    )
     assert len(buf) == 4 and buf.num_epochs == 2
     # expert 1, epoch 2 flattened in nn.Module.parameters() order
     want = torch.cat([t.reshape(-1) for t in ref[1][2]])
@@ -147,8 +153,9 @@ class _Evil:
 @pytest.mark.slow
 def test_default_convnet_reaches_95_percent_on_mnist5k(mnist5k, tmp_path):
     """Issue requirement: the default ConvNet trained on mnist5k's train split reaches >= 95 % on its test split."""
-    buf = train_experts(mnist5k, "convnet", num_experts=1, epochs=3, out=tmp_path, seed=0, momentum=0.9,
-                        show_progress=False)
+    buf = train_experts(
+        mnist5k, "convnet", num_experts=1, epochs=3, out=tmp_path, seed=0, momentum=0.9, show_progress=False
+    )
     acc = buf.manifest["test_accuracy"][0]
     print(f"mnist5k ConvNet test accuracy after 3 epochs: {100 * acc:.2f}%")
     assert acc >= 0.95

@@ -1,6 +1,7 @@
 """The method registry and the public way to add a method: docs/extending.md's worked example runs as
 written (registers, runs, checkpoints, resumes bitwise, evaluates), and the same code installed as a
 throwaway package with a ``fastdd.methods`` entry point runs through the command line."""
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,7 @@ def _blocks() -> list[str]:
 def test_fastdd_lists_its_eight_methods_and_the_cli_offers_them():
     assert BUILTIN <= set(fastdd.methods())
     from fastdd.cli import build_parser
+
     parser = build_parser()
     distill = parser._subparsers._group_actions[0].choices["distill"]
     method = next(a for a in distill._actions if a.dest == "method")
@@ -49,8 +51,9 @@ def test_the_worked_example_runs_as_written(tmp_path, monkeypatch):
         assert '"iteration": 30' in index
         syn = scope["syn"]
         assert syn.images.shape == (20, 1, 8, 8) and syn.meta["iterations"] == 30
-        start = scope["ds"].train.images[torch.cat(scope["ds"].sample_per_class(
-            2, fastdd.rng.generator(0, "meanmatch", "init")))]
+        start = scope["ds"].train.images[
+            torch.cat(scope["ds"].sample_per_class(2, fastdd.rng.generator(0, "meanmatch", "init")))
+        ]
         assert not torch.equal(syn.images, start)  # the images moved
     finally:
         unregister_method("meanmatch")
@@ -111,7 +114,8 @@ def test_a_plugin_package_runs_through_the_cli(tmp_path):
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "fastdd_meanmatch.py").write_text(_blocks()[0])
-    (pkg / "pyproject.toml").write_text(textwrap.dedent("""\
+    (pkg / "pyproject.toml").write_text(
+        textwrap.dedent("""\
         [build-system]
         requires = ["setuptools>=61"]
         build-backend = "setuptools.build_meta"
@@ -125,22 +129,80 @@ def test_a_plugin_package_runs_through_the_cli(tmp_path):
 
         [project.entry-points."fastdd.methods"]
         meanmatch = "fastdd_meanmatch:MeanMatch"
-        """))
+        """)
+    )
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(site), str(pkg)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(pkg),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
-    help_text = subprocess.run([sys.executable, "-m", "fastdd", "distill", "--help"], capture_output=True, text=True,
-                               env=env, timeout=120).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fastdd", "distill", "--help"], capture_output=True, text=True, env=env, timeout=120
+    ).stdout
     assert "meanmatch" in help_text and "class means matched under random projections" in help_text
-    run = subprocess.run([sys.executable, "-m", "fastdd", "distill", "--dataset", "digits", "--method", "meanmatch",
-                          "--ipc", "1", "--iterations", "3", "--options", '{"batch_real": 16}', "--out",
-                          str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastdd",
+            "distill",
+            "--dataset",
+            "digits",
+            "--method",
+            "meanmatch",
+            "--ipc",
+            "1",
+            "--iterations",
+            "3",
+            "--options",
+            '{"batch_real": 16}',
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert "distilled 10 images (meanmatch, ipc 1)" in run.stdout
     back = fastdd.SyntheticSet.load(tmp_path / "run" / "synthetic")
     assert back.meta["method"] == "meanmatch" and back.images.shape == (10, 1, 8, 8)
-    bad = subprocess.run([sys.executable, "-m", "fastdd", "distill", "--dataset", "digits", "--method", "meanmatch",
-                          "--ipc", "1", "--options", '{"batch_rea": 16}', "--out", str(tmp_path / "run2")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastdd",
+            "distill",
+            "--dataset",
+            "digits",
+            "--method",
+            "meanmatch",
+            "--ipc",
+            "1",
+            "--options",
+            '{"batch_rea": 16}',
+            "--out",
+            str(tmp_path / "run2"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "--options: meanmatch has no option 'batch_rea'" in bad.stderr

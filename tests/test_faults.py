@@ -1,5 +1,6 @@
 """Runs that survive faults: SIGTERM / Ctrl-C write a checkpoint and stop cleanly; a save that fails
 (full disk, vanished folder) keeps the previous checkpoint; a dead rank stops the others with an error."""
+
 from __future__ import annotations
 
 import errno
@@ -14,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from fastdd.errors import CheckpointWarning
-
 from dist_helpers import run_ranks
 from test_distributed import _distill, _experts
+
+from fastdd.errors import CheckpointWarning
 
 TESTS = Path(__file__).resolve().parent
 _SCRIPT = """
@@ -39,8 +39,12 @@ def test_signal_writes_a_checkpoint_and_resume_is_bitwise_the_same(sig, tmp_path
     _experts(tmp_path / "experts")
     its, out = 400, tmp_path / "run"
     code = _SCRIPT.format(tests=str(TESTS), experts=str(tmp_path / "experts"), out=str(out), its=its)
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+    )
     log = out / "log.csv"
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 4):
@@ -53,8 +57,9 @@ def test_signal_writes_a_checkpoint_and_resume_is_bitwise_the_same(sig, tmp_path
     assert 3 <= done < its, "the signal must have stopped the run part way (checkpoint_every is 1000)"
     assert f"after iteration {done}" in err and "Traceback" not in err
     assert len(log.read_text().splitlines()) == done + 1  # the log holds every finished iteration
-    resumed = _distill("mtt", str(tmp_path / "experts"), str(out), done + 3, resume=True, checkpoint_every=1000,
-                       syn_steps=6)
+    resumed = _distill(
+        "mtt", str(tmp_path / "experts"), str(out), done + 3, resume=True, checkpoint_every=1000, syn_steps=6
+    )
     whole = _distill("mtt", str(tmp_path / "experts"), None, done + 3, syn_steps=6)
     assert torch.equal(resumed["images"], whole["images"]) and torch.equal(resumed["lr"], whole["lr"])
 
@@ -83,6 +88,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert not list(out.glob(".*.tmp"))  # no half-written files left behind
     one = _distill("mtt", str(tmp_path / "experts"), None, 1)
     from fastdd.distill.state import load_checkpoint
+
     images = torch.zeros_like(one["images"])
     meta = load_checkpoint(out, {"images": images}, {}, {})
     assert meta["iteration"] == 1 and torch.equal(images, one["images"])
@@ -109,6 +115,7 @@ def test_failed_index_write_removes_the_new_tensor_file(tmp_path, monkeypatch):
 
 def test_vanished_run_folder_is_reported_not_recreated(tmp_path, monkeypatch):
     import shutil
+
     state = importlib.import_module("fastdd.distill.state")
     _experts(tmp_path / "experts")
     out = tmp_path / "run"
@@ -130,6 +137,7 @@ def test_vanished_run_folder_is_reported_not_recreated(tmp_path, monkeypatch):
 
 def _die_or_wait(experts: str) -> dict:
     import fastdd.distributed as fd
+
     if fd.current().rank == 1:
         os._exit(0)  # this rank vanishes before the run's first collective (exit 0: the spawner waits for rank 0)
     t0 = time.time()
@@ -151,14 +159,18 @@ def test_a_dead_rank_stops_the_others_with_an_error(tmp_path):
 def _sigterm_on_rank1(experts: str, out: str) -> dict:
     """Rank 1 alone gets SIGTERM once rank 0 has logged a few iterations; both must stop together."""
     import threading
+
     import fastdd.distributed as fd
     from fastdd.errors import RunInterrupted
+
     if fd.current().rank == 1:
+
         def watch():
             log = Path(out) / "log.csv"
             while not log.exists() or len(log.read_text().splitlines()) < 4:
                 time.sleep(0.02)
             os.kill(os.getpid(), signal.SIGTERM)
+
         threading.Thread(target=watch, daemon=True).start()
     try:
         _distill("mtt", experts, out, 400, checkpoint_every=1000, syn_steps=6)
@@ -175,7 +187,8 @@ def test_sigterm_to_one_rank_stops_all_at_the_same_iteration_and_resumes_on_one_
     done = r0["iteration"]
     assert json.loads((out / "checkpoint.json").read_text())["iteration"] == done
     # the gathered checkpoint resumes on one process, and ends where one uninterrupted process ends
-    resumed = _distill("mtt", str(tmp_path / "experts"), str(out), done + 2, resume=True, checkpoint_every=1000,
-                       syn_steps=6)
+    resumed = _distill(
+        "mtt", str(tmp_path / "experts"), str(out), done + 2, resume=True, checkpoint_every=1000, syn_steps=6
+    )
     whole = _distill("mtt", str(tmp_path / "experts"), None, done + 2, syn_steps=6)
     assert ((resumed["images"] - whole["images"]).norm() / whole["images"].norm()).item() < 1e-5

@@ -1,6 +1,7 @@
 """The file layer's guards, at the API: names read from JSON stay inside their folder (``..``, absolute
 paths, symbolic links), every file fastdd indexes carries its size and SHA-256 and is checked when read,
 older files without the record still load with a notice, and written files follow the umask."""
+
 from __future__ import annotations
 
 import json
@@ -67,6 +68,7 @@ def test_file_record_and_check_catch_one_flipped_byte(tmp_path):
     record = atomic_save_safetensors(path, {"x": torch.arange(100, dtype=torch.float32)})
     assert record == {"bytes": path.stat().st_size, "sha256": sha256_file(path)} == file_record(path)
     import hashlib
+
     assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # an independent digest
     check_file(path, record, tmp_path / "index.json")
     data = bytearray(path.read_bytes())
@@ -81,8 +83,13 @@ def test_file_record_and_check_catch_one_flipped_byte(tmp_path):
 
 def _set() -> SyntheticSet:
     g = torch.Generator().manual_seed(0)
-    return SyntheticSet(torch.randn(4, 1, 5, 5, generator=g), torch.tensor([0, 1, 2, 1]), torch.tensor(0.01), None,
-                        {"num_classes": 3, "method": "test"})
+    return SyntheticSet(
+        torch.randn(4, 1, 5, 5, generator=g),
+        torch.tensor([0, 1, 2, 1]),
+        torch.tensor(0.01),
+        None,
+        {"num_classes": 3, "method": "test"},
+    )
 
 
 def test_a_saved_set_records_its_checksum_and_a_flipped_byte_is_caught(tmp_path):
@@ -196,6 +203,5 @@ def test_old_checkpoint_without_a_record_loads_with_a_notice(tmp_path):
     x = torch.zeros(3, requires_grad=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        load_checkpoint(tmp_path, {"x": x}, {"o": torch.optim.SGD([x], lr=0.1, momentum=0.5)},
-                        {"g": torch.Generator()})
+        load_checkpoint(tmp_path, {"x": x}, {"o": torch.optim.SGD([x], lr=0.1, momentum=0.5)}, {"g": torch.Generator()})
     assert [w.category for w in caught] == [UnverifiedFileWarning]

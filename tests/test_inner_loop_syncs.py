@@ -1,5 +1,6 @@
 """The distillation inner loop without per-step host traffic: O(1) host→device copies and host reads
 per iteration (counted on the CPU), ``auto`` decided once per run, the engine settings reachable."""
+
 import builtins
 import contextlib
 import importlib
@@ -9,11 +10,9 @@ import pytest
 import torch
 
 import fastdd
-from fastdd.augment import replay
+from fastdd.augment import DSAConfig, StepAugment, replay, strategy_for
 from fastdd.distill import mtt
-from fastdd.engine import unroll
-from fastdd.augment import DSAConfig, StepAugment, strategy_for
-from fastdd.engine import matching_loss, to_device_once, unroll_grad
+from fastdd.engine import matching_loss, to_device_once, unroll, unroll_grad
 from fastdd.experts import train_experts
 
 F64 = dict(dtype=torch.float64)
@@ -37,8 +36,10 @@ class Counter:
 def _names_device(args, kwargs) -> bool:
     if "device" in kwargs:
         return True
-    return any(isinstance(a, (torch.device, str, torch.Tensor)) or (isinstance(a, int) and not isinstance(a, bool))
-               for a in args)
+    return any(
+        isinstance(a, (torch.device, str, torch.Tensor)) or (isinstance(a, int) and not isinstance(a, bool))
+        for a in args
+    )
 
 
 @contextlib.contextmanager
@@ -62,6 +63,7 @@ def counting(monkeypatch):
             if not c.paused:
                 c.reads += 1
             return orig(self, *args, **kwargs)
+
         return f
 
     orig_sample = replay.sample_dsa
@@ -96,8 +98,9 @@ def _tiny_unroll(n_steps, seed=0):
 
 def _call(net, theta0, target, x, y, batches, aug, mode):
     lrs = torch.full((len(batches),), 0.3, requires_grad=True, **F64)
-    return unroll_grad(net, x.clone().requires_grad_(), y, lrs, theta0, batches, matching_loss(theta0, target),
-                       aug, mode)
+    return unroll_grad(
+        net, x.clone().requires_grad_(), y, lrs, theta0, batches, matching_loss(theta0, target), aug, mode
+    )
 
 
 @pytest.mark.parametrize("mode", ["bptt", "adjoint", "tesla", "auto"])
@@ -105,8 +108,9 @@ def test_unroll_makes_no_copy_and_no_host_read(monkeypatch, mode):
     counts = {}
     for n in (3, 12):
         net, theta0, target, x, y, batches = _tiny_unroll(n)
-        aug = StepAugment(DSAConfig(), torch.Generator().manual_seed(1)).prepare([len(b) for b in batches], (8, 8),
-                                                                                "cpu")
+        aug = StepAugment(DSAConfig(), torch.Generator().manual_seed(1)).prepare(
+            [len(b) for b in batches], (8, 8), "cpu"
+        )
         with counting(monkeypatch) as c:
             _call(net, theta0, target, x, y, batches, aug, mode)
         counts[n] = c.totals()
@@ -147,8 +151,14 @@ def test_prepared_draws_equal_lazy_draws_and_adjoint_equals_bptt():
 
 
 def test_one_packed_copy_round_trips(monkeypatch):
-    ts = [torch.arange(5), torch.rand(3, 2, **F64), torch.tensor([True, False, True]), torch.tensor(2.5),
-          torch.zeros(0, 2, dtype=torch.int64), torch.rand(3)]
+    ts = [
+        torch.arange(5),
+        torch.rand(3, 2, **F64),
+        torch.tensor([True, False, True]),
+        torch.tensor(2.5),
+        torch.zeros(0, 2, dtype=torch.int64),
+        torch.rand(3),
+    ]
     assert all(a is b for a, b in zip(to_device_once(ts, "cpu"), ts))  # already there: nothing moves
     monkeypatch.setattr(unroll, "_on_device", lambda t, d: False)  # as if the target were another device
     with counting(monkeypatch) as c:
@@ -156,8 +166,9 @@ def test_one_packed_copy_round_trips(monkeypatch):
     assert c.to == 1
     assert all(torch.equal(a, b) and a.dtype == b.dtype and a.shape == b.shape for a, b in zip(out, ts))
     b = mtt.student_batches(7, 3, 5, torch.Generator().manual_seed(0), "cpu")
-    assert [len(t) for t in b] == [3, 3, 1, 3, 3] and b[0].untyped_storage().data_ptr() == \
-        b[4].untyped_storage().data_ptr()  # one device tensor, chunks are views
+    assert [len(t) for t in b] == [3, 3, 1, 3, 3] and b[0].untyped_storage().data_ptr() == b[
+        4
+    ].untyped_storage().data_ptr()  # one device tensor, chunks are views
     assert unroll._pinned((2,), torch.float32) is None or torch.cuda.is_available()  # CPU-only: no pinning
 
 
@@ -165,18 +176,39 @@ def test_one_packed_copy_round_trips(monkeypatch):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from fastdd.data import from_pixels
+
     g = torch.Generator().manual_seed(0)
     tx, vx = torch.rand(24, 1, 8, 8, generator=g), torch.rand(6, 1, 8, 8, generator=g)
     ds = from_pixels("tiny", tx, torch.arange(3).repeat_interleave(8), vx, torch.arange(3).repeat(2), 3)
-    exp = train_experts(ds, "convnet", num_experts=2, epochs=2, out=tmp_path_factory.mktemp("sync") / "experts",
-                        seed=0, model_kwargs={"width": 4, "depth": 1}, show_progress=False)
+    exp = train_experts(
+        ds,
+        "convnet",
+        num_experts=2,
+        epochs=2,
+        out=tmp_path_factory.mktemp("sync") / "experts",
+        seed=0,
+        model_kwargs={"width": 4, "depth": 1},
+        show_progress=False,
+    )
     return ds, exp
 
 
 def _run(setup, **kw):
     ds, exp = setup
-    args = dict(method="mtt", ipc=2, experts=exp, iterations=1, seed=0, show_progress=False, syn_steps=3,
-                expert_epochs=1, max_start_epoch=1, lr_img=10.0, lr_lr=1e-7, batch_syn=4)
+    args = dict(
+        method="mtt",
+        ipc=2,
+        experts=exp,
+        iterations=1,
+        seed=0,
+        show_progress=False,
+        syn_steps=3,
+        expert_epochs=1,
+        max_start_epoch=1,
+        lr_img=10.0,
+        lr_lr=1e-7,
+        batch_syn=4,
+    )
     args.update(kw)
     return fastdd.distill(ds, **args)
 
@@ -199,10 +231,12 @@ def test_mtt_iteration_traffic_is_constant_in_steps(setup, monkeypatch, mode):
 def test_auto_is_decided_once_from_the_configuration(setup, monkeypatch, tmp_path):
     def no_free_memory(*a, **k):
         raise AssertionError("the free memory was read")
+
     real_open = builtins.open
     monkeypatch.setattr(torch.cuda, "mem_get_info", no_free_memory)
-    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: no_free_memory() if str(f) == "/proc/meminfo"
-                        else real_open(f, *a, **k))
+    monkeypatch.setattr(
+        builtins, "open", lambda f, *a, **k: no_free_memory() if str(f) == "/proc/meminfo" else real_open(f, *a, **k)
+    )
     probes = []
     real_predict = unroll.predict_bptt_bytes
     monkeypatch.setattr(unroll, "predict_bptt_bytes", lambda *a, **k: probes.append(1) or real_predict(*a, **k))
@@ -215,8 +249,17 @@ def test_auto_is_decided_once_from_the_configuration(setup, monkeypatch, tmp_pat
     small = _run(setup, iterations=1, mode="auto", memory_budget="1B")
     assert small.meta["gradient_mode"] == "adjoint" and small.meta["config"]["memory_budget"] == 1
     assert _run(setup, mode="tesla").meta["gradient_mode"] == "tesla"
-    dd = fastdd.distill(setup[0], method="dd", iterations=1, show_progress=False, model="convnet", steps=1, epochs=1,
-                        real_batch=8, memory_budget=0)
+    dd = fastdd.distill(
+        setup[0],
+        method="dd",
+        iterations=1,
+        show_progress=False,
+        model="convnet",
+        steps=1,
+        epochs=1,
+        real_batch=8,
+        memory_budget=0,
+    )
     assert dd.meta["gradient_mode"] == "adjoint"
     # unroll_grad(mode="auto") called directly: the budget or the constant, never the free memory
     monkeypatch.undo()
@@ -247,16 +290,30 @@ def test_engine_settings_reach_the_run(setup, monkeypatch):
     real = mtt.unroll_grad
 
     def spy(*a, **k):
-        seen.append((k["theta_storage"], k["memory_budget"], torch.backends.cudnn.deterministic,
-                     torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()))
+        seen.append(
+            (
+                k["theta_storage"],
+                k["memory_budget"],
+                torch.backends.cudnn.deterministic,
+                torch.backends.cudnn.benchmark,
+                torch.are_deterministic_algorithms_enabled(),
+            )
+        )
         return real(*a, **k)
+
     monkeypatch.setattr(mtt, "unroll_grad", spy)
-    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-              torch.are_deterministic_algorithms_enabled())
+    before = (
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+    )
     det = _run(setup, mode="adjoint", theta_storage="host", memory_budget="2KiB", deterministic=True, device="cpu")
     assert seen == [("host", 2048, True, False, True)]
-    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-            torch.are_deterministic_algorithms_enabled()) == before  # restored
+    assert (
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+    ) == before  # restored
     assert det.meta["config"]["theta_storage"] == "host" and det.meta["config"]["deterministic"] is True
     plain = _run(setup, mode="adjoint")
     assert torch.equal(det.images, plain.images)  # on the CPU the settings change nothing
@@ -280,20 +337,28 @@ def test_resident_expert_buffer_serves_the_same_tensors(setup):
 
 def test_cli_engine_options_reach_distill(monkeypatch, capsys):
     from fastdd.cli import main
+
     got = {}
 
     def fake(ds, *a, **k):
         got.update(k)
         raise ValueError("stop here")
+
     monkeypatch.setattr(importlib.import_module("fastdd.distill"), "distill", fake)
     base = ["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", "x", "--out", "unused"]
-    assert main(base + ["--theta-storage", "host", "--memory-budget", "8GiB", "--device", "cpu",
-                        "--deterministic"]) == 2
+    assert (
+        main(base + ["--theta-storage", "host", "--memory-budget", "8GiB", "--device", "cpu", "--deterministic"]) == 2
+    )
     assert "stop here" in capsys.readouterr().err
     from fastdd.engine import EngineConfig
+
     engine, run = got["engine"], got["run"]  # the CLI builds the same config objects the API takes
-    assert (engine.theta_storage, engine.memory_budget, engine.deterministic, run.device) == ("host", 8 << 30, True,
-                                                                                             "cpu")
+    assert (engine.theta_storage, engine.memory_budget, engine.deterministic, run.device) == (
+        "host",
+        8 << 30,
+        True,
+        "cpu",
+    )
     got.clear()
     assert main(base + ["--options", '{"theta_storage": "all"}']) == 2
     assert got["theta_storage"] == "all" and got["engine"] == EngineConfig()  # no flag: --options decides

@@ -1,4 +1,5 @@
 """Keeping the best set by its validation score (distill(select_every=...)), never the test split."""
+
 import csv
 
 import pytest
@@ -30,8 +31,17 @@ def test_keeps_the_best_scoring_iteration_and_records_it(tiny_ds, tmp_path):
 
 def test_selection_resumes_bitwise(tiny_ds, tmp_path):
     ds = tiny_ds.with_validation(0.25, seed=0)
-    kw = dict(ipc=1, seed=1, show_progress=False, model_kwargs=SMALL, batch_real=4, outer_loop=2, inner_loop=1,
-              select_every=1, select_options=SELECT)
+    kw = dict(
+        ipc=1,
+        seed=1,
+        show_progress=False,
+        model_kwargs=SMALL,
+        batch_real=4,
+        outer_loop=2,
+        inner_loop=1,
+        select_every=1,
+        select_options=SELECT,
+    )
     full = fastdd.distill(ds, "dsa", iterations=3, **kw)
     fastdd.distill(ds, "dsa", iterations=2, out=tmp_path, checkpoint_every=1, **kw)
     resumed = fastdd.distill(ds, "dsa", iterations=3, out=tmp_path, resume=True, checkpoint_every=1, **kw)
@@ -51,10 +61,34 @@ def test_cli_selects_on_a_validation_split(tmp_path):
     import json
 
     from fastdd.cli import main
+
     opts = json.dumps({"model_kwargs": {"width": 4, "depth": 1}, "batch_real": 4})
-    assert main(["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "2", "--options", opts,
-                 "--val-fraction", "0.1", "--select-every", "1", "--select-options",
-                 json.dumps({"epochs": 1, "model_kwargs": {"width": 4, "depth": 1}}), "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--dataset",
+                "digits",
+                "--method",
+                "dm",
+                "--ipc",
+                "1",
+                "--iterations",
+                "2",
+                "--options",
+                opts,
+                "--val-fraction",
+                "0.1",
+                "--select-every",
+                "1",
+                "--select-options",
+                json.dumps({"epochs": 1, "model_kwargs": {"width": 4, "depth": 1}}),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "synthetic" / "synthetic.json").read_text())
     assert meta["selection"]["kept_iteration"] in (1, 2) and meta["selection"]["split"] == "val"
     assert (tmp_path / "selection.csv").exists()

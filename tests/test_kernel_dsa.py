@@ -1,5 +1,6 @@
 """fastdd.kernels.dsa: the fused Triton DSA kernel (run in the Triton interpreter on CPU tensors)
 against the torch implementation fastdd.augment.dsa.apply_dsa: values, gradients, double gradients."""
+
 from __future__ import annotations
 
 import warnings
@@ -7,15 +8,16 @@ import warnings
 import pytest
 import torch
 
+from fastdd import kernels
 from fastdd.augment import dsa as ref
 from fastdd.augment.dsa import DSAConfig, DSAParams, sample_dsa
-from fastdd import kernels
 from fastdd.kernels import dsa as kd
 from fastdd.kernels import interpreting, use_backend
 
 pytestmark = [
-    pytest.mark.skipif(not (torch.cuda.is_available() or interpreting()),
-                       reason="Triton kernels need CUDA or TRITON_INTERPRET=1"),
+    pytest.mark.skipif(
+        not (torch.cuda.is_available() or interpreting()), reason="Triton kernels need CUDA or TRITON_INTERPRET=1"
+    ),
     # torch warns about affine_grid on 1-pixel axes (tested on purpose)
     pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid"),
 ]
@@ -90,8 +92,8 @@ def test_affine_wide_ranges_and_degenerate_matrices():
         out = _triton(x, p)
         want = torch_dsa(x, p)
         assert _maxerr(out, want) <= 1e-10
-        g_k, = torch.autograd.grad(out, x, gy)
-        g_r, = torch.autograd.grad(want, x, gy)
+        (g_k,) = torch.autograd.grad(out, x, gy)
+        (g_r,) = torch.autograd.grad(want, x, gy)
         assert _maxerr(g_k, g_r) <= 1e-10
 
 
@@ -133,8 +135,14 @@ def test_table_codes_and_unused_columns():
     assert codes.dtype == torch.int32 and tab.dtype == torch.float32 and tab.shape == (6, kd.NCOL)
     fams = [p.families[i] for i in p.tensors["family_index"].tolist()]
     assert codes.tolist() == [kd.FAMILY_CODE[f] for f in fams]
-    used = {"color": range(0, 3), "crop": range(3, 5), "cutout": range(5, 9), "flip": range(9, 10),
-            "scale": range(10, 20), "rotate": range(10, 20)}
+    used = {
+        "color": range(0, 3),
+        "crop": range(3, 5),
+        "cutout": range(5, 9),
+        "flip": range(9, 10),
+        "scale": range(10, 20),
+        "rotate": range(10, 20),
+    }
     for i, f in enumerate(fams):
         unused = [j for j in range(kd.NCOL) if j not in used[f]]
         assert (tab[i, unused] == 0).all(), f
@@ -165,8 +173,8 @@ def test_backward_and_double_backward_match_torch(mode):
     v = torch.randn(*shape, dtype=torch.float64, generator=gen)
     res = []
     for fn in (_triton, torch_dsa):
-        gx, = torch.autograd.grad(fn(x, p), x, gy, create_graph=True)
-        ggy, = torch.autograd.grad((gx * v).sum(), gy)  # = A v
+        (gx,) = torch.autograd.grad(fn(x, p), x, gy, create_graph=True)
+        (ggy,) = torch.autograd.grad((gx * v).sum(), gy)  # = A v
         res.append((gx, ggy))
     (gx_k, ggy_k), (gx_r, ggy_r) = res
     assert _maxerr(gx_k, gx_r) <= 1e-10
@@ -179,8 +187,8 @@ def test_backward_float32():
         p = _params(mode, shape, seed=13)
         x = torch.randn(*shape, requires_grad=True)
         gy = torch.randn(*shape)
-        g_k, = torch.autograd.grad(_triton(x, p), x, gy)
-        g_r, = torch.autograd.grad(torch_dsa(x, p), x, gy)
+        (g_k,) = torch.autograd.grad(_triton(x, p), x, gy)
+        (g_r,) = torch.autograd.grad(torch_dsa(x, p), x, gy)
         assert g_k.dtype == torch.float32 and _maxerr(g_k, g_r) <= 1e-5
 
 
@@ -221,9 +229,12 @@ def test_compile_specs_cover_every_launch_configuration():
     specs = kd.compile_specs()
     names = [s.name for s in specs]
     assert len(names) == len(set(names))
-    got = {(s.signature["x_ptr"], s.constexprs["TRANSPOSE"], s.constexprs["OFFSET"], s.constexprs["BLOCK"],
-            s.num_warps) for s in specs}
+    got = {
+        (s.signature["x_ptr"], s.constexprs["TRANSPOSE"], s.constexprs["OFFSET"], s.constexprs["BLOCK"], s.num_warps)
+        for s in specs
+    }
     from fastdd.kernels._common import block_and_warps
+
     for ty in ("*fp32", "*fp64"):
         for flags in ((False, True), (True, False), (False, False)):
             for hw in (4, 5 * 7, 9 * 13, 16 * 16, 31 * 17, 32 * 32, 40 * 45, 64 * 64):

@@ -3,22 +3,23 @@ the torch composite in float64, gradcheck / gradgradcheck, the backend dispatch 
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (conftest sets TRITON_INTERPRET=1);
 shapes are tiny and odd (not block multiples, odd H / W that the pool drops)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from block_orders import all_orders as _all_orders
+from block_orders import block_inputs
+from block_orders import max_rel as _max_rel
 
 import fastdd.kernels._backend as backend
 from fastdd.kernels import norm_act_pool, norm_act_pool_reference, norm_act_pool_torch, use_backend
 from fastdd.kernels._common import MAX_BLOCK, block_and_warps
 from fastdd.kernels.convnet_block import NormActPoolFunction, compile_specs
 
-from block_orders import all_orders as _all_orders
-from block_orders import block_inputs
-from block_orders import max_rel as _max_rel
-
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or backend.interpreting()),
-                                reason="needs CUDA or TRITON_INTERPRET=1")
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() or backend.interpreting()), reason="needs CUDA or TRITON_INTERPRET=1"
+)
 
 SHAPES = [(2, 3, 5, 7), (1, 2, 6, 6), (3, 1, 9, 4)]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -32,8 +33,9 @@ def _dev() -> torch.device:
 CASES = [(s, d) for s in SHAPES for d in (torch.float64, torch.float32)] + [((1, 1, 67, 65), torch.float64)]
 
 
-@pytest.mark.parametrize("shape, dtype", CASES,
-                         ids=["x".join(map(str, s)) + "-" + str(d).split(".")[-1] for s, d in CASES])
+@pytest.mark.parametrize(
+    "shape, dtype", CASES, ids=["x".join(map(str, s)) + "-" + str(d).split(".")[-1] for s, d in CASES]
+)
 def test_triton_matches_torch_all_orders(shape, dtype):
     assert (shape[2] * shape[3] > MAX_BLOCK) == (shape == CASES[-1][0])
     t = block_inputs(shape, dtype, device=_dev())
@@ -64,7 +66,7 @@ def test_noncontiguous_input_and_second_order_reach_caller_tensors():
         with use_backend(be):
             x = xt.transpose(2, 3)
             y = fn(x, w, t["b"])
-            gx, = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+            (gx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
             outs.append((y.detach(), *torch.autograd.grad((gx * t["hx"]).sum(), (xt, w))))
     for a, r in zip(*outs):
         assert _max_rel(a, r) < 1e-10
@@ -84,8 +86,7 @@ def test_gradcheck_and_gradgradcheck_float64(shape, fast):
 def test_default_backend_on_cpu_is_exactly_the_torch_composite():
     t = block_inputs((2, 3, 5, 7), torch.float32, device=_dev())
     x, w, b = t["x"].cpu(), t["w"].cpu(), t["b"].cpu()
-    expect = torch.nn.functional.avg_pool2d(
-        torch.relu(torch.nn.functional.group_norm(x, 3, w, b, 1e-5)), 2, 2)
+    expect = torch.nn.functional.avg_pool2d(torch.relu(torch.nn.functional.group_norm(x, 3, w, b, 1e-5)), 2, 2)
     for name in ("auto", "torch"):
         with use_backend(name):
             y = norm_act_pool(x, w, b)
@@ -103,8 +104,11 @@ def test_triton_backend_without_interpreter_on_cpu_raises(monkeypatch):
 def test_triton_path_rejects_bad_input():
     with use_backend("triton"):
         with pytest.raises(TypeError, match="float32 or float64"):
-            norm_act_pool(torch.zeros(1, 1, 2, 2, dtype=torch.float16, device=_dev()),
-                          torch.ones(1, dtype=torch.float16), torch.zeros(1, dtype=torch.float16))
+            norm_act_pool(
+                torch.zeros(1, 1, 2, 2, dtype=torch.float16, device=_dev()),
+                torch.ones(1, dtype=torch.float16),
+                torch.zeros(1, dtype=torch.float16),
+            )
         with pytest.raises(ValueError, match="weight, bias"):
             norm_act_pool(torch.zeros(1, 2, 2, 2, device=_dev()), torch.ones(1), torch.zeros(1))
 
@@ -120,6 +124,5 @@ def test_compile_specs_cover_every_launch_config():
     for s in specs:
         assert list(s.signature) == list(s.fn.arg_names)
         assert s.signature["BLOCK"] == "constexpr" and s.signature["C"] == "i32"
-        assert {v for k, v in s.signature.items() if k not in ("C", "H", "W", "eps", "BLOCK")} in (
-            {"*fp32"}, {"*fp64"})
+        assert {v for k, v in s.signature.items() if k not in ("C", "H", "W", "eps", "BLOCK")} in ({"*fp32"}, {"*fp64"})
         assert s.signature.get("eps", "fp32") == "fp32"

@@ -6,6 +6,7 @@ compiler rejects, and each kernel's shared memory is checked against the device'
 Runs in a subprocess because the interpreter (``TRITON_INTERPRET=1``, set by conftest) replaces
 ``@triton.jit`` functions at import time.
 """
+
 import json
 import os
 import subprocess
@@ -19,8 +20,13 @@ pytest.importorskip("triton")
 def test_every_kernel_config_compiles_for_sm80_and_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # a fresh cache: every configuration is really compiled
-    out = subprocess.run([sys.executable, "-m", "fastdd.kernels._compile", "80", "90"], capture_output=True,
-                         text=True, env=env, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "fastdd.kernels._compile", "80", "90"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
     names = {r["name"] for r in results}

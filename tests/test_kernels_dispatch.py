@@ -1,4 +1,5 @@
 """The op layer's backend switch: FASTDD_BACKEND, use_backend, and which implementation runs where."""
+
 import os
 import subprocess
 import sys
@@ -29,8 +30,9 @@ def test_unknown_fastdd_backend_is_a_named_cli_error_for_every_command():
         out = _run(f"import sys; from fastdd.cli import main; sys.exit(main({argv!r}))", FASTDD_BACKEND="bogus")
         assert out.returncode == 2, out.stderr
         assert "Traceback" not in out.stderr
-        assert out.stderr.strip() == ("fastdd: error: FASTDD_BACKEND='bogus' is not a fastdd backend; choose one of: "
-                                      "auto, torch, triton")
+        assert out.stderr.strip() == (
+            "fastdd: error: FASTDD_BACKEND='bogus' is not a fastdd backend; choose one of: auto, torch, triton"
+        )
 
 
 def test_fastdd_backend_is_read_at_import():
@@ -84,6 +86,7 @@ def test_default_convnet_block_and_dsa_go_through_the_op_layer(monkeypatch):
     def spy(*a, **k):
         calls.append("norm_act_pool")
         return real(*a, **k)
+
     monkeypatch.setattr(kernels, "norm_act_pool", spy)
     net = fastdd.build_model("convnet", in_channels=1, num_classes=3, im_size=(8, 8), width=4, depth=2)
     x = torch.randn(2, 1, 8, 8)
@@ -93,9 +96,9 @@ def test_default_convnet_block_and_dsa_go_through_the_op_layer(monkeypatch):
     # the torch path is the composite the ConvNet always ran: bitwise the same as the nn.Module
     m = net.load_into_module(net.module(), theta)
     assert torch.equal(out, m(x))
-    other = fastdd.build_model("convnet", in_channels=1, num_classes=3, im_size=(8, 8), width=4, depth=2,
-                               norm="batchnorm")
+    other = fastdd.build_model(
+        "convnet", in_channels=1, num_classes=3, im_size=(8, 8), width=4, depth=2, norm="batchnorm"
+    )
     calls.clear()
     other(x, other.init())
     assert calls == []  # other blocks keep their torch ops
-

@@ -2,6 +2,7 @@
 grow tenfold per iteration stop the run at the first iteration past the limit with the last good
 checkpoint kept; more than half the iterations skipped is an error; resume refuses another seed, other
 settings and fewer iterations, and returns the saved set for the same count."""
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,7 @@ def test_the_read_back_catches_a_blow_up_between_checkpoints(tmp_path):
 def test_images_that_stay_in_range_run_to_the_end():
     policy = Growing(factor=1.5)  # 1.5**17 ≈ 985 < 1000
     run_loop(policy, 17, show_progress=False)
-    assert torch.allclose(policy.images.detach(), torch.full((2, 1, 2, 2), 1.5 ** 17))
+    assert torch.allclose(policy.images.detach(), torch.full((2, 1, 2, 2), 1.5**17))
     with pytest.raises(RunFailedError, match="at iteration 18"):  # the check after the last iteration
         run_loop(Growing(factor=1.5), 18, show_progress=False)
 

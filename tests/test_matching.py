@@ -1,5 +1,6 @@
 """DC / DSA (gradient matching) and DM (distribution matching): distances against hand-computed values,
 siamese augmentation, and the methods end to end on the shared distillation loop."""
+
 import importlib
 import math
 
@@ -48,13 +49,15 @@ def test_dc_distance_on_a_convnet_skips_exactly_the_1d_tensors():
     change to a bias or norm gradient does not move it."""
     net = build_model("convnet", in_channels=1, num_classes=3, im_size=(8, 8), **SMALL)
     g = torch.Generator().manual_seed(0)
-    gr, gs = torch.randn(net.num_params, generator=g, dtype=torch.float64), \
-        torch.randn(net.num_params, generator=g, dtype=torch.float64)
+    gr, gs = (
+        torch.randn(net.num_params, generator=g, dtype=torch.float64),
+        torch.randn(net.num_params, generator=g, dtype=torch.float64),
+    )
     want, off = 0.0, 0
     for spec in net.params:
         n = spec.numel
         if len(spec.shape) > 1:
-            a, b = gr[off:off + n].reshape(spec.shape[0], -1), gs[off:off + n].reshape(spec.shape[0], -1)
+            a, b = gr[off : off + n].reshape(spec.shape[0], -1), gs[off : off + n].reshape(spec.shape[0], -1)
             for i in range(a.shape[0]):
                 want += 1 - float(a[i] @ b[i]) / (float(a[i].norm()) * float(b[i].norm()) + 1e-6)
         off += n
@@ -62,7 +65,7 @@ def test_dc_distance_on_a_convnet_skips_exactly_the_1d_tensors():
     bumped, off = gs.clone(), 0
     for spec in net.params:
         if len(spec.shape) == 1:
-            bumped[off:off + spec.numel] += 3.0
+            bumped[off : off + spec.numel] += 3.0
         off += spec.numel
     assert float(match_distance(gr, bumped, net)) == pytest.approx(want, rel=1e-12)
 
@@ -85,7 +88,7 @@ def test_dm_step_is_the_per_class_mean_embedding_distance(tiny_ds):
     loss = 0
     for c, ci in enumerate(tiny_ds.class_indices):
         er = net.embed(tiny_ds.train.images[ci].double(), theta.double()).mean(0)
-        es = net.embed(x[2 * c:2 * c + 2], theta.double()).mean(0)
+        es = net.embed(x[2 * c : 2 * c + 2], theta.double()).mean(0)
         loss = loss + ((er - es) ** 2).sum()
     grad = torch.autograd.grad(loss, x)[0]
     assert float(step.loss) == pytest.approx(float(loss.detach()), rel=1e-5)
@@ -104,10 +107,12 @@ def test_dc_step_matches_the_gradients_it_names(tiny_ds):
     loss = 0
     for c, ci in enumerate(tiny_ds.class_indices):
         yr, ys = torch.full((len(ci),), c), torch.full((2,), c)
-        gr = torch.autograd.grad(torch.nn.functional.cross_entropy(net(tiny_ds.train.images[ci].double(), theta), yr),
-                                 theta)[0]
-        gs = torch.autograd.grad(torch.nn.functional.cross_entropy(net(x[2 * c:2 * c + 2], theta), ys), theta,
-                                 create_graph=True)[0]
+        gr = torch.autograd.grad(
+            torch.nn.functional.cross_entropy(net(tiny_ds.train.images[ci].double(), theta), yr), theta
+        )[0]
+        gs = torch.autograd.grad(
+            torch.nn.functional.cross_entropy(net(x[2 * c : 2 * c + 2], theta), ys), theta, create_graph=True
+        )[0]
         loss = loss + match_distance(gr, gs, net)
     grad = torch.autograd.grad(loss, x)[0]
     assert float(step.loss) == pytest.approx(float(loss.detach()), rel=1e-4)
@@ -164,8 +169,9 @@ def test_dc_trains_the_network_between_outer_steps(tiny_ds, monkeypatch):
     epochs = []
     real_fit = matching.fit
     monkeypatch.setattr(matching, "fit", lambda *a, **k: (epochs.append(a[4]), real_fit(*a, **k))[1])
-    pol = GradientMatchingPolicy(tiny_ds, 1, DCConfig(model_kwargs=SMALL, outer_loop=3, inner_loop=2, batch_real=4),
-                                 seed=0, method="dc")
+    pol = GradientMatchingPolicy(
+        tiny_ds, 1, DCConfig(model_kwargs=SMALL, outer_loop=3, inner_loop=2, batch_real=4), seed=0, method="dc"
+    )
     before = pol.theta.clone()
     for it in range(3):
         pol.step(it)
@@ -189,6 +195,7 @@ def test_matching_errors(tiny_ds):
 
 def test_presets_carry_the_papers_defaults():
     from fastdd.distill import PRESETS
+
     assert PRESETS["dc-cifar10-ipc10"].options["init"] == "noise" and PRESETS["dc-cifar10-ipc10"].iterations == 1000
     assert PRESETS["dsa-cifar10-ipc10"].options["dsa"] and PRESETS["dsa-cifar10-ipc10"].options["init"] == "real"
     assert PRESETS["dm-cifar10-ipc10"].options["lr_img"] == 1.0 and PRESETS["dm-cifar10-ipc10"].iterations == 20000
@@ -199,13 +206,51 @@ def test_cli_distills_with_dm_and_evaluates_across_architectures(tmp_path, capsy
     import json
 
     from fastdd.cli import main
+
     opts = json.dumps({"model_kwargs": {"width": 4, "depth": 1}, "batch_real": 4})
-    assert main(["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "2",
-                 "--options", opts, "--out", str(tmp_path / "dm")]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--dataset",
+                "digits",
+                "--method",
+                "dm",
+                "--ipc",
+                "1",
+                "--iterations",
+                "2",
+                "--options",
+                opts,
+                "--out",
+                str(tmp_path / "dm"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "dm" / "loss.png").exists() and not (tmp_path / "dm" / "lr.png").exists()
-    assert main(["evaluate", "--dataset", "digits", "--syn", str(tmp_path / "dm" / "synthetic"), "--epochs", "1",
-                 "--num-eval", "1", "--models", "convnet", "mlp", "--random-baseline", "--out",
-                 str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--dataset",
+                "digits",
+                "--syn",
+                str(tmp_path / "dm" / "synthetic"),
+                "--epochs",
+                "1",
+                "--num-eval",
+                "1",
+                "--models",
+                "convnet",
+                "mlp",
+                "--random-baseline",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| convnet |" in out and "| mlp |" in out
     result = json.loads((tmp_path / "ev" / "result.json").read_text())

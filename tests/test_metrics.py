@@ -1,5 +1,6 @@
 """DD-Ranking's IOR / HLR / LRS / ARS against their formulas, and evaluate()'s baselines, validation
 split, soft-label protocol and cross-architecture table."""
+
 import math
 
 import pytest
@@ -60,10 +61,13 @@ def test_evaluate_on_val_and_baselines(tiny_ds):
     val = fastdd.evaluate(syn, ds, split="val", **kw)
     assert val.protocol["split"] == "val"
     from fastdd.evaluate import resolve_protocol, train_on
+
     p = resolve_protocol("mtt", epochs=3, model_kwargs={"width": 4, "depth": 1})
     from fastdd.evaluate import _run_seed
-    want = train_on(syn.images, syn.labels, ds, p, 0.01, seed=_run_seed(0, 0), test_images=ds.val.images,
-                    test_labels=ds.val.labels)
+
+    want = train_on(
+        syn.images, syn.labels, ds, p, 0.01, seed=_run_seed(0, 0), test_images=ds.val.images, test_labels=ds.val.labels
+    )
     assert val.accuracies[0] == want
     with pytest.raises(ValueError, match="validation"):
         fastdd.evaluate(syn, tiny_ds, split="val", **kw)
@@ -74,8 +78,9 @@ def test_soft_label_protocol_and_hard_labels_for_hlr(tiny_ds):
     kw = dict(num_eval=1, epochs=2, show_progress=False, model_kwargs={"width": 4, "depth": 1})
     with pytest.raises(ValueError, match="soft labels"):
         fastdd.evaluate(syn, tiny_ds, "soft", **kw)
-    soft = fastdd.SyntheticSet(syn.images, torch.nn.functional.one_hot(syn.labels, 4).float() * 0.7 + 0.075,
-                               None, None, dict(syn.meta))
+    soft = fastdd.SyntheticSet(
+        syn.images, torch.nn.functional.one_hot(syn.labels, 4).float() * 0.7 + 0.075, None, None, dict(syn.meta)
+    )
     res = fastdd.evaluate(soft, tiny_ds, "soft", real_baseline=True, real_epochs=1, **kw)
     assert res.hard is not None and res.hard.protocol["labels"] == "hard"
     assert res.hlr == pytest.approx(res.real.mean - res.hard.mean)
@@ -86,13 +91,22 @@ def test_soft_label_protocol_and_hard_labels_for_hlr(tiny_ds):
 
 def test_cross_architecture_evaluation(tiny_ds):
     syn = real_subset(tiny_ds, random_indices(tiny_ds, 2, seed=0))
-    res = fastdd.evaluate(syn, tiny_ds, "mtt", num_eval=1, epochs=1, show_progress=False,
-                          model_kwargs={"width": 4, "depth": 1}, models=["convnet", ("mlp", {"width": 8})],
-                          random_baseline=True)
+    res = fastdd.evaluate(
+        syn,
+        tiny_ds,
+        "mtt",
+        num_eval=1,
+        epochs=1,
+        show_progress=False,
+        model_kwargs={"width": 4, "depth": 1},
+        models=["convnet", ("mlp", {"width": 8})],
+        random_baseline=True,
+    )
     assert set(res.results) == {"convnet", "mlp"}
     assert res["convnet"].protocol["model_kwargs"] == {"width": 4, "depth": 1}
     assert res["mlp"].protocol["model"] == "mlp" and res["mlp"].random is not None
     assert "| mlp |" in res.table()
-    alone = fastdd.evaluate(syn, tiny_ds, "mtt", num_eval=1, epochs=1, show_progress=False,
-                            model_kwargs={"width": 4, "depth": 1})
+    alone = fastdd.evaluate(
+        syn, tiny_ds, "mtt", num_eval=1, epochs=1, show_progress=False, model_kwargs={"width": 4, "depth": 1}
+    )
     assert res["convnet"].accuracies == alone.accuracies

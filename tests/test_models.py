@@ -1,4 +1,5 @@
 """Functional models against the equivalent torch.nn modules (outputs, gradients, parameter order)."""
+
 import math
 
 import pytest
@@ -92,7 +93,7 @@ def test_init_is_deterministic_and_matches_pytorch_bounds():
             bound = 1 / math.sqrt(p.fan_in)  # kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in))
             assert view.abs().max() <= bound + 1e-7
             if view.numel() > 1000:  # uniform on [-b, b]: variance b^2/3
-                assert abs(view.var().item() - bound ** 2 / 3) < 0.1 * bound ** 2 / 3
+                assert abs(view.var().item() - bound**2 / 3) < 0.1 * bound**2 / 3
         elif p.init == "ones":
             assert torch.all(view == 1)
         else:
@@ -120,13 +121,16 @@ def test_embed_is_input_of_classifier():
     torch.testing.assert_close(f @ w.T + b, net(x, theta))
 
 
-@pytest.mark.parametrize("name,size,kw,match", [
-    ("convnet", (28, 28), {"depth": 6}, "does not fit"),
-    ("lenet", (8, 8), {}, "does not fit"),
-    ("vgg11", (16, 16), {}, "does not fit"),
-    ("convnet", (32, 32), {"norm": "bogus"}, "norm"),
-    ("nosuchnet", (32, 32), {}, "unknown model"),
-])
+@pytest.mark.parametrize(
+    "name,size,kw,match",
+    [
+        ("convnet", (28, 28), {"depth": 6}, "does not fit"),
+        ("lenet", (8, 8), {}, "does not fit"),
+        ("vgg11", (16, 16), {}, "does not fit"),
+        ("convnet", (32, 32), {"norm": "bogus"}, "norm"),
+        ("nosuchnet", (32, 32), {}, "unknown model"),
+    ],
+)
 def test_bad_model_arguments(name, size, kw, match):
     with pytest.raises(ValueError, match=match):
         build_model(name, in_channels=1, num_classes=10, im_size=size, **kw)

@@ -1,4 +1,5 @@
 """kernels/ installs as fastdd.kernels, never as a top-level module."""
+
 import importlib.util
 import pathlib
 import subprocess
@@ -12,6 +13,7 @@ import fastdd
 
 def test_kernels_is_a_subpackage_of_fastdd():
     import fastdd.kernels as k
+
     assert pathlib.Path(k.__file__).parent.name == "kernels"
     assert k.__name__ == "fastdd.kernels"
     assert isinstance(k.triton_available(), bool)
@@ -28,8 +30,11 @@ def test_no_top_level_kernels_module_installed(tmp_path):
 def wheel_names(tmp_path_factory) -> list[str]:
     """The file names in a wheel built from this checkout."""
     root, out = pathlib.Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(out), str(root)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(root)],
+        check=True,
+        capture_output=True,
+    )
     (whl,) = out.glob("fastdd-*.whl")
     return zipfile.ZipFile(whl).namelist()
 
@@ -48,7 +53,9 @@ def test_public_api_names():
 
 def test_the_version_is_written_once_and_read_from_the_installed_metadata():
     import importlib.metadata
+
     import tomllib
+
     root = pathlib.Path(__file__).resolve().parents[1]
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
     assert fastdd.__version__ == importlib.metadata.version("fastdd") == declared

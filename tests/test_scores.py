@@ -3,13 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import SCORES, needs_scores  # noqa: E402
 
 import fastdd
 from fastdd.errors import CorruptFileError
 from fastdd.scores import ForgettingTracker, Scores, load_cscores, load_forgetting, load_scores
-
-
-from conftest import SCORES, needs_scores  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------- bookkeeping

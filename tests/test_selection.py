@@ -1,20 +1,28 @@
 """Selection: SelMatch's window on the real score files, herding / k-center / k-means on hand-made
 points, every method class-balanced and seeded, and the `sweep window` command."""
+
 import csv
 
 import numpy as np
 import pytest
 import torch
+from conftest import SCORES, needs_scores  # noqa: E402
 
 import fastdd
 from fastdd.cli import main
 from fastdd.data import from_pixels
 from fastdd.scores import Scores, load_cscores, load_forgetting
-from fastdd.select import (METHODS, beta_grid, extract_features, herding_order, kcenter_order, kmeans_order,
-                           max_window_beta, select, window_indices)
-
-
-from conftest import SCORES, needs_scores  # noqa: E402
+from fastdd.select import (
+    METHODS,
+    beta_grid,
+    extract_features,
+    herding_order,
+    kcenter_order,
+    kmeans_order,
+    max_window_beta,
+    select,
+    window_indices,
+)
 
 
 def reference_window(labels: list[int], scores: list[float], ipc: int, beta: float, hardest: str) -> list[int]:
@@ -27,7 +35,7 @@ def reference_window(labels: list[int], scores: list[float], ipc: int, beta: flo
     for c in sorted(by_class):
         ranked = sorted(by_class[c], key=lambda i: scores[i], reverse=(hardest == "high"))
         assert start + ipc <= len(ranked)
-        out += ranked[start:start + ipc]
+        out += ranked[start : start + ipc]
     return out
 
 
@@ -47,8 +55,9 @@ def test_window_hand_example_with_ties():
 
 
 @needs_scores
-@pytest.mark.parametrize("ipc,beta", [(250, 0.5), (500, 0.3), (1000, 0.2), (1500, 0.2), (10, 0.0), (50, 0.7),
-                                      (25, 0.3)])
+@pytest.mark.parametrize(
+    "ipc,beta", [(250, 0.5), (500, 0.3), (1000, 0.2), (1500, 0.2), (10, 0.0), (50, 0.7), (25, 0.3)]
+)
 def test_window_on_real_cifar10_scores(ipc, beta):
     cs = load_cscores(SCORES / "cscores_CIFAR10.npz")
     with np.load(SCORES / "cscores_CIFAR10.npz", allow_pickle=False) as z:
@@ -109,7 +118,9 @@ def _points_ds(points_by_class: list[list[tuple[float, float]]], interleave: boo
         labels.append(c)
     x = torch.rand(len(labels), 1, 4, 4, generator=torch.Generator().manual_seed(0))
     y = torch.tensor(labels)
-    ds = from_pixels("points", x, y, x[:len(points_by_class)], torch.arange(len(points_by_class)), len(points_by_class))
+    ds = from_pixels(
+        "points", x, y, x[: len(points_by_class)], torch.arange(len(points_by_class)), len(points_by_class)
+    )
     pos = {cj: i for i, cj in enumerate(order)}
     return ds, torch.tensor(feats, dtype=torch.float32), pos
 
@@ -159,8 +170,14 @@ def test_every_method_is_class_balanced_and_seeded(tiny_ds):
     extractor = (net, net.init(torch.Generator().manual_seed(0)))
     feats = extract_features(tiny_ds, "train", extractor)
     scores = Scores(torch.rand(len(tiny_ds.train), generator=torch.Generator().manual_seed(1)), "high", "forgetting")
-    kwargs = {"random": {}, "window": {"scores": scores, "beta": 0.5}, "forgetting": {"scores": scores},
-              "herding": {"features": feats}, "kcenter": {"extractor": extractor}, "kmeans": {"features": feats}}
+    kwargs = {
+        "random": {},
+        "window": {"scores": scores, "beta": 0.5},
+        "forgetting": {"scores": scores},
+        "herding": {"features": feats},
+        "kcenter": {"extractor": extractor},
+        "kmeans": {"features": feats},
+    }
     assert set(kwargs) == set(METHODS)
     for method, kw in kwargs.items():
         idx = select(tiny_ds, method, ipc, seed=5, **kw)
@@ -171,8 +188,10 @@ def test_every_method_is_class_balanced_and_seeded(tiny_ds):
         assert torch.bincount(labels).tolist() == [ipc] * tiny_ds.num_classes, method
         assert torch.equal(idx, select(tiny_ds, method, ipc, seed=5, **kw)), f"{method}: not reproducible"
     # forgetting = the most-forgotten ipc per class = window at beta 0 with hardest="high"
-    assert torch.equal(select(tiny_ds, "forgetting", ipc, scores=scores),
-                       window_indices(tiny_ds.train.labels, scores.values, ipc, 0.0, hardest="high"))
+    assert torch.equal(
+        select(tiny_ds, "forgetting", ipc, scores=scores),
+        window_indices(tiny_ds.train.labels, scores.values, ipc, 0.0, hardest="high"),
+    )
 
 
 def test_default_extractor_is_seeded(tiny_ds):
@@ -199,8 +218,9 @@ def test_select_errors_name_the_argument(tiny_ds):
 
 
 def test_extractor_forms_agree(tiny_ds):
-    buf = fastdd.train_experts(tiny_ds, "convnet", num_experts=1, epochs=1, out=None, model_kwargs={"width": 8},
-                               show_progress=False)
+    buf = fastdd.train_experts(
+        tiny_ds, "convnet", num_experts=1, epochs=1, out=None, model_kwargs={"width": 8}, show_progress=False
+    )
     net, theta = buf.model(), buf[0][-1]
     want = net.embed(tiny_ds.train.images, theta)
     for ex in (buf, buf.path, (net, theta), lambda x: net.embed(x, theta)):
@@ -212,9 +232,33 @@ def test_extractor_forms_agree(tiny_ds):
 # ------------------------------------------------------------------------------------------- CLI
 def test_cli_sweep_window_on_digits(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert main(["sweep", "window", "--dataset", "digits", "--ipc", "5", "--scores", "forgetting",
-                 "--forgetting-epochs", "1", "--beta-step", "0.2", "--beta-max", "0.4", "--epochs", "1", "--num-eval", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "window",
+                "--dataset",
+                "digits",
+                "--ipc",
+                "5",
+                "--scores",
+                "forgetting",
+                "--forgetting-epochs",
+                "1",
+                "--beta-step",
+                "0.2",
+                "--beta-max",
+                "0.4",
+                "--epochs",
+                "1",
+                "--num-eval",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     rows = list(csv.DictReader(open(out / "sweep.csv")))
     assert list(rows[0]) == ["beta", "mean", "std"]
@@ -223,8 +267,41 @@ def test_cli_sweep_window_on_digits(tmp_path, capsys):
     assert f"best beta: {float(best['beta']):g}" in printed
     assert (out / "sweep.png").stat().st_size > 0 and (out / "forgetting.npy").exists()
     # the saved scores reload and can drive `fastdd select --method window`
-    assert main(["select", "--dataset", "digits", "--method", "window", "--ipc", "2", "--beta", "0.5",
-                 "--scores", str(out / "forgetting.npy"), "--out", str(tmp_path / "sel")]) == 0
-    assert main(["sweep", "window", "--dataset", "digits", "--ipc", "5", "--out", str(tmp_path / "x"),
-                 "--scores", str(tmp_path / "none.npy")]) == 2
+    assert (
+        main(
+            [
+                "select",
+                "--dataset",
+                "digits",
+                "--method",
+                "window",
+                "--ipc",
+                "2",
+                "--beta",
+                "0.5",
+                "--scores",
+                str(out / "forgetting.npy"),
+                "--out",
+                str(tmp_path / "sel"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sweep",
+                "window",
+                "--dataset",
+                "digits",
+                "--ipc",
+                "5",
+                "--out",
+                str(tmp_path / "x"),
+                "--scores",
+                str(tmp_path / "none.npy"),
+            ]
+        )
+        == 2
+    )
     assert "none.npy not found" in capsys.readouterr().err

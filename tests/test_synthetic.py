@@ -1,4 +1,5 @@
 """SyntheticSet save / load in safetensors + JSON."""
+
 import json
 
 import pytest
@@ -8,15 +9,22 @@ import fastdd
 from fastdd.synthetic import SyntheticSet
 
 
-@pytest.mark.parametrize("soft,lr,frozen", [(False, None, False), (True, torch.tensor(0.0123), True),
-                                            (False, torch.tensor([0.1, 0.2, 0.3]), False)])
+@pytest.mark.parametrize(
+    "soft,lr,frozen",
+    [(False, None, False), (True, torch.tensor(0.0123), True), (False, torch.tensor([0.1, 0.2, 0.3]), False)],
+)
 def test_roundtrip(tmp_path, soft, lr, frozen):
     g = torch.Generator().manual_seed(0)
     images = torch.randn(6, 3, 5, 5, generator=g)
     labels = torch.softmax(torch.randn(6, 3, generator=g), 1) if soft else torch.tensor([0, 0, 1, 1, 2, 2])
     mask = torch.tensor([True, False] * 3) if frozen else None
-    syn = SyntheticSet(images, labels, lr, mask, meta={"method": "test", "num_classes": 3, "seed": 4,
-                                                        "mean": [0.5] * 3, "std": [0.25] * 3})
+    syn = SyntheticSet(
+        images,
+        labels,
+        lr,
+        mask,
+        meta={"method": "test", "num_classes": 3, "seed": 4, "mean": [0.5] * 3, "std": [0.25] * 3},
+    )
     syn.save(tmp_path / "s")
     assert (tmp_path / "s" / "images.png").stat().st_size > 0
     assert not list((tmp_path / "s").glob("*.tmp*"))

@@ -1,4 +1,5 @@
 """The one training loop (fastdd.train.fit) against a plain torch.nn + torch.optim loop, in float64."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,11 +12,18 @@ def _reference(net, theta0, x, y, epochs, sgd: SGD, seed, batch_size):
     """The textbook loop: nn.Module, torch.optim.SGD, the same permutations (one per epoch)."""
     mod = net.module().double()
     net.load_into_module(mod, theta0)
-    make = lambda lr: torch.optim.SGD(mod.parameters(), lr=lr, momentum=sgd.momentum,  # noqa: E731
-                                      weight_decay=sgd.weight_decay)
+    make = lambda lr: torch.optim.SGD(
+        mod.parameters(),
+        lr=lr,
+        momentum=sgd.momentum,  # noqa: E731
+        weight_decay=sgd.weight_decay,
+    )
     opt = make(sgd.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, sgd.cosine_epochs, sgd.eta_min) \
-        if sgd.schedule == "cosine" else None
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, sgd.cosine_epochs, sgd.eta_min)
+        if sgd.schedule == "cosine"
+        else None
+    )
     g = torch.Generator().manual_seed(seed)
     for ep in range(epochs):
         if sgd.schedule == "step" and ep == sgd.decay_epoch:
@@ -29,11 +37,15 @@ def _reference(net, theta0, x, y, epochs, sgd: SGD, seed, batch_size):
     return net.flat_from_module(mod)
 
 
-@pytest.mark.parametrize("sgd", [
-    SGD(0.05),
-    SGD(0.05, momentum=0.9, weight_decay=5e-4, schedule="step", decay_epoch=2),
-    SGD(0.1, momentum=0.5, schedule="cosine", cosine_epochs=3, eta_min=0.001),
-], ids=["constant", "step-momentum-wd", "cosine"])
+@pytest.mark.parametrize(
+    "sgd",
+    [
+        SGD(0.05),
+        SGD(0.05, momentum=0.9, weight_decay=5e-4, schedule="step", decay_epoch=2),
+        SGD(0.1, momentum=0.5, schedule="cosine", cosine_epochs=3, eta_min=0.001),
+    ],
+    ids=["constant", "step-momentum-wd", "cosine"],
+)
 def test_fit_equals_plain_torch_loop(tiny_ds, sgd):
     net = build_model("convnet", in_channels=1, num_classes=4, im_size=(8, 8), width=4, depth=2)
     theta0 = net.init(torch.Generator().manual_seed(1)).double()
@@ -58,9 +70,19 @@ def test_fit_soft_labels_callbacks_and_augment(tiny_ds):
         seen.append(idx.clone())
         assert logits.shape == (len(idx), 4)
 
-    got = fit(net, theta0, x, soft, 2, SGD(0.1), torch.Generator().manual_seed(3), batch_size=16,
-              on_batch=on_batch, on_epoch=lambda ep, loss, th: epochs.append((ep, float(loss), th.clone())),
-              augment=lambda xb, idx: (aug_idx.append(idx), xb)[1])
+    got = fit(
+        net,
+        theta0,
+        x,
+        soft,
+        2,
+        SGD(0.1),
+        torch.Generator().manual_seed(3),
+        batch_size=16,
+        on_batch=on_batch,
+        on_epoch=lambda ep, loss, th: epochs.append((ep, float(loss), th.clone())),
+        augment=lambda xb, idx: (aug_idx.append(idx), xb)[1],
+    )
     hard_run = fit(net, theta0, x, hard, 2, SGD(0.1), torch.Generator().manual_seed(3), batch_size=16)
     torch.testing.assert_close(got, hard_run, rtol=1e-12, atol=1e-12)  # one-hot soft labels = hard labels
     assert sorted(torch.cat(seen[:3]).tolist()) == list(range(len(x)))

@@ -3,14 +3,15 @@
 All sampling uses an explicit ``torch.Generator``; every call's parameters are an object that can be
 stored and replayed exactly. See :mod:`fastdd.augment.dsa` and :mod:`fastdd.augment.simple`.
 """
+
 from __future__ import annotations
 
 from .dsa import (
+    DSA,
     FAMILIES,
     FULL_STRATEGY,
     NO_FLIP_STRATEGY,
     PER_SAMPLE,
-    DSA,
     DSAConfig,
     DSAParams,
     apply_dsa,

@@ -25,11 +25,13 @@ stored (:meth:`DSAParams.state_dict`), moved (:meth:`DSAParams.to`), broadcast f
 (:meth:`DSAParams.expand`) and replayed bit-identically. Application is differentiable w.r.t. the pixels
 and has no Python loop over samples.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence, overload
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -88,8 +90,9 @@ def _parse_strategy(strategy: str) -> tuple[str, ...]:
         raise ValueError(f"DSA strategy {strategy!r} names no family; choose from {', '.join(FAMILIES)}")
     for t in tokens:
         if t not in _FAMILY_KEYS:
-            raise ValueError(f"unknown DSA family {t!r} in strategy {strategy!r}; "
-                             f"known families: {', '.join(FAMILIES)}")
+            raise ValueError(
+                f"unknown DSA family {t!r} in strategy {strategy!r}; known families: {', '.join(FAMILIES)}"
+            )
     if len(set(tokens)) != len(tokens):
         raise ValueError(f"DSA strategy {strategy!r} repeats a family")
     return tokens
@@ -189,33 +192,35 @@ class DSAParams:
     def device(self) -> torch.device:
         return next(iter(self.tensors.values())).device
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "DSAParams":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> DSAParams:
         """A copy with every tensor on ``device`` (dtypes unchanged)."""
-        return DSAParams(self.family, {k: v.to(device, non_blocking=non_blocking) for k, v in self.tensors.items()},
-                         self.families)
+        return DSAParams(
+            self.family, {k: v.to(device, non_blocking=non_blocking) for k, v in self.tensors.items()}, self.families
+        )
 
-    def expand(self, n: int) -> "DSAParams":
+    def expand(self, n: int) -> DSAParams:
         """Broadcast a one-sample parameter set to ``n`` samples (siamese: every sample, same transform)."""
         if self.n != 1:
             raise ValueError(f"expand needs parameters for exactly 1 sample, these cover {self.n}")
-        return DSAParams(self.family, {k: v.expand(n, *v.shape[1:]) for k, v in self.tensors.items()},
-                         self.families)
+        return DSAParams(self.family, {k: v.expand(n, *v.shape[1:]) for k, v in self.tensors.items()}, self.families)
 
-    def index(self, idx: Tensor | slice | Sequence[int]) -> "DSAParams":
+    def index(self, idx: Tensor | slice | Sequence[int]) -> DSAParams:
         """The parameters of the selected samples (``idx``: int64 indices, a bool mask, or a slice)."""
         if isinstance(idx, slice):
             return DSAParams(self.family, {k: v[idx] for k, v in self.tensors.items()}, self.families)
         idx_t = torch.as_tensor(idx)
-        return DSAParams(self.family, {k: v[idx_t.to(v.device)] for k, v in self.tensors.items()},
-                         self.families)
+        return DSAParams(self.family, {k: v[idx_t.to(v.device)] for k, v in self.tensors.items()}, self.families)
 
     def state_dict(self) -> dict[str, Any]:
         """A plain dict (str, list of str, tensors) loadable with ``torch.load(weights_only=True)``."""
-        return {"family": self.family, "families": list(self.families),
-                "tensors": {k: v.contiguous().clone() for k, v in self.tensors.items()}}
+        return {
+            "family": self.family,
+            "families": list(self.families),
+            "tensors": {k: v.contiguous().clone() for k, v in self.tensors.items()},
+        }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "DSAParams":
+    def from_state_dict(cls, state: dict[str, Any]) -> DSAParams:
         """Inverse of :meth:`state_dict`."""
         return cls(str(state["family"]), dict(state["tensors"]), tuple(state.get("families", ())))
 
@@ -242,8 +247,7 @@ def _randint(low: int, high: int, shape: tuple[int, ...], generator: torch.Gener
     return torch.randint(low, high, shape, generator=generator, dtype=torch.int64, device=generator.device)
 
 
-def _sample_family(fam: str, n: int, hw: tuple[int, int], cfg: DSAConfig,
-                   g: torch.Generator) -> dict[str, Tensor]:
+def _sample_family(fam: str, n: int, hw: tuple[int, int], cfg: DSAConfig, g: torch.Generator) -> dict[str, Tensor]:
     h, w = hw
     if fam == "color":
         b = (_rand(n, generator=g) - 0.5) * cfg.brightness
@@ -271,9 +275,14 @@ def _sample_family(fam: str, n: int, hw: tuple[int, int], cfg: DSAConfig,
     raise ValueError(f"unknown DSA family {fam!r}; known families: {', '.join(FAMILIES)}")
 
 
-def sample_dsa(n: int, im_size: int | Sequence[int], config: DSAConfig | None = None,
-               generator: torch.Generator | None = None, family: str | None = None,
-               per_sample_family: bool = False) -> DSAParams:
+def sample_dsa(
+    n: int,
+    im_size: int | Sequence[int],
+    config: DSAConfig | None = None,
+    generator: torch.Generator | None = None,
+    family: str | None = None,
+    per_sample_family: bool = False,
+) -> DSAParams:
     """Draw DSA parameters for ``n`` images of size ``im_size`` (``H`` or ``(H, W)``, pixels).
 
     Only ``generator`` is consumed (the global RNG is never touched); the parameters live on the
@@ -420,8 +429,10 @@ def _apply_per_sample(x: Tensor, fams: tuple[str, ...], t: dict[str, Tensor]) ->
     and selected with ``torch.where``, scale and rotate sharing one ``grid_sample`` with a per-sample matrix."""
     fidx = t["family_index"]
     if x.device.type == "cpu":
+
         def run(fam):
             return lambda xr, rows: _apply_one(xr, fam, {k: v.index_select(0, rows) for k, v in t.items()})
+
         return apply_by_rows(x, [((fidx == k).nonzero().flatten(), run(fam)) for k, fam in enumerate(fams)])
     out = x
     affine_sel: Tensor | None = None
@@ -429,8 +440,7 @@ def _apply_per_sample(x: Tensor, fams: tuple[str, ...], t: dict[str, Tensor]) ->
     for k, fam in enumerate(fams):
         sel = fidx == k
         if fam in ("scale", "rotate"):
-            th = (_scale_theta(t["scale"], x.dtype) if fam == "scale"
-                  else _rotate_theta(t["angle"], x.dtype))
+            th = _scale_theta(t["scale"], x.dtype) if fam == "scale" else _rotate_theta(t["angle"], x.dtype)
             if theta is None:
                 theta, affine_sel = th, sel
             else:
@@ -455,9 +465,11 @@ def apply_dsa(x: Tensor, params: DSAParams) -> Tensor:
     CUDA tensors, :func:`apply_dsa_torch` on CPU tensors (see :mod:`fastdd.kernels`).
     """
     from .. import kernels
+
     if kernels.resolve(x, "apply_dsa") == "torch":
         return apply_dsa_torch(x, params)
     from ..kernels.dsa import apply_dsa_triton
+
     return apply_dsa_triton(x, params)
 
 
@@ -466,16 +478,19 @@ def apply_dsa_torch(x: Tensor, params: DSAParams) -> Tensor:
     if x.dim() != 4:
         raise ValueError(f"apply_dsa expects x of shape (N, C, H, W), got {tuple(x.shape)}")
     if params.n != x.shape[0]:
-        raise ValueError(f"DSA parameters cover {params.n} samples but x has {x.shape[0]}; "
-                         "use params.expand(n) to share one transform across a batch")
+        raise ValueError(
+            f"DSA parameters cover {params.n} samples but x has {x.shape[0]}; "
+            "use params.expand(n) to share one transform across a batch"
+        )
     t = {k: (v if v.device == x.device else v.to(x.device)) for k, v in params.tensors.items()}
     if params.family == PER_SAMPLE:
         return _apply_per_sample(x, params.families, t)
     return _apply_one(x, params.family, t)
 
 
-def siamese_dsa(xs: Sequence[Tensor], config: DSAConfig | None, generator: torch.Generator,
-                family: str | None = None) -> tuple[list[Tensor], DSAParams]:
+def siamese_dsa(
+    xs: Sequence[Tensor], config: DSAConfig | None, generator: torch.Generator, family: str | None = None
+) -> tuple[list[Tensor], DSAParams]:
     """Siamese DSA: draw ONE transformation and apply it to every sample of every batch in ``xs``.
 
     All batches must share ``(H, W)``; batch sizes may differ. Returns the augmented batches and the
@@ -502,33 +517,59 @@ class DSA:
         self.config = config if config is not None else DSAConfig()
 
     @overload
-    def __call__(self, x: Tensor, generator: torch.Generator, *, family: str | None = ...,
-                 per_sample_family: bool = ..., siamese: bool = ...,
-                 return_params: Literal[False] = ...) -> Tensor: ...
+    def __call__(
+        self,
+        x: Tensor,
+        generator: torch.Generator,
+        *,
+        family: str | None = ...,
+        per_sample_family: bool = ...,
+        siamese: bool = ...,
+        return_params: Literal[False] = ...,
+    ) -> Tensor: ...
 
     @overload
-    def __call__(self, x: Tensor, generator: torch.Generator, *, family: str | None = ...,
-                 per_sample_family: bool = ..., siamese: bool = ...,
-                 return_params: Literal[True]) -> tuple[Tensor, DSAParams]: ...
+    def __call__(
+        self,
+        x: Tensor,
+        generator: torch.Generator,
+        *,
+        family: str | None = ...,
+        per_sample_family: bool = ...,
+        siamese: bool = ...,
+        return_params: Literal[True],
+    ) -> tuple[Tensor, DSAParams]: ...
 
-    def __call__(self, x: Tensor, generator: torch.Generator, *, family: str | None = None,
-                 per_sample_family: bool = False, siamese: bool = False,
-                 return_params: bool = False) -> Tensor | tuple[Tensor, DSAParams]:
+    def __call__(
+        self,
+        x: Tensor,
+        generator: torch.Generator,
+        *,
+        family: str | None = None,
+        per_sample_family: bool = False,
+        siamese: bool = False,
+        return_params: bool = False,
+    ) -> Tensor | tuple[Tensor, DSAParams]:
         n = x.shape[0]
         if siamese:
-            params = sample_dsa(1, x.shape[-2:], self.config, generator, family=family,
-                                per_sample_family=per_sample_family).expand(n)
+            params = sample_dsa(
+                1, x.shape[-2:], self.config, generator, family=family, per_sample_family=per_sample_family
+            ).expand(n)
         else:
-            params = self.sample(n, x.shape[-2:], generator, family=family,
-                                 per_sample_family=per_sample_family)
+            params = self.sample(n, x.shape[-2:], generator, family=family, per_sample_family=per_sample_family)
         out = apply_dsa(x, params)
         return (out, params) if return_params else out
 
-    def sample(self, n: int, im_size: int | Sequence[int], generator: torch.Generator,
-               family: str | None = None, per_sample_family: bool = False) -> DSAParams:
+    def sample(
+        self,
+        n: int,
+        im_size: int | Sequence[int],
+        generator: torch.Generator,
+        family: str | None = None,
+        per_sample_family: bool = False,
+    ) -> DSAParams:
         """:func:`sample_dsa` with this wrapper's config."""
-        return sample_dsa(n, im_size, self.config, generator, family=family,
-                          per_sample_family=per_sample_family)
+        return sample_dsa(n, im_size, self.config, generator, family=family, per_sample_family=per_sample_family)
 
     @staticmethod
     def replay(x: Tensor, params: DSAParams) -> Tensor:

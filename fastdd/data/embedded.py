@@ -1,4 +1,5 @@
 """Data sets that ship inside installed packages: no download, no folder."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,9 @@ import torch
 _SPLIT_SEED = 20181128
 
 
-def stratified_split(labels: np.ndarray, test_per_class: int | float, seed: int = _SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_per_class: int | float, seed: int = _SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic stratified split: per class, a seeded permutation; the first part goes to test.
 
     ``test_per_class`` is a count, or a fraction of each class (rounded). Returns sorted

@@ -3,11 +3,12 @@
 Every loader returns ``(train_x, train_y, test_x, test_y, class_names)``: ``*_x`` float32 CPU tensors
 of pixels in ``[0, 1]`` shaped ``(N, C, H, W)``, ``*_y`` int64 CPU tensors ``(N,)``, and one name per class.
 """
+
 from __future__ import annotations
 
 import os
 import pickle
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ def _to_unit_float(u8: torch.Tensor) -> torch.Tensor:
 # torchvision data sets
 # --------------------------------------------------------------------------------------------------
 
+
 def _torchvision_split(key: str, root: str, train: bool, download: bool):
     import torchvision.datasets as tvd
 
@@ -49,8 +51,7 @@ def _torchvision_split(key: str, root: str, train: bool, download: bool):
     if key in ("mnist", "fashionmnist"):
         prefix = "train" if train else "t10k"
         expected += f" ({prefix}-images-idx3-ubyte, {prefix}-labels-idx1-ubyte, uncompressed)"
-    how = ("pass download=True (CLI: --download) to let torchvision fetch it, or place the files there "
-           "yourself")
+    how = "pass download=True (CLI: --download) to let torchvision fetch it, or place the files there yourself"
     if not download and not os.path.isdir(root):
         raise DataNotFoundError(f"{key}: data folder {root} does not exist (expected the data at {expected}); {how}")
     kwargs = {"split": split} if key == "svhn" else {"train": train}
@@ -62,19 +63,23 @@ def _torchvision_split(key: str, root: str, train: bool, download: bool):
         msg = str(e)
         if "not found" in msg.lower():
             raise DataNotFoundError(
-                f"{key} ({split} split) not found or corrupted at {expected}; {how}. torchvision said: {msg}") from e
+                f"{key} ({split} split) not found or corrupted at {expected}; {how}. torchvision said: {msg}"
+            ) from e
         if download:
-            raise DataNotFoundError(f"{key}: downloading into {root} failed ({msg}); place the files at {expected} "
-                                    f"yourself") from e
+            raise DataNotFoundError(
+                f"{key}: downloading into {root} failed ({msg}); place the files at {expected} yourself"
+            ) from e
         raise CorruptFileError(f"{key}: could not read {expected}: {msg}") from e
     except OSError as e:
         if download:
-            raise DataNotFoundError(f"{key}: downloading into {root} failed ({e}); place the files at {expected} "
-                                    f"yourself") from e
+            raise DataNotFoundError(
+                f"{key}: downloading into {root} failed ({e}); place the files at {expected} yourself"
+            ) from e
         raise CorruptFileError(f"{key}: could not read {expected}: {e}") from e
     except (AssertionError, ValueError, TypeError, EOFError, KeyError, pickle.UnpicklingError) as e:
-        raise CorruptFileError(f"{key}: {expected} is truncated or not in the expected format "
-                               f"({type(e).__name__}: {e})") from e
+        raise CorruptFileError(
+            f"{key}: {expected} is truncated or not in the expected format ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _torchvision_arrays(key: str, ds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,15 +99,22 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles only plain containers and numpy arrays: the CIFAR batch files need nothing else, and
     a file a user downloaded must not be able to run code (``pickle.load`` would import anything)."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays and plain containers "
-                                     "are allowed in a CIFAR batch file")
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: only numpy arrays and plain containers "
+            "are allowed in a CIFAR batch file"
+        )
 
 
 def _read_cifar_file(path: str) -> dict:
@@ -112,15 +124,23 @@ def _read_cifar_file(path: str) -> dict:
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise CorruptFileError(f"{path} is truncated, corrupt or not a CIFAR batch file ({type(e).__name__}: {e})") from e
+        raise CorruptFileError(
+            f"{path} is truncated, corrupt or not a CIFAR batch file ({type(e).__name__}: {e})"
+        ) from e
     if not isinstance(obj, dict):
         raise CorruptFileError(f"{path} is not a CIFAR batch file (no dict inside)")
     return obj
 
 
 _CIFAR = {  # folder, train files, test files, label key, meta file, class-name key
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels",
-                "batches.meta", "label_names"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        "batches.meta",
+        "label_names",
+    ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "meta", "fine_label_names"),
 }
 
@@ -133,12 +153,14 @@ def cifar_pixels(key: str, root: str, download: bool = False) -> Pixels:
     if download and not os.path.isdir(base):
         import torchvision.datasets as tvd
         from torchvision.datasets.utils import download_and_extract_archive
+
         cls = tvd.CIFAR10 if key == "cifar10" else tvd.CIFAR100
         try:
             download_and_extract_archive(cls.url, root, filename=cls.filename, md5=cls.tgz_md5)
         except Exception as e:  # network errors of every kind
-            raise DataNotFoundError(f"{key}: downloading into {root} failed ({e}); place the files at {base} "
-                                    "yourself") from e
+            raise DataNotFoundError(
+                f"{key}: downloading into {root} failed ({e}); place the files at {base} yourself"
+            ) from e
     if not os.path.isdir(root):
         raise DataNotFoundError(f"{key}: data folder {root} does not exist (expected the data at {base}); {how}")
     if not os.path.isdir(base):
@@ -197,6 +219,7 @@ def torchvision_pixels(key: str, root: str | os.PathLike, download: bool = False
 # image files
 # --------------------------------------------------------------------------------------------------
 
+
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -214,15 +237,17 @@ def _class_files(class_dir: str) -> list[str]:
     return out
 
 
-def _scan_split(split_dir: str, class_to_idx: dict[str, int], classes: Sequence[str],
-                require_nonempty: bool) -> tuple[list[str], list[int]]:
+def _scan_split(
+    split_dir: str, class_to_idx: dict[str, int], classes: Sequence[str], require_nonempty: bool
+) -> tuple[list[str], list[int]]:
     paths: list[str] = []
     labels: list[int] = []
     for name in classes:
         files = _class_files(os.path.join(split_dir, name))
         if require_nonempty and not files:
-            raise DataNotFoundError(f"class folder {os.path.join(split_dir, name)} holds no image "
-                                    f"({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataNotFoundError(
+                f"class folder {os.path.join(split_dir, name)} holds no image ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         paths.extend(files)
         labels.extend([class_to_idx[name]] * len(files))
     return paths, labels
@@ -239,8 +264,15 @@ def _open(path: str):
         raise CorruptFileError(f"could not read image {path}: {e}") from e
 
 
-def _load_images(paths: Sequence[str], mode: str, size: tuple[int, int], resize: bool, desc: str,
-                 mismatch: type[ValueError] = CorruptFileError, hint: str = "") -> np.ndarray:
+def _load_images(
+    paths: Sequence[str],
+    mode: str,
+    size: tuple[int, int],
+    resize: bool,
+    desc: str,
+    mismatch: type[ValueError] = CorruptFileError,
+    hint: str = "",
+) -> np.ndarray:
     """Read ``paths`` into a uint8 ``(N, C, H, W)`` array; ``size`` is ``(H, W)``, ``mode`` PIL's "RGB" or "L".
 
     With ``resize`` every image is resized (bilinear) to ``size``; otherwise a differently sized image
@@ -270,6 +302,7 @@ def _load_images(paths: Sequence[str], mode: str, size: tuple[int, int], resize:
 # --------------------------------------------------------------------------------------------------
 # Tiny-ImageNet
 # --------------------------------------------------------------------------------------------------
+
 
 def _tiny_root(root: str) -> str:
     nested = os.path.join(root, TINY_IMAGENET)
@@ -302,8 +335,10 @@ def tinyimagenet_pixels(root: str | os.PathLike) -> Pixels:
     given = os.path.expanduser(os.fspath(root))
     base = _tiny_root(given)
     train_dir = os.path.join(base, "train")
-    how = (f"download {TINY_IMAGENET_URL} and unzip it so that {os.path.join(given, TINY_IMAGENET, 'train')} "
-           f"exists (pass that folder or its parent as root)")
+    how = (
+        f"download {TINY_IMAGENET_URL} and unzip it so that {os.path.join(given, TINY_IMAGENET, 'train')} "
+        f"exists (pass that folder or its parent as root)"
+    )
     if not os.path.isdir(train_dir):
         raise DataNotFoundError(f"tinyimagenet: train folder {train_dir} not found; {how}")
     classes = _class_dirs(train_dir)
@@ -323,12 +358,12 @@ def tinyimagenet_pixels(root: str | os.PathLike) -> Pixels:
                 continue
             fields = line.rstrip("\n").split("\t")
             if len(fields) < 2:
-                raise CorruptFileError(f"{ann_path}, line {lineno}: expected 'filename<TAB>wnid<TAB>...', "
-                                       f"got {line.strip()!r}")
+                raise CorruptFileError(
+                    f"{ann_path}, line {lineno}: expected 'filename<TAB>wnid<TAB>...', got {line.strip()!r}"
+                )
             fname, wnid = fields[0].strip(), fields[1].strip()
             if wnid not in class_to_idx:
-                raise CorruptFileError(f"{ann_path}, line {lineno}: wnid {wnid!r} is not a class folder of "
-                                       f"{train_dir}")
+                raise CorruptFileError(f"{ann_path}, line {lineno}: wnid {wnid!r} is not a class folder of {train_dir}")
             if fname in val:
                 raise CorruptFileError(f"{ann_path}, line {lineno}: {fname!r} is listed twice")
             val[fname] = class_to_idx[wnid]
@@ -336,7 +371,7 @@ def tinyimagenet_pixels(root: str | os.PathLike) -> Pixels:
         raise CorruptFileError(f"{ann_path} lists no image")
     val_names = sorted(val)
     val_paths = [os.path.join(val_img_dir, n) for n in val_names]
-    for n, p in zip(val_names, val_paths):
+    for p in val_paths:
         if not os.path.isfile(p):
             raise DataNotFoundError(f"tinyimagenet: {p} (listed in {ann_path}) is missing")
     val_labels = [val[n] for n in val_names]
@@ -349,13 +384,19 @@ def tinyimagenet_pixels(root: str | os.PathLike) -> Pixels:
     words = os.path.join(base, "words.txt")
     lookup = _read_words(words) if os.path.isfile(words) else {}
     names = [lookup.get(c, c) for c in classes]
-    return (_to_unit_float(torch.from_numpy(tx)), torch.tensor(train_labels, dtype=torch.int64),
-            _to_unit_float(torch.from_numpy(vx)), torch.tensor(val_labels, dtype=torch.int64), names)
+    return (
+        _to_unit_float(torch.from_numpy(tx)),
+        torch.tensor(train_labels, dtype=torch.int64),
+        _to_unit_float(torch.from_numpy(vx)),
+        torch.tensor(val_labels, dtype=torch.int64),
+        names,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Generic ImageFolder
 # --------------------------------------------------------------------------------------------------
+
 
 def imagefolder_pixels(root: str | os.PathLike, im_size: tuple[int, int] | None = None) -> Pixels:
     """Images in ``root/train/<class>/...`` and ``root/test/<class>/...`` (or ``root/val``).
@@ -380,8 +421,9 @@ def imagefolder_pixels(root: str | os.PathLike, im_size: tuple[int, int] | None 
     if not os.path.isdir(test_dir):
         test_dir = os.path.join(root, "val")
         if not os.path.isdir(test_dir):
-            raise DataNotFoundError(f"imagefolder: neither {os.path.join(root, 'test')} nor {test_dir} exists; "
-                                    f"{layout}")
+            raise DataNotFoundError(
+                f"imagefolder: neither {os.path.join(root, 'test')} nor {test_dir} exists; {layout}"
+            )
     classes = _class_dirs(train_dir)
     if not classes:
         raise DataNotFoundError(f"imagefolder: {train_dir} holds no class folder; {layout}")
@@ -404,9 +446,11 @@ def imagefolder_pixels(root: str | os.PathLike, im_size: tuple[int, int] | None 
             if first_size is None:
                 first_size = im.size
             elif im_size is None and im.size != first_size:
-                raise ValueError(f"imagefolder: images differ in size ({train_paths[0]} is "
-                                 f"{first_size[0]}x{first_size[1]}, {p} is {im.size[0]}x{im.size[1]}, WxH); "
-                                 f"pass im_size=(H, W) to resize them all")
+                raise ValueError(
+                    f"imagefolder: images differ in size ({train_paths[0]} is "
+                    f"{first_size[0]}x{first_size[1]}, {p} is {im.size[0]}x{im.size[1]}, WxH); "
+                    f"pass im_size=(H, W) to resize them all"
+                )
     mode = "L" if all_gray else "RGB"
     if im_size is not None:
         size = (int(im_size[0]), int(im_size[1]))
@@ -417,5 +461,10 @@ def imagefolder_pixels(root: str | os.PathLike, im_size: tuple[int, int] | None 
     hint = "; images differ in size: pass im_size=(H, W) to resize them all"
     tx = _load_images(train_paths, mode, size, im_size is not None, "imagefolder train", ValueError, hint)
     vx = _load_images(test_paths, mode, size, im_size is not None, "imagefolder test", ValueError, hint)
-    return (_to_unit_float(torch.from_numpy(tx)), torch.tensor(train_labels, dtype=torch.int64),
-            _to_unit_float(torch.from_numpy(vx)), torch.tensor(test_labels, dtype=torch.int64), list(classes))
+    return (
+        _to_unit_float(torch.from_numpy(tx)),
+        torch.tensor(train_labels, dtype=torch.int64),
+        _to_unit_float(torch.from_numpy(vx)),
+        torch.tensor(test_labels, dtype=torch.int64),
+        list(classes),
+    )

@@ -4,6 +4,7 @@ For flattened images X (N×D) with per-feature mean μ and unbiased covariance
 Σ = (X−μ)ᵀ(X−μ)/(N−1) = U S Uᵀ:  T = U diag((S+ε)^-½) Uᵀ,  x_zca = (x−μ) T,
 and the inverse x = x_zca T⁻¹ + μ with T⁻¹ = U diag((S+ε)^½) Uᵀ.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,14 +14,14 @@ import torch
 
 @dataclass
 class ZCA:
-    mean: torch.Tensor        # (D,)
-    transform: torch.Tensor   # (D, D)
+    mean: torch.Tensor  # (D,)
+    transform: torch.Tensor  # (D, D)
     inverse_transform: torch.Tensor  # (D, D)
     shape: tuple[int, int, int]  # (C, H, W)
     eps: float
 
     @classmethod
-    def fit(cls, images: torch.Tensor, eps: float = 0.1) -> "ZCA":
+    def fit(cls, images: torch.Tensor, eps: float = 0.1) -> ZCA:
         """Fit on ``images`` ``(N, C, H, W)``. The eigen-decomposition runs in float64."""
         if images.dim() != 4 or images.shape[0] < 2:
             raise ValueError(f"ZCA needs at least 2 images of shape (N, C, H, W), got {tuple(images.shape)}")

@@ -10,6 +10,7 @@ them all.
 Every method is a :class:`~fastdd.distill.loop.Policy` on one loop (:func:`~fastdd.distill.loop.run_loop`),
 run by one runner (:func:`~fastdd.distill.registry.run_method`).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -29,13 +30,34 @@ from .loop import KeepBest
 from .matching import DCConfig, DMConfig
 from .mtt import MTTConfig
 from .presets import PRESETS, Preset, get_preset
-from .registry import (RUN_KEYWORDS, MethodSpec, RunConfig, SelectConfig, Setup, engine_from_keywords, get_method,
-                       make_config, methods, register_method, run_method)
+from .registry import (
+    RUN_KEYWORDS,
+    MethodSpec,
+    RunConfig,
+    SelectConfig,
+    Setup,
+    engine_from_keywords,
+    get_method,
+    make_config,
+    methods,
+    register_method,
+    run_method,
+)
 
 
-def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts: ExpertBuffer | str | os.PathLike
-            | None = None, iterations: int | None = None, preset: str | None = None, scores=None,
-            engine: EngineConfig | None = None, run: RunConfig | None = None, **options: Any) -> SyntheticSet:
+def distill(
+    ds: Dataset,
+    method: str = "mtt",
+    ipc: int | None = None,
+    *,
+    experts: ExpertBuffer | str | os.PathLike | None = None,
+    iterations: int | None = None,
+    preset: str | None = None,
+    scores=None,
+    engine: EngineConfig | None = None,
+    run: RunConfig | None = None,
+    **options: Any,
+) -> SyntheticSet:
     """Distil ``ds`` into a :class:`SyntheticSet` of ``ipc`` images per class.
 
     Args:
@@ -81,7 +103,8 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
 
     Under torch.distributed (launched by ``torchrun``, the group started by :func:`fastdd.distributed.init`
     or by the caller) the MTT family splits the synthetic set over the ranks (``dm`` splits it by class;
-    ``dd``, ``dc`` and ``dsa`` refuse): each keeps and updates its rows, the unrolled steps are all-reduced, rank 0 writes ``out`` (checkpoints hold the whole set, so
+    ``dd``, ``dc`` and ``dsa`` refuse): each keeps and updates its rows, the unrolled steps are all-reduced, rank 0
+    writes ``out`` (checkpoints hold the whole set, so
     a run resumes on any number of processes), and every rank returns the whole set, equal to one
     process's result to float round-off. ``mode="auto"`` means ``adjoint`` there; ``bptt`` is refused.
 
@@ -95,8 +118,9 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
         if p.dataset != ds.name:
             raise ValueError(f"preset {preset!r} is for {p.dataset}, not {ds.name}")
         if p.zca != (ds.zca is not None):
-            raise ValueError(f"preset {preset!r} trains {'with' if p.zca else 'without'} ZCA: load the data with "
-                             f"zca={p.zca}")
+            raise ValueError(
+                f"preset {preset!r} trains {'with' if p.zca else 'without'} ZCA: load the data with zca={p.zca}"
+            )
         method = p.method
         ipc = p.ipc if ipc is None else ipc
         iterations = p.iterations if iterations is None else iterations
@@ -118,8 +142,10 @@ def distill(ds: Dataset, method: str = "mtt", ipc: int | None = None, *, experts
     if isinstance(experts, (str, os.PathLike)):
         experts = ExpertBuffer(experts)
     if spec.needs_experts and experts is None:
-        raise ValueError(f"{method} matches expert trajectories: pass experts= (a buffer or its folder); "
-                         "make them with fastdd.train_experts or `fastdd experts`")
+        raise ValueError(
+            f"{method} matches expert trajectories: pass experts= (a buffer or its folder); "
+            "make them with fastdd.train_experts or `fastdd experts`"
+        )
     if run.device is not None:
         device = check_device(run.device)
         if device.type == "cuda" and device.index is None:
@@ -146,12 +172,16 @@ def _run_config(run: RunConfig | None, options: dict[str, Any]) -> RunConfig:
 
 def _keep_best(ds: Dataset, spec: MethodSpec, select: SelectConfig, seed: int) -> KeepBest:
     if not spec.selection:
-        raise ValueError(f"select_every is not available for method {spec.name!r} (it cannot be scored on a "
-                         "validation split)")
+        raise ValueError(
+            f"select_every is not available for method {spec.name!r} (it cannot be scored on a validation split)"
+        )
     if ds.val is None:
-        raise ValueError("select_every scores sets on a validation split, and this data set has none: pass "
-                         "ds.with_validation(fraction, seed) (never select on the test split)")
-    from ..evaluate import evaluate, resolve_protocol
+        raise ValueError(
+            "select_every scores sets on a validation split, and this data set has none: pass "
+            "ds.with_validation(fraction, seed) (never select on the test split)"
+        )
+    from ..evaluate import EvalResult, evaluate, resolve_protocol
+
     protocol, opts = select.protocol, {"num_eval": 1, **select.options}
     if protocol == "dd":
         raise ValueError("select_protocol 'dd' replays a DD set's steps on the test split; use mtt, selmatch or soft")
@@ -159,7 +189,9 @@ def _keep_best(ds: Dataset, spec: MethodSpec, select: SelectConfig, seed: int) -
     resolve_protocol(protocol, **{k: v for k, v in opts.items() if k not in own})  # first scoring hours later
 
     def score(syn: SyntheticSet) -> float:
-        return evaluate(syn, ds, protocol, seed=seed, split="val", show_progress=False, **opts).mean
+        res = evaluate(syn, ds, protocol, seed=seed, split="val", show_progress=False, **opts)
+        assert isinstance(res, EvalResult)  # one architecture
+        return res.mean
 
     return KeepBest(select.every, score, {"protocol": protocol, "options": opts, "split": "val"})
 
@@ -170,5 +202,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["distill", "methods", "register_method", "MethodSpec", "Setup", "RunConfig", "SelectConfig", "EngineConfig",
-           "MTTConfig", "DDConfig", "DCConfig", "DMConfig", "PRESETS", "Preset", "get_preset"]
+__all__ = [
+    "distill",
+    "methods",
+    "register_method",
+    "MethodSpec",
+    "Setup",
+    "RunConfig",
+    "SelectConfig",
+    "EngineConfig",
+    "MTTConfig",
+    "DDConfig",
+    "DCConfig",
+    "DMConfig",
+    "PRESETS",
+    "Preset",
+    "get_preset",
+]

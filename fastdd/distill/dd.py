@@ -11,6 +11,7 @@ Images and ρ are learned with Adam (lr 0.01, betas (0.5, 0.999)), the rate halv
 ``mode="auto"`` is resolved once per run from ``memory_budget`` and the shapes (recorded in
 ``syn.meta["gradient_mode"]`` and the checkpoints); the iteration's checks read one tensor back.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,8 @@ from ..options import check_positive
 from ..rng import generator
 from ..synthetic import SyntheticSet
 from .loop import Policy, Step, data_scale
-from .registry import Setup, register_method
 from .mtt import resolve_mode
+from .registry import Setup, register_method
 
 
 @dataclass
@@ -39,24 +40,26 @@ class DDConfig(EngineConfig):
     model: str = "lenet"
     steps: int = 10
     epochs: int = 3
-    images_per_class: int = 1      # per step
-    lr_init: float = 0.02          # initial η (softplus⁻¹ stored)
-    lr: float = 0.01               # Adam
+    images_per_class: int = 1  # per step
+    lr_init: float = 0.02  # initial η (softplus⁻¹ stored)
+    lr: float = 0.01  # Adam
     betas: tuple[float, float] = (0.5, 0.999)
     decay_every: int | None = None  # iterations; None = iterations // 10
     decay_factor: float = 0.5
     real_batch: int = 1024
-    init_mode: str = "fixed"        # "fixed" | "random" | "pretrained"
-    n_nets: int = 1                 # inits per iteration (fixed: drawn once)
-    init: str = "default"           # weight init scheme of the network ("default" | "xavier")
+    init_mode: str = "fixed"  # "fixed" | "random" | "pretrained"
+    n_nets: int = 1  # inits per iteration (fixed: drawn once)
+    init: str = "default"  # weight init scheme of the network ("default" | "xavier")
     attack: tuple[int, int] | None = None  # poisoning: relabel real class a as b in the outer loss
 
     def validate(self, num_classes: int) -> None:
         if self.init_mode not in ("fixed", "random", "pretrained"):
             raise ValueError(f"init_mode must be 'fixed', 'random' or 'pretrained', got {self.init_mode!r}")
         if self.steps < 1 or self.epochs < 1 or self.images_per_class < 1 or self.n_nets < 1 or self.real_batch < 1:
-            raise ValueError("steps, epochs, images_per_class, n_nets and real_batch must be >= 1, got "
-                             f"{self.steps}, {self.epochs}, {self.images_per_class}, {self.n_nets}, {self.real_batch}")
+            raise ValueError(
+                "steps, epochs, images_per_class, n_nets and real_batch must be >= 1, got "
+                f"{self.steps}, {self.epochs}, {self.images_per_class}, {self.n_nets}, {self.real_batch}"
+            )
         check_positive(self, "lr", "lr_init")
         if not 0 < self.decay_factor <= 1:
             raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor}")
@@ -75,32 +78,55 @@ def inverse_softplus(x: float) -> float:
     return math.log(math.expm1(x))
 
 
-def dd_inits(net: FunctionalNet, cfg: DDConfig, seed: int, it: int, device, buf: ExpertBuffer | None,
-             g: torch.Generator) -> list[torch.Tensor]:
-    """The start parameters of iteration ``it``."""
+def dd_inits(
+    net: FunctionalNet,
+    cfg: DDConfig,
+    seed: int,
+    it: int,
+    device,
+    buf: ExpertBuffer | None,
+    g: torch.Generator | None,
+) -> list[torch.Tensor]:
+    """The start parameters of iteration ``it`` (``buf`` and ``g``: for ``pretrained`` inits)."""
     if cfg.init_mode == "fixed":
         return [net.init(generator(seed, "dd.fixed", j), device=device) for j in range(cfg.n_nets)]
     if cfg.init_mode == "random":
         return [net.init(generator(seed, "dd.random", it, j), device=device) for j in range(cfg.n_nets)]
+    assert buf is not None and g is not None  # pretrained: checked in DDPolicy
     ids = torch.randint(len(buf.ids), (cfg.n_nets,), generator=g).tolist()
     return [buf[buf.ids[i]][-1].to(device) for i in ids]
 
 
-@register_method("dd", config=DDConfig, needs_ipc=False, selection=False,
-                 description="Dataset Distillation: per-step images and learned rates (Wang et al. 2018)")
+@register_method(
+    "dd",
+    config=DDConfig,
+    needs_ipc=False,
+    selection=False,
+    description="Dataset Distillation: per-step images and learned rates (Wang et al. 2018)",
+)
 class DDPolicy(Policy):
     """Wang et al.'s method as a policy on :func:`fastdd.distill.loop.run_loop`."""
 
     method = "dd"
     log_fields = ("mean_lr",)
     pixel_lr = "lr"  # Adam's rate on the images (and the rates)
+    seed: int
 
-    def __init__(self, ds: Dataset, cfg: DDConfig, iterations: int, seed: int, experts: ExpertBuffer | None,
-                 resident_experts: bool | None = None):
+    def __init__(
+        self,
+        ds: Dataset,
+        cfg: DDConfig,
+        iterations: int,
+        seed: int,
+        experts: ExpertBuffer | None,
+        resident_experts: bool | None = None,
+    ):
         from ..distributed import current
+
         if current() is not None:
-            raise ValueError("dd runs on one process (its images are per step, not a set to split); launch it "
-                             "without torchrun")
+            raise ValueError(
+                "dd runs on one process (its images are per step, not a set to split); launch it without torchrun"
+            )
         if cfg.init_mode == "pretrained":
             if experts is None:
                 raise ValueError("init_mode='pretrained' needs experts= (their final snapshots are the start weights)")
@@ -116,8 +142,9 @@ class DDPolicy(Policy):
         self.fixed = dd_inits(net, cfg, seed, 0, dev, experts, None) if cfg.init_mode == "fixed" else None
         k, s, n_img = ds.num_classes, cfg.steps, cfg.images_per_class
         g_init, g_iter = generator(seed, "dd", "images"), generator(seed, "dd", "iter")
-        self.images = torch.randn((s, k * n_img, ds.channels, *ds.im_size), generator=g_init).to(dev) \
-            .requires_grad_(True)
+        self.images = (
+            torch.randn((s, k * n_img, ds.channels, *ds.im_size), generator=g_init).to(dev).requires_grad_(True)
+        )
         self.labels = torch.arange(k, device=dev).repeat_interleave(n_img).repeat(s, 1)
         self.rho = torch.full((s * cfg.epochs,), inverse_softplus(cfg.lr_init), device=dev, requires_grad=True)
         self.opt = torch.optim.Adam([self.images, self.rho], lr=cfg.lr, betas=cfg.betas)
@@ -130,7 +157,7 @@ class DDPolicy(Policy):
         self.mode: str | None = None
 
     @classmethod
-    def from_setup(cls, setup: Setup) -> "DDPolicy":
+    def from_setup(cls, setup: Setup) -> DDPolicy:
         """``ipc``, when given, is steps × images per class per step: it sets ``images_per_class``."""
         cfg, ipc = setup.config, setup.ipc
         if ipc is not None and ipc != cfg.steps * cfg.images_per_class:
@@ -151,10 +178,16 @@ class DDPolicy(Policy):
             cfg, dev, s = self.config, self.ds.device, self.config.steps
             per = self.images.shape[1]
             ar = torch.arange(s * per, device=dev).view(s, per)
-            self.mode = resolve_mode(cfg, self.net, self.images.reshape(s * per, *self.images.shape[2:]),
-                                     self.labels.reshape(-1), self.fixed[0] if self.fixed is not None else
-                                     self.net.init(torch.Generator().manual_seed(0), device=dev),
-                                     [ar[t % s] for t in range(s * cfg.epochs)])
+            self.mode = resolve_mode(
+                cfg,
+                self.net,
+                self.images.reshape(s * per, *self.images.shape[2:]),
+                self.labels.reshape(-1),
+                self.fixed[0]
+                if self.fixed is not None
+                else self.net.init(torch.Generator().manual_seed(0), device=dev),
+                [ar[t % s] for t in range(s * cfg.epochs)],
+            )
 
     def extra_state(self) -> dict[str, Any]:
         return {"gradient_mode": self.mode}
@@ -162,24 +195,42 @@ class DDPolicy(Policy):
     def step(self, it: int) -> Step:
         cfg, ds, dev = self.config, self.ds, self.ds.device
         if it % self.per_epoch == 0 or not self.real_batches:  # one permutation per real epoch, a function of it
-            self.real_batches = to_device_once(minibatches(len(ds.train), cfg.real_batch,
-                                                           generator(self.seed, "dd.real", it // self.per_epoch)), dev)
+            self.real_batches = to_device_once(
+                minibatches(len(ds.train), cfg.real_batch, generator(self.seed, "dd.real", it // self.per_epoch)), dev
+            )
         idx = self.real_batches[it % self.per_epoch]
         xr, yr = ds.train.images[idx], ds.train.labels[idx]
         if cfg.attack is not None:
             yr = torch.where(yr == cfg.attack[0], torch.full_like(yr, cfg.attack[1]), yr)
-        thetas = self.fixed if self.fixed is not None else \
-            dd_inits(self.net, cfg, self.seed, it, dev, self.experts, self.generators["iter"])
+        thetas = (
+            self.fixed
+            if self.fixed is not None
+            else dd_inits(self.net, cfg, self.seed, it, dev, self.experts, self.generators["iter"])
+        )
         eta = F.softplus(self.rho.detach())
-        g_x, g_eta, loss_t = torch.zeros_like(self.images), torch.zeros_like(eta), None
+        g_x, g_eta = torch.zeros_like(self.images), torch.zeros_like(eta)
+        loss_t: torch.Tensor | None = None
+        assert self.mode is not None  # decided in begin()
         for theta0 in thetas:
-            res = dd_grad(self.net, self.images.detach().requires_grad_(True), self.labels,
-                          eta.clone().requires_grad_(True), theta0, xr, yr, cfg.epochs, mode=self.mode,
-                          memory_budget=cfg.memory_budget, theta_storage=cfg.theta_storage)
+            res = dd_grad(
+                self.net,
+                self.images.detach().requires_grad_(True),
+                self.labels,
+                eta.clone().requires_grad_(True),
+                theta0,
+                xr,
+                yr,
+                cfg.epochs,
+                mode=self.mode,
+                memory_budget=cfg.memory_budget,
+                theta_storage=cfg.theta_storage,
+            )
+            assert res.images is not None and res.lrs is not None  # both ask for gradients
             g_x += res.images / len(thetas)
             g_eta += res.lrs / len(thetas)
             term = res.loss.double() / len(thetas)
             loss_t = term if loss_t is None else loss_t + term
+        assert loss_t is not None  # n_nets >= 1
         return Step(loss_t, (g_x, g_eta), payload=(g_x, g_eta))
 
     def apply(self, step: Step) -> None:
@@ -197,14 +248,35 @@ class DDPolicy(Policy):
     def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> SyntheticSet:
         ds, cfg, net = self.ds, self.config, self.net
         k, s, n_img = ds.num_classes, cfg.steps, cfg.images_per_class
-        meta = {"method": "dd", "ipc": s * n_img, "dataset": ds.name, "zca": ds.zca is not None,
-                "num_classes": k, "mean": list(ds.mean), "std": list(ds.std), "seed": self.seed,
-                "iterations": iterations, "skipped_iterations": skipped, "steps": s, "epochs": cfg.epochs,
-                "images_per_step": k * n_img, "model": net.name, "model_spec": net.spec,
-                "init_scheme": net.init_scheme, "experts": str(self.experts.path) if self.experts is not None else None,
-                "config": self.config_dict(), "gradient_mode": self.mode, **(extra_meta or {})}
-        return SyntheticSet(self.images.detach().reshape(s * k * n_img, ds.channels, *ds.im_size).clone(),
-                            self.labels.reshape(-1).clone(), F.softplus(self.rho.detach()).clone(), None, meta)
+        meta = {
+            "method": "dd",
+            "ipc": s * n_img,
+            "dataset": ds.name,
+            "zca": ds.zca is not None,
+            "num_classes": k,
+            "mean": list(ds.mean),
+            "std": list(ds.std),
+            "seed": self.seed,
+            "iterations": iterations,
+            "skipped_iterations": skipped,
+            "steps": s,
+            "epochs": cfg.epochs,
+            "images_per_step": k * n_img,
+            "model": net.name,
+            "model_spec": net.spec,
+            "init_scheme": net.init_scheme,
+            "experts": str(self.experts.path) if self.experts is not None else None,
+            "config": self.config_dict(),
+            "gradient_mode": self.mode,
+            **(extra_meta or {}),
+        }
+        return SyntheticSet(
+            self.images.detach().reshape(s * k * n_img, ds.channels, *ds.im_size).clone(),
+            self.labels.reshape(-1).clone(),
+            F.softplus(self.rho.detach()).clone(),
+            None,
+            meta,
+        )
 
 
 def replay(syn: SyntheticSet, net: FunctionalNet, theta0: torch.Tensor) -> torch.Tensor:
@@ -213,6 +285,8 @@ def replay(syn: SyntheticSet, net: FunctionalNet, theta0: torch.Tensor) -> torch
     x = syn.images.view(s, per, *syn.images.shape[1:])
     y = syn.labels.view(s, per, *syn.labels.shape[1:])
     theta = theta0.detach()
+    if syn.lr is None:
+        raise ValueError("replay needs a DD set's learned rates (syn.lr is None)")
     for t, eta in enumerate(syn.lr.tolist()):
         with torch.enable_grad():
             th = theta.requires_grad_(True)
@@ -221,8 +295,9 @@ def replay(syn: SyntheticSet, net: FunctionalNet, theta0: torch.Tensor) -> torch
     return theta
 
 
-def evaluate_dd(syn: SyntheticSet, ds: Dataset, num_eval: int = 5, seed: int = 0,
-                experts: ExpertBuffer | None = None) -> tuple[list[float], dict[str, Any]]:
+def evaluate_dd(
+    syn: SyntheticSet, ds: Dataset, num_eval: int = 5, seed: int = 0, experts: ExpertBuffer | None = None
+) -> tuple[list[float], dict[str, Any]]:
     """Wang et al.'s evaluation: replay the learned steps on start weights and test on ``ds.test``.
 
     ``fixed``: the training inits (cycled); ``random``: held-out inits (a stream the distillation
@@ -230,6 +305,7 @@ def evaluate_dd(syn: SyntheticSet, ds: Dataset, num_eval: int = 5, seed: int = 0
     poisoning objective, the per-run fraction of test images of class ``a`` predicted as ``b``.
     """
     from ..models import model_from_spec
+
     m = syn.meta
     if m.get("method") != "dd":
         raise ValueError("protocol 'dd' replays the learned steps of a set made by method='dd'")

@@ -31,9 +31,11 @@ Under torch.distributed (a policy with a :class:`~fastdd.distributed.Shard`), ev
 loop on its rows; the per-iteration read-back is one all-reduce (so every rank skips, or stops, at
 the same iteration), checkpoints gather the rows and rank 0 alone writes the run folder.
 """
+
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -89,22 +91,22 @@ class Policy(ABC):
     other hooks are optional. Registered with :func:`fastdd.register_method`, it is built by
     :meth:`from_setup` from a :class:`~fastdd.distill.registry.Setup`."""
 
-    method: str                                  # e.g. "mtt"; names the progress bar and messages
-    config: Any                                  # a dataclass; recorded in checkpoints (resume checks it)
-    tensors: dict[str, torch.Tensor]             # learned tensors (checkpointed)
+    method: str  # e.g. "mtt"; names the progress bar and messages
+    config: Any  # a dataclass; recorded in checkpoints (resume checks it)
+    tensors: dict[str, torch.Tensor]  # learned tensors (checkpointed)
     optimizers: dict[str, torch.optim.Optimizer]
-    generators: dict[str, torch.Generator]       # random streams (checkpointed: a resume continues them)
-    log_fields: tuple[str, ...] = ()             # CSV columns between "loss" and "skipped"
-    threshold: float | None = None               # skip the update when the loss is above this
-    log_every: int = 1                           # log rows every this many iterations (and every skip)
-    shard: Shard | None = None                   # torch.distributed: this rank's rows of the tensors in shard.names
-    seed: int | None = None                      # the run's seed (checkpoints record it: resume refuses another)
-    pixel_lr: str = "lr_img"                     # the option that sets the pixel step, named when images blow up
+    generators: dict[str, torch.Generator]  # random streams (checkpointed: a resume continues them)
+    log_fields: tuple[str, ...] = ()  # CSV columns between "loss" and "skipped"
+    threshold: float | None = None  # skip the update when the loss is above this
+    log_every: int = 1  # log rows every this many iterations (and every skip)
+    shard: Shard | None = None  # torch.distributed: this rank's rows of the tensors in shard.names
+    seed: int | None = None  # the run's seed (checkpoints record it: resume refuses another)
+    pixel_lr: str = "lr_img"  # the option that sets the pixel step, named when images blow up
     pixel_scale: tuple[float, float] | None = None  # (mean, std) of the real images (data_scale); None: no guard
-    steps_per_iteration: int = 1                 # loop steps per method iteration (DC: pixel updates per network)
+    steps_per_iteration: int = 1  # loop steps per method iteration (DC: pixel updates per network)
 
     @classmethod
-    def from_setup(cls, setup: Any) -> "Policy":
+    def from_setup(cls, setup: Any) -> Policy:
         """Build the policy for a run (:class:`~fastdd.distill.registry.Setup`: data, ipc, config, seed, method,
         iterations, experts, scores). The default calls ``cls(setup)``; fastdd's own policies map it onto
         their constructors."""
@@ -126,6 +128,7 @@ class Policy(ABC):
 
     def config_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
+
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}
 
     def resume(self, iteration: int, extra: dict[str, Any]) -> None:
@@ -185,26 +188,35 @@ class KeepBest:
     score_set: Callable[[Any], float]
     info: dict[str, Any] = field(default_factory=dict)
 
-    def selection(self, policy: "Policy", per: int = 1) -> Selection:
+    def selection(self, policy: Policy, per: int = 1) -> Selection:
         """The loop's :class:`Selection` for ``policy`` (``per`` loop steps make one method iteration)."""
         return Selection(self.every * per, lambda: self.score_set(policy.result(0, 0, None)))
 
-    def meta(self, done: "LoopResult", per: int = 1) -> dict[str, Any]:
+    def meta(self, done: LoopResult, per: int = 1) -> dict[str, Any]:
         best = None if done.best_iteration is None else -(-done.best_iteration // per)
         return {"selection": {**self.info, "every": self.every, "kept_iteration": best, "val_score": done.best_score}}
 
 
 @dataclass
 class LoopResult:
-    skipped: int                        # iterations skipped over the whole run (resumed runs included)
-    start: int                          # the iteration this process started at (0, or the resumed checkpoint's)
-    best_iteration: int | None = None   # with a Selection: the iteration count whose set was kept ...
-    best_score: float | None = None     # ... and its score
+    skipped: int  # iterations skipped over the whole run (resumed runs included)
+    start: int  # the iteration this process started at (0, or the resumed checkpoint's)
+    best_iteration: int | None = None  # with a Selection: the iteration count whose set was kept ...
+    best_score: float | None = None  # ... and its score
 
 
-def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, resume: bool = False,
-             checkpoint_every: int = 100, show_progress: bool = True, desc: str | None = None,
-             selection: Selection | None = None, per: int = 1) -> LoopResult:
+def run_loop(
+    policy: Policy,
+    iterations: int,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 100,
+    show_progress: bool = True,
+    desc: str | None = None,
+    selection: Selection | None = None,
+    per: int = 1,
+) -> LoopResult:
     """Run ``policy`` for ``iterations`` iterations (continuing a checkpoint in ``out`` when ``resume``).
 
     With ``out``: ``log.csv`` gets a row per iteration (``iteration, loss, <policy fields>, skipped,
@@ -248,7 +260,7 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
                 best_score = -math.inf if best_score is None else best_score
             policy.resume(start_it, meta["extra"])
     policy.begin()
-    run = RunDir(out) if out is not None and main else None   # rank 0 alone writes the run folder
+    run = RunDir(out) if out is not None and main else None  # rank 0 alone writes the run folder
     if run is not None:
         if meta is None:  # a fresh start: fresh logs
             (run.path / "log.csv").unlink(missing_ok=True)
@@ -256,14 +268,23 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
         else:
             _truncate_log(run.path / "log.csv", start_it)
             _truncate_log(run.path / "selection.csv", start_it + 1)
-    log = run.csv("log.csv", ["iteration", "loss", *policy.log_fields, "skipped", "seconds"]) \
-        if run is not None else None
+    log = (
+        run.csv("log.csv", ["iteration", "loss", *policy.log_fields, "skipped", "seconds"]) if run is not None else None
+    )
     sel_log = run.csv("selection.csv", ["iterations", "score", "best"]) if run is not None and selection else None
-    bar = progress(range(start_it, iterations), desc=desc or policy.method, disable=not (show_progress and main),
-                   initial=start_it, total=iterations)
+    bar = progress(
+        range(start_it, iterations),
+        desc=desc or policy.method,
+        disable=not (show_progress and main),
+        initial=start_it,
+        total=iterations,
+    )
     if meta is not None and start_it == iterations and main:
-        bar.write(f"{policy.method}: the checkpoint in {folder} has already done all {iterations // per} iterations; "
-                  "nothing to run, its set is returned as saved", file=sys.stderr)
+        bar.write(
+            f"{policy.method}: the checkpoint in {folder} has already done all {iterations // per} iterations; "
+            "nothing to run, its set is returned as saved",
+            file=sys.stderr,
+        )
     last_saved = start_it if meta is not None and start_it else None
     reasons: dict[str, int] = {}
 
@@ -282,21 +303,27 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
     def checkpoint(done: int) -> bool:
         """Write the checkpoint after ``done`` iterations; False (and a warning) when it could not be written."""
         nonlocal last_saved
+        assert folder is not None  # called only for a run with a folder
         check_pixels(done)  # never write a checkpoint of blown-up images: the last one written stays good
         extra = {"config": policy.config_dict(), "skipped": skipped, "seed": policy.seed, **policy.extra_state()}
         if selection is not None:
             extra.update(best_score=None if best_it is None else best_score, best_iteration=best_it)
         try:
-            save_checkpoint(folder, done, saved, policy.optimizers, policy.generators, extra, transform=gather,
-                            write=main)
+            save_checkpoint(
+                folder, done, saved, policy.optimizers, policy.generators, extra, transform=gather, write=main
+            )
         except OSError as e:
             if not folder.is_dir():
-                msg = (f"{policy.method}: could not write the checkpoint of iteration {done}: the run folder {folder} "
-                       "has vanished (it is not re-created); the run goes on and still returns its result")
+                msg = (
+                    f"{policy.method}: could not write the checkpoint of iteration {done}: the run folder {folder} "
+                    "has vanished (it is not re-created); the run goes on and still returns its result"
+                )
             else:
                 kept = f"iteration {last_saved}" if last_saved is not None else "none yet"
-                msg = (f"{policy.method}: could not write the checkpoint of iteration {done} to {folder} ({e}); the "
-                       f"previous checkpoint ({kept}) is left as it was, and the run goes on")
+                msg = (
+                    f"{policy.method}: could not write the checkpoint of iteration {done} to {folder} ({e}); the "
+                    f"previous checkpoint ({kept}) is left as it was, and the run goes on"
+                )
             bar.write(msg)
             warnings.warn(msg, CheckpointWarning, stacklevel=3)
             return False
@@ -310,8 +337,9 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
                 t0 = time.time()
                 step = policy.step(it)
                 excess = policy.pixel_excess()  # the images this step ran on: a blow-up of an earlier update
-                loss, ok, stop, blown = read_back(step.loss, *step.grads, dist=d, stop=signals.caught is not None,
-                                                  excess=excess)
+                loss, ok, stop, blown = read_back(
+                    step.loss, *step.grads, dist=d, stop=signals.caught is not None, excess=excess
+                )
                 if blown is not None:
                     raise _blown_up(policy, blown, it, folder, last_saved)
                 reason = "" if ok else "non-finite loss or gradient"
@@ -328,8 +356,13 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
                 policy.end_iteration(it)
                 values = {**step.info, **policy.log_values(step)}
                 if log is not None and (it % policy.log_every == 0 or not ok):
-                    log.log(iteration=it, loss=loss, **{k: values[k] for k in policy.log_fields}, skipped=skipped,
-                            seconds=time.time() - t0)
+                    log.log(
+                        iteration=it,
+                        loss=loss,
+                        **{k: values[k] for k in policy.log_fields},
+                        skipped=skipped,
+                        seconds=time.time() - t0,
+                    )
                 bar.set_postfix(**policy.postfix(loss, values))
                 if selection is not None and ((it + 1) % selection.every == 0 or it + 1 == iterations):
                     score = float(selection.score())
@@ -346,9 +379,13 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
                 else:
                     written = False
                 if stop and not last:
-                    where = (f"checkpoint of iteration {it + 1} written to {folder}; continue with resume=True "
-                             "(--resume)") if written else \
-                        ("no checkpoint could be written" if folder is not None else "no run folder: nothing saved")
+                    where = (
+                        (f"checkpoint of iteration {it + 1} written to {folder}; continue with resume=True (--resume)")
+                        if written
+                        else (
+                            "no checkpoint could be written" if folder is not None else "no run folder: nothing saved"
+                        )
+                    )
                     if main:
                         bar.write(f"{policy.method}: stopped by {signals.name} after iteration {it + 1}; {where}")
                     raise RunInterrupted(signals.caught or signal.SIGTERM, it + 1, str(folder) if written else None)
@@ -361,12 +398,18 @@ def run_loop(policy: Policy, iterations: int, *, out: str | Path | None = None, 
                 f.close()
     if skipped > MAX_SKIPPED_SHARE * iterations:
         why = ", ".join(f"{n} for {k}" for k, n in reasons.items()) or "in earlier, resumed parts of the run"
-        hint = (" A loss that is never finite means the start and target parameters coincide: check the experts "
-                "(identical snapshots?) and the learning rates." if "non-finite loss or gradient" in reasons else "")
+        hint = (
+            " A loss that is never finite means the start and target parameters coincide: check the experts "
+            "(identical snapshots?) and the learning rates."
+            if "non-finite loss or gradient" in reasons
+            else ""
+        )
         kept = f"; its last checkpoint is in {folder}" if folder is not None else ""
-        raise RunFailedError(f"{policy.method}: {skipped // per} of {iterations // per} iterations were skipped ({why}), "
-                             f"more than {MAX_SKIPPED_SHARE:.0%}: the set learned nothing useful and is not returned"
-                             f"{kept}.{hint}")
+        raise RunFailedError(
+            f"{policy.method}: {skipped // per} of {iterations // per} iterations were skipped ({why}), "
+            f"more than {MAX_SKIPPED_SHARE:.0%}: the set learned nothing useful and is not returned"
+            f"{kept}.{hint}"
+        )
     if selection is not None and best_it is not None:
         with torch.no_grad():
             for k, v in policy.tensors.items():
@@ -403,7 +446,7 @@ class _SignalCatcher:
             signal.signal(sig, h)
         self._previous.clear()
 
-    def __enter__(self) -> "_SignalCatcher":
+    def __enter__(self) -> _SignalCatcher:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -421,13 +464,15 @@ def _shard_transforms(policy: Policy, saved: dict[str, torch.Tensor]):
         return None, None
     split = {k for k in saved if k in shard.names or (k.startswith("best.") and k[5:] in shard.names)}
     tensor_keys = {f"t.{k}" for k in split}
-    state_prefixes = {f"o.{name}.{pid}."  # the optimiser state of a split tensor (per-row, e.g. momentum)
-                      for name, opt in policy.optimizers.items()
-                      for pid, p in enumerate(p for group in opt.param_groups for p in group["params"])
-                      if any(p is saved[k] for k in split)}
+    state_prefixes = {
+        f"o.{name}.{pid}."  # the optimiser state of a split tensor (per-row, e.g. momentum)
+        for name, opt in policy.optimizers.items()
+        for pid, p in enumerate(p for group in opt.param_groups for p in group["params"])
+        if any(p is saved[k] for k in split)
+    }
 
     def is_split(key: str, t: torch.Tensor) -> bool:
-        return key in tensor_keys or (t.dim() > 0 and key[:key.rindex(".") + 1] in state_prefixes)
+        return key in tensor_keys or (t.dim() > 0 and key[: key.rindex(".") + 1] in state_prefixes)
 
     def gather(key: str, t: torch.Tensor) -> torch.Tensor:
         return shard.gather(t) if is_split(key, t) else t
@@ -438,8 +483,13 @@ def _shard_transforms(policy: Policy, saved: dict[str, torch.Tensor]):
     return gather, rows
 
 
-def read_back(loss: torch.Tensor, *grads: torch.Tensor, dist: Dist | None = None, stop: bool = False,
-              excess: torch.Tensor | None = None) -> tuple[float, bool, bool, float | None]:
+def read_back(
+    loss: torch.Tensor,
+    *grads: torch.Tensor,
+    dist: Dist | None = None,
+    stop: bool = False,
+    excess: torch.Tensor | None = None,
+) -> tuple[float, bool, bool, float | None]:
     """``(loss as a float, whether loss and every gradient are finite, whether to stop, the pixel excess when
     the images have blown up (else None))`` with one device→host read. ``excess``: :meth:`Policy.pixel_excess`.
     Under torch.distributed (``dist``) one all-reduce (max) first makes them the same on every rank: the
@@ -453,25 +503,30 @@ def read_back(loss: torch.Tensor, *grads: torch.Tensor, dist: Dist | None = None
     if dist is not None:
         flags = all_reduce_(torch.cat([flags, flags.new_tensor([float(stop)])]), dist, op="max")
     value, bad, over, *halt = flags.tolist()
-    return (value, not bad and math.isfinite(value), bool(halt[0]) if halt else stop,
-            over if not over <= 1.0 else None)
+    return (value, not bad and math.isfinite(value), bool(halt[0]) if halt else stop, over if not over <= 1.0 else None)
 
 
 def _blown_up(policy: Policy, excess: float, it: int, folder: Path | None, last_saved: int | None) -> RunFailedError:
     lr = getattr(policy.config, policy.pixel_lr, None)
     now = f"{lr:g}" if isinstance(lr, (int, float)) else repr(lr)
     std = (policy.pixel_scale or (0.0, 1.0))[1]
-    size = "are no longer finite" if not math.isfinite(excess) else \
-        f"lie up to {excess * PIXEL_LIMIT:.3g} standard deviations of the real images (std {std:.3g}) from their mean"
+    size = (
+        "are no longer finite"
+        if not math.isfinite(excess)
+        else f"lie up to {excess * PIXEL_LIMIT:.3g} standard deviations of the real images (std {std:.3g}) from "
+        "their mean"
+    )
     if folder is None:
         kept = "no run folder: nothing was saved"
     elif last_saved is None:
         kept = f"no checkpoint was written to {folder}"
     else:
         kept = f"the last good checkpoint (iteration {last_saved}) is kept in {folder}"
-    return RunFailedError(f"{policy.method}: at iteration {it} the synthetic images {size}, more than the "
-                          f"{PIXEL_LIMIT:g} allowed: the pixel step is too large; lower {policy.pixel_lr} (now {now}). "
-                          f"The run stops without a set; {kept}")
+    return RunFailedError(
+        f"{policy.method}: at iteration {it} the synthetic images {size}, more than the "
+        f"{PIXEL_LIMIT:g} allowed: the pixel step is too large; lower {policy.pixel_lr} (now {now}). "
+        f"The run stops without a set; {kept}"
+    )
 
 
 def config_diff(saved: dict | None, current: dict, cls) -> list[str] | None:
@@ -499,17 +554,23 @@ def check_resume(policy: Policy, meta: dict[str, Any], folder: Path, iterations:
     if diff:
         saved = extra["config"]
         what = "; ".join(f"{k} {saved.get(k, '(unset)')!r} there, {current.get(k, '(unset)')!r} now" for k in diff)
-        raise ResumeError(f"the checkpoint in {folder} was made with other settings: {what}. Resume with the same "
-                          "settings, or use another folder for a new run")
+        raise ResumeError(
+            f"the checkpoint in {folder} was made with other settings: {what}. Resume with the same "
+            "settings, or use another folder for a new run"
+        )
     if extra.get("seed") is not None and policy.seed is not None and extra["seed"] != policy.seed:
-        raise ResumeError(f"the checkpoint in {folder} was made with seed {extra['seed']}, not {policy.seed}: its random "
-                          f"streams continue seed {extra['seed']}. Resume with seed={extra['seed']} (--seed "
-                          f"{extra['seed']}), or start the new seed in another folder")
+        raise ResumeError(
+            f"the checkpoint in {folder} was made with seed {extra['seed']}, not {policy.seed}: its random "
+            f"streams continue seed {extra['seed']}. Resume with seed={extra['seed']} (--seed "
+            f"{extra['seed']}), or start the new seed in another folder"
+        )
     done = meta["iteration"]
     if done > iterations:
-        raise ResumeError(f"the checkpoint in {folder} has done {done // per} iterations, more than the {iterations // per} "
-                          f"asked for: pass iterations >= {done // per} to continue it (at {done // per} its set is "
-                          "returned as saved), or start a run of fewer iterations in another folder")
+        raise ResumeError(
+            f"the checkpoint in {folder} has done {done // per} iterations, more than the {iterations // per} "
+            f"asked for: pass iterations >= {done // per} to continue it (at {done // per} its set is "
+            "returned as saved), or start a run of fewer iterations in another folder"
+        )
 
 
 def _truncate_log(path: Path, upto: int) -> None:
@@ -521,4 +582,17 @@ def _truncate_log(path: Path, upto: int) -> None:
     path.write_text("\n".join(keep) + "\n")
 
 
-__all__ = ["Policy", "Step", "Selection", "KeepBest", "LoopResult", "run_loop", "read_back", "config_diff", "check_resume", "data_scale", "PIXEL_LIMIT", "MAX_SKIPPED_SHARE"]
+__all__ = [
+    "Policy",
+    "Step",
+    "Selection",
+    "KeepBest",
+    "LoopResult",
+    "run_loop",
+    "read_back",
+    "config_diff",
+    "check_resume",
+    "data_scale",
+    "PIXEL_LIMIT",
+    "MAX_SKIPPED_SHARE",
+]

@@ -17,6 +17,7 @@
 The gradient of a gradient that DC needs goes through the same model code and op layer
 (:mod:`fastdd.kernels`) as the engine, so the Triton kernels serve it on CUDA.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,8 +38,7 @@ from .loop import Policy, Step, data_scale
 from .registry import Setup, register_method
 
 # DC's (outer_loop, inner_loop) by IPC (its get_loops); other IPCs need both given.
-DC_LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15),
-                                        50: (50, 10)}
+DC_LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 DISTANCES = ("ours", "mse", "cos")
 
 
@@ -48,11 +48,11 @@ class MatchingConfig:
 
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"width": 32}
-    lr_img: float = 0.1                # SGD on pixels ...
-    momentum_img: float = 0.5          # ... with this momentum
-    batch_real: int = 256              # real images per class per matching step
-    init: str = "noise"                # "noise" | "real" (random real images of each class)
-    dsa: bool = False                  # siamese DSA on the matched batches
+    lr_img: float = 0.1  # SGD on pixels ...
+    momentum_img: float = 0.5  # ... with this momentum
+    batch_real: int = 256  # real images per class per matching step
+    init: str = "noise"  # "noise" | "real" (random real images of each class)
+    dsa: bool = False  # siamese DSA on the matched batches
 
     def validate(self) -> None:
         if self.init not in ("noise", "real"):
@@ -67,11 +67,11 @@ class MatchingConfig:
 class DCConfig(MatchingConfig):
     """Gradient matching (``dc``; ``dsa`` = ``init="real", dsa=True``). Defaults: DC's code."""
 
-    lr_net: float = 0.01               # the network's SGD on the synthetic set between outer steps
-    batch_train: int = 256             # its minibatch
-    outer_loop: int | None = None      # None: DC_LOOPS[ipc]
+    lr_net: float = 0.01  # the network's SGD on the synthetic set between outer steps
+    batch_train: int = 256  # its minibatch
+    outer_loop: int | None = None  # None: DC_LOOPS[ipc]
     inner_loop: int | None = None
-    distance: str = "ours"             # "ours" (layer-wise, per output row) | "mse" | "cos"
+    distance: str = "ours"  # "ours" (layer-wise, per output row) | "mse" | "cos"
 
     def validate(self) -> None:
         super().validate()
@@ -83,11 +83,14 @@ class DCConfig(MatchingConfig):
 
     def loops(self, ipc: int) -> tuple[int, int]:
         if (self.outer_loop is None or self.inner_loop is None) and ipc not in DC_LOOPS:
-            raise ValueError(f"dc: DC defines (outer_loop, inner_loop) only for ipc in {sorted(DC_LOOPS)}; for ipc "
-                             f"{ipc} pass both (the authors suggest (50, 10) or (20, 25) above 50)")
+            raise ValueError(
+                f"dc: DC defines (outer_loop, inner_loop) only for ipc in {sorted(DC_LOOPS)}; for ipc "
+                f"{ipc} pass both (the authors suggest (50, 10) or (20, 25) above 50)"
+            )
         table = DC_LOOPS.get(ipc, (None, None))
         outer = self.outer_loop if self.outer_loop is not None else table[0]
         inner = self.inner_loop if self.inner_loop is not None else table[1]
+        assert outer is not None and inner is not None  # from the arguments or the table
         if outer < 1 or inner < 0:
             raise ValueError(f"need outer_loop >= 1 and inner_loop >= 0, got {outer}, {inner}")
         return outer, inner
@@ -149,16 +152,20 @@ def real_class_batches(ds: Dataset, n: int, g: torch.Generator) -> list[torch.Te
 class MatchingPolicy(Policy):
     """What DC, DSA and DM share: the class-major set, its SGD, the per-class real batches, siamese DSA."""
 
+    seed: int
     splits_classes = False  # whether the method runs under torch.distributed, each rank on whole classes
 
     def __init__(self, ds: Dataset, ipc: int, cfg: MatchingConfig, seed: int, method: str):
         from ..select import check_ipc
+
         cfg.validate()
         check_ipc(ds, ipc)
         net = model_for(ds, cfg.model, **cfg.model_kwargs)
         if net.has_batchnorm:
-            raise ValueError(f"{method}: model {cfg.model!r} uses batch norm, which per-class matching would have to freeze "
-                             "or share across classes; use a model without it (e.g. convnet, instance norm)")
+            raise ValueError(
+                f"{method}: model {cfg.model!r} uses batch norm, which per-class matching would have to freeze "
+                "or share across classes; use a model without it (e.g. convnet, instance norm)"
+            )
         self.ds, self.ipc, self.config, self.seed, self.method, self.net = ds, ipc, cfg, seed, method, net
         self.pixel_scale = data_scale(ds)
         images, self.init_idx = start_images(ds, ipc, cfg.init, generator(seed, method, "init"))
@@ -166,8 +173,10 @@ class MatchingPolicy(Policy):
         self.classes = range(ds.num_classes)  # the classes this process matches (all, or its share)
         d = current()
         if d is not None and not self.splits_classes:
-            raise ValueError(f"{method} runs on one process (its network trains on the whole set between pixel "
-                             "updates); launch it without torchrun")
+            raise ValueError(
+                f"{method} runs on one process (its network trains on the whole set between pixel "
+                "updates); launch it without torchrun"
+            )
         if d is not None:  # torch.distributed (DM): each rank owns whole classes, every class's draws are made
             classes = split_rows(ds.num_classes, d.world, "classes")
             self.shard = Shard(d, len(images), ("images",), [(lo * ipc, hi * ipc) for lo, hi in classes])
@@ -181,7 +190,8 @@ class MatchingPolicy(Policy):
         self.dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
 
     @classmethod
-    def from_setup(cls, setup: Setup) -> "MatchingPolicy":
+    def from_setup(cls, setup: Setup) -> MatchingPolicy:
+        assert setup.ipc is not None  # the runner checks it (needs_ipc)
         return cls(setup.ds, setup.ipc, setup.config, setup.seed, setup.method)
 
     def pairs(self, x: torch.Tensor):
@@ -194,7 +204,7 @@ class MatchingPolicy(Policy):
                 if self.config.dsa:  # the draw siamese_dsa makes for this class
                     sample_dsa(1, tuple(self.ds.im_size), self.dsa_cfg, self.generators["augment"])
                 continue
-            xr, xs = self.ds.train.images[idx], x[(c - first) * self.ipc:(c - first + 1) * self.ipc]
+            xr, xs = self.ds.train.images[idx], x[(c - first) * self.ipc : (c - first + 1) * self.ipc]
             if self.config.dsa:
                 (xr, xs), _ = siamese_dsa([xr, xs], self.dsa_cfg, self.generators["augment"])
             yield c, xr, xs
@@ -205,11 +215,23 @@ class MatchingPolicy(Policy):
 
     def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> SyntheticSet:
         ds = self.ds
-        meta = {"method": self.method, "ipc": self.ipc, "dataset": ds.name, "zca": ds.zca is not None,
-                "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std), "seed": self.seed,
-                "iterations": iterations, "skipped_iterations": skipped, "model": self.net.name,
-                "model_spec": self.net.spec, "config": self.config_dict(),
-                "init_indices": None if self.init_idx is None else self.init_idx.tolist(), **(extra_meta or {})}
+        meta = {
+            "method": self.method,
+            "ipc": self.ipc,
+            "dataset": ds.name,
+            "zca": ds.zca is not None,
+            "num_classes": ds.num_classes,
+            "mean": list(ds.mean),
+            "std": list(ds.std),
+            "seed": self.seed,
+            "iterations": iterations,
+            "skipped_iterations": skipped,
+            "model": self.net.name,
+            "model_spec": self.net.spec,
+            "config": self.config_dict(),
+            "init_indices": None if self.init_idx is None else self.init_idx.tolist(),
+            **(extra_meta or {}),
+        }
         return SyntheticSet(self.whole(self.images.detach()).clone(), self.whole(self.labels).clone(), None, None, meta)
 
 
@@ -246,8 +268,17 @@ class GradientMatchingPolicy(MatchingPolicy):
             return  # the network is replaced before the next step
         g_aug = self.generators["augment"]
         augment = (lambda xb, idx: self.dsa(xb, g_aug)) if self.config.dsa else None
-        theta = fit(self.net, self.theta, self.images.detach(), self.labels, self.inner, SGD(self.config.lr_net),
-                    self.generators["iter"], batch_size=self.config.batch_train, augment=augment)
+        theta = fit(
+            self.net,
+            self.theta,
+            self.images.detach(),
+            self.labels,
+            self.inner,
+            SGD(self.config.lr_net),
+            self.generators["iter"],
+            batch_size=self.config.batch_train,
+            augment=augment,
+        )
         self.theta.copy_(theta)
 
 
@@ -272,13 +303,37 @@ class DistributionMatchingPolicy(MatchingPolicy):
         return Step(loss, (grad,), payload=grad)
 
 
-register_method("dc", config=DCConfig, policy=GradientMatchingPolicy,
-                description="gradient matching; an iteration is one network (Zhao et al. 2021)")
-register_method("dsa", config=DCConfig, policy=GradientMatchingPolicy, defaults={"init": "real", "dsa": True},
-                description="gradient matching with siamese augmentation (Zhao & Bilen 2021)")
-register_method("dm", config=DMConfig, policy=DistributionMatchingPolicy, distributed="classes",
-                description="distribution matching of random networks' embeddings (Zhao & Bilen 2023)")
+register_method(
+    "dc",
+    config=DCConfig,
+    policy=GradientMatchingPolicy,
+    description="gradient matching; an iteration is one network (Zhao et al. 2021)",
+)
+register_method(
+    "dsa",
+    config=DCConfig,
+    policy=GradientMatchingPolicy,
+    defaults={"init": "real", "dsa": True},
+    description="gradient matching with siamese augmentation (Zhao & Bilen 2021)",
+)
+register_method(
+    "dm",
+    config=DMConfig,
+    policy=DistributionMatchingPolicy,
+    distributed="classes",
+    description="distribution matching of random networks' embeddings (Zhao & Bilen 2023)",
+)
 
 
-__all__ = ["MatchingConfig", "DCConfig", "DMConfig", "DC_LOOPS", "match_distance", "mean_embedding_distance",
-           "GradientMatchingPolicy", "DistributionMatchingPolicy", "start_images", "real_class_batches"]
+__all__ = [
+    "MatchingConfig",
+    "DCConfig",
+    "DMConfig",
+    "DC_LOOPS",
+    "match_distance",
+    "mean_embedding_distance",
+    "GradientMatchingPolicy",
+    "DistributionMatchingPolicy",
+    "start_images",
+    "real_class_batches",
+]

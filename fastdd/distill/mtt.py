@@ -23,13 +23,14 @@ ranks (:class:`fastdd.distributed.Shard`): every rank draws the same expert, sta
 DSA parameters, unrolls its part of each batch, and the engine's all-reduces (:class:`StepReduce`)
 keep θ, λ and ∂L/∂α the same everywhere; the result equals one process's to float round-off.
 Inside the unroll nothing synchronises; the iteration's checks (finite loss
-and gradients, the loss gate) read one small tensor back, and the log reads the learned rate. ``mode="auto"`` is resolved once
+and gradients, the loss gate) read one small tensor back, and the log reads the learned rate. ``mode="auto"`` is
+resolved once
 per run (:func:`resolve_mode`) and recorded in ``syn.meta["gradient_mode"]`` and in the checkpoints.
 """
+
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,16 +39,15 @@ import torch
 from ..augment import DSAConfig, StepAugment, apply_dsa, sample_dsa, strategy_for
 from ..data import Dataset
 from ..distributed import Shard, all_reduce_, current
-from ..engine import (EngineConfig, StepReduce, choose_mode, matching_loss, to_device_once,
-                      unroll_grad)
+from ..engine import EngineConfig, StepReduce, choose_mode, matching_loss, to_device_once, unroll_grad
 from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
 from ..options import check_positive
 from ..rng import generator
 from ..synthetic import SyntheticSet
 from .loop import Policy, Step, data_scale
-from .registry import Setup, register_method
 from .matching import start_images
+from .registry import Setup, register_method
 
 
 @dataclass
@@ -56,27 +56,27 @@ class MTTConfig(EngineConfig):
     engine's options (:class:`~fastdd.engine.EngineConfig`: ``mode``, ``theta_storage``, ``memory_budget``,
     ``deterministic``) inherited."""
 
-    syn_steps: int = 20             # N, unrolled student steps per iteration
-    expert_epochs: int = 2          # M, target = start + M
-    max_start_epoch: int = 20       # T⁺, start ~ U{min_start_epoch, ..., T⁺ − 1}
+    syn_steps: int = 20  # N, unrolled student steps per iteration
+    expert_epochs: int = 2  # M, target = start + M
+    max_start_epoch: int = 20  # T⁺, start ~ U{min_start_epoch, ..., T⁺ − 1}
     min_start_epoch: int = 0
-    lr_img: float = 1000.0          # SGD (momentum 0.5) on pixels
-    lr_lr: float = 1e-5             # SGD (momentum 0.5) on α
-    lr_init: float = 0.01           # initial α (MTT: the experts' lr; SelMatch: 0.001)
-    lr_floor: float = 1e-6          # α is clamped here after every step: it cannot go negative
-    batch_syn: int | None = None    # student minibatch; None = the whole set
-    init: str = "real"              # "real" | "noise" | "window" | "correct"
+    lr_img: float = 1000.0  # SGD (momentum 0.5) on pixels
+    lr_lr: float = 1e-5  # SGD (momentum 0.5) on α
+    lr_init: float = 0.01  # initial α (MTT: the experts' lr; SelMatch: 0.001)
+    lr_floor: float = 1e-6  # α is clamped here after every step: it cannot go negative
+    batch_syn: int | None = None  # student minibatch; None = the whole set
+    init: str = "real"  # "real" | "noise" | "window" | "correct"
     dsa: bool = True
     # SelMatch
-    alpha: float = 1.0              # fraction of each class that is distilled (the rest frozen)
-    beta: float = 0.0               # window start, in multiples of ipc
-    hardest: str = "low"            # "low" for C-scores, "high" for forgetting
+    alpha: float = 1.0  # fraction of each class that is distilled (the rest frozen)
+    beta: float = 0.0  # window start, in multiples of ipc
+    hardest: str = "low"  # "low" for C-scores, "high" for forgetting
     # TESLA / DATM
     soft_labels: str | None = None  # None | "tesla" | "datm"
-    lr_y: float = 2.0               # SGD (momentum 0.9) on DATM's label logits
+    lr_y: float = 2.0  # SGD (momentum 0.9) on DATM's label logits
     threshold: float | None = None  # DATM: skip the update when the loss exceeds this
     current_max_start_epoch: int | None = None  # DATM: upper bound starts here ...
-    expansion_end: int | None = None            # ... and grows linearly to max_start_epoch by this iteration
+    expansion_end: int | None = None  # ... and grows linearly to max_start_epoch by this iteration
 
     def validate(self) -> None:
         if self.init not in ("real", "noise", "window", "correct"):
@@ -97,13 +97,21 @@ class MTTConfig(EngineConfig):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or None), got {getattr(self, name)}")
         if not 0 <= self.min_start_epoch < self.max_start_epoch:
-            raise ValueError(f"need 0 <= min_start_epoch < max_start_epoch, got {self.min_start_epoch}, "
-                             f"{self.max_start_epoch}")
+            raise ValueError(
+                f"need 0 <= min_start_epoch < max_start_epoch, got {self.min_start_epoch}, {self.max_start_epoch}"
+            )
         self.validate_engine()
 
 
-def resolve_mode(cfg, net, images: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor,
-                 batches: list[torch.Tensor], dsa_cfg: DSAConfig | None = None) -> str:
+def resolve_mode(
+    cfg,
+    net,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    theta0: torch.Tensor,
+    batches: list[torch.Tensor],
+    dsa_cfg: DSAConfig | None = None,
+) -> str:
     """The run's gradient mode: ``cfg.mode``, or for ``"auto"`` ``"bptt"`` when the predicted BPTT graph
     (:func:`fastdd.engine.predict_bptt_bytes` for these shapes, the largest over the DSA families when
     ``dsa_cfg`` is given) fits ``cfg.memory_budget`` (default :data:`fastdd.engine.DEFAULT_MEMORY_BUDGET`),
@@ -112,9 +120,14 @@ def resolve_mode(cfg, net, images: torch.Tensor, labels: torch.Tensor, theta0: t
     if cfg.mode != "auto":
         return cfg.mode
     g = torch.Generator().manual_seed(0)
-    augs = [None] if dsa_cfg is None else [
-        (lambda x, i, f=f: apply_dsa(x, sample_dsa(x.shape[0], tuple(x.shape[2:]), dsa_cfg, g, family=f)))
-        for f in dsa_cfg.families]
+    augs = (
+        [None]
+        if dsa_cfg is None
+        else [
+            (lambda x, i, f=f: apply_dsa(x, sample_dsa(x.shape[0], tuple(x.shape[2:]), dsa_cfg, g, family=f)))
+            for f in dsa_cfg.families
+        ]
+    )
     return choose_mode(net, images, labels, theta0, batches, augs, cfg.memory_budget)
 
 
@@ -139,15 +152,15 @@ def student_batches(m: int, batch: int, steps: int, g: torch.Generator, device) 
         perms.append(torch.randperm(m, generator=g))
         sizes.extend(per_perm)
     sizes = sizes[:steps]
-    flat = torch.cat(perms)[:sum(sizes)]
+    flat = torch.cat(perms)[: sum(sizes)]
     if device is not None:
         flat = to_device_once([flat], device)[0]
     return list(flat.split(sizes))
 
 
-def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scores, buf: ExpertBuffer | None,
-                 net) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None,
-                                torch.Tensor | None]:
+def _init_images(
+    ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scores, buf: ExpertBuffer | None, net
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Class-major ``(images, labels, frozen, soft_logits, init_indices)``; ``init_indices`` ``(K·ipc,)``
     are the training images the set starts from (``None`` for noise)."""
     k = ds.num_classes
@@ -160,9 +173,12 @@ def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scor
     elif cfg.init == "window":
         from ..scores import Scores, as_scores
         from ..select import window_indices
+
         if scores is None:
-            raise ValueError("init='window' (SelMatch) needs difficulty scores: pass scores= (fastdd.load_scores, "
-                             "fastdd.forgetting_scores, or a (N,) array with hardest='low'/'high')")
+            raise ValueError(
+                "init='window' (SelMatch) needs difficulty scores: pass scores= (fastdd.load_scores, "
+                "fastdd.forgetting_scores, or a (N,) array with hardest='low'/'high')"
+            )
         scores = as_scores(scores, hardest=None if isinstance(scores, Scores) else cfg.hardest, n=len(ds.train))
         idx = window_indices(ds.train.labels.cpu(), scores, ipc=ipc, beta=cfg.beta)
         # per class: ranks [0, spc) frozen (harder), [spc, ipc) distilled (easier)
@@ -170,8 +186,9 @@ def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scor
         images = ds.train.images[idx.to(ds.device)].clone()
         frozen = (torch.arange(k * ipc) % ipc < spc).to(ds.device)
     else:  # "correct" (DATM): images the last snapshot of the first expert classifies correctly
+        assert buf is not None  # the MTT family always has experts
         final = buf[buf.ids[0]][-1].to(ds.device)
-        idx = []
+        chosen: list[torch.Tensor] = []
         for ci in ds.class_indices:
             perm = ci[torch.randperm(len(ci), generator=g).to(ci.device)]
             with torch.no_grad():
@@ -179,10 +196,11 @@ def _init_images(ds: Dataset, ipc: int, cfg: MTTConfig, g: torch.Generator, scor
             good = perm[ok]
             if len(good) < ipc:  # not enough: fill with the rest, in the same random order
                 good = torch.cat([good, perm[~ok]])
-            idx.append(good[:ipc])
-        idx = torch.cat(idx)
+            chosen.append(good[:ipc])
+        idx = torch.cat(chosen)
         images = ds.train.images[idx].clone()
     if cfg.soft_labels == "datm":
+        assert buf is not None
         logits = _correct_expert_logits(images, labels, buf, net)
     return images, labels, frozen, logits, (None if idx is None else idx.cpu())
 
@@ -206,35 +224,57 @@ def _correct_expert_logits(images, labels, buf: ExpertBuffer, net) -> torch.Tens
 
 def check_experts(ds: Dataset, experts: ExpertBuffer, net) -> None:
     """The experts must have been trained on ``ds``'s image shape, classes, data set and ZCA setting."""
-    if (net.spec["in_channels"], tuple(net.spec["im_size"]), net.spec["num_classes"]) != \
-            (ds.channels, ds.im_size, ds.num_classes):
-        raise ModelMismatchError(f"experts in {experts.path} were trained on {net.spec['in_channels']}x"
-                                 f"{tuple(net.spec['im_size'])} images with {net.spec['num_classes']} classes; "
-                                 f"{ds.name} has {ds.channels}x{ds.im_size} and {ds.num_classes}")
+    if (net.spec["in_channels"], tuple(net.spec["im_size"]), net.spec["num_classes"]) != (
+        ds.channels,
+        ds.im_size,
+        ds.num_classes,
+    ):
+        raise ModelMismatchError(
+            f"experts in {experts.path} were trained on {net.spec['in_channels']}x"
+            f"{tuple(net.spec['im_size'])} images with {net.spec['num_classes']} classes; "
+            f"{ds.name} has {ds.channels}x{ds.im_size} and {ds.num_classes}"
+        )
     if experts.dataset not in (ds.name, "unknown") or experts.manifest.get("zca") not in (None, ds.zca is not None):
-        raise ModelMismatchError(f"experts in {experts.path} were trained on {experts.dataset} "
-                                 f"(zca={experts.manifest.get('zca')}), not on {ds.name} (zca={ds.zca is not None})")
+        raise ModelMismatchError(
+            f"experts in {experts.path} were trained on {experts.dataset} "
+            f"(zca={experts.manifest.get('zca')}), not on {ds.name} (zca={ds.zca is not None})"
+        )
 
 
 class MTTPolicy(Policy):
     """Trajectory matching (and SelMatch, TESLA, DATM) as a policy on :func:`fastdd.distill.loop.run_loop`."""
 
     log_fields = ("syn_lr", "expert", "start_epoch")
+    seed: int
 
-    def __init__(self, ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig, seed: int, method: str,
-                 scores=None, resident_experts: bool | None = None):
+    def __init__(
+        self,
+        ds: Dataset,
+        ipc: int,
+        experts: ExpertBuffer,
+        cfg: MTTConfig,
+        seed: int,
+        method: str,
+        scores=None,
+        resident_experts: bool | None = None,
+    ):
         net = experts.model()
         check_experts(ds, experts, net)
         experts.verify_all()  # a corrupt shard is found now, before the run folder is touched
         if cfg.max_start_epoch - 1 + cfg.expert_epochs > experts.num_epochs:  # the latest target epoch
-            raise ValueError(f"the latest start epoch {cfg.max_start_epoch - 1} + expert_epochs {cfg.expert_epochs} "
-                             f"exceeds the {experts.num_epochs} epochs of the experts in {experts.path}")
+            raise ValueError(
+                f"the latest start epoch {cfg.max_start_epoch - 1} + expert_epochs {cfg.expert_epochs} "
+                f"exceeds the {experts.num_epochs} epochs of the experts in {experts.path}"
+            )
         from ..select import check_ipc
+
         if cfg.init == "window":
             check_ipc(ds, int(ipc * cfg.beta) + ipc)
             if int(ipc * cfg.alpha) == 0:
-                raise ValueError(f"selmatch: int(ipc * alpha) = int({ipc} * {cfg.alpha}) = 0 images per class would "
-                                 "be distilled; raise alpha or ipc")
+                raise ValueError(
+                    f"selmatch: int(ipc * alpha) = int({ipc} * {cfg.alpha}) = 0 images per class would "
+                    "be distilled; raise alpha or ipc"
+                )
         else:
             check_ipc(ds, ipc)
         dev = ds.device
@@ -242,30 +282,46 @@ class MTTPolicy(Policy):
             resident_experts = dev.type == "cuda"
         if resident_experts:
             experts = experts.to(dev)
-        self.ds, self.ipc, self.experts, self.config, self.seed, self.method, self.net = \
-            ds, ipc, experts, cfg, seed, method, net
+        self.ds, self.ipc, self.experts, self.config, self.seed, self.method, self.net = (
+            ds,
+            ipc,
+            experts,
+            cfg,
+            seed,
+            method,
+            net,
+        )
         self.threshold = cfg.threshold
         self.pixel_scale = data_scale(ds)
-        g_init, g_iter, g_aug = generator(seed, method, "init"), generator(seed, method, "iter"), \
-            generator(seed, method, "augment")
+        g_init, g_iter, g_aug = (
+            generator(seed, method, "init"),
+            generator(seed, method, "iter"),
+            generator(seed, method, "augment"),
+        )
         images, labels, frozen, logits, self.init_idx = _init_images(ds, ipc, cfg, g_init, scores, experts, net)
         self.m = len(images)
         d = current()
         if d is not None:  # torch.distributed: keep this rank's rows
             if net.has_batchnorm:
-                raise ValueError(f"{method}: {net.name} has batch norm, whose batch statistics would differ when the "
-                                 "set is split over processes; use a model without it (e.g. convnet) or one process")
+                raise ValueError(
+                    f"{method}: {net.name} has batch norm, whose batch statistics would differ when the "
+                    "set is split over processes; use a model without it (e.g. convnet) or one process"
+                )
             if cfg.mode == "bptt":
-                raise ValueError(f"{method}: mode='bptt' cannot run under torch.distributed; use mode='adjoint' (exact) "
-                                 "or 'tesla'")
+                raise ValueError(
+                    f"{method}: mode='bptt' cannot run under torch.distributed; use mode='adjoint' (exact) or 'tesla'"
+                )
             self.shard = Shard(d, self.m, ("images",) if logits is None else ("images", "logits"))
-            images, labels, logits = (None if t is None else self.shard.rows(t) for t in (images, labels, logits))
+            images, labels = self.shard.rows(images), self.shard.rows(labels)
+            logits = None if logits is None else self.shard.rows(logits)
             frozen = None if frozen is None else self.shard.rows(frozen)
         self.labels, self.frozen, self.logits = labels, frozen, logits
         self.images = images.requires_grad_(True)
         self.syn_lr = torch.tensor(cfg.lr_init, device=dev).requires_grad_(True)
-        self.optimizers = {"img": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5),
-                           "lr": torch.optim.SGD([self.syn_lr], lr=cfg.lr_lr, momentum=0.5)}
+        self.optimizers = {
+            "img": torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5),
+            "lr": torch.optim.SGD([self.syn_lr], lr=cfg.lr_lr, momentum=0.5),
+        }
         self.tensors = {"images": self.images, "syn_lr": self.syn_lr}
         if logits is not None:
             logits.requires_grad_(True)
@@ -277,10 +333,19 @@ class MTTPolicy(Policy):
         self.mode: str | None = None
 
     @classmethod
-    def from_setup(cls, setup: Setup) -> "MTTPolicy":
+    def from_setup(cls, setup: Setup) -> MTTPolicy:
+        assert setup.ipc is not None and setup.experts is not None  # the runner checks both (needs_ipc/needs_experts)
         setup.config.validate()
-        return cls(setup.ds, setup.ipc, setup.experts, setup.config, setup.seed, setup.method, setup.scores,
-                   setup.resident_experts)
+        return cls(
+            setup.ds,
+            setup.ipc,
+            setup.experts,
+            setup.config,
+            setup.seed,
+            setup.method,
+            setup.scores,
+            setup.resident_experts,
+        )
 
     def resume(self, iteration: int, extra: dict[str, Any]) -> None:
         self.mode = extra.get("gradient_mode")  # the mode the run started with
@@ -290,12 +355,20 @@ class MTTPolicy(Policy):
             self.mode = "adjoint" if self.config.mode == "auto" else self.config.mode
         if self.mode is None:  # "auto" decided once, from the configuration and the shapes
             cfg, dev = self.config, self.ds.device
-            probe_y = self.labels if cfg.soft_labels is None else \
-                torch.full((self.m, self.ds.num_classes), 1.0 / self.ds.num_classes, device=dev)
-            self.mode = resolve_mode(cfg, self.net, self.images, probe_y,
-                                     self.net.init(torch.Generator().manual_seed(0), device=dev),
-                                     [torch.arange(self.batch, device=dev)] * cfg.syn_steps,
-                                     self.dsa_cfg if cfg.dsa else None)
+            probe_y = (
+                self.labels
+                if cfg.soft_labels is None
+                else torch.full((self.m, self.ds.num_classes), 1.0 / self.ds.num_classes, device=dev)
+            )
+            self.mode = resolve_mode(
+                cfg,
+                self.net,
+                self.images,
+                probe_y,
+                self.net.init(torch.Generator().manual_seed(0), device=dev),
+                [torch.arange(self.batch, device=dev)] * cfg.syn_steps,
+                self.dsa_cfg if cfg.dsa else None,
+            )
 
     def extra_state(self) -> dict[str, Any]:
         return {"gradient_mode": self.mode}
@@ -311,13 +384,18 @@ class MTTPolicy(Policy):
             snaps = snaps.to(dev, non_blocking=True)
         theta0, target = snaps[0], snaps[1]
         batches = student_batches(self.m, self.batch, cfg.syn_steps, g_iter, dev if self.shard is None else None)
-        aug = StepAugment(self.dsa_cfg, self.generators["augment"]).prepare(
-            [len(b) for b in batches], self.ds.im_size, dev) if cfg.dsa else None
+        aug = (
+            StepAugment(self.dsa_cfg, self.generators["augment"]).prepare(
+                [len(b) for b in batches], self.ds.im_size, dev
+            )
+            if cfg.dsa
+            else None
+        )
         reduce = None
         if self.shard is not None:  # this rank's part of every batch, and its DSA parameters
             local, pos, weights = self.shard.localize(batches)
             moved = to_device_once(local + pos, dev)
-            batches, pos = moved[:len(local)], moved[len(local):]
+            batches, pos = moved[: len(local)], moved[len(local) :]
             aug = aug.subset(pos) if aug is not None else None
             d = self.shard.dist
             reduce = StepReduce(weights, lambda t: all_reduce_(t, d))
@@ -326,14 +404,28 @@ class MTTPolicy(Policy):
             with torch.no_grad():
                 y = torch.softmax(torch.cat([net(x, target) for x in self.images.detach().split(512)]), 1)
         elif cfg.soft_labels == "datm":
+            assert self.logits is not None
             y_probs = torch.softmax(self.logits, 1)
             y = y_probs.detach().requires_grad_(True)
         else:
             y = self.labels
         lrs = self.syn_lr.detach().expand(cfg.syn_steps).clone().requires_grad_(True)
-        res = unroll_grad(net, self.images.detach().requires_grad_(True), y, lrs, theta0, batches,
-                          matching_loss(theta0, target), aug, self.mode, memory_budget=cfg.memory_budget,
-                          theta_storage=cfg.theta_storage, reduce=reduce)
+        assert self.mode is not None  # decided in begin()
+        res = unroll_grad(
+            net,
+            self.images.detach().requires_grad_(True),
+            y,
+            lrs,
+            theta0,
+            batches,
+            matching_loss(theta0, target),
+            aug,
+            self.mode,
+            memory_budget=cfg.memory_budget,
+            theta_storage=cfg.theta_storage,
+            reduce=reduce,
+        )
+        assert res.images is not None and res.lrs is not None  # both ask for gradients
         return Step(res.loss, (res.images, res.lrs), {"expert": e, "start_epoch": start}, (res, y_probs))
 
     def apply(self, step: Step) -> None:
@@ -348,6 +440,7 @@ class MTTPolicy(Policy):
         with torch.no_grad():
             self.syn_lr.clamp_(min=self.config.lr_floor)
         if self.config.soft_labels == "datm":
+            assert self.logits is not None
             self.logits.grad = torch.autograd.grad(y_probs, self.logits, res.labels)[0]
             self.optimizers["y"].step()
 
@@ -363,21 +456,53 @@ class MTTPolicy(Policy):
         images, labels = self.whole(self.images.detach()), self.whole(self.labels)
         labels_out = torch.softmax(self.whole(self.logits.detach()), 1) if self.logits is not None else labels
         frozen = None if self.frozen is None else self.whole(self.frozen.to(torch.uint8)).bool()
-        meta = {"method": self.method, "ipc": self.ipc, "dataset": ds.name, "zca": ds.zca is not None,
-                "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std), "seed": self.seed,
-                "iterations": iterations, "skipped_iterations": skipped, "experts": str(self.experts.path),
-                "model": self.net.name, "model_spec": self.net.spec, "config": self.config_dict(),
-                "gradient_mode": self.mode,
-                "init_indices": None if self.init_idx is None else self.init_idx.tolist(), **(extra_meta or {})}
-        return SyntheticSet(images.clone(), labels_out, self.syn_lr.detach().clone(),
-                            frozen.clone() if frozen is not None else None, meta)
+        meta = {
+            "method": self.method,
+            "ipc": self.ipc,
+            "dataset": ds.name,
+            "zca": ds.zca is not None,
+            "num_classes": ds.num_classes,
+            "mean": list(ds.mean),
+            "std": list(ds.std),
+            "seed": self.seed,
+            "iterations": iterations,
+            "skipped_iterations": skipped,
+            "experts": str(self.experts.path),
+            "model": self.net.name,
+            "model_spec": self.net.spec,
+            "config": self.config_dict(),
+            "gradient_mode": self.mode,
+            "init_indices": None if self.init_idx is None else self.init_idx.tolist(),
+            **(extra_meta or {}),
+        }
+        return SyntheticSet(
+            images.clone(),
+            labels_out,
+            self.syn_lr.detach().clone(),
+            frozen.clone() if frozen is not None else None,
+            meta,
+        )
 
 
-_FAMILY = dict(config=MTTConfig, policy=MTTPolicy, needs_experts=True, distributed="rows")
-register_method("mtt", **_FAMILY, description="trajectory matching (Cazenavette et al. 2022)")
-register_method("selmatch", **_FAMILY, defaults={"init": "window", "lr_init": 0.001, "alpha": 0.5},
-                description="MTT from a difficulty window, part of each class kept real (Lee et al. 2024)")
-register_method("tesla", **_FAMILY, defaults={"mode": "tesla"}, soft_labels=True,
-                description="MTT with the direct-term gradient, soft labels optional (Cui et al. 2023)")
-register_method("datm", **_FAMILY, defaults={"init": "correct", "soft_labels": "datm", "threshold": 1.0},
-                soft_labels=True, description="MTT with learnable soft labels and a start-epoch schedule (Guo et al. 2024)")
+def _register_family(name: str, **kw: Any) -> None:
+    register_method(name, config=MTTConfig, policy=MTTPolicy, needs_experts=True, distributed="rows", **kw)
+
+
+_register_family("mtt", description="trajectory matching (Cazenavette et al. 2022)")
+_register_family(
+    "selmatch",
+    defaults={"init": "window", "lr_init": 0.001, "alpha": 0.5},
+    description="MTT from a difficulty window, part of each class kept real (Lee et al. 2024)",
+)
+_register_family(
+    "tesla",
+    defaults={"mode": "tesla"},
+    soft_labels=True,
+    description="MTT with the direct-term gradient, soft labels optional (Cui et al. 2023)",
+)
+_register_family(
+    "datm",
+    defaults={"init": "correct", "soft_labels": "datm", "threshold": 1.0},
+    soft_labels=True,
+    description="MTT with learnable soft labels and a start-epoch schedule (Guo et al. 2024)",
+)

@@ -7,6 +7,7 @@ DM — their code's defaults (VICO-UoE/DatasetCondensation: 1000 DC/DSA iteratio
 Every preset records the data set, ipc, method, whether the paper trained in ZCA space, the number
 of iterations and the method's hyper-parameters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,18 +28,46 @@ class Preset:
 
 
 def _mtt(ds, ipc, n, m, t, batch, zca, lr_img, lr_lr, lr_init):
-    opts = dict(syn_steps=n, expert_epochs=m, max_start_epoch=t, batch_syn=batch, lr_img=lr_img, lr_lr=lr_lr,
-                lr_init=lr_init, init="real")
-    return Preset(f"mtt-{ds}-ipc{ipc}", "mtt", ds, ipc, zca, 5000, opts, "mtt",
-                  "MTT author table (DC-BENCH methods/tm/readme.md)")
+    opts = dict(
+        syn_steps=n,
+        expert_epochs=m,
+        max_start_epoch=t,
+        batch_syn=batch,
+        lr_img=lr_img,
+        lr_lr=lr_lr,
+        lr_init=lr_init,
+        init="real",
+    )
+    return Preset(
+        f"mtt-{ds}-ipc{ipc}", "mtt", ds, ipc, zca, 5000, opts, "mtt", "MTT author table (DC-BENCH methods/tm/readme.md)"
+    )
 
 
 def _selmatch(ds, ipc, alpha, beta, lr_img, syn_steps=55):
-    opts = dict(syn_steps=syn_steps, expert_epochs=2, max_start_epoch=80, batch_syn=125, lr_img=lr_img,
-                lr_lr=1e-5, lr_init=0.001, init="window", alpha=alpha, beta=beta,
-                hardest="high" if ds == "tinyimagenet" else "low")
-    return Preset(f"selmatch-{ds}-ipc{ipc}", "selmatch", ds, ipc, False, 10000, opts, "selmatch",
-                  "SelMatch scripts (C-scores for CIFAR, forgetting for Tiny-ImageNet)")
+    opts = dict(
+        syn_steps=syn_steps,
+        expert_epochs=2,
+        max_start_epoch=80,
+        batch_syn=125,
+        lr_img=lr_img,
+        lr_lr=1e-5,
+        lr_init=0.001,
+        init="window",
+        alpha=alpha,
+        beta=beta,
+        hardest="high" if ds == "tinyimagenet" else "low",
+    )
+    return Preset(
+        f"selmatch-{ds}-ipc{ipc}",
+        "selmatch",
+        ds,
+        ipc,
+        False,
+        10000,
+        opts,
+        "selmatch",
+        "SelMatch scripts (C-scores for CIFAR, forgetting for Tiny-ImageNet)",
+    )
 
 
 def _matching(method, ds, ipc):
@@ -47,16 +76,44 @@ def _matching(method, ds, ipc):
     if method == "dm":
         opts = dict(lr_img=10.0 if ds == "cifar10" and ipc >= 100 else 1.0, batch_real=256, init="real", dsa=True)
         return Preset(f"dm-{ds}-ipc{ipc}", "dm", ds, ipc, False, 20000, opts, "mtt", "DM code defaults (main_DM.py)")
-    opts = dict(lr_img=0.1, lr_net=0.01, batch_real=256, batch_train=256, init="noise" if method == "dc" else "real",
-                dsa=method == "dsa")
-    return Preset(f"{method}-{ds}-ipc{ipc}", method, ds, ipc, False, 1000, opts, "mtt",
-                  "DC/DSA code defaults (main.py; get_loops by ipc)")
+    opts = dict(
+        lr_img=0.1,
+        lr_net=0.01,
+        batch_real=256,
+        batch_train=256,
+        init="noise" if method == "dc" else "real",
+        dsa=method == "dsa",
+    )
+    return Preset(
+        f"{method}-{ds}-ipc{ipc}",
+        method,
+        ds,
+        ipc,
+        False,
+        1000,
+        opts,
+        "mtt",
+        "DC/DSA code defaults (main.py; get_loops by ipc)",
+    )
 
 
 def _datm(ds, ipc, n, m, lr_img, lr_lr, lr_y, batch, t_min, t_cur, t_max, expansion, thr):
-    opts = dict(syn_steps=n, expert_epochs=m, lr_img=lr_img, lr_lr=lr_lr, lr_y=lr_y, batch_syn=batch,
-                min_start_epoch=t_min, max_start_epoch=t_max, current_max_start_epoch=t_cur if expansion else None,
-                expansion_end=expansion, threshold=thr, init="correct", soft_labels="datm", lr_init=0.01)
+    opts = dict(
+        syn_steps=n,
+        expert_epochs=m,
+        lr_img=lr_img,
+        lr_lr=lr_lr,
+        lr_y=lr_y,
+        batch_syn=batch,
+        min_start_epoch=t_min,
+        max_start_epoch=t_max,
+        current_max_start_epoch=t_cur if expansion else None,
+        expansion_end=expansion,
+        threshold=thr,
+        init="correct",
+        soft_labels="datm",
+        lr_init=0.01,
+    )
     return Preset(f"datm-{ds}-ipc{ipc}", "datm", ds, ipc, True, 10000, opts, "mtt", "DATM configs (ConvIN)")
 
 
@@ -72,10 +129,14 @@ _ALL = [
     _mtt("tinyimagenet", 10, 20, 2, 40, 200, False, 10000, 1e-4, 0.01),
     _mtt("tinyimagenet", 50, 20, 2, 40, 300, False, 10000, 1e-4, 0.01),
     # SelMatch: dataset, ipc, alpha, beta, lr_img
-    _selmatch("cifar10", 250, 0.6, 0.5, 1000), _selmatch("cifar10", 500, 0.2, 0.3, 1000),
-    _selmatch("cifar10", 1000, 0.1, 0.2, 10000), _selmatch("cifar10", 1500, 0.1, 0.2, 10000),
-    _selmatch("cifar100", 25, 0.8, 0.8, 1000), _selmatch("cifar100", 50, 0.6, 0.7, 1000),
-    _selmatch("cifar100", 100, 0.3, 0.6, 1000), _selmatch("cifar100", 150, 0.2, 0.4, 1000),
+    _selmatch("cifar10", 250, 0.6, 0.5, 1000),
+    _selmatch("cifar10", 500, 0.2, 0.3, 1000),
+    _selmatch("cifar10", 1000, 0.1, 0.2, 10000),
+    _selmatch("cifar10", 1500, 0.1, 0.2, 10000),
+    _selmatch("cifar100", 25, 0.8, 0.8, 1000),
+    _selmatch("cifar100", 50, 0.6, 0.7, 1000),
+    _selmatch("cifar100", 100, 0.3, 0.6, 1000),
+    _selmatch("cifar100", 150, 0.2, 0.4, 1000),
     _selmatch("tinyimagenet", 50, 0.6, 0.8, 1000, syn_steps=20),
     _selmatch("tinyimagenet", 100, 0.5, 0.7, 1000, syn_steps=20),
     # DATM: dataset, ipc, N, M, lr_img, lr_lr, lr_y, batch_syn, T, T_cur, T+, expansion end, threshold
@@ -92,25 +153,80 @@ _ALL = [
     _datm("tinyimagenet", 10, 40, 2, 100, 1e-4, 10, 500, 10, 50, 50, None, 1.0),
     _datm("tinyimagenet", 50, 20, 2, 100, 1e-4, 10, 1000, 40, 70, 70, None, 1.0),
     # TESLA (README): soft labels from the target expert, the direct-term gradient
-    Preset("tesla-cifar10-ipc1", "tesla", "cifar10", 1, False, 5000,
-           dict(syn_steps=50, expert_epochs=2, max_start_epoch=5, lr_img=1000, lr_lr=1e-7, lr_init=0.01,
-                mode="tesla"), "mtt", "TESLA README"),
-    Preset("tesla-cifar100-ipc50", "tesla", "cifar100", 50, True, 5000,
-           dict(syn_steps=80, expert_epochs=2, max_start_epoch=40, lr_img=1000, lr_lr=1e-5, lr_init=0.01,
-                batch_syn=125, mode="tesla"), "mtt", "TESLA README"),
+    Preset(
+        "tesla-cifar10-ipc1",
+        "tesla",
+        "cifar10",
+        1,
+        False,
+        5000,
+        dict(syn_steps=50, expert_epochs=2, max_start_epoch=5, lr_img=1000, lr_lr=1e-7, lr_init=0.01, mode="tesla"),
+        "mtt",
+        "TESLA README",
+    ),
+    Preset(
+        "tesla-cifar100-ipc50",
+        "tesla",
+        "cifar100",
+        50,
+        True,
+        5000,
+        dict(
+            syn_steps=80,
+            expert_epochs=2,
+            max_start_epoch=40,
+            lr_img=1000,
+            lr_lr=1e-5,
+            lr_init=0.01,
+            batch_syn=125,
+            mode="tesla",
+        ),
+        "mtt",
+        "TESLA README",
+    ),
     # DD (official README): MNIST fixed init, 10 images, 1 step x 3 epochs; CIFAR-10 100 images
-    Preset("dd-mnist-fixed", "dd", "mnist", 1, False, 23600,
-           dict(model="lenet", steps=1, epochs=3, images_per_class=1, lr_init=0.02, init_mode="fixed",
-                init="xavier"), "dd", "official README (known_init, n_nets 1)"),
-    Preset("dd-cifar10-fixed", "dd", "cifar10", 10, False, 19600,
-           dict(model="alexcifarnet", steps=10, epochs=3, images_per_class=1, lr_init=0.001, init_mode="fixed",
-                init="xavier"), "dd", "official README (lr 0.001 for CIFAR-10)"),
+    Preset(
+        "dd-mnist-fixed",
+        "dd",
+        "mnist",
+        1,
+        False,
+        23600,
+        dict(model="lenet", steps=1, epochs=3, images_per_class=1, lr_init=0.02, init_mode="fixed", init="xavier"),
+        "dd",
+        "official README (known_init, n_nets 1)",
+    ),
+    Preset(
+        "dd-cifar10-fixed",
+        "dd",
+        "cifar10",
+        10,
+        False,
+        19600,
+        dict(
+            model="alexcifarnet",
+            steps=10,
+            epochs=3,
+            images_per_class=1,
+            lr_init=0.001,
+            init_mode="fixed",
+            init="xavier",
+        ),
+        "dd",
+        "official README (lr 0.001 for CIFAR-10)",
+    ),
 ]
 
-_ALL += [_matching(m, ds, ipc) for m in ("dc", "dsa") for ds in ("mnist", "fashionmnist", "svhn", "cifar10", "cifar100")
-         for ipc in (1, 10, 50) if not (ds == "cifar100" and ipc == 50)]
-_ALL += [_matching("dm", ds, ipc) for ds in ("mnist", "fashionmnist", "svhn", "cifar10", "cifar100")
-         for ipc in (1, 10, 50)] + [_matching("dm", "cifar10", ipc) for ipc in (100, 200, 500, 1000)]
+_ALL += [
+    _matching(m, ds, ipc)
+    for m in ("dc", "dsa")
+    for ds in ("mnist", "fashionmnist", "svhn", "cifar10", "cifar100")
+    for ipc in (1, 10, 50)
+    if not (ds == "cifar100" and ipc == 50)
+]
+_ALL += [
+    _matching("dm", ds, ipc) for ds in ("mnist", "fashionmnist", "svhn", "cifar10", "cifar100") for ipc in (1, 10, 50)
+] + [_matching("dm", "cifar10", ipc) for ipc in (100, 200, 500, 1000)]
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
 
@@ -127,5 +243,6 @@ def check_preset(p: Preset) -> None:
     """``ValueError`` / ``TypeError`` unless ``p.method`` is registered and ``p.options`` are fields of its config
     (with their types)."""
     from .registry import get_method, make_config
+
     spec = get_method(p.method)
     make_config(spec, dict(p.options))

@@ -8,6 +8,7 @@ a third-party package makes it available to ``fastdd distill --method NAME`` by 
 the group ``fastdd.methods`` whose object is a function that registers (or a :class:`MethodSpec`). See
 docs/extending.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -126,10 +127,20 @@ _REGISTRY: dict[str, MethodSpec] = {}
 _plugins_loaded = False
 
 
-def register_method(name: str, *, config: type, policy: type[Policy] | None = None,
-                    defaults: dict[str, Any] | None = None, needs_experts: bool = False, soft_labels: bool = False,
-                    distributed: str | None = None, selection: bool = True, description: str = "",
-                    needs_ipc: bool = True, replace: bool = False):
+def register_method(
+    name: str,
+    *,
+    config: type,
+    policy: type[Policy] | None = None,
+    defaults: dict[str, Any] | None = None,
+    needs_experts: bool = False,
+    soft_labels: bool = False,
+    distributed: str | None = None,
+    selection: bool = True,
+    description: str = "",
+    needs_ipc: bool = True,
+    replace: bool = False,
+):
     """Register a distillation method under ``name``.
 
     As a decorator on the policy class (``@register_method("mine", config=MyConfig)``) it returns the class;
@@ -141,7 +152,9 @@ def register_method(name: str, *, config: type, policy: type[Policy] | None = No
     if not (isinstance(config, type) and is_dataclass(config)):
         raise TypeError(f"register_method({name!r}): config must be a dataclass, got {config!r}")
     if distributed not in (None, "rows", "classes"):
-        raise ValueError(f"register_method({name!r}): distributed must be None, 'rows' or 'classes', got {distributed!r}")
+        raise ValueError(
+            f"register_method({name!r}): distributed must be None, 'rows' or 'classes', got {distributed!r}"
+        )
     defaults = dict(defaults or {})
     check_dataclass_options(config, defaults, f"register_method({name!r}) defaults")
 
@@ -149,10 +162,13 @@ def register_method(name: str, *, config: type, policy: type[Policy] | None = No
         if not (isinstance(cls, type) and issubclass(cls, Policy)):
             raise TypeError(f"register_method({name!r}): the policy must be a fastdd Policy subclass, got {cls!r}")
         if name in _REGISTRY and not replace:
-            raise ValueError(f"a method named {name!r} is already registered ({_REGISTRY[name].policy.__qualname__}); "
-                             "pass replace=True to replace it")
-        spec = MethodSpec(name, config, cls, defaults, needs_experts, soft_labels, distributed, selection,
-                          description, needs_ipc)
+            raise ValueError(
+                f"a method named {name!r} is already registered ({_REGISTRY[name].policy.__qualname__}); "
+                "pass replace=True to replace it"
+            )
+        spec = MethodSpec(
+            name, config, cls, defaults, needs_experts, soft_labels, distributed, selection, description, needs_ipc
+        )
         _REGISTRY[name] = spec
         return spec
 
@@ -179,6 +195,7 @@ def _load_plugins() -> None:
         return
     _plugins_loaded = True
     from importlib.metadata import entry_points
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()  # importing the plugin's module may register its methods already (decorators)
@@ -191,10 +208,15 @@ def _load_plugins() -> None:
             elif callable(obj):
                 obj()
             else:
-                raise TypeError(f"{ep.value} is neither a registered Policy, a MethodSpec nor a function that registers")
+                raise TypeError(
+                    f"{ep.value} is neither a registered Policy, a MethodSpec nor a function that registers"
+                )
         except Exception as e:  # noqa: BLE001 - any failure of someone else's package
-            warnings.warn(f"fastdd method plugin {ep.name!r} ({ep.value}) could not be loaded: {type(e).__name__}: {e}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"fastdd method plugin {ep.name!r} ({ep.value}) could not be loaded: {type(e).__name__}: {e}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 def methods() -> list[str]:
@@ -211,8 +233,12 @@ def get_method(name: str) -> MethodSpec:
     return _REGISTRY[name]
 
 
-def make_config(spec: MethodSpec, options: dict[str, Any], engine: EngineConfig | None = None,
-                explicit: set[str] | frozenset[str] = frozenset()) -> Any:
+def make_config(
+    spec: MethodSpec,
+    options: dict[str, Any],
+    engine: EngineConfig | None = None,
+    explicit: set[str] | frozenset[str] = frozenset(),
+) -> Any:
     """``spec.config`` with ``spec.defaults``, then ``options`` (checked against its fields and types), then,
     for an engine method, the ``engine`` options named in ``explicit`` (those the caller gave), in that order.
     A method that unrolls nothing refuses engine options other than ``deterministic``."""
@@ -228,8 +254,14 @@ def make_config(spec: MethodSpec, options: dict[str, Any], engine: EngineConfig 
     return spec.config(**opts)
 
 
-def run_method(spec: MethodSpec, setup: Setup, run: RunConfig, deterministic: bool = False,
-               keep_best: KeepBest | None = None, extra_meta: dict[str, Any] | None = None) -> SyntheticSet:
+def run_method(
+    spec: MethodSpec,
+    setup: Setup,
+    run: RunConfig,
+    deterministic: bool = False,
+    keep_best: KeepBest | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> SyntheticSet:
     """The one runner: build the policy from ``setup``, run it on the distillation loop with ``run``'s folder,
     checkpoints and progress (under :func:`~fastdd.engine.deterministic_algorithms` when ``deterministic``),
     and return its set (the best one with ``keep_best``)."""
@@ -239,9 +271,17 @@ def run_method(spec: MethodSpec, setup: Setup, run: RunConfig, deterministic: bo
             raise ValueError(f"{spec.name} runs on one process; launch it without torchrun")
         per = policy.steps_per_iteration
         desc = setup.method if setup.ipc is None else f"{setup.method} ipc={setup.ipc}"
-        done = run_loop(policy, setup.iterations * per, out=run.out, resume=run.resume,
-                        checkpoint_every=run.checkpoint_every * per, show_progress=run.show_progress, desc=desc,
-                        selection=None if keep_best is None else keep_best.selection(policy, per), per=per)
+        done = run_loop(
+            policy,
+            setup.iterations * per,
+            out=run.out,
+            resume=run.resume,
+            checkpoint_every=run.checkpoint_every * per,
+            show_progress=run.show_progress,
+            desc=desc,
+            selection=None if keep_best is None else keep_best.selection(policy, per),
+            per=per,
+        )
     extra = {**(extra_meta or {}), **(keep_best.meta(done, per) if keep_best is not None else {})}
     return policy.result(setup.iterations, done.skipped, extra)
 
@@ -260,5 +300,18 @@ def engine_from_keywords(options: dict[str, Any], engine: EngineConfig | None) -
     return cfg, explicit | set(given)
 
 
-__all__ = ["MethodSpec", "Setup", "RunConfig", "SelectConfig", "register_method", "unregister_method", "methods",
-           "get_method", "make_config", "run_method", "engine_from_keywords", "ENTRY_POINT_GROUP", "RUN_KEYWORDS"]
+__all__ = [
+    "MethodSpec",
+    "Setup",
+    "RunConfig",
+    "SelectConfig",
+    "register_method",
+    "unregister_method",
+    "methods",
+    "get_method",
+    "make_config",
+    "run_method",
+    "engine_from_keywords",
+    "ENTRY_POINT_GROUP",
+    "RUN_KEYWORDS",
+]

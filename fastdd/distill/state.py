@@ -15,6 +15,7 @@ For a set split over processes (:mod:`fastdd.distributed`) the loop passes ``tra
 gathers the split tensors into the whole (every rank takes part, only the writer writes), on load it
 takes this rank's rows; the files are the same as a single process writes.
 """
+
 from __future__ import annotations
 
 import re
@@ -58,9 +59,17 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, m
 Transform = Callable[[str, torch.Tensor], torch.Tensor]
 
 
-def save_checkpoint(folder: str | Path, iteration: int, tensors: dict[str, torch.Tensor],
-                    optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator],
-                    extra: dict[str, Any], *, transform: Transform | None = None, write: bool = True) -> None:
+def save_checkpoint(
+    folder: str | Path,
+    iteration: int,
+    tensors: dict[str, torch.Tensor],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+    extra: dict[str, Any],
+    *,
+    transform: Transform | None = None,
+    write: bool = True,
+) -> None:
     """Write the checkpoint of ``iteration``. ``transform(key, tensor)`` maps every tensor first (keys
     ``t.<name>``, ``o.<optimizer>.<param>.<state>``), in the same order on every process; with
     ``write=False`` only that happens (a rank that takes part in the gathers but does not write).
@@ -128,9 +137,14 @@ def read_index(folder: str | Path) -> dict[str, Any] | None:
     return meta
 
 
-def load_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer],
-                    generators: dict[str, torch.Generator], *, transform: Transform | None = None
-                    ) -> dict[str, Any] | None:
+def load_checkpoint(
+    folder: str | Path,
+    tensors: dict[str, torch.Tensor],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+    *,
+    transform: Transform | None = None,
+) -> dict[str, Any] | None:
     """Restore in place (tensors are copied into the given ones; ``transform(key, tensor)`` maps the
     saved tensors first, e.g. to this rank's rows). Returns the saved metadata (``iteration``,
     ``extra``), or ``None`` when the folder has no checkpoint."""
@@ -143,8 +157,11 @@ def load_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimi
     if meta.get("record") is not None:
         check_file(f, meta["record"], index, "checkpoint")
     else:
-        warnings.warn(f"{index} predates checksums: {f.name} is loaded without a SHA-256 check",
-                      UnverifiedFileWarning, stacklevel=2)
+        warnings.warn(
+            f"{index} predates checksums: {f.name} is loaded without a SHA-256 check",
+            UnverifiedFileWarning,
+            stacklevel=2,
+        )
     try:
         saved = load_file(str(f))
     except (SafetensorError, OSError) as e:
@@ -155,8 +172,10 @@ def load_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimi
         for k, v in tensors.items():
             src = saved.get(f"t.{k}")
             if src is None or src.shape != v.shape:
-                raise CorruptFileError(f"checkpoint {f} does not match this run: tensor {k!r} "
-                                       f"{None if src is None else tuple(src.shape)} vs {tuple(v.shape)}")
+                raise CorruptFileError(
+                    f"checkpoint {f} does not match this run: tensor {k!r} "
+                    f"{None if src is None else tuple(src.shape)} vs {tuple(v.shape)}"
+                )
             v.copy_(src)
     device = next(iter(tensors.values())).device
     ots = {k[2:]: v.to(device) for k, v in saved.items() if k.startswith("o.")}
@@ -166,6 +185,8 @@ def load_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], optimi
         for name, g in generators.items():
             g.set_state(saved[f"g.{name}"])
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
-        raise CorruptFileError(f"checkpoint {f} (with {index}) does not hold this run's optimiser or random-stream "
-                               f"state ({type(e).__name__}: {e}); use another folder or start without resume") from e
+        raise CorruptFileError(
+            f"checkpoint {f} (with {index}) does not hold this run's optimiser or random-stream "
+            f"state ({type(e).__name__}: {e}); use another folder or start without resume"
+        ) from e
     return meta

@@ -1,6 +1,7 @@
 """The engine's options in one dataclass, shared by the API (``fastdd.distill(engine=...)``), the methods'
 configs that unroll student training (:class:`~fastdd.distill.MTTConfig` and :class:`~fastdd.distill.DDConfig`
 inherit them, so checkpoints record them with the method's settings) and the command line."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields

@@ -36,6 +36,7 @@ No host synchronisation happens inside the unroll (no ``.item()``, ``float()``, 
 tensors, no per-step host→device copies): batches, augmentation parameters and start parameters
 should already be on the device (:func:`to_device_once` moves many small host tensors with one copy).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,12 +61,12 @@ DEFAULT_MEMORY_BUDGET = 4 << 30
 class UnrollGrads:
     """What one unroll returns. Gradients are ``None`` for inputs that do not require them."""
 
-    loss: torch.Tensor             # 0-d, detached
-    images: torch.Tensor | None    # (M, C, H, W)
-    lrs: torch.Tensor | None       # (N,) ∂L/∂η_i per step
-    labels: torch.Tensor | None    # (M, K) for soft labels
-    theta_final: torch.Tensor      # (P,) detached θ_N
-    mode: str                      # the mode actually used ("auto" resolved)
+    loss: torch.Tensor  # 0-d, detached
+    images: torch.Tensor | None  # (M, C, H, W)
+    lrs: torch.Tensor | None  # (N,) ∂L/∂η_i per step
+    labels: torch.Tensor | None  # (M, K) for soft labels
+    theta_final: torch.Tensor  # (P,) detached θ_N
+    mode: str  # the mode actually used ("auto" resolved)
     theta_storage: str | None = None  # adjoint / tesla: the θ_i storage used ("auto" resolved); bptt: None
 
 
@@ -88,8 +89,14 @@ def student_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
-def _step_grad(model: FunctionalNet, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, create_graph: bool,
-               weight: float | None = None) -> torch.Tensor:
+def _step_grad(
+    model: FunctionalNet,
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    create_graph: bool,
+    weight: float | None = None,
+) -> torch.Tensor:
     """∇_θ of the step's mean loss; ``weight`` scales the loss (a process's share of a split batch)."""
     loss = student_loss(model(x, theta), y)
     if weight is not None:
@@ -110,10 +117,21 @@ def _check(model, images, labels, lrs, theta0, batches):
         raise ValueError("batches is empty: at least one unrolled step is needed")
 
 
-def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, lrs: torch.Tensor,
-                theta0: torch.Tensor, batches: Sequence[torch.Tensor], outer: Callable[[torch.Tensor], torch.Tensor],
-                augment: Augment | None = None, mode: str = "adjoint", *, memory_budget: int | None = None,
-                theta_storage: str = "auto", reduce: StepReduce | None = None) -> UnrollGrads:
+def unroll_grad(
+    model: FunctionalNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lrs: torch.Tensor,
+    theta0: torch.Tensor,
+    batches: Sequence[torch.Tensor],
+    outer: Callable[[torch.Tensor], torch.Tensor],
+    augment: Augment | None = None,
+    mode: str = "adjoint",
+    *,
+    memory_budget: int | None = None,
+    theta_storage: str = "auto",
+    reduce: StepReduce | None = None,
+) -> UnrollGrads:
     """Run the student unroll and return the outer loss and its gradients.
 
     Args:
@@ -147,8 +165,10 @@ def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor
         if len(reduce.weights) != len(batches):
             raise ValueError(f"reduce has {len(reduce.weights)} weights for {len(batches)} batches")
         if mode == "bptt":
-            raise ValueError("mode='bptt' cannot run on a set split over processes (torch.distributed): its graph "
-                             "would span the all-reduces; use mode='adjoint' (exact, the same gradients) or 'tesla'")
+            raise ValueError(
+                "mode='bptt' cannot run on a set split over processes (torch.distributed): its graph "
+                "would span the all-reduces; use mode='adjoint' (exact, the same gradients) or 'tesla'"
+            )
         if mode == "auto":
             mode = "adjoint"
     if mode == "auto":
@@ -157,8 +177,19 @@ def unroll_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor
         return _bptt(model, images, labels, lrs, theta0, batches, outer, augment)
     if theta_storage not in THETA_STORAGE:
         raise ValueError(f"theta_storage must be one of {', '.join(THETA_STORAGE)}, got {theta_storage!r}")
-    return _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact=(mode == "adjoint"),
-                    theta_storage=theta_storage, reduce=reduce)
+    return _adjoint(
+        model,
+        images,
+        labels,
+        lrs,
+        theta0,
+        batches,
+        outer,
+        augment,
+        exact=(mode == "adjoint"),
+        theta_storage=theta_storage,
+        reduce=reduce,
+    )
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -178,7 +209,7 @@ def _bptt(model, images, labels, lrs, theta0, batches, outer, augment) -> Unroll
         loss = outer(theta)
         wrt = [t for t in (X, eta, Y) if t.requires_grad]
         grads = list(torch.autograd.grad(loss, wrt, allow_unused=True)) if wrt else []
-    out = []
+    out: list[torch.Tensor | None] = []
     for t in (X, eta, Y):
         if not t.requires_grad:
             out.append(None)
@@ -203,8 +234,19 @@ def auto_theta_storage(n: int, param_bytes: int, activation_bytes: int) -> str:
     return "all" if n * param_bytes <= AUTO_THETA_FRACTION * activation_bytes else "checkpoint"
 
 
-def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact: bool, theta_storage: str,
-             reduce: StepReduce | None = None) -> UnrollGrads:
+def _adjoint(
+    model,
+    images,
+    labels,
+    lrs,
+    theta0,
+    batches,
+    outer,
+    augment,
+    exact: bool,
+    theta_storage: str,
+    reduce: StepReduce | None = None,
+) -> UnrollGrads:
     X, Y = images.detach(), labels.detach()
     eta = lrs.detach()
     want_x, want_y, want_lr = images.requires_grad, labels.requires_grad, lrs.requires_grad
@@ -287,24 +329,29 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
                     wrt = ([th] if exact else []) + [t for t, w in ((xb, want_x), (yb, want_y)) if w]
                     g = _step_grad(model, th, x, yb, create_graph=bool(wrt), weight=weight(i))
                     gl = torch.dot(g.reshape(-1), lam)
-                    parts = list(torch.autograd.grad(gl, wrt, allow_unused=True)) if wrt else []
+                    parts: list[torch.Tensor | None] = (
+                        list(torch.autograd.grad(gl, wrt, allow_unused=True)) if wrt else []
+                    )
                 hvp, rest = (parts[0], parts[1:]) if exact else (None, parts)
             else:  # none of this step's batch is here: this process adds zeros to the reductions
                 gl, hvp, rest = lam.new_zeros(()), lam.new_zeros(lam.shape) if exact else None, [None, None]
             if reduce is not None:  # one all-reduce of [H_i λ, g_iᵀλ] (tesla: of g_iᵀλ only)
                 hv = hvp if hvp is not None else lam.new_zeros(lam.shape)
-                both = reduce.all_reduce(torch.cat([hv.detach().reshape(-1), gl.detach().reshape(1)]) if exact
-                                         else gl.detach().reshape(1).clone())
+                both = reduce.all_reduce(
+                    torch.cat([hv.detach().reshape(-1), gl.detach().reshape(1)])
+                    if exact
+                    else gl.detach().reshape(1).clone()
+                )
                 gl = both[-1]
                 if exact:
                     hvp = both[:-1].view_as(lam)
-            if want_lr:
+            if g_eta is not None:
                 g_eta[i] = -gl.detach()
-            if want_x:
+            if gX is not None:
                 gx = rest.pop(0)
                 if gx is not None:
                     gX.index_add_(0, idx, -eta[i] * gx)
-            if want_y:
+            if gY is not None:
                 gy = rest.pop(0)
                 if gy is not None:
                     gY.index_add_(0, idx, -eta[i] * gy)
@@ -313,8 +360,14 @@ def _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact:
     return UnrollGrads(loss.detach(), gX, g_eta, gY, theta_n, "adjoint" if exact else "tesla", theta_storage)
 
 
-def predict_bptt_bytes(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor,
-                       batches: Sequence[torch.Tensor], augment: Augment | None = None) -> int:
+def predict_bptt_bytes(
+    model: FunctionalNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    theta0: torch.Tensor,
+    batches: Sequence[torch.Tensor],
+    augment: Augment | None = None,
+) -> int:
     """BPTT's predicted graph memory in bytes: what autograd saves for one probe step (with
     ``create_graph=True`` and its double backward) on ``batches[0]``, times N, scaled to the largest batch."""
     with torch.enable_grad(), saved_bytes() as saved:
@@ -337,26 +390,46 @@ def saved_bytes() -> Iterator[list[int]]:
     def pack(t: torch.Tensor) -> torch.Tensor:
         count[0] += t.numel() * t.element_size()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield count
 
 
-def choose_mode(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, theta0: torch.Tensor,
-                batches: Sequence[torch.Tensor], augment: Augment | Sequence[Augment | None] | None = None,
-                memory_budget: int | None = None) -> str:
+def choose_mode(
+    model: FunctionalNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    theta0: torch.Tensor,
+    batches: Sequence[torch.Tensor],
+    augment: Augment | Sequence[Augment | None] | None = None,
+    memory_budget: int | None = None,
+) -> str:
     """``"bptt"`` when :func:`predict_bptt_bytes` fits ``memory_budget`` bytes (default
     :data:`DEFAULT_MEMORY_BUDGET`), else ``"adjoint"``. A function of the shapes and the budget only:
     the machine's free memory is never read. Runs one probe step per augmentation (``augment`` is called
     for step 0); given a sequence of augmentations, the largest prediction over them counts."""
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
-    augs = list(augment) if isinstance(augment, (list, tuple)) else [augment]
+    augs: list[Augment | None] = list(augment) if isinstance(augment, (list, tuple)) else [augment]  # type: ignore[list-item]
     predicted = max(predict_bptt_bytes(model, images, labels, theta0, batches, a) for a in augs)
     return "bptt" if predicted <= budget else "adjoint"
 
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-          "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "m": 1 << 20,
+    "g": 1 << 30,
+    "t": 1 << 40,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+}
 
 
 def parse_bytes(value: int | float | str) -> int:
@@ -408,13 +481,13 @@ def _pack(tensors: Sequence[torch.Tensor], pin: bool) -> tuple[torch.Tensor, lis
         buf = torch.empty(total, dtype=torch.uint8)
     for t, (off, nbytes) in zip(tensors, layout):
         if nbytes:
-            buf[off:off + nbytes].copy_(t.detach().reshape(-1).view(torch.uint8))
+            buf[off : off + nbytes].copy_(t.detach().reshape(-1).view(torch.uint8))
     return buf, layout
 
 
 def _unpack(buf: torch.Tensor, layout: list[tuple[int, int]], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Views of ``buf`` (on any device) shaped and typed like ``like``: slicing, no copy, no sync."""
-    return [buf[off:off + nbytes].view(t.dtype).view(t.shape) for t, (off, nbytes) in zip(like, layout)]
+    return [buf[off : off + nbytes].view(t.dtype).view(t.shape) for t, (off, nbytes) in zip(like, layout)]
 
 
 def to_device_once(tensors: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
@@ -451,8 +524,12 @@ def deterministic_algorithms(enabled: bool = True) -> Iterator[None]:
         yield
         return
     cudnn = torch.backends.cudnn
-    prev = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled())
+    prev = (
+        cudnn.deterministic,
+        cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     set_env = "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     if set_env:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
@@ -475,10 +552,18 @@ def matching_loss(start_params: torch.Tensor, target_params: torch.Tensor) -> Ca
     return lambda theta: (theta - target).pow(2).sum() / denom
 
 
-def trajectory_matching_grad(model: FunctionalNet, images: torch.Tensor, labels: torch.Tensor, syn_lr: torch.Tensor,
-                             start_params: torch.Tensor, target_params: torch.Tensor,
-                             batches: Sequence[torch.Tensor], augment: Augment | None = None, mode: str = "adjoint",
-                             **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def trajectory_matching_grad(
+    model: FunctionalNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    syn_lr: torch.Tensor,
+    start_params: torch.Tensor,
+    target_params: torch.Tensor,
+    batches: Sequence[torch.Tensor],
+    augment: Augment | None = None,
+    mode: str = "adjoint",
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MTT's objective and its gradients: returns ``(loss, ∂L/∂images, ∂L/∂syn_lr)``.
 
     The student takes ``len(batches)`` SGD steps with the one learning rate ``syn_lr`` (0-d) from
@@ -493,22 +578,43 @@ def trajectory_matching_grad(model: FunctionalNet, images: torch.Tensor, labels:
             raise ValueError(f"{name} have shape {tuple(t.shape)}, the model needs ({model.num_params},)")
     n = len(batches)
     lrs = syn_lr.detach().expand(n).clone().requires_grad_(True)
-    res = unroll_grad(model, images.detach().requires_grad_(True), labels, lrs, start_params, batches,
-                      matching_loss(start_params, target_params), augment, mode, **kwargs)
+    res = unroll_grad(
+        model,
+        images.detach().requires_grad_(True),
+        labels,
+        lrs,
+        start_params,
+        batches,
+        matching_loss(start_params, target_params),
+        augment,
+        mode,
+        **kwargs,
+    )
+    assert res.images is not None and res.lrs is not None  # both were asked for
     return res.loss, res.images, res.lrs.sum()
 
 
-def real_data_loss(model: FunctionalNet, x_real: torch.Tensor, y_real: torch.Tensor,
-                   buffers: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def real_data_loss(
+    model: FunctionalNet, x_real: torch.Tensor, y_real: torch.Tensor, buffers: torch.Tensor | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Wang et al.'s outer objective: cross-entropy of ``f(x_real; θ_T)`` on real data (labels may be
     relabelled by the caller for the poisoning objective). Uses batch statistics for batch norm
     unless ``buffers`` (running statistics) are given."""
     return lambda theta: F.cross_entropy(model(x_real, theta, buffers, train=buffers is None), y_real)
 
 
-def dd_grad(model: FunctionalNet, step_images: torch.Tensor, step_labels: torch.Tensor, lrs: torch.Tensor,
-            theta0: torch.Tensor, x_real: torch.Tensor, y_real: torch.Tensor, epochs: int = 1,
-            mode: str = "adjoint", **kwargs) -> UnrollGrads:
+def dd_grad(
+    model: FunctionalNet,
+    step_images: torch.Tensor,
+    step_labels: torch.Tensor,
+    lrs: torch.Tensor,
+    theta0: torch.Tensor,
+    x_real: torch.Tensor,
+    y_real: torch.Tensor,
+    epochs: int = 1,
+    mode: str = "adjoint",
+    **kwargs,
+) -> UnrollGrads:
     """Wang et al.'s objective: ``S`` steps of images ``step_images`` ``(S, n, C, H, W)`` (labels
     ``(S, n)`` or ``(S, n, K)``) cycled ``epochs`` times with one learning rate per applied step
     (``lrs`` ``(S·epochs,)``), then cross-entropy on ``(x_real, y_real)``.
@@ -522,8 +628,9 @@ def dd_grad(model: FunctionalNet, step_images: torch.Tensor, step_labels: torch.
     flat_y = step_labels.reshape(s * n, *step_labels.shape[2:])
     ar = torch.arange(s * n, device=step_images.device).view(s, n)
     batches = [ar[t % s] for t in range(s * epochs)]
-    res = unroll_grad(model, flat_x, flat_y, lrs, theta0, batches, real_data_loss(model, x_real, y_real), None,
-                      mode, **kwargs)
+    res = unroll_grad(
+        model, flat_x, flat_y, lrs, theta0, batches, real_data_loss(model, x_real, y_real), None, mode, **kwargs
+    )
     if res.images is not None:
         res.images = res.images.view_as(step_images)
     if res.labels is not None:

@@ -1,4 +1,5 @@
 """Models as pure functions of a flat parameter vector: ``net(x, theta)``. See :mod:`fastdd.models.base`."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,9 @@ MODELS: dict[str, tuple[type[FunctionalNet], dict[str, Any]]] = {
 }
 
 
-def build_model(name: str, *, in_channels: int, num_classes: int, im_size: tuple[int, int] | list[int],
-                **kwargs: Any) -> FunctionalNet:
+def build_model(
+    name: str, *, in_channels: int, num_classes: int, im_size: tuple[int, int] | list[int], **kwargs: Any
+) -> FunctionalNet:
     """Build a functional net by name (case-insensitive; see ``fastdd.models.MODELS``).
 
     ``kwargs`` are the model's options (ConvNet: ``width``, ``depth``, ``norm``, ``act``, ``pool``;
@@ -67,6 +69,7 @@ def accuracy(net: FunctionalNet, theta, buffers, images, labels, batch: int = 10
     """Fraction of ``images`` that ``net`` (parameters ``theta``) classifies as ``labels``. Batch norm uses
     the running statistics in ``buffers`` when given, batch statistics otherwise."""
     import torch
+
     correct = 0
     with torch.no_grad():
         for x, y in zip(images.split(batch), labels.split(batch)):
@@ -80,5 +83,19 @@ def default_convnet_depth(im_size) -> int:
     return 3 if s <= 32 else 4 if s <= 64 else 5
 
 
-__all__ = ["FunctionalNet", "ParamSpec", "ConvNet", "LeNet", "AlexCifarNet", "VGG11", "MLP", "ResNet18",
-           "MODELS", "accuracy", "build_model", "model_from_spec", "model_for", "default_convnet_depth"]
+__all__ = [
+    "FunctionalNet",
+    "ParamSpec",
+    "ConvNet",
+    "LeNet",
+    "AlexCifarNet",
+    "VGG11",
+    "MLP",
+    "ResNet18",
+    "MODELS",
+    "accuracy",
+    "build_model",
+    "model_from_spec",
+    "model_for",
+    "default_convnet_depth",
+]

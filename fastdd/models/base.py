@@ -11,11 +11,13 @@ Batch norm keeps its running statistics in a separate flat *buffer* vector (``ne
 does while distilling); ``net(x, theta, buffers, train=True)`` also updates the running statistics
 in place; ``net(x, theta, buffers, train=False)`` uses them (evaluation).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,8 +102,13 @@ class FunctionalNet:
         return bool(self.buffers)
 
     # ----------------------------------------------------------------- init
-    def init(self, generator: torch.Generator | None = None, *, device: torch.device | str | None = None,
-             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def init(
+        self,
+        generator: torch.Generator | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
         """A fresh flat parameter vector ``(num_params,)``.
 
         ``init="default"`` reproduces PyTorch's defaults for Conv/Linear (weights and biases
@@ -130,7 +137,9 @@ class FunctionalNet:
         flat = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)
         return flat.to(device=device, dtype=dtype)
 
-    def init_buffers(self, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def init_buffers(
+        self, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """Fresh running statistics ``(num_buffers,)``: means 0, variances 1."""
         chunks = [torch.full((b.numel,), 1.0 if b.init == "ones" else 0.0) for b in self.buffers]
         flat = torch.cat(chunks) if chunks else torch.zeros(0)
@@ -151,7 +160,8 @@ class FunctionalNet:
     def _check_flat(self, v: torch.Tensor, n: int, what: str) -> None:
         if v.dim() != 1 or v.numel() != n:
             raise ModelMismatchError(
-                f"{what} has shape {tuple(v.shape)} but {self.describe()} needs a flat vector of {n} values")
+                f"{what} has shape {tuple(v.shape)} but {self.describe()} needs a flat vector of {n} values"
+            )
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.spec.items())
@@ -161,23 +171,27 @@ class FunctionalNet:
         return f"<{self.describe()}: {self.num_params:,} parameters>"
 
     # ----------------------------------------------------------------- forward
-    def __call__(self, x: torch.Tensor, theta: torch.Tensor, buffers: torch.Tensor | None = None,
-                 train: bool = True) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, theta: torch.Tensor, buffers: torch.Tensor | None = None, train: bool = True
+    ) -> torch.Tensor:
         """Logits ``(B, num_classes)`` for images ``x`` ``(B, C, H, W)`` under parameters ``theta``."""
         return self.forward(x, theta, buffers, train)
 
     def forward(self, x, theta, buffers=None, train=True, features_only=False):
         self._check_input(x)
         if self.has_batchnorm and not train and buffers is None:
-            raise ValueError(f"{self.describe()} uses batch norm: evaluation (train=False) needs its running "
-                             "statistics; pass buffers=net.init_buffers() and update them with train=True")
+            raise ValueError(
+                f"{self.describe()} uses batch norm: evaluation (train=False) needs its running "
+                "statistics; pass buffers=net.init_buffers() and update them with train=True"
+            )
         ps = iter(self.unflatten(theta))
         bs = self._unflatten_buffers(buffers)
         ctx = _Ctx(ps, iter(bs) if bs is not None else None, train)
         return self._forward(x, ctx, features_only)
 
-    def embed(self, x: torch.Tensor, theta: torch.Tensor, buffers: torch.Tensor | None = None,
-              train: bool = True) -> torch.Tensor:
+    def embed(
+        self, x: torch.Tensor, theta: torch.Tensor, buffers: torch.Tensor | None = None, train: bool = True
+    ) -> torch.Tensor:
         """Penultimate features ``(B, feature_dim)`` (the input of the last linear layer)."""
         return self.forward(x, theta, buffers, train, features_only=True)
 
@@ -186,7 +200,7 @@ class FunctionalNet:
         if x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w):
             raise ValueError(f"{self.describe()} expects images of shape (B, {c}, {h}, {w}), got {tuple(x.shape)}")
 
-    def _forward(self, x: torch.Tensor, ctx: "_Ctx", features_only: bool) -> torch.Tensor:  # pragma: no cover
+    def _forward(self, x: torch.Tensor, ctx: _Ctx, features_only: bool) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     # ----------------------------------------------------------------- nn.Module bridge
@@ -198,13 +212,19 @@ class FunctionalNet:
         """Concatenate ``module.parameters()`` into a flat vector, checking names and shapes."""
         named = list(module.named_parameters())
         if len(named) != len(self.params):
-            raise ModelMismatchError(f"module has {len(named)} parameter tensors, {self.describe()} has {len(self.params)}")
+            raise ModelMismatchError(
+                f"module has {len(named)} parameter tensors, {self.describe()} has {len(self.params)}"
+            )
         for (n, t), p in zip(named, self.params):
             if tuple(t.shape) != p.shape:
-                raise ModelMismatchError(f"parameter {n} has shape {tuple(t.shape)}, {self.describe()} expects {p.name} {p.shape}")
+                raise ModelMismatchError(
+                    f"parameter {n} has shape {tuple(t.shape)}, {self.describe()} expects {p.name} {p.shape}"
+                )
         return torch.cat([t.detach().reshape(-1) for _, t in named])
 
-    def load_into_module(self, module: nn.Module, theta: torch.Tensor, buffers: torch.Tensor | None = None) -> nn.Module:
+    def load_into_module(
+        self, module: nn.Module, theta: torch.Tensor, buffers: torch.Tensor | None = None
+    ) -> nn.Module:
         """Copy a flat vector (and optionally running statistics) into ``module`` in place."""
         with torch.no_grad():
             for t, v in zip(module.parameters(), self.unflatten(theta)):

@@ -1,4 +1,5 @@
 """Small classic nets: LeNet and AlexCifarNet (Wang et al.'s Dataset Distillation), VGG11, MLP."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -11,8 +12,10 @@ from .base import FunctionalNet, declare_norm, norm_module
 
 def _fit(name: str, h: int, w: int, im_size) -> None:
     if h < 1 or w < 1:
-        raise ValueError(f"{name} does not fit {im_size[0]}x{im_size[1]} images: its layers shrink them to "
-                         f"{max(h, 0)}x{max(w, 0)}; use another model or larger images")
+        raise ValueError(
+            f"{name} does not fit {im_size[0]}x{im_size[1]} images: its layers shrink them to "
+            f"{max(h, 0)}x{max(w, 0)}; use another model or larger images"
+        )
 
 
 class LeNet(FunctionalNet):
@@ -94,11 +97,20 @@ class AlexCifarNet(FunctionalNet):
 
     def module(self) -> nn.Module:
         s = self.spec
-        feats = nn.Sequential(nn.Conv2d(s["in_channels"], 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
-                              nn.LocalResponseNorm(**_LRN), nn.Conv2d(64, 64, 5, padding=2), nn.ReLU(),
-                              nn.LocalResponseNorm(**_LRN), nn.MaxPool2d(3, 2, 1), nn.Flatten())
-        head = nn.Sequential(nn.Linear(self._flat, 384), nn.ReLU(), nn.Linear(384, 192), nn.ReLU(),
-                             nn.Linear(192, s["num_classes"]))
+        feats = nn.Sequential(
+            nn.Conv2d(s["in_channels"], 64, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+            nn.LocalResponseNorm(**_LRN),
+            nn.Conv2d(64, 64, 5, padding=2),
+            nn.ReLU(),
+            nn.LocalResponseNorm(**_LRN),
+            nn.MaxPool2d(3, 2, 1),
+            nn.Flatten(),
+        )
+        head = nn.Sequential(
+            nn.Linear(self._flat, 384), nn.ReLU(), nn.Linear(384, 192), nn.ReLU(), nn.Linear(192, s["num_classes"])
+        )
         return nn.Sequential(OrderedDict(features=feats, classifier=head))
 
 
@@ -110,8 +122,14 @@ class VGG11(FunctionalNet):
 
     name = "vgg11"
 
-    def __init__(self, in_channels: int, num_classes: int, im_size: tuple[int, int], norm: str = "instancenorm",
-                 init: str = "default"):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        im_size: tuple[int, int],
+        norm: str = "instancenorm",
+        init: str = "default",
+    ):
         im_size = tuple(int(s) for s in im_size)
         super().__init__(dict(in_channels=in_channels, num_classes=num_classes, im_size=list(im_size), norm=norm), init)
         if norm not in ("instancenorm", "batchnorm", "none"):
@@ -148,8 +166,13 @@ class VGG11(FunctionalNet):
             else:
                 layers += [nn.Conv2d(c, v, 3, padding=pad), norm_module(s["norm"], v, (v, 1, 1)), nn.ReLU()]
                 c = v
-        return nn.Sequential(OrderedDict(features=nn.Sequential(*layers), flatten=nn.Flatten(),
-                                         classifier=nn.Linear(self.feature_dim, s["num_classes"])))
+        return nn.Sequential(
+            OrderedDict(
+                features=nn.Sequential(*layers),
+                flatten=nn.Flatten(),
+                classifier=nn.Linear(self.feature_dim, s["num_classes"]),
+            )
+        )
 
 
 class MLP(FunctionalNet):
@@ -157,10 +180,13 @@ class MLP(FunctionalNet):
 
     name = "mlp"
 
-    def __init__(self, in_channels: int, num_classes: int, im_size: tuple[int, int], width: int = 128,
-                 init: str = "default"):
+    def __init__(
+        self, in_channels: int, num_classes: int, im_size: tuple[int, int], width: int = 128, init: str = "default"
+    ):
         im_size = tuple(int(s) for s in im_size)
-        super().__init__(dict(in_channels=in_channels, num_classes=num_classes, im_size=list(im_size), width=width), init)
+        super().__init__(
+            dict(in_channels=in_channels, num_classes=num_classes, im_size=list(im_size), width=width), init
+        )
         self._in = in_channels * im_size[0] * im_size[1]
         self._linear("fc_1", self._in, width)
         self._linear("fc_2", width, width)
@@ -174,5 +200,13 @@ class MLP(FunctionalNet):
 
     def module(self) -> nn.Module:
         w, k = self.spec["width"], self.spec["num_classes"]
-        return nn.Sequential(OrderedDict(flatten=nn.Flatten(), fc_1=nn.Linear(self._in, w), relu_1=nn.ReLU(),
-                                         fc_2=nn.Linear(w, w), relu_2=nn.ReLU(), fc_3=nn.Linear(w, k)))
+        return nn.Sequential(
+            OrderedDict(
+                flatten=nn.Flatten(),
+                fc_1=nn.Linear(self._in, w),
+                relu_1=nn.ReLU(),
+                fc_2=nn.Linear(w, w),
+                relu_2=nn.ReLU(),
+                fc_3=nn.Linear(w, k),
+            )
+        )

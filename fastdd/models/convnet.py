@@ -3,6 +3,7 @@
 Block: Conv3×3 (pad 1; pad 3 on the first layer of 1-channel input, so 28 px behaves as 32 px)
 → norm → activation → pool(2). Then flatten and one linear classifier.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -18,12 +19,32 @@ POOLS = ("avgpool", "maxpool", "none")
 class ConvNet(FunctionalNet):
     name = "convnet"
 
-    def __init__(self, in_channels: int, num_classes: int, im_size: tuple[int, int], width: int = 128,
-                 depth: int = 3, norm: str = "instancenorm", act: str = "relu", pool: str = "avgpool",
-                 init: str = "default"):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        im_size: tuple[int, int],
+        width: int = 128,
+        depth: int = 3,
+        norm: str = "instancenorm",
+        act: str = "relu",
+        pool: str = "avgpool",
+        init: str = "default",
+    ):
         im_size = tuple(int(s) for s in im_size)
-        super().__init__(dict(in_channels=in_channels, num_classes=num_classes, im_size=list(im_size), width=width,
-                              depth=depth, norm=norm, act=act, pool=pool), init)
+        super().__init__(
+            dict(
+                in_channels=in_channels,
+                num_classes=num_classes,
+                im_size=list(im_size),
+                width=width,
+                depth=depth,
+                norm=norm,
+                act=act,
+                pool=pool,
+            ),
+            init,
+        )
         if norm not in NORMS:
             raise ValueError(f"convnet norm must be one of {NORMS}, got {norm!r}")
         if act not in ACTIVATIONS:
@@ -46,8 +67,10 @@ class ConvNet(FunctionalNet):
             if pool != "none":
                 h, w = h // 2, w // 2
             if h < 1 or w < 1:
-                raise ValueError(f"convnet depth {depth} does not fit {im_size[0]}x{im_size[1]} images: "
-                                 f"block {d + 1} pools them to nothing; use a smaller depth or larger images")
+                raise ValueError(
+                    f"convnet depth {depth} does not fit {im_size[0]}x{im_size[1]} images: "
+                    f"block {d + 1} pools them to nothing; use a smaller depth or larger images"
+                )
         self.feature_dim = c * h * w
         self._linear("classifier", self.feature_dim, num_classes)
 
@@ -61,7 +84,7 @@ class ConvNet(FunctionalNet):
     def _forward(self, x, ctx, features_only):
         norm, act, pool = self.spec["norm"], ACTIVATIONS[self.spec["act"]], self.spec["pool"]
         fused = self.fused_block
-        for (_, _, _, pad) in self.shapes:
+        for _, _, _, pad in self.shapes:
             if fused:
                 x = ctx.conv(x, padding=pad)
                 w, b = ctx.take(2)
@@ -90,5 +113,8 @@ class ConvNet(FunctionalNet):
                 block.add_module("pool", nn.MaxPool2d(2, 2))
             features.add_module(str(d), block)
             c = width
-        return nn.Sequential(OrderedDict(features=features, flatten=nn.Flatten(),
-                                         classifier=nn.Linear(self.feature_dim, s["num_classes"])))
+        return nn.Sequential(
+            OrderedDict(
+                features=features, flatten=nn.Flatten(), classifier=nn.Linear(self.feature_dim, s["num_classes"])
+            )
+        )

@@ -2,6 +2,7 @@
 evaluation. ``stem="cifar"``: 3×3 stride-1 stem; ``stem="tiny"``: stride-2 stem for 64 px images.
 Global average pooling before the classifier (equal to the reference's ``avg_pool2d(4)`` at 32 px).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -15,8 +16,15 @@ from .base import FunctionalNet, declare_norm, norm_module
 class ResNet18(FunctionalNet):
     name = "resnet18"
 
-    def __init__(self, in_channels: int, num_classes: int, im_size: tuple[int, int], norm: str = "batchnorm",
-                 stem: str | None = None, init: str = "default"):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        im_size: tuple[int, int],
+        norm: str = "batchnorm",
+        stem: str | None = None,
+        init: str = "default",
+    ):
         im_size = tuple(int(s) for s in im_size)
         if stem is None:
             stem = "tiny" if min(im_size) >= 64 else "cifar"
@@ -24,8 +32,9 @@ class ResNet18(FunctionalNet):
             raise ValueError(f"resnet18 stem must be 'cifar' or 'tiny', got {stem!r}")
         if norm not in ("batchnorm", "instancenorm"):
             raise ValueError(f"resnet18 norm must be 'batchnorm' or 'instancenorm', got {norm!r}")
-        super().__init__(dict(in_channels=in_channels, num_classes=num_classes, im_size=list(im_size), norm=norm,
-                              stem=stem), init)
+        super().__init__(
+            dict(in_channels=in_channels, num_classes=num_classes, im_size=list(im_size), norm=norm, stem=stem), init
+        )
         self.stem_stride = 2 if stem == "tiny" else 1
         h = (im_size[0] + 2 - 3) // self.stem_stride + 1
         w = (im_size[1] + 2 - 3) // self.stem_stride + 1
@@ -56,7 +65,7 @@ class ResNet18(FunctionalNet):
     def _forward(self, x, ctx, features_only):
         norm = self.spec["norm"]
         x = F.relu(ctx.norm(ctx.conv(x, stride=self.stem_stride, padding=1, bias=False), norm))
-        for cin, cout, s, sc in self.blocks:
+        for _cin, _cout, s, sc in self.blocks:
             out = F.relu(ctx.norm(ctx.conv(x, stride=s, padding=1, bias=False), norm))
             out = ctx.norm(ctx.conv(out, padding=1, bias=False), norm)
             short = ctx.norm(ctx.conv(x, stride=s, bias=False), norm) if sc else x
@@ -77,7 +86,9 @@ class _Block(nn.Module):
         self.bn2 = norm_module(norm, cout, (cout, 1, 1))
         self.shortcut = nn.Sequential()
         if shortcut:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm_module(norm, cout, (cout, 1, 1)))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), norm_module(norm, cout, (cout, 1, 1))
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
