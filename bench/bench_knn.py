@@ -14,7 +14,7 @@ Methods:
   faiss       faiss.IndexFlatL2: add, then search(X, 2) (FAISS's own blocking and threads)
   torch-mm    chunks of queries: addmm(|x|^2, q, X^T, alpha=-2) + |q|^2, then topk(2, largest=False)
   torch-cdist chunks of queries: torch.cdist(q, X), then topk(2, largest=False)
-  fastdd      fastdd.coverage.nearest_distances(X, X, exclude_self=True): FAISS candidates (k = 9)
+  fastdd      fastdd.knn_coverage.nearest_distances(X, X, exclude_self=True): FAISS candidates (k = 9)
               with float64 re-computed distances, as coverage() runs it
 """
 
@@ -69,7 +69,7 @@ def knn_torch_cdist(x: torch.Tensor, k: int, chunk: int = 4096) -> tuple[torch.T
 
 
 def knn_fastdd(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastdd.coverage import nearest_distances
+    from fastdd.knn_coverage import nearest_distances
 
     d, i = nearest_distances(x, x, exclude_self=True)
     n = len(x)

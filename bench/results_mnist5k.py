@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import fastdd
-from fastdd.evaluate import Protocol, resolve_protocol
+from fastdd.evaluation import Protocol, resolve_protocol
 
 
 def _save(out: Path, name: str, obj: dict) -> None:
@@ -259,8 +259,8 @@ def _distill_seeds(args, ds, iterations: int, opts: dict, extra: dict, checkpoin
 
 def run_table_eval(args) -> None:
     """Every cell of the table, ``--num-eval`` runs each (JSON per cell; cells already done are kept)."""
-    from fastdd.evaluate import train_on
-    from fastdd.select import random_indices, real_subset
+    from fastdd.evaluation import train_on
+    from fastdd.selection import random_indices, real_subset
 
     ds = fastdd.load_dataset("mnist5k")
     out = args.out / "table"
@@ -357,9 +357,9 @@ def run_table_coverage(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fastdd.coverage import coverage_from_features, mean_nn_distance
+    from fastdd.knn_coverage import coverage_from_features, mean_nn_distance
     from fastdd.scores import forgetting_from_experts
-    from fastdd.select import (
+    from fastdd.selection import (
         extract_features,
         random_indices,
         real_subset,

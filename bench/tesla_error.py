@@ -15,7 +15,7 @@ import torch
 import fastdd
 from fastdd.augment import DSAConfig, StepAugment, strategy_for
 from fastdd.engine import trajectory_matching_grad
-from fastdd.select import random_indices
+from fastdd.selection import random_indices
 
 
 def main(steps: int = 10, lrs=(0.001, 0.01, 0.03, 0.1)) -> None:

@@ -1,8 +1,8 @@
-"""Group ``knn``: coverage's exact k-NN, :func:`fastdd.coverage.nearest_distances` (``exclude_self=True``,
+"""Group ``knn``: coverage's exact k-NN, :func:`fastdd.knn_coverage.nearest_distances` (``exclude_self=True``,
 as the coverage radius needs), with FAISS against the torch brute force.
 
 20,000 clustered features × 512 dimensions (100 centres ~ N(0, 1), each point a centre + 0.5·N(0, 1)),
-searched against themselves. The ``torch`` case replaces ``fastdd.coverage._faiss`` by ``lambda: None``
+searched against themselves. The ``torch`` case replaces ``fastdd.knn_coverage._faiss`` by ``lambda: None``
 (what an install without FAISS runs: chunked ``addmm`` + ``topk``); the ``faiss`` case uses the installed
 FAISS (skipped without it; on CUDA only with a GPU FAISS). ``extra_info``: ``backend``
 (``search_backend``), ``queries_per_s``, and on the FAISS case ``speedup_vs_torch`` and
@@ -12,12 +12,8 @@ candidates in float64, so only exact ties may differ). About a minute (``full``)
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
-
-import fastdd  # noqa: F401 - makes fastdd.coverage (the module) importable from sys.modules
 
 SIZES = {"full": dict(n=20_000, d=512, rounds=2), "tiny": dict(n=2_000, d=32, rounds=1)}
 
@@ -31,7 +27,8 @@ def clustered(n: int, d: int, centres: int = 100, seed: int = 0) -> torch.Tensor
 @pytest.mark.benchmark(group="knn")
 @pytest.mark.parametrize("backend", ["torch", "faiss"])  # torch first: the FAISS case reads its time
 def test_knn(backend, device, run, bench_size, bench_store, monkeypatch):
-    cov = sys.modules["fastdd.coverage"]  # `fastdd.coverage` as an attribute is the function
+    import fastdd.knn_coverage as cov
+
     if backend == "torch":
         monkeypatch.setattr(cov, "_faiss", lambda: None)
     elif cov._faiss() is None:

@@ -12,10 +12,9 @@ try:
 except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
     __version__ = "0+unknown"
 
-from .coverage import coverage, coverage_of
 from .data import Dataset, Split, load_dataset
-from .distill import PRESETS, distill
-from .distill.registry import methods, register_method
+from .distillation import PRESETS, distill
+from .distillation.registry import methods, register_method
 from .engine import trajectory_matching_grad
 from .errors import (
     CorruptFileError,
@@ -26,12 +25,13 @@ from .errors import (
     RunFailedError,
     UnsafePathError,
 )
-from .evaluate import PROTOCOLS, EvalResult, Protocol, evaluate
+from .evaluation import PROTOCOLS, EvalResult, Protocol, evaluate
 from .experts import ExpertBuffer, import_reference_buffer, train_experts
 from .kernels import use_backend
+from .knn_coverage import coverage, coverage_of
 from .models import FunctionalNet, build_model
 from .scores import forgetting_scores, load_scores
-from .select import real_subset, select, window_indices
+from .selection import real_subset, select, window_indices
 from .synthetic import SyntheticSet
 
 __all__ = [

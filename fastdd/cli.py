@@ -143,7 +143,7 @@ def cmd_experts(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from .select import real_subset, select
+    from .selection import real_subset, select
 
     check_out_folder(args.out, "--out")
     ds = _load(args)
@@ -156,7 +156,7 @@ def cmd_select(args) -> int:
         if getattr(args, k, None) is not None:
             extra[k] = getattr(args, k)
     if args.method in ("herding", "kcenter", "kmeans"):
-        from .select import check_ipc, default_extractor, resolve_extractor
+        from .selection import check_ipc, default_extractor, resolve_extractor
 
         check_ipc(ds, args.ipc)  # before training an extractor
         extra["extractor"] = (
@@ -180,9 +180,9 @@ def cmd_select(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .runs import RunDir
-    from .select import random_indices, real_subset
+    from .selection import random_indices, real_subset
     from .synthetic import SyntheticSet
 
     if (args.syn is None) == (args.random_ipc is None):
@@ -259,10 +259,10 @@ def _scores_for(args, ds):
 
 
 def cmd_sweep_window(args) -> int:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .plots import save_curves
     from .runs import RunDir, progress
-    from .select import beta_grid, check_ipc, real_subset, window_indices
+    from .selection import beta_grid, check_ipc, real_subset, window_indices
 
     check_out_folder(args.out, "--out")
     ds = _load(args)
@@ -319,10 +319,10 @@ def cmd_sweep_window(args) -> int:
 
 
 def cmd_coverage(args) -> int:
-    from .coverage import coverage_from_features, mean_nn_distance
+    from .knn_coverage import coverage_from_features, mean_nn_distance
     from .plots import save_curves
     from .runs import RunDir, progress
-    from .select import default_extractor, extract_features, random_indices, real_subset, resolve_extractor
+    from .selection import default_extractor, extract_features, random_indices, real_subset, resolve_extractor
     from .synthetic import SyntheticSet
 
     if not args.syn and not args.random_ipc:
@@ -458,8 +458,8 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from .distill import distill
-    from .distill.registry import RunConfig, SelectConfig
+    from .distillation import distill
+    from .distillation.registry import RunConfig, SelectConfig
     from .engine import EngineConfig
     from .runs import RunDir
 
@@ -516,7 +516,7 @@ def cmd_distill(args) -> int:
         _curves(Path(args.out))
         print(f"distilled {len(syn)} images ({syn.meta['method']}, ipc {syn.ipc}) -> {Path(args.out) / 'synthetic'}")
     if args.evaluate:  # every rank takes its share of the evaluation runs
-        from .evaluate import evaluate
+        from .evaluation import evaluate
 
         protocol = args.protocol or ("dd" if syn.meta["method"] == "dd" else "soft" if syn.labels.dim() == 2 else "mtt")
         if protocol == "dd":
@@ -627,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_quickstart)
 
-    from .distill.registry import get_method, methods
+    from .distillation.registry import get_method, methods
 
     names = methods()
     p = sub.add_parser(

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from .data import load_dataset
-from .distill import distill
-from .evaluate import evaluate
+from .distillation import distill
+from .evaluation import evaluate
 from .experts import train_experts
 from .io import atomic_write_text
 from .plots import save_curves, save_image_grid

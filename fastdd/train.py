@@ -1,7 +1,7 @@
 """The one training loop: SGD on a flat parameter vector over seeded minibatches.
 
 Experts (:mod:`fastdd.experts`), evaluation (:mod:`fastdd.evaluate`), forgetting scores
-(:mod:`fastdd.scores`) and DC's inner network updates (:mod:`fastdd.distill.matching`) all train
+(:mod:`fastdd.scores`) and DC's inner network updates (:mod:`fastdd.distillation.matching`) all train
 through :func:`fit`; they differ only in the :class:`SGD` settings, the augmentation and the callbacks.
 """
 

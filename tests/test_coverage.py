@@ -9,9 +9,15 @@ import torch
 
 import fastdd
 from fastdd.cli import main
-from fastdd.coverage import coverage_from_features, faiss_gpu_available, hard_mask, mean_nn_distance, nearest_distances
+from fastdd.knn_coverage import (
+    coverage_from_features,
+    faiss_gpu_available,
+    hard_mask,
+    mean_nn_distance,
+    nearest_distances,
+)
 from fastdd.scores import Scores
-from fastdd.select import real_subset
+from fastdd.selection import real_subset
 
 
 def brute(real: torch.Tensor, syn: torch.Tensor, radius: float | None = None) -> tuple[float, float]:
@@ -216,9 +222,8 @@ def test_cli_coverage_on_digits(tmp_path, capsys):
 
 def test_torch_search_without_faiss_matches_faiss(monkeypatch):
     # without FAISS installed, the exact torch ranking finds the same neighbours and float64 distances
-    import sys
+    import fastdd.knn_coverage as cov
 
-    cov = sys.modules["fastdd.coverage"]  # (fastdd.coverage the attribute is the function)
     g = torch.Generator().manual_seed(3)
     pts = torch.randn(300, 12, generator=g, dtype=torch.float64)
     q = torch.randn(50, 12, generator=g, dtype=torch.float64)

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import fastdd
-from fastdd.distill import PRESETS, DDConfig, MTTConfig
-from fastdd.distill.mtt import start_upper_bound, student_batches
+from fastdd.distillation import PRESETS, DDConfig, MTTConfig
+from fastdd.distillation.mtt import start_upper_bound, student_batches
 from fastdd.experts import train_experts
 
 FAST = dict(
@@ -44,7 +44,7 @@ def test_mtt_runs_learns_and_is_deterministic(tiny_ds, experts, tmp_path):
     # init = real images of the right class (recorded in meta), then moved by the updates
     idx = torch.tensor(syn.meta["init_indices"])
     assert tiny_ds.train.labels[idx].tolist() == syn.labels.tolist() and len(set(idx.tolist())) == 12
-    from fastdd.distill.mtt import MTTPolicy
+    from fastdd.distillation.mtt import MTTPolicy
 
     start = MTTPolicy(tiny_ds, 3, experts, MTTConfig(**FAST), 0, "mtt")  # the set before any iteration
     assert start.init_idx.tolist() == idx.tolist() and torch.equal(start.images.detach(), tiny_ds.train.images[idx])
@@ -127,7 +127,7 @@ def test_selmatch_window_init_and_frozen_part(tiny_ds, experts):
 
 
 def test_nan_guard_skips_and_reports(tiny_ds, experts, monkeypatch, capsys):
-    from fastdd.distill import mtt
+    from fastdd.distillation import mtt
 
     real = mtt.unroll_grad
     calls = []
@@ -267,8 +267,8 @@ def test_dd_resume(tiny_ds, tmp_path):
 
 
 def test_presets_match_the_reference_tables():
-    from fastdd.distill.presets import check_preset
-    from fastdd.distill.registry import get_method, make_config
+    from fastdd.distillation.presets import check_preset
+    from fastdd.distillation.registry import get_method, make_config
 
     for p in PRESETS.values():  # every preset's method is registered and its options are fields of its config
         check_preset(p)

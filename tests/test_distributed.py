@@ -277,7 +277,7 @@ def test_bptt_and_single_process_methods_refused_under_distributed(tmp_path):
 def _experts_and_evaluate(folder: str) -> dict:
     buf = _experts(folder, seed=4, num=5, shard_size=2)
     ds = _tiny()
-    from fastdd.select import random_indices, real_subset
+    from fastdd.selection import random_indices, real_subset
 
     syn = real_subset(ds, random_indices(ds, 2, seed=0))
     res = fastdd.evaluate(
@@ -297,7 +297,7 @@ def _experts_and_evaluate(folder: str) -> dict:
 def test_distributed_experts_and_evaluation_equal_single_process(tmp_path):
     parts = run_ranks(_experts_and_evaluate, str(tmp_path / "dist"))
     from fastdd.experts import ExpertBuffer
-    from fastdd.select import random_indices, real_subset
+    from fastdd.selection import random_indices, real_subset
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks run: CPU kernels' float sums depend on the thread count
@@ -472,7 +472,7 @@ def _nan_on_rank1(experts: str) -> dict:
     """Rank 1's image gradient is NaN at iteration 1: every rank must skip that iteration."""
     import importlib
 
-    mtt = importlib.import_module("fastdd.distill.mtt")
+    mtt = importlib.import_module("fastdd.distillation.mtt")
     step = mtt.MTTPolicy.step
 
     def poisoned(self, it):

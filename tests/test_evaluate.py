@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import fastdd
-from fastdd.evaluate import PROTOCOLS, _loss, resolve_protocol, selmatch_epochs, train_on
+from fastdd.evaluation import PROTOCOLS, _loss, resolve_protocol, selmatch_epochs, train_on
 from fastdd.rng import generator
-from fastdd.select import random_indices, real_subset
+from fastdd.selection import random_indices, real_subset
 
 TINY = {"model": "convnet", "model_kwargs": {"width": 8, "depth": 2}}
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import fastdd
-from fastdd.distill.loop import Policy, Step
-from fastdd.distill.registry import get_method, make_config, register_method, unregister_method
+from fastdd.distillation.loop import Policy, Step
+from fastdd.distillation.registry import get_method, make_config, register_method, unregister_method
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 BUILTIN = {"dd", "mtt", "selmatch", "tesla", "datm", "dc", "dsa", "dm"}

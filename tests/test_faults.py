@@ -65,7 +65,7 @@ def test_signal_writes_a_checkpoint_and_resume_is_bitwise_the_same(sig, tmp_path
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    state = importlib.import_module("fastdd.distill.state")
+    state = importlib.import_module("fastdd.distillation.state")
     _experts(tmp_path / "experts")
     real, calls = state.atomic_save_safetensors, []
 
@@ -87,7 +87,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint.json", "checkpoint_1.safetensors"]
     assert not list(out.glob(".*.tmp"))  # no half-written files left behind
     one = _distill("mtt", str(tmp_path / "experts"), None, 1)
-    from fastdd.distill.state import load_checkpoint
+    from fastdd.distillation.state import load_checkpoint
 
     images = torch.zeros_like(one["images"])
     meta = load_checkpoint(out, {"images": images}, {}, {})
@@ -97,7 +97,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_failed_index_write_removes_the_new_tensor_file(tmp_path, monkeypatch):
-    state = importlib.import_module("fastdd.distill.state")
+    state = importlib.import_module("fastdd.distillation.state")
     _experts(tmp_path / "experts")
     out = tmp_path / "run"
     _distill("mtt", str(tmp_path / "experts"), str(out), 1)
@@ -116,7 +116,7 @@ def test_failed_index_write_removes_the_new_tensor_file(tmp_path, monkeypatch):
 def test_vanished_run_folder_is_reported_not_recreated(tmp_path, monkeypatch):
     import shutil
 
-    state = importlib.import_module("fastdd.distill.state")
+    state = importlib.import_module("fastdd.distillation.state")
     _experts(tmp_path / "experts")
     out = tmp_path / "run"
     real, calls = state.atomic_save_safetensors, []

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from fastdd.distill.state import load_checkpoint, save_checkpoint
+from fastdd.distillation.state import load_checkpoint, save_checkpoint
 from fastdd.errors import CorruptFileError, UnsafePathError, UnverifiedFileWarning
 from fastdd.io import atomic_save_safetensors, atomic_write_json, check_file, file_record, inside, sha256_file
 from fastdd.synthetic import SyntheticSet

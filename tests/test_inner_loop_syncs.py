@@ -11,7 +11,7 @@ import torch
 
 import fastdd
 from fastdd.augment import DSAConfig, StepAugment, replay, strategy_for
-from fastdd.distill import mtt
+from fastdd.distillation import mtt
 from fastdd.engine import matching_loss, to_device_once, unroll, unroll_grad
 from fastdd.experts import train_experts
 
@@ -344,7 +344,7 @@ def test_cli_engine_options_reach_distill(monkeypatch, capsys):
         got.update(k)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(importlib.import_module("fastdd.distill"), "distill", fake)
+    monkeypatch.setattr(importlib.import_module("fastdd.distillation"), "distill", fake)
     base = ["distill", "--dataset", "digits", "--method", "mtt", "--ipc", "1", "--experts", "x", "--out", "unused"]
     assert (
         main(base + ["--theta-storage", "host", "--memory-budget", "8GiB", "--device", "cpu", "--deterministic"]) == 2

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from fastdd.distill.loop import MAX_SKIPPED_SHARE, PIXEL_LIMIT, Policy, Step, run_loop
-from fastdd.distill.state import load_checkpoint
+from fastdd.distillation.loop import MAX_SKIPPED_SHARE, PIXEL_LIMIT, Policy, Step, run_loop
+from fastdd.distillation.state import load_checkpoint
 from fastdd.errors import ResumeError, RunFailedError
 
 

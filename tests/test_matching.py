@@ -9,7 +9,7 @@ import torch
 
 import fastdd
 from fastdd.augment import DSAConfig, apply_dsa, siamese_dsa
-from fastdd.distill.matching import (
+from fastdd.distillation.matching import (
     DCConfig,
     DistributionMatchingPolicy,
     DMConfig,
@@ -129,7 +129,7 @@ def test_siamese_dsa_applies_one_transform_to_both_batches():
 
 
 def test_matching_policies_draw_one_siamese_transform_per_class(tiny_ds, monkeypatch):
-    matching = importlib.import_module("fastdd.distill.matching")
+    matching = importlib.import_module("fastdd.distillation.matching")
     calls = []
 
     def spy(xs, cfg, g, family=None):
@@ -165,7 +165,7 @@ def test_methods_run_learn_and_resume_bitwise(tiny_ds, tmp_path, method):
 def test_dc_trains_the_network_between_outer_steps(tiny_ds, monkeypatch):
     """Between two outer steps of one network, the network trains inner_loop epochs on the set; after the
     last outer step it does not (the next step draws a new network)."""
-    matching = importlib.import_module("fastdd.distill.matching")
+    matching = importlib.import_module("fastdd.distillation.matching")
     epochs = []
     real_fit = matching.fit
     monkeypatch.setattr(matching, "fit", lambda *a, **k: (epochs.append(a[4]), real_fit(*a, **k))[1])
@@ -194,7 +194,7 @@ def test_matching_errors(tiny_ds):
 
 
 def test_presets_carry_the_papers_defaults():
-    from fastdd.distill import PRESETS
+    from fastdd.distillation import PRESETS
 
     assert PRESETS["dc-cifar10-ipc10"].options["init"] == "noise" and PRESETS["dc-cifar10-ipc10"].iterations == 1000
     assert PRESETS["dsa-cifar10-ipc10"].options["dsa"] and PRESETS["dsa-cifar10-ipc10"].options["init"] == "real"

@@ -8,7 +8,7 @@ import torch
 
 import fastdd
 from fastdd.metrics import ars, hlr, ior, lrs
-from fastdd.select import random_indices, real_subset
+from fastdd.selection import random_indices, real_subset
 
 E = math.e
 
@@ -60,10 +60,10 @@ def test_evaluate_on_val_and_baselines(tiny_ds):
     assert d["ior"] == res.ior and d["real"]["accuracies"] == res.real.accuracies
     val = fastdd.evaluate(syn, ds, split="val", **kw)
     assert val.protocol["split"] == "val"
-    from fastdd.evaluate import resolve_protocol, train_on
+    from fastdd.evaluation import resolve_protocol, train_on
 
     p = resolve_protocol("mtt", epochs=3, model_kwargs={"width": 4, "depth": 1})
-    from fastdd.evaluate import _run_seed
+    from fastdd.evaluation import _run_seed
 
     want = train_on(
         syn.images, syn.labels, ds, p, 0.01, seed=_run_seed(0, 0), test_images=ds.val.images, test_labels=ds.val.labels

@@ -67,3 +67,23 @@ def test_wheel_carries_py_typed_and_the_license(wheel_names):
     assert "fastdd/py.typed" in names
     assert any(n.endswith("licenses/LICENSE") for n in names), names
     assert "Apache License" in (root / "LICENSE").read_text() and (root / "CHANGELOG.md").exists()
+
+
+def test_every_module_imports_by_its_path_and_no_public_name_shadows_one():
+    """``import fastdd.<path> as m`` binds the module (no public function hides a module of the same name)."""
+    import importlib
+    import pkgutil
+
+    import fastdd.kernels as kernels
+
+    names = [m.name for m in pkgutil.walk_packages(fastdd.__path__, "fastdd.") if not m.name.endswith("__main__")]
+    names += ["fastdd.kernels"] + [m.name for m in pkgutil.walk_packages(kernels.__path__, "fastdd.kernels.")]
+    assert {"fastdd.distillation.loop", "fastdd.selection", "fastdd.evaluation", "fastdd.knn_coverage"} <= set(names)
+    for name in names:
+        module = importlib.import_module(name)
+        obj = fastdd
+        for part in name.split(".")[1:]:
+            obj = getattr(obj, part)
+        assert obj is module, f"fastdd.{name.split('.', 1)[1]} is {obj!r}, not the module"
+    for public in ("distill", "select", "evaluate", "coverage", "methods"):
+        assert callable(getattr(fastdd, public)) and f"fastdd.{public}" not in names

@@ -17,7 +17,7 @@ from fastdd.distributed import split_rows
 from fastdd.errors import UnsafePathError
 from fastdd.io import inside
 from fastdd.options import matches
-from fastdd.select import window_indices
+from fastdd.selection import window_indices
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -12,7 +12,7 @@ import fastdd
 from fastdd.cli import main
 from fastdd.data import from_pixels
 from fastdd.scores import Scores, load_cscores, load_forgetting
-from fastdd.select import (
+from fastdd.selection import (
     METHODS,
     beta_grid,
     extract_features,

@@ -1,5 +1,5 @@
 """The engine's options in one dataclass, shared by the API (``fastdd.distill(engine=...)``), the methods'
-configs that unroll student training (:class:`~fastdd.distill.MTTConfig` and :class:`~fastdd.distill.DDConfig`
+configs that unroll student training (:class:`~fastdd.distillation.MTTConfig` and :class:`~fastdd.distillation.DDConfig`
 inherit them, so checkpoints record them with the method's settings) and the command line."""
 
 from __future__ import annotations

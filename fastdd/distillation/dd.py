@@ -105,7 +105,7 @@ def dd_inits(
     description="Dataset Distillation: per-step images and learned rates (Wang et al. 2018)",
 )
 class DDPolicy(Policy):
-    """Wang et al.'s method as a policy on :func:`fastdd.distill.loop.run_loop`."""
+    """Wang et al.'s method as a policy on :func:`fastdd.distillation.loop.run_loop`."""
 
     method = "dd"
     log_fields = ("mean_lr",)

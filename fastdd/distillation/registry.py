@@ -1,5 +1,5 @@
 """The method registry: every distillation method is registered once, by name, with its config dataclass,
-its :class:`~fastdd.distill.loop.Policy` class, its defaults and what it needs and supports. ``fastdd.distill``,
+its :class:`~fastdd.distillation.loop.Policy` class, its defaults and what it needs and supports. ``fastdd.distill``,
 the command line's ``--method`` choices, the presets' validation and ``fastdd distill --help`` all read it,
 and one runner (:func:`run_method`) serves every method.
 
@@ -36,7 +36,7 @@ class MethodSpec:
         name: what ``method=`` and ``--method`` take.
         config: its settings, a dataclass (inherit :class:`~fastdd.engine.EngineConfig` to unroll student
             training with the engine's options); ``--options`` / keyword options are its fields.
-        policy: the :class:`~fastdd.distill.loop.Policy` subclass; built with ``policy.from_setup(setup)``.
+        policy: the :class:`~fastdd.distillation.loop.Policy` subclass; built with ``policy.from_setup(setup)``.
         defaults: what this method changes from ``config``'s defaults (a preset or the caller may override).
         needs_experts: it matches expert trajectories (``experts=`` is required).
         soft_labels: its sets can carry soft labels (evaluate them with the ``soft`` protocol).

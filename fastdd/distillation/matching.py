@@ -1,4 +1,4 @@
-"""The per-class matching baselines, as policies on :func:`fastdd.distill.loop.run_loop`.
+"""The per-class matching baselines, as policies on :func:`fastdd.distillation.loop.run_loop`.
 
 - ``dc`` (Zhao et al. 2021, gradient matching): for a fresh random network, per class, the layer-wise
   cosine distance between the gradients of the loss on a real batch and on the class's synthetic
@@ -156,7 +156,7 @@ class MatchingPolicy(Policy):
     splits_classes = False  # whether the method runs under torch.distributed, each rank on whole classes
 
     def __init__(self, ds: Dataset, ipc: int, cfg: MatchingConfig, seed: int, method: str):
-        from ..select import check_ipc
+        from ..selection import check_ipc
 
         cfg.validate()
         check_ipc(ds, ipc)

@@ -1,7 +1,7 @@
 """The one distillation loop. Every method is a :class:`Policy` on it.
 
 The loop owns what every method needs around its iterations: the run folder, checkpoint and resume
-(:mod:`fastdd.distill.state`), the CSV log, the progress bar, and the guard that skips (and reports)
+(:mod:`fastdd.distillation.state`), the CSV log, the progress bar, and the guard that skips (and reports)
 an iteration whose loss or gradients are not finite or whose loss is above the policy's threshold.
 A policy says what one iteration computes (:meth:`Policy.step`) and how it updates its tensors
 (:meth:`Policy.apply`); its tensors, optimisers and random generators are what checkpoints hold.
@@ -89,7 +89,7 @@ class Policy(ABC):
     A subclass sets the attributes below in ``__init__`` and implements :meth:`step` (what one iteration
     computes), :meth:`apply` (how it updates the tensors) and :meth:`result` (the set it returns); the
     other hooks are optional. Registered with :func:`fastdd.register_method`, it is built by
-    :meth:`from_setup` from a :class:`~fastdd.distill.registry.Setup`."""
+    :meth:`from_setup` from a :class:`~fastdd.distillation.registry.Setup`."""
 
     method: str  # e.g. "mtt"; names the progress bar and messages
     config: Any  # a dataclass; recorded in checkpoints (resume checks it)
@@ -107,7 +107,7 @@ class Policy(ABC):
 
     @classmethod
     def from_setup(cls, setup: Any) -> Policy:
-        """Build the policy for a run (:class:`~fastdd.distill.registry.Setup`: data, ipc, config, seed, method,
+        """Build the policy for a run (:class:`~fastdd.distillation.registry.Setup`: data, ipc, config, seed, method,
         iterations, experts, scores). The default calls ``cls(setup)``; fastdd's own policies map it onto
         their constructors."""
         return cls(setup)  # type: ignore[call-arg]

@@ -172,7 +172,7 @@ def _init_images(
         images, idx = start_images(ds, ipc, cfg.init, g)
     elif cfg.init == "window":
         from ..scores import Scores, as_scores
-        from ..select import window_indices
+        from ..selection import window_indices
 
         if scores is None:
             raise ValueError(
@@ -242,7 +242,7 @@ def check_experts(ds: Dataset, experts: ExpertBuffer, net) -> None:
 
 
 class MTTPolicy(Policy):
-    """Trajectory matching (and SelMatch, TESLA, DATM) as a policy on :func:`fastdd.distill.loop.run_loop`."""
+    """Trajectory matching (and SelMatch, TESLA, DATM) as a policy on :func:`fastdd.distillation.loop.run_loop`."""
 
     log_fields = ("syn_lr", "expert", "start_epoch")
     seed: int
@@ -266,7 +266,7 @@ class MTTPolicy(Policy):
                 f"the latest start epoch {cfg.max_start_epoch - 1} + expert_epochs {cfg.expert_epochs} "
                 f"exceeds the {experts.num_epochs} epochs of the experts in {experts.path}"
             )
-        from ..select import check_ipc
+        from ..selection import check_ipc
 
         if cfg.init == "window":
             check_ipc(ds, int(ipc * cfg.beta) + ipc)

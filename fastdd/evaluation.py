@@ -39,7 +39,7 @@ from .models import accuracy, model_for
 from .options import check_dataclass_options, check_positive
 from .rng import generator
 from .runs import progress
-from .select import random_indices, real_subset
+from .selection import random_indices, real_subset
 from .synthetic import SyntheticSet, check_lr
 
 
@@ -372,7 +372,7 @@ def evaluate(
             results[name] = evaluate(syn, ds, replace(base, model=name, model_kwargs=dict(kw)), **common)
         return CrossArchResult(results)
     if protocol == "dd":
-        from .distill.dd import evaluate_dd
+        from .distillation.dd import evaluate_dd
         from .experts import ExpertBuffer
 
         experts = overrides.pop("experts", None)

@@ -4,11 +4,11 @@ fastdd's own methods: ``"dd"`` (Wang et al.), ``"mtt"``, ``"selmatch"``, ``"tesl
 gradient and, with ``soft_labels="tesla"``, the target expert's soft labels), ``"datm"`` (MTT with
 learnable soft labels, the start-epoch schedule and the loss gate), and the baselines ``"dc"``
 (gradient matching), ``"dsa"`` (DC with siamese DSA) and ``"dm"`` (distribution matching). Others join
-with :func:`~fastdd.distill.registry.register_method` (``fastdd.register_method``); :func:`methods` lists
+with :func:`~fastdd.distillation.registry.register_method` (``fastdd.register_method``); :func:`methods` lists
 them all.
 
-Every method is a :class:`~fastdd.distill.loop.Policy` on one loop (:func:`~fastdd.distill.loop.run_loop`),
-run by one runner (:func:`~fastdd.distill.registry.run_method`).
+Every method is a :class:`~fastdd.distillation.loop.Policy` on one loop (:func:`~fastdd.distillation.loop.run_loop`),
+run by one runner (:func:`~fastdd.distillation.registry.run_method`).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def distill(
             which iteration it was and its score, ``out/selection.csv`` every score. Not for ``dd``.
         engine: the engine's options (:class:`~fastdd.engine.EngineConfig`: ``mode``, ``theta_storage``,
             ``memory_budget``, ``deterministic``); the same names are accepted as keywords.
-        run: how the run is carried out (:class:`~fastdd.distill.registry.RunConfig`: ``out``, ``resume``,
+        run: how the run is carried out (:class:`~fastdd.distillation.registry.RunConfig`: ``out``, ``resume``,
             ``checkpoint_every``, ``show_progress``, ``device``, ``seed``, ``select``, ``resident_experts``);
             the same names are accepted as keywords (``select_every``, ``select_protocol``,
             ``select_options`` for ``select``), as are the engine's.
@@ -180,7 +180,7 @@ def _keep_best(ds: Dataset, spec: MethodSpec, select: SelectConfig, seed: int) -
             "select_every scores sets on a validation split, and this data set has none: pass "
             "ds.with_validation(fraction, seed) (never select on the test split)"
         )
-    from ..evaluate import EvalResult, evaluate, resolve_protocol
+    from ..evaluation import EvalResult, evaluate, resolve_protocol
 
     protocol, opts = select.protocol, {"num_eval": 1, **select.options}
     if protocol == "dd":

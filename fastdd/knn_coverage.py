@@ -34,7 +34,7 @@ import torch
 from .data import Dataset
 from .runs import progress
 from .scores import Scores, as_scores
-from .select import Extractor, extract_features, resolve_extractor
+from .selection import Extractor, extract_features, resolve_extractor
 from .synthetic import SyntheticSet
 
 DEFAULT_CHUNK = 8192
@@ -338,7 +338,7 @@ def coverage(
         syn: the synthetic (or selected) set; its images must be in ``ds``'s training space.
         ds: the data set; ``radius`` defaults to the mean nearest-neighbour distance among its
             train features (self excluded).
-        extractor: the feature space (see :func:`fastdd.select.resolve_extractor`): ``None`` trains
+        extractor: the feature space (see :func:`fastdd.selection.resolve_extractor`): ``None`` trains
             the default ConvNet on ``ds.train`` (seeded by ``seed``) and uses its penultimate layer.
         scores: difficulty of ``ds.train``'s examples (a :class:`fastdd.scores.Scores` or ``(N,)``
             tensor) for the easy/hard halves on train; ``test_scores`` likewise for ``ds.test``
