@@ -9,7 +9,7 @@ A policy says what one iteration computes (:meth:`Policy.step`) and how it updat
 One iteration reads one small tensor back to the host (:func:`read_back`): the loss and whether
 everything is finite.
 
-With a :class:`Selection`, the loop also scores the current set every ``every`` iterations (on a
+With a :class:`KeepBest`, the loop also scores the current set every ``every`` iterations (on a
 validation split, never the test split: :func:`fastdd.distill` builds the scorer) and returns the best
 scoring set instead of the last; the best tensors and score are part of every checkpoint, so a resumed
 run selects exactly what an uninterrupted one does.
@@ -167,30 +167,18 @@ class Policy(ABC):
 
 
 @dataclass
-class Selection:
-    """Keep the best set by a score: ``score()`` (higher is better) is called every ``every`` loop
-    iterations and after the last, on the policy's current tensors."""
-
-    every: int
-    score: Callable[[], float]
-
-    def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"select_every must be >= 1, got {self.every}")
-
-
-@dataclass
 class KeepBest:
-    """What :func:`fastdd.distill` hands a method's runner to keep the best set: score a set
-    (``score_set(syn) -> float``, on a validation split) every ``every`` iterations of the method."""
+    """Keep the best set instead of the last: ``score_set(syn) -> float`` (higher is better; on a validation
+    split, never the test split) rates the policy's current set every ``every`` iterations of the method and
+    after the last. ``info`` is recorded in the set's metadata (:meth:`meta`)."""
 
     every: int
     score_set: Callable[[Any], float]
     info: dict[str, Any] = field(default_factory=dict)
 
-    def selection(self, policy: Policy, per: int = 1) -> Selection:
-        """The loop's :class:`Selection` for ``policy`` (``per`` loop steps make one method iteration)."""
-        return Selection(self.every * per, lambda: self.score_set(policy.result(0, 0, None)))
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"select_every must be >= 1, got {self.every}")
 
     def meta(self, done: LoopResult, per: int = 1) -> dict[str, Any]:
         best = None if done.best_iteration is None else -(-done.best_iteration // per)
@@ -201,7 +189,7 @@ class KeepBest:
 class LoopResult:
     skipped: int  # iterations skipped over the whole run (resumed runs included)
     start: int  # the iteration this process started at (0, or the resumed checkpoint's)
-    best_iteration: int | None = None  # with a Selection: the iteration count whose set was kept ...
+    best_iteration: int | None = None  # with a KeepBest: the iteration count whose set was kept ...
     best_score: float | None = None  # ... and its score
 
 
@@ -214,7 +202,7 @@ def run_loop(
     checkpoint_every: int = 100,
     show_progress: bool = True,
     desc: str | None = None,
-    selection: Selection | None = None,
+    selection: KeepBest | None = None,
     per: int = 1,
 ) -> LoopResult:
     """Run ``policy`` for ``iterations`` iterations (continuing a checkpoint in ``out`` when ``resume``).
@@ -364,8 +352,8 @@ def run_loop(
                         seconds=time.time() - t0,
                     )
                 bar.set_postfix(**policy.postfix(loss, values))
-                if selection is not None and ((it + 1) % selection.every == 0 or it + 1 == iterations):
-                    score = float(selection.score())
+                if selection is not None and ((it + 1) % (selection.every * per) == 0 or it + 1 == iterations):
+                    score = float(selection.score_set(policy.result(0, 0, None)))
                     if score > best_score:
                         best_score, best_it = score, it + 1
                         with torch.no_grad():
@@ -585,7 +573,6 @@ def _truncate_log(path: Path, upto: int) -> None:
 __all__ = [
     "Policy",
     "Step",
-    "Selection",
     "KeepBest",
     "LoopResult",
     "run_loop",

@@ -279,7 +279,7 @@ def run_method(
             checkpoint_every=run.checkpoint_every * per,
             show_progress=run.show_progress,
             desc=desc,
-            selection=None if keep_best is None else keep_best.selection(policy, per),
+            selection=keep_best,
             per=per,
         )
     extra = {**(extra_meta or {}), **(keep_best.meta(done, per) if keep_best is not None else {})}
