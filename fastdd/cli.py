@@ -636,7 +636,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil with a method or a preset; writes log.csv, checkpoints, loss.png, lr.png "
         "and config.yaml into --out, and the set (with images.png) into --out/synthetic. "
         "Methods: " + "; ".join(f"{n}: {get_method(n).description}" for n in names),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _data_args(p)
     p.add_argument(
@@ -646,12 +645,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a registered method (fastdd.methods(); plugins join through the entry-point group fastdd.methods)",
     )
     p.add_argument("--preset", default=None, help="a name from fastdd.PRESETS (sets method, ipc, options)")
-    p.add_argument("--ipc", type=_at_least(1), default=None)
+    p.add_argument("--ipc", type=_at_least(1), default=None, help="images per class (default: the preset's)")
     p.add_argument("--experts", default=None, help="expert folder (MTT family)")
     p.add_argument(
         "--scores", default=None, help="difficulty score file (.npz C-scores / .npy forgetting) for SelMatch"
     )
-    p.add_argument("--iterations", type=_at_least(1), default=None)
+    p.add_argument(
+        "--iterations", type=_at_least(1), default=None, help="outer iterations (default: the preset's, else 1000)"
+    )
     p.add_argument("--options", default=None, help='JSON method options, e.g. \'{"syn_steps": 20, "mode": "adjoint"}\'')
     p.add_argument("--seed", type=_at_least(0), default=0)
     p.add_argument("--out", required=True)
@@ -961,7 +962,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="list the data sets fastdd can load")
     p.set_defaults(func=cmd_datasets)
+    _show_defaults(ap)
     return ap
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's ``--help`` line says its default: ``(default: X)`` is appended where the help does not
+    already name it (flags, options that default to unset and the subcommand choosers excepted)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+            continue
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not action.option_strings or unset or action.nargs == 0:
+            continue
+        text = action.help or ""
+        if "default" not in text:
+            action.help = f"{text} (default: %(default)s)".strip()
 
 
 #: The commands that run under torchrun (split over the ranks); the others run on one process.

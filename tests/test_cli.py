@@ -98,3 +98,25 @@ def test_experts_in_a_folder_with_other_settings_keeps_its_config(tmp_path, caps
     assert "other settings" in capsys.readouterr().err
     assert (tmp_path / "exp" / "config.yaml").read_text() == config
     assert main(base + ["--epochs", "1", "--no-resume"]) == 2
+
+
+def test_help_shows_every_default():
+    import argparse
+
+    def walk(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from ((f"{name} {c}", a) for c, a in walk(sub))
+            elif action.option_strings and action.nargs != 0 and action.default is not None:
+                yield "", action
+
+    checked = 0
+    for command, action in walk(build_parser()):
+        if action.default is argparse.SUPPRESS or action.default is False:
+            continue
+        assert "default" in (action.help or ""), f"{command} {action.option_strings[0]} hides its default"
+        checked += 1
+    assert checked > 60
+    out = subprocess.run([sys.executable, "-m", "fastdd", "experts", "--help"], capture_output=True, text=True)
+    assert "(default: 20)" in out.stdout and "(default: runs/experts)" in " ".join(out.stdout.split())  # rendered
