@@ -90,7 +90,9 @@ def theta_vectors(mode: str, steps: int, device: str = "cpu", auto_storage: str 
         return float(steps + 1)
     if storage == "host":
         return 1.0
-    k = max(1, math.isqrt(max(steps - 1, 0)) + 1)
+    from .engine import checkpoint_interval
+
+    k = checkpoint_interval(steps)
     return float(-(-steps // k) + k - 1)
 
 

@@ -81,6 +81,17 @@ class StepReduce:
     weights: Sequence[float]
     all_reduce: Callable[[torch.Tensor], torch.Tensor]
 
+    def reduce_vjp(
+        self, gl: torch.Tensor, hvp: torch.Tensor | None, lam: torch.Tensor, exact: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One all-reduce of ``[H_iλ, g_iᵀλ]`` (``tesla``, not ``exact``: of ``g_iᵀλ`` only), so that λ and
+        ∂L/∂α are the same on every process; returns the summed ``(g_iᵀλ, H_iλ)``."""
+        hv = hvp if hvp is not None else lam.new_zeros(lam.shape)
+        both = self.all_reduce(
+            torch.cat([hv.detach().reshape(-1), gl.detach().reshape(1)]) if exact else gl.detach().reshape(1).clone()
+        )
+        return both[-1], both[:-1].view_as(lam) if exact else hvp
+
 
 def student_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy; ``targets`` are class indices ``(B,)`` or target probabilities ``(B, K)``."""
@@ -234,6 +245,78 @@ def auto_theta_storage(n: int, param_bytes: int, activation_bytes: int) -> str:
     return "all" if n * param_bytes <= AUTO_THETA_FRACTION * activation_bytes else "checkpoint"
 
 
+def checkpoint_interval(n: int) -> int:
+    """k = ⌈√N⌉ for N ≥ 1 steps: ``theta_storage="checkpoint"`` keeps θ_0, θ_k, θ_2k, … (O(√N) vectors) and
+    recomputes each segment once on the way back."""
+    return max(1, math.isqrt(max(n - 1, 0)) + 1)
+
+
+class _ThetaStore:
+    """Where the forward pass leaves θ_i for the walk back: every θ_i (``"all"``), every k-th
+    (``"checkpoint"``, :func:`checkpoint_interval`), or every θ_i in host memory (``"host"``: on a CUDA student
+    one pinned (N, P) buffer, filled and read back with asynchronous, stream-ordered copies)."""
+
+    def __init__(self, n: int, storage: str, theta: torch.Tensor):
+        self.n, self.host = n, storage == "host"
+        self.choose(storage)
+        pin = self.host and theta.device.type == "cuda"
+        self._buf = _pinned((n, theta.numel()), theta.dtype) if pin else None
+        self._kept: dict[int, torch.Tensor] = {}
+
+    def choose(self, storage: str) -> None:
+        """Set the storage (``"auto"`` is decided after step 0, from the bytes that step saved)."""
+        self.storage = storage
+        self.k = checkpoint_interval(self.n) if storage == "checkpoint" else 1
+
+    def put(self, i: int, theta: torch.Tensor) -> None:
+        if i % self.k:
+            return
+        if self._buf is not None:
+            self._kept[i] = self._buf[i].copy_(theta, non_blocking=True)
+        else:
+            self._kept[i] = theta.to("cpu", non_blocking=True) if self.host else theta
+
+    def segments(self) -> range:
+        """The first step of every segment, last segment first."""
+        return range((self.n - 1) // self.k * self.k, -1, -self.k)
+
+    def take(self, i: int, device: torch.device) -> torch.Tensor:
+        theta = self._kept.pop(i)
+        return theta.to(device, non_blocking=True) if self.host else theta
+
+
+def _step_vjp(
+    model,
+    theta: torch.Tensor,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    idx: torch.Tensor,
+    i: int,
+    lam: torch.Tensor,
+    augment,
+    exact: bool,
+    want_x: bool,
+    want_y: bool,
+    weight: float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Step ``i`` recomputed with a graph and one double-backward of ``g_iᵀλ``: returns ``(g_iᵀλ, H_iλ,
+    ∂(g_iᵀλ)/∂X[b_i], ∂(g_iᵀλ)/∂y[b_i])``, the last three ``None`` when not asked for (``tesla`` keeps λ
+    fixed: no Hessian-vector product, so θ is not asked for)."""
+    with torch.enable_grad():
+        th = theta.detach().requires_grad_(True)
+        xb = X[idx].detach().requires_grad_(want_x)
+        yb = Y[idx].detach().requires_grad_(want_y)
+        x = augment(xb, i) if augment is not None else xb
+        wrt = ([th] if exact else []) + [t for t, w in ((xb, want_x), (yb, want_y)) if w]
+        g = _step_grad(model, th, x, yb, create_graph=bool(wrt), weight=weight)
+        gl = torch.dot(g.reshape(-1), lam)
+        parts: list[torch.Tensor | None] = list(torch.autograd.grad(gl, wrt, allow_unused=True)) if wrt else []
+    hvp = parts.pop(0) if exact else None
+    gx = parts.pop(0) if want_x else None
+    gy = parts.pop(0) if want_y else None
+    return gl, hvp, gx, gy
+
+
 def _adjoint(
     model,
     images,
@@ -247,15 +330,13 @@ def _adjoint(
     theta_storage: str,
     reduce: StepReduce | None = None,
 ) -> UnrollGrads:
-    X, Y = images.detach(), labels.detach()
-    eta = lrs.detach()
-    want_x, want_y, want_lr = images.requires_grad, labels.requires_grad, lrs.requires_grad
+    """The exact reverse pass (``exact``; ``tesla`` without it): forward θ_0 → θ_N keeping θ_i in a
+    :class:`_ThetaStore`, λ = ∂L/∂θ_N, then for i = N−1 … 0: ∂L/∂α_i = −g_iᵀλ, ∂L/∂X[b_i] −= α_i·∂(g_iᵀλ)/∂X,
+    λ ← λ − α_i·H_iλ. Under torch.distributed (``reduce``) every step's gradient and ``[H_iλ, g_iᵀλ]`` are
+    all-reduced (:meth:`StepReduce.reduce_vjp`)."""
+    X, Y, eta = images.detach(), labels.detach(), lrs.detach()
+    want_x, want_y = images.requires_grad, labels.requires_grad
     n = len(batches)
-    # θ_i storage: every step ("all", or on the CPU with "host"), or every k-th step with the steps in
-    # between recomputed segment by segment on the way back ("checkpoint", k ≈ √N: O(√N) vectors).
-    # "auto": decided after step 0 from the bytes autograd saved for it (≈ one step's activations).
-    k = max(1, math.isqrt(n - 1) + 1) if theta_storage == "checkpoint" else 1
-    host = theta_storage == "host"
 
     def share(i: int) -> bool:  # whether this process holds part of step i's batch
         return reduce is None or reduce.weights[i] > 0
@@ -286,21 +367,13 @@ def _adjoint(
         total = reduce.all_reduce(torch.tensor([float(saved[0])], dtype=torch.float64, device=theta.device))
         return out, int(total.item())
 
-    stored: dict[int, torch.Tensor] = {}
+    store = _ThetaStore(n, theta_storage, theta0)
     theta = theta0.detach()
-    # "host" on a CUDA student: one pinned (N, P) buffer, filled and read back with asynchronous copies
-    # (stream-ordered: no synchronisation). Elsewhere (CPU student, or pinning refused) θ_i stay as they are.
-    host_buf = _pinned((n, theta.numel()), theta.dtype) if host and theta.device.type == "cuda" else None
     for i in range(n):
-        if i % k == 0:
-            if host_buf is not None:
-                stored[i] = host_buf[i].copy_(theta, non_blocking=True)
-            else:
-                stored[i] = theta.to("cpu", non_blocking=True) if host else theta
-        if i == 0 and theta_storage == "auto":
+        store.put(i, theta)
+        if i == 0 and theta_storage == "auto":  # decided from the bytes step 0 saved (≈ one step's activations)
             theta, activation_bytes = first_step(theta)
-            theta_storage = auto_theta_storage(n, theta.numel() * theta.element_size(), activation_bytes)
-            k = max(1, math.isqrt(n - 1) + 1) if theta_storage == "checkpoint" else 1
+            store.choose(auto_theta_storage(n, theta.numel() * theta.element_size(), activation_bytes))
             continue
         theta = step(theta, i)
     theta_n = theta
@@ -310,54 +383,28 @@ def _adjoint(
         lam = torch.autograd.grad(loss, th_n)[0].detach()
     gX = torch.zeros_like(X) if want_x else None
     gY = torch.zeros_like(Y) if want_y else None
-    g_eta = torch.zeros_like(eta) if want_lr else None
-    for seg in range((n - 1) // k * k, -1, -k):
-        segment = [stored.pop(seg).to(theta0.device, non_blocking=True) if host else stored.pop(seg)]
-        for i in range(seg, min(seg + k, n) - 1):  # recompute θ_{seg+1} .. inside the segment
+    g_eta = torch.zeros_like(eta) if lrs.requires_grad else None
+    for seg in store.segments():
+        segment = [store.take(seg, theta0.device)]
+        for i in range(seg, min(seg + store.k, n) - 1):  # recompute θ_{seg+1} .. inside the segment
             segment.append(step(segment[-1], i))
-        # backward: recompute step i with a graph, one double-backward of g_iᵀλ
-        for i in range(min(seg + k, n) - 1, seg - 1, -1):
-            idx = batches[i]
-            th_i = segment.pop()
+        for i in range(min(seg + store.k, n) - 1, seg - 1, -1):
+            idx, th_i = batches[i], segment.pop()
             if share(i):
-                with torch.enable_grad():
-                    th = th_i.detach().requires_grad_(True)
-                    xb = X[idx].detach().requires_grad_(want_x)
-                    yb = Y[idx].detach().requires_grad_(want_y)
-                    x = augment(xb, i) if augment is not None else xb
-                    # tesla keeps λ fixed: it needs no Hessian-vector product, so θ is not asked for
-                    wrt = ([th] if exact else []) + [t for t, w in ((xb, want_x), (yb, want_y)) if w]
-                    g = _step_grad(model, th, x, yb, create_graph=bool(wrt), weight=weight(i))
-                    gl = torch.dot(g.reshape(-1), lam)
-                    parts: list[torch.Tensor | None] = (
-                        list(torch.autograd.grad(gl, wrt, allow_unused=True)) if wrt else []
-                    )
-                hvp, rest = (parts[0], parts[1:]) if exact else (None, parts)
+                gl, hvp, gx, gy = _step_vjp(model, th_i, X, Y, idx, i, lam, augment, exact, want_x, want_y, weight(i))
             else:  # none of this step's batch is here: this process adds zeros to the reductions
-                gl, hvp, rest = lam.new_zeros(()), lam.new_zeros(lam.shape) if exact else None, [None, None]
-            if reduce is not None:  # one all-reduce of [H_i λ, g_iᵀλ] (tesla: of g_iᵀλ only)
-                hv = hvp if hvp is not None else lam.new_zeros(lam.shape)
-                both = reduce.all_reduce(
-                    torch.cat([hv.detach().reshape(-1), gl.detach().reshape(1)])
-                    if exact
-                    else gl.detach().reshape(1).clone()
-                )
-                gl = both[-1]
-                if exact:
-                    hvp = both[:-1].view_as(lam)
+                gl, hvp, gx, gy = lam.new_zeros(()), lam.new_zeros(lam.shape) if exact else None, None, None
+            if reduce is not None:
+                gl, hvp = reduce.reduce_vjp(gl, hvp, lam, exact)
             if g_eta is not None:
                 g_eta[i] = -gl.detach()
-            if gX is not None:
-                gx = rest.pop(0)
-                if gx is not None:
-                    gX.index_add_(0, idx, -eta[i] * gx)
-            if gY is not None:
-                gy = rest.pop(0)
-                if gy is not None:
-                    gY.index_add_(0, idx, -eta[i] * gy)
+            if gX is not None and gx is not None:
+                gX.index_add_(0, idx, -eta[i] * gx)
+            if gY is not None and gy is not None:
+                gY.index_add_(0, idx, -eta[i] * gy)
             if exact and hvp is not None:
                 lam = lam - eta[i] * hvp.detach()
-    return UnrollGrads(loss.detach(), gX, g_eta, gY, theta_n, "adjoint" if exact else "tesla", theta_storage)
+    return UnrollGrads(loss.detach(), gX, g_eta, gY, theta_n, "adjoint" if exact else "tesla", store.storage)
 
 
 def predict_bptt_bytes(
