@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ._backend import BACKENDS, current_backend, interpreting, resolve, triton_available, use_backend
 from .convnet_block_torch import norm_act_pool_closed
+from .dsa_torch import apply_dsa_torch
 
 
 def norm_act_pool_reference(
@@ -63,10 +64,14 @@ def norm_act_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
 
 
 def apply_dsa(x: torch.Tensor, params) -> torch.Tensor:
-    """DSA augmentation: the contract of :func:`fastdd.augment.apply_dsa` (which calls this op layer)."""
-    from ..augment.dsa import apply_dsa as _apply
+    """DSA augmentation with sampled parameters (``params``: ``n``, ``family``, ``tensors``, e.g. a
+    :class:`fastdd.augment.DSAParams`; the contract of :func:`fastdd.augment.apply_dsa`, which calls this op):
+    one fused Triton launch on CUDA tensors, the torch twin :func:`apply_dsa_torch` on CPU tensors."""
+    if resolve(x, "apply_dsa") == "torch":
+        return apply_dsa_torch(x, params)
+    from .dsa import apply_dsa_triton
 
-    return _apply(x, params)
+    return apply_dsa_triton(x, params)
 
 
 __all__ = [
@@ -81,4 +86,5 @@ __all__ = [
     "norm_act_pool_reference",
     "norm_act_pool_closed",
     "apply_dsa",
+    "apply_dsa_torch",
 ]

@@ -37,12 +37,14 @@ each the backward of the other, so gradients of any order stay on the Triton pat
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..augment import dsa as _ref
+from . import dsa_torch as _ref
 from ._common import KernelSpec, block_and_warps, on_device_of, triton_dtype
 
 __all__ = [
@@ -337,7 +339,7 @@ def _window_columns(cols: list[Tensor], h: int, w: int) -> None:
     cols[_EY] = torch.where(whole_y, zero + h, ey)
 
 
-def dsa_table(x: Tensor, params: _ref.DSAParams) -> tuple[Tensor, Tensor]:
+def dsa_table(x: Tensor, params: Any) -> tuple[Tensor, Tensor]:
     """The per-sample kernel table of ``params`` for images ``x`` (N, C, H, W): ``codes`` (N,) int32 and
     ``tab`` (N, NCOL) in x's dtype, both on x's device. Torch ops only: no host sync."""
     n, _, h, w = x.shape
@@ -431,7 +433,7 @@ class DSALinear(torch.autograd.Function):
         return out, None, None
 
 
-def apply_dsa_triton(x: Tensor, params: _ref.DSAParams) -> Tensor:
+def apply_dsa_triton(x: Tensor, params: Any) -> Tensor:
     """The Triton path of :func:`fastdd.augment.apply_dsa` (which picks it by backend): x (N, C, H, W),
     ``params.n == N`` (parameters are moved to x's device if needed) -> (N, C, H, W), differentiable
     w.r.t. x to any order. Covers float32 and float64; other dtypes run the torch implementation."""

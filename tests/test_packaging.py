@@ -87,3 +87,21 @@ def test_every_module_imports_by_its_path_and_no_public_name_shadows_one():
         assert obj is module, f"fastdd.{name.split('.', 1)[1]} is {obj!r}, not the module"
     for public in ("distill", "select", "evaluate", "coverage", "methods"):
         assert callable(getattr(fastdd, public)) and f"fastdd.{public}" not in names
+
+
+def test_kernels_import_only_torch_triton_and_themselves():
+    """The op layer stands alone: no module of kernels/ imports from the rest of fastdd."""
+    import ast
+    import sys as _sys
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "kernels"
+    allowed = {"torch", "triton", *_sys.stdlib_module_names}
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level in (0, 1), f"{path.name}:{node.lineno} imports from above kernels/"
+                if node.level == 0:
+                    assert node.module.split(".")[0] in allowed, f"{path.name}:{node.lineno} imports {node.module}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] in allowed, f"{path.name}:{node.lineno} imports {alias.name}"

@@ -19,7 +19,8 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor
 
-from .dsa import DSAConfig, DSAParams, _flip, _translate, apply_by_rows, apply_dsa, sample_dsa
+from ..kernels.dsa_torch import _flip, _translate, apply_by_rows
+from .dsa import DSAConfig, DSAParams, apply_dsa, sample_dsa
 
 __all__ = [
     "CropFlipParams",
