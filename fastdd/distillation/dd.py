@@ -248,28 +248,18 @@ class DDPolicy(Policy):
     def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> SyntheticSet:
         ds, cfg, net = self.ds, self.config, self.net
         k, s, n_img = ds.num_classes, cfg.steps, cfg.images_per_class
-        meta = {
-            "method": "dd",
-            "ipc": s * n_img,
-            "dataset": ds.name,
-            "zca": ds.zca is not None,
-            "num_classes": k,
-            "mean": list(ds.mean),
-            "std": list(ds.std),
-            "seed": self.seed,
-            "iterations": iterations,
-            "skipped_iterations": skipped,
-            "steps": s,
-            "epochs": cfg.epochs,
-            "images_per_step": k * n_img,
-            "model": net.name,
-            "model_spec": net.spec,
-            "init_scheme": net.init_scheme,
-            "experts": str(self.experts.path) if self.experts is not None else None,
-            "config": self.config_dict(),
-            "gradient_mode": self.mode,
+        meta = self.run_meta(
+            iterations,
+            skipped,
+            s * n_img,
+            steps=s,
+            epochs=cfg.epochs,
+            images_per_step=k * n_img,
+            init_scheme=net.init_scheme,
+            experts=str(self.experts.path) if self.experts is not None else None,
+            gradient_mode=self.mode,
             **(extra_meta or {}),
-        }
+        )
         return SyntheticSet(
             self.images.detach().reshape(s * k * n_img, ds.channels, *ds.im_size).clone(),
             self.labels.reshape(-1).clone(),

@@ -104,6 +104,8 @@ class Policy(ABC):
     pixel_lr: str = "lr_img"  # the option that sets the pixel step, named when images blow up
     pixel_scale: tuple[float, float] | None = None  # (mean, std) of the real images (data_scale); None: no guard
     steps_per_iteration: int = 1  # loop steps per method iteration (DC: pixel updates per network)
+    ds: Any  # the data set and the network (run_meta reads them)
+    net: Any
 
     @classmethod
     def from_setup(cls, setup: Any) -> Policy:
@@ -125,6 +127,28 @@ class Policy(ABC):
             return None
         mean, std = self.pixel_scale
         return (x.detach() - mean).abs().max() / (PIXEL_LIMIT * max(std, 1e-12))
+
+    def run_meta(self, iterations: int, skipped: int, ipc: int, **more: Any) -> dict[str, Any]:
+        """The metadata every method's set carries (for a policy with ``ds`` and ``net``): method, ipc, data
+        set (name, ZCA, classes, normalisation), seed, iterations and skips, network and config; ``more``
+        (the method's own fields, then the runner's) is appended."""
+        ds, net = self.ds, self.net
+        return {
+            "method": self.method,
+            "ipc": ipc,
+            "dataset": ds.name,
+            "zca": ds.zca is not None,
+            "num_classes": ds.num_classes,
+            "mean": list(ds.mean),
+            "std": list(ds.std),
+            "seed": self.seed,
+            "iterations": iterations,
+            "skipped_iterations": skipped,
+            "model": net.name,
+            "model_spec": net.spec,
+            "config": self.config_dict(),
+            **more,
+        }
 
     def config_dict(self) -> dict[str, Any]:
         from dataclasses import asdict

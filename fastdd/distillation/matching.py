@@ -214,24 +214,13 @@ class MatchingPolicy(Policy):
         self.optimizers["img"].step()
 
     def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> SyntheticSet:
-        ds = self.ds
-        meta = {
-            "method": self.method,
-            "ipc": self.ipc,
-            "dataset": ds.name,
-            "zca": ds.zca is not None,
-            "num_classes": ds.num_classes,
-            "mean": list(ds.mean),
-            "std": list(ds.std),
-            "seed": self.seed,
-            "iterations": iterations,
-            "skipped_iterations": skipped,
-            "model": self.net.name,
-            "model_spec": self.net.spec,
-            "config": self.config_dict(),
-            "init_indices": None if self.init_idx is None else self.init_idx.tolist(),
+        meta = self.run_meta(
+            iterations,
+            skipped,
+            self.ipc,
+            init_indices=None if self.init_idx is None else self.init_idx.tolist(),
             **(extra_meta or {}),
-        }
+        )
         return SyntheticSet(self.whole(self.images.detach()).clone(), self.whole(self.labels).clone(), None, None, meta)
 
 

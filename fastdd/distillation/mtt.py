@@ -452,29 +452,18 @@ class MTTPolicy(Policy):
 
     def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> SyntheticSet:
         """The whole set (under torch.distributed gathered from every rank, on every rank)."""
-        ds = self.ds
         images, labels = self.whole(self.images.detach()), self.whole(self.labels)
         labels_out = torch.softmax(self.whole(self.logits.detach()), 1) if self.logits is not None else labels
         frozen = None if self.frozen is None else self.whole(self.frozen.to(torch.uint8)).bool()
-        meta = {
-            "method": self.method,
-            "ipc": self.ipc,
-            "dataset": ds.name,
-            "zca": ds.zca is not None,
-            "num_classes": ds.num_classes,
-            "mean": list(ds.mean),
-            "std": list(ds.std),
-            "seed": self.seed,
-            "iterations": iterations,
-            "skipped_iterations": skipped,
-            "experts": str(self.experts.path),
-            "model": self.net.name,
-            "model_spec": self.net.spec,
-            "config": self.config_dict(),
-            "gradient_mode": self.mode,
-            "init_indices": None if self.init_idx is None else self.init_idx.tolist(),
+        meta = self.run_meta(
+            iterations,
+            skipped,
+            self.ipc,
+            experts=str(self.experts.path),
+            gradient_mode=self.mode,
+            init_indices=None if self.init_idx is None else self.init_idx.tolist(),
             **(extra_meta or {}),
-        }
+        )
         return SyntheticSet(
             images.clone(),
             labels_out,
