@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import CorruptFileError, UnsafePathError
+from .options import describe, json_name
 
 PathLike = str | os.PathLike
 
@@ -159,25 +160,8 @@ def read_json_object(path: PathLike, what: str = "file") -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptFileError(f"{path} is not valid JSON ({e}); the {what} is damaged") from e
     if not isinstance(obj, dict):
-        raise CorruptFileError(
-            f"{path} must hold a JSON object ({{...}}), got a {_json_type(obj)}; the {what} is damaged"
-        )
+        raise CorruptFileError(f"{path} must hold a JSON object ({{...}}), got {json_name(obj)}; the {what} is damaged")
     return obj
-
-
-_JSON_TYPES = {
-    dict: "object",
-    list: "list",
-    str: "string",
-    int: "integer",
-    float: "number",
-    bool: "boolean",
-    type(None): "null",
-}
-
-
-def _json_type(v: Any) -> str:
-    return _JSON_TYPES.get(type(v), type(v).__name__)
 
 
 def json_field(
@@ -199,8 +183,8 @@ def json_field(
     v = obj[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if (isinstance(v, bool) and bool not in kinds) or not isinstance(v, kinds):
-        want = " or ".join(_JSON_TYPES.get(k, k.__name__) for k in kinds)
-        raise CorruptFileError(f"{source}: {where + key!r} must be a JSON {want}, got {_json_type(v)} {v!r:.60}")
+        want = " or ".join(describe(k) for k in kinds)
+        raise CorruptFileError(f"{source}: {where + key!r} must be {want}, got {json_name(v)} {v!r:.60}")
     return v
 
 

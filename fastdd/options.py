@@ -87,7 +87,7 @@ def check_keywords(options: Mapping[str, Any], hints: Mapping[str, Any], owner: 
     for key, value in options.items():
         if not matches(value, hints[key]):
             raise TypeError(
-                f"{owner}: option {key!r} must be {describe(hints[key])}, got {value!r:.60} ({_json_name(value)})"
+                f"{owner}: option {key!r} must be {describe(hints[key])}, got {value!r:.60} ({json_name(value)})"
             )
 
 
@@ -122,7 +122,7 @@ def parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{flag}: not valid JSON ({e.msg} at character {e.pos}): {text!r:.80}") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{flag} must be a JSON object such as '{{\"key\": 1}}', got {_json_name(obj)}: {text!r:.80}")
+        raise ValueError(f"{flag} must be a JSON object such as '{{\"key\": 1}}', got {json_name(obj)}: {text!r:.80}")
     return obj
 
 
@@ -143,7 +143,8 @@ def check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
             raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
 
 
-def _json_name(value: Any) -> str:
+def json_name(value: Any) -> str:
+    """What JSON calls ``value``'s type, with its article: ``"a list"``, ``"an integer"``, ``"null"``."""
     return {
         bool: "a boolean",
         int: "an integer",
@@ -164,4 +165,5 @@ __all__ = [
     "parameter_hints",
     "parse_json_object",
     "check_positive",
+    "json_name",
 ]

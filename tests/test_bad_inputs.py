@@ -445,22 +445,23 @@ def world(tmp_path_factory):
     return root, cases
 
 
-def _relabel(d: Path) -> None:
+def _edit_tensors(d: Path, edit) -> None:
+    """Rewrite a saved set's tensor file through ``edit(tensors)`` and drop its checksum record (a set as an
+    older fastdd, or a hand, wrote it), so that only the value checks can catch it."""
     from safetensors.torch import load_file, save_file
 
     t = load_file(str(d / "synthetic.safetensors"))
-    t["labels"][0] = 12
+    edit(t)
     save_file(t, str(d / "synthetic.safetensors"), metadata={"format": "fastdd.synthetic/1"})
     _edit_json(d / "synthetic.json", lambda m: {k: v for k, v in m.items() if k != "files"})
+
+
+def _relabel(d: Path) -> None:
+    _edit_tensors(d, lambda t: t["labels"].__setitem__(0, 12))
 
 
 def _nan_lr(d: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    t = load_file(str(d / "synthetic.safetensors"))
-    t["lr"][0] = float("nan")
-    save_file(t, str(d / "synthetic.safetensors"), metadata={"format": "fastdd.synthetic/1"})
-    _edit_json(d / "synthetic.json", lambda m: {k: v for k, v in m.items() if k != "files"})
+    _edit_tensors(d, lambda t: t["lr"].__setitem__(0, float("nan")))
 
 
 def _run_cases(root: Path, cases: list[Case], parallel: int = 2) -> dict[str, tuple[int, str, str]]:

@@ -151,58 +151,19 @@ def test_a_plugin_package_runs_through_the_cli(tmp_path):
         timeout=300,
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
-    help_text = subprocess.run(
-        [sys.executable, "-m", "fastdd", "distill", "--help"], capture_output=True, text=True, env=env, timeout=120
-    ).stdout
+
+    def fastdd_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "fastdd", *args], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    help_text = fastdd_cli("distill", "--help").stdout
     assert "meanmatch" in help_text and "class means matched under random projections" in help_text
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fastdd",
-            "distill",
-            "--dataset",
-            "digits",
-            "--method",
-            "meanmatch",
-            "--ipc",
-            "1",
-            "--iterations",
-            "3",
-            "--options",
-            '{"batch_real": 16}',
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    distill = ("distill", "--dataset", "digits", "--method", "meanmatch", "--ipc", "1")
+    run = fastdd_cli(*distill, "--iterations", "3", "--options", '{"batch_real": 16}', "--out", str(tmp_path / "run"))
     assert run.returncode == 0, run.stderr
     assert "distilled 10 images (meanmatch, ipc 1)" in run.stdout
     back = fastdd.SyntheticSet.load(tmp_path / "run" / "synthetic")
     assert back.meta["method"] == "meanmatch" and back.images.shape == (10, 1, 8, 8)
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fastdd",
-            "distill",
-            "--dataset",
-            "digits",
-            "--method",
-            "meanmatch",
-            "--ipc",
-            "1",
-            "--options",
-            '{"batch_rea": 16}',
-            "--out",
-            str(tmp_path / "run2"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    bad = fastdd_cli(*distill, "--options", '{"batch_rea": 16}', "--out", str(tmp_path / "run2"))
     assert bad.returncode == 2 and "--options: meanmatch has no option 'batch_rea'" in bad.stderr

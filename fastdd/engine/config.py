@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .unroll import MODES, THETA_STORAGE
+from .unroll import check_mode, check_theta_storage
 
 
 @dataclass
@@ -30,10 +30,8 @@ class EngineConfig:
 
     def validate_engine(self) -> None:
         """``ValueError`` naming the option when one is not one of its allowed values."""
-        if self.mode not in MODES:
-            raise ValueError(f"unknown gradient mode {self.mode!r}; choose one of: {', '.join(MODES)}")
-        if self.theta_storage not in THETA_STORAGE:
-            raise ValueError(f"theta_storage must be one of {', '.join(THETA_STORAGE)}, got {self.theta_storage!r}")
+        check_mode(self.mode)
+        check_theta_storage(self.theta_storage)
         budget = self.memory_budget
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
             raise ValueError(f"memory_budget must be a byte count >= 0 (an int) or None, got {budget!r}")

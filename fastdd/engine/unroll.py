@@ -128,6 +128,18 @@ def _check(model, images, labels, lrs, theta0, batches):
         raise ValueError("batches is empty: at least one unrolled step is needed")
 
 
+def check_mode(mode: str) -> None:
+    """``ValueError`` unless ``mode`` is one of :data:`MODES`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown gradient mode {mode!r}; choose one of: {', '.join(MODES)}")
+
+
+def check_theta_storage(theta_storage: str) -> None:
+    """``ValueError`` unless ``theta_storage`` is one of :data:`THETA_STORAGE`."""
+    if theta_storage not in THETA_STORAGE:
+        raise ValueError(f"theta_storage must be one of {', '.join(THETA_STORAGE)}, got {theta_storage!r}")
+
+
 def unroll_grad(
     model: FunctionalNet,
     images: torch.Tensor,
@@ -169,8 +181,7 @@ def unroll_grad(
             ``batches`` index them (possibly empty) and ``reduce`` gives the weights and the all-reduce
             (:class:`StepReduce`). ``mode`` must be ``adjoint`` or ``tesla`` (``auto`` means ``adjoint``).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown gradient mode {mode!r}; choose one of: {', '.join(MODES)}")
+    check_mode(mode)
     _check(model, images, labels, lrs, theta0, batches)
     if reduce is not None:
         if len(reduce.weights) != len(batches):
@@ -186,8 +197,7 @@ def unroll_grad(
         mode = choose_mode(model, images, labels, theta0, batches, augment, memory_budget)
     if mode == "bptt":
         return _bptt(model, images, labels, lrs, theta0, batches, outer, augment)
-    if theta_storage not in THETA_STORAGE:
-        raise ValueError(f"theta_storage must be one of {', '.join(THETA_STORAGE)}, got {theta_storage!r}")
+    check_theta_storage(theta_storage)
     return _adjoint(
         model,
         images,
