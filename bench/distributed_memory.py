@@ -70,7 +70,7 @@ def _point(rank: int, world: int, port: int, args: dict, out: str) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Path(out, f"rank{rank}.json").write_text(json.dumps({"growth": peak - before, "seconds": seconds}))
     if world > 1:
-        fd.shutdown()
+        fd.shutdown(synchronize=True)
 
 
 def model_table(steps: int = 30, width: int = 128, ks=(1, 2, 4, 8), ipcs=(10, 50, 100, 500, 1000)) -> str:

@@ -1023,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastdd: error: {e}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    joined = False
+    joined = finished = False
     try:
         if fd.launched() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             if args.command not in DISTRIBUTED_COMMANDS:
@@ -1037,7 +1037,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.device = str(fd.resolve_device(args.device))
             except ValueError as e:
                 raise ValueError(f"--device: {e}") from None
-        return args.func(args)
+        code = args.func(args)
+        finished = True
+        return code
     except RunInterrupted as e:  # a checkpoint was written (when the run has a folder): a clean stop
         print(f"fastdd {args.command}: {e}", file=sys.stderr)
         return 128 + e.signal
@@ -1053,7 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if joined:
-            fd.shutdown()
+            fd.shutdown(synchronize=finished)
 
 
 def _message(e: BaseException) -> str:

@@ -153,12 +153,19 @@ def is_main() -> bool:
     return d is None or d.is_main
 
 
-def shutdown() -> None:
-    """Leave the process group (if :func:`init` or the caller started one)."""
+def shutdown(synchronize: bool = False) -> None:
+    """Leave the process group (if :func:`init` or the caller started one).
+
+    ``synchronize=True`` first waits at a barrier until every rank gets here, so no rank tears down its
+    gloo connections while another still talks to it (a rank leaving early can abort the other at exit).
+    Use it only when every rank ended normally: after a failure the others are inside another collective
+    and the barrier would wait for the timeout."""
     global _CURRENT
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
     _CURRENT = None
 

@@ -30,11 +30,13 @@ def _worker(rank: int, world: int, port: int, fn, args: tuple, out: str, timeout
     import fastdd.distributed as fd
 
     fd.init("cpu", timeout_s=timeout_s)
+    ok = False
     try:
         res = fn(*args)
         torch.save(res, Path(out) / f"rank{rank}.pt")
+        ok = True
     finally:
-        fd.shutdown()
+        fd.shutdown(synchronize=ok)
 
 
 def run_ranks(fn, *args, world: int = 2, timeout_s: float = 60.0) -> list:
