@@ -5,13 +5,6 @@ The data's path: ``load_dataset`` → ``train_experts`` → (distill) → ``eval
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("fastdd")  # the one place the version is written is pyproject.toml
-except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
-    __version__ = "0+unknown"
-
 from .data import Dataset, Split, load_dataset
 from .distillation import PRESETS, distill
 from .distillation.registry import methods, register_method
@@ -33,6 +26,7 @@ from .models import FunctionalNet, build_model
 from .scores import forgetting_scores, load_scores
 from .selection import real_subset, select, window_indices
 from .synthetic import SyntheticSet
+from .version import __version__
 
 __all__ = [
     "__version__",

@@ -14,6 +14,7 @@ from .distributed import is_main
 from .errors import FastDDError
 from .io import atomic_write_json, check_out_folder
 from .options import parse_json_object
+from .version import __version__
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -586,8 +587,6 @@ def cmd_datasets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     ap = argparse.ArgumentParser(prog="fastdd", description="Fast, memory-scalable dataset distillation.")
     ap.add_argument("--version", action="version", version=f"fastdd {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="command")

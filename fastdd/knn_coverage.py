@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from .data import Dataset
+from .features import Extractor, extract_features, resolve_extractor
 from .runs import progress
 from .scores import Scores, as_scores
-from .selection import Extractor, extract_features, resolve_extractor
 from .synthetic import SyntheticSet
 
 DEFAULT_CHUNK = 8192

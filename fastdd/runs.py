@@ -14,6 +14,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .io import atomic_write_text
+from .version import __version__
 
 
 def progress(iterable=None, *, total: int | None = None, desc: str = "", disable: bool = False, **kw):
@@ -54,8 +55,6 @@ class RunDir:
             self.write_config(config)
 
     def write_config(self, config: dict[str, Any]) -> None:
-        from . import __version__
-
         safe = json.loads(json.dumps({**config, "fastdd_version": __version__}, default=str))
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(safe, sort_keys=False))
 

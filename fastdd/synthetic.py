@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from .errors import CorruptFileError, UnverifiedFileWarning
 from .io import atomic_save_safetensors, atomic_write_json, check_file, json_field, read_json_object
+from .version import __version__
 
 FORMAT = "fastdd.synthetic/1"
 TENSORS, INDEX = "synthetic.safetensors", "synthetic.json"  # the set's files: fixed names, never read from JSON
@@ -108,8 +109,6 @@ class SyntheticSet:
         ``denormalize``: a callable mapping images back to ``[0, 1]`` pixels for the picture, e.g.
         ``ds.denormalize`` (needed for ZCA'd sets); by default the stored mean/std are used.
         """
-        from . import __version__
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {"images": self.images, "labels": self.labels}
