@@ -32,15 +32,20 @@ from typing import Any
 
 import torch
 
+from .augment import DSA, DSAConfig, combined_augment, crop_flip, strategy_for
 from .data import Dataset
+from .dd_protocol import evaluate_dd
 from .distributed import all_gather_objects, current
 from .engine import student_loss
+from .experts import ExpertBuffer
+from .metrics import hlr, ior, lrs
 from .models import accuracy, model_for
 from .options import check_dataclass_options, check_positive
-from .rng import generator
+from .rng import derive_seed, generator
 from .runs import progress
 from .selection import random_indices, real_subset
 from .synthetic import SyntheticSet, check_lr
+from .train import SGD, fit
 
 
 @dataclass(frozen=True)
@@ -102,21 +107,15 @@ class EvalResult:
     @property
     def ior(self) -> float | None:
         """Mean accuracy minus the random subset's (needs ``random_baseline=True``)."""
-        from .metrics import ior
-
         return None if self.random is None else ior(self.mean, self.random.mean)
 
     @property
     def hlr(self) -> float | None:
         """The real train split's mean accuracy minus this set's on hard labels (needs ``real_baseline=True``)."""
-        from .metrics import hlr
-
         return None if self.real is None else hlr(self.real.mean, (self.hard or self).mean)
 
     def lrs(self, weight: float = 0.5) -> float | None:
         """DD-Ranking's label-robust score in [0, 1] (needs both baselines)."""
-        from .metrics import lrs
-
         return None if self.ior is None or self.hlr is None else lrs(self.ior, self.hlr, weight)
 
     def __str__(self) -> str:
@@ -205,6 +204,22 @@ def check_protocol(p: Protocol) -> None:
 _loss = student_loss  # hard labels or target probabilities, as in the student's inner loop
 
 
+def _augmentation(name: str, ds: Dataset, distilled: torch.Tensor, g: torch.Generator):
+    """The protocol's training augmentation ``(x, idx) -> x`` (``None`` for ``"none"``), drawing from ``g``;
+    ``distilled`` ``(M,)`` bool tells the combined augmentation which images get DSA."""
+    cfg = DSAConfig(strategy=strategy_for(ds.name))
+    if name == "dsa":
+        dsa = DSA(cfg)
+        return lambda x, idx: dsa(x, g)
+    if name == "combined":
+        return lambda x, idx: combined_augment(x, distilled[idx], g, cfg)
+    if name == "crop_flip":
+        return lambda x, idx: crop_flip(x, g, prob_flip=cfg.prob_flip if "flip" in cfg.families else 0.0)
+    if name == "none":
+        return None
+    raise ValueError(f"unknown augmentation {name!r}")
+
+
 def train_on(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -224,33 +239,20 @@ def train_on(
     ``distilled`` ``(M,)`` bool marks the distilled images for the combined augmentation (the
     others are treated as selected real images).
     """
-    from .augment import DSA, DSAConfig, combined_augment, crop_flip, strategy_for
-    from .train import SGD, fit
-
     dev = ds.device
     images, labels = images.to(dev), labels.to(dev)
     net = model_for(ds, p.model, **p.model_kwargs)
     theta0 = net.init(generator(seed, "eval.init"), device=dev)
     buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
-    g_batch, g_aug = generator(seed, "eval.batches"), generator(seed, "eval.augment")
-    cfg = DSAConfig(strategy=strategy_for(ds.name))
-    dsa = DSA(cfg)
+    g_batch = generator(seed, "eval.batches")
     if distilled is None:
         distilled = torch.ones(len(images), dtype=torch.bool)
-    distilled = distilled.to(dev)
+    augment = _augmentation(p.augment, ds, distilled.to(dev), generator(seed, "eval.augment"))
     epochs = (
         p.epochs
         if p.epochs is not None
         else selmatch_epochs(max(1, len(images) // ds.num_classes), min(ds.class_counts()))
     )
-    augment = {
-        "dsa": lambda x, idx: dsa(x, g_aug),
-        "combined": lambda x, idx: combined_augment(x, distilled[idx], g_aug, cfg),
-        "crop_flip": lambda x, idx: crop_flip(x, g_aug, prob_flip=cfg.prob_flip if "flip" in cfg.families else 0.0),
-        "none": None,
-    }
-    if p.augment not in augment:
-        raise ValueError(f"unknown augmentation {p.augment!r}")
     if p.schedule not in ("step", "cosine", "constant"):
         raise ValueError(f"unknown schedule {p.schedule!r}")
     # E + 1 passes, lr x0.1 from pass E//2 + 1 (the reference loop's off-by-one kept), or cosine over E
@@ -274,7 +276,7 @@ def train_on(
         g_batch,
         batch_size=p.batch_size,
         buffers=buffers,
-        augment=augment[p.augment],
+        augment=augment,
         on_epoch=lambda *_: bar.update(1),
     )
     bar.close()
@@ -327,6 +329,81 @@ def evaluate(
         raise ValueError(f"num_eval must be >= 1, got {num_eval}")
     if real_epochs < 1:
         raise ValueError(f"real_epochs must be >= 1, got {real_epochs}")
+    _check_set(syn, ds, split)
+    if models is not None:
+        if protocol == "dd":
+            raise ValueError("protocol 'dd' replays the set's own network; it cannot change architectures")
+        base = resolve_protocol(protocol, **overrides)
+        return CrossArchResult(
+            {
+                name: evaluate(
+                    syn,
+                    ds,
+                    replace(base, model=name, model_kwargs=dict(kw)),
+                    num_eval=num_eval,
+                    seed=seed,
+                    random_baseline=random_baseline,
+                    real_baseline=real_baseline,
+                    real_epochs=real_epochs,
+                    split=split,
+                    show_progress=show_progress,
+                )
+                for name, kw in _architectures(models, base)
+            }
+        )
+    if protocol == "dd":
+        if random_baseline or real_baseline or split != "test":
+            raise TypeError("protocol 'dd' replays the learned steps on the test split; it takes no baselines or split")
+        return _replay_protocol(syn, ds, num_eval, seed, **overrides)
+    p = resolve_protocol(protocol, **overrides)
+    labels = _training_labels(syn, p)
+    lr = _training_lr(syn, p)
+    info = {**asdict(p), "lr_used": lr, "ipc": syn.ipc, "num_images": len(syn), "seed": seed, "split": split}
+    runs = _Runs(ds, lr, num_eval, seed, ds.val if split == "val" else ds.test, show_progress)
+    distilled = None if syn.frozen is None else ~syn.frozen
+    result = EvalResult(runs(lambda r: (syn.images, labels), p, p.name, distilled), info)
+    if real_baseline and syn.labels.dim() == 2 and p.labels != "hard":
+        result.hard = EvalResult(
+            runs(lambda r: (syn.images, syn.hard_labels), p, "hard labels", distilled), {**info, "labels": "hard"}
+        )
+    if random_baseline:
+        result.random = _random_baseline(syn, ds, p, runs, info)
+    if real_baseline:
+        p_real = replace(p, epochs=real_epochs, labels="auto")
+        n_train = len(ds.train)
+        result.real = EvalResult(
+            runs(lambda r: (ds.train.images, ds.train.labels), p_real, "real train split", _all_real(p, n_train)),
+            {**info, "method": "real", "epochs": real_epochs, "num_images": n_train},
+        )
+    return result
+
+
+def _architectures(models: list, base: Protocol) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, model_kwargs)`` per entry of ``models`` (names or pairs); the protocol's own ``model_kwargs``
+    apply to its own model only."""
+    out = []
+    for entry in models:
+        name, kw = (entry, None) if isinstance(entry, str) else entry
+        if kw is None:
+            kw = base.model_kwargs if name == base.model else {}
+        out.append((name, kw))
+    return out
+
+
+def _replay_protocol(syn: SyntheticSet, ds: Dataset, num_eval: int, seed: int, **options: Any) -> EvalResult:
+    """``protocol="dd"``: :func:`fastdd.dd_protocol.evaluate_dd`; the one option is ``experts=`` (a buffer or
+    its folder, for sets made from ``pretrained`` inits)."""
+    experts = options.pop("experts", None)
+    if options:
+        raise TypeError(f"protocol 'dd' replays the learned steps on the test split; it takes no {', '.join(options)}")
+    if experts is not None and not isinstance(experts, ExpertBuffer):
+        experts = ExpertBuffer(experts)
+    accs, info = evaluate_dd(syn, ds, num_eval, seed, experts=experts)
+    return EvalResult(accs, info)
+
+
+def _check_set(syn: SyntheticSet, ds: Dataset, split: str) -> None:
+    """``ValueError`` when ``syn`` cannot be evaluated on ``ds``'s ``split``, naming what does not match."""
     check_lr(syn.lr, "the set's learned lr")  # a NaN rate would train every network to chance
     labels = syn.labels
     if labels.dim() == 1 and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= ds.num_classes):
@@ -351,115 +428,82 @@ def evaluate(
                 f"the synthetic set was made with {key}={syn.meta[key]!r}, but the data set has "
                 f"{key}={have!r}: evaluate it on the data it came from"
             )
-    common = dict(
-        num_eval=num_eval,
-        seed=seed,
-        random_baseline=random_baseline,
-        real_baseline=real_baseline,
-        real_epochs=real_epochs,
-        split=split,
-        show_progress=show_progress,
-    )
-    if models is not None:
-        if protocol == "dd":
-            raise ValueError("protocol 'dd' replays the set's own network; it cannot change architectures")
-        base = resolve_protocol(protocol, **overrides)
-        results = {}
-        for entry in models:
-            name, kw = (entry, None) if isinstance(entry, str) else entry
-            if kw is None:
-                kw = base.model_kwargs if name == base.model else {}
-            results[name] = evaluate(syn, ds, replace(base, model=name, model_kwargs=dict(kw)), **common)
-        return CrossArchResult(results)
-    if protocol == "dd":
-        from .distillation.dd import evaluate_dd
-        from .experts import ExpertBuffer
 
-        experts = overrides.pop("experts", None)
-        if overrides or random_baseline or real_baseline or split != "test":
-            raise TypeError(
-                "protocol 'dd' replays the learned steps on the test split; it takes no "
-                f"{', '.join(overrides) or 'baselines or split'}"
-            )
-        if experts is not None and not isinstance(experts, ExpertBuffer):
-            experts = ExpertBuffer(experts)
-        accs, info = evaluate_dd(syn, ds, num_eval, seed, experts=experts)
-        return EvalResult(accs, info)
-    p = resolve_protocol(protocol, **overrides)
+
+def _training_labels(syn: SyntheticSet, p: Protocol) -> torch.Tensor:
+    """The labels protocol ``p`` trains on: the set's own, or the argmax of its soft labels."""
     if p.labels not in ("auto", "hard", "soft"):
         raise ValueError(f"labels must be 'auto', 'hard' or 'soft', got {p.labels!r}")
-    soft = syn.labels.dim() == 2
-    if p.labels == "soft" and not soft:
+    if p.labels == "soft" and syn.labels.dim() != 2:
         raise ValueError(
             f"protocol {p.name!r} trains on soft labels, and this set's labels are hard class indices "
             "(use protocol 'mtt')"
         )
-    labels = syn.hard_labels if p.labels == "hard" else syn.labels
+    return syn.hard_labels if p.labels == "hard" else syn.labels
+
+
+def _training_lr(syn: SyntheticSet, p: Protocol) -> float:
+    """The protocol's lr: its own, the set's one learned rate (``"learned"``, or ``None`` when the set has
+    one), else ``lr_default``."""
     learned = float(syn.lr.reshape(())) if syn.lr is not None and syn.lr.numel() == 1 else None
     if p.lr == "learned":
         if learned is None:
             raise ValueError("lr='learned' needs a synthetic set with one learned learning rate")
-        lr = learned
-    elif p.lr is not None:
-        lr = float(p.lr)
-    else:
-        lr = learned if learned is not None else p.lr_default
-    distilled = None if syn.frozen is None else ~syn.frozen
-    held_out = ds.val if split == "val" else ds.test
-    info = {**asdict(p), "lr_used": lr, "ipc": syn.ipc, "num_images": len(syn), "seed": seed, "split": split}
+        return learned
+    if p.lr is not None:
+        return float(p.lr)
+    return learned if learned is not None else p.lr_default
 
-    d = current()  # under torch.distributed each rank trains every world-th run; all get every accuracy
 
-    def runs(pick, protocol_, what, mask=None) -> list[float]:
-        """``num_eval`` runs of ``protocol_``; run ``r`` trains on ``pick(r) = (images, labels)``."""
+def _all_real(p: Protocol, n: int) -> torch.Tensor | None:
+    """The distilled mask for real images: the combined augmentation treats every one as selected real."""
+    return None if p.augment != "combined" else torch.zeros(n, dtype=torch.bool)
+
+
+class _Runs:
+    """``num_eval`` seeded training runs of one kind, each tested on ``held_out``; under torch.distributed
+    each rank trains every world-th run and all ranks get every accuracy."""
+
+    def __init__(self, ds: Dataset, lr: float, num_eval: int, seed: int, held_out, show_progress: bool):
+        self.ds, self.lr, self.num_eval, self.seed, self.held_out = ds, lr, num_eval, seed, held_out
+        self.dist = current()
+        self.show_progress = show_progress and (self.dist is None or self.dist.is_main)
+
+    def __call__(self, pick, p: Protocol, what: str, mask: torch.Tensor | None = None) -> list[float]:
+        """Run ``r`` trains on ``pick(r) = (images, labels)`` under ``p``; returns the ``num_eval`` accuracies."""
+        d, n = self.dist, self.num_eval
         mine = {
             r: train_on(
                 *pick(r),
-                ds,
-                protocol_,
-                lr,
-                seed=_run_seed(seed, r),
+                self.ds,
+                p,
+                self.lr,
+                seed=_run_seed(self.seed, r),
                 distilled=mask,
-                show_progress=show_progress and (d is None or d.is_main),
-                desc=f"eval {what} run {r + 1}/{num_eval}",
-                test_images=held_out.images,
-                test_labels=held_out.labels,
+                show_progress=self.show_progress,
+                desc=f"eval {what} run {r + 1}/{n}",
+                test_images=self.held_out.images,
+                test_labels=self.held_out.labels,
             )
-            for r in (range(num_eval) if d is None else range(d.rank, num_eval, d.world))
+            for r in (range(n) if d is None else range(d.rank, n, d.world))
         }
         if d is not None:
             mine = {r: a for part in all_gather_objects(mine, d) for r, a in part.items()}
-        return [mine[r] for r in range(num_eval)]
+        return [mine[r] for r in range(n)]
 
-    def all_real(n: int) -> torch.Tensor | None:  # the combined augmentation treats every image as selected real
-        return None if p.augment != "combined" else torch.zeros(n, dtype=torch.bool)
 
-    result = EvalResult(runs(lambda r: (syn.images, labels), p, p.name, distilled), info)
-    if real_baseline and soft and p.labels != "hard":
-        result.hard = EvalResult(
-            runs(lambda r: (syn.images, syn.hard_labels), p, "hard labels", distilled), {**info, "labels": "hard"}
-        )
-    if random_baseline:
-        counts = syn.per_class_counts()
-        if len(set(counts)) != 1:
-            raise ValueError(f"random_baseline needs the same number of images per class, got {counts}")
+def _random_baseline(syn: SyntheticSet, ds: Dataset, p: Protocol, runs: _Runs, info: dict[str, Any]) -> EvalResult:
+    """A fresh random class-balanced real subset per run, as many per class as ``syn`` has, under ``p``."""
+    counts = syn.per_class_counts()
+    if len(set(counts)) != 1:
+        raise ValueError(f"random_baseline needs the same number of images per class, got {counts}")
 
-        def random_subset(r: int):
-            sub = real_subset(ds, random_indices(ds, counts[0], seed=_run_seed(seed, r, "random")))
-            return sub.images, sub.labels
+    def random_subset(r: int):
+        sub = real_subset(ds, random_indices(ds, counts[0], seed=_run_seed(runs.seed, r, "random")))
+        return sub.images, sub.labels
 
-        result.random = EvalResult(runs(random_subset, p, "random", all_real(len(syn))), {**info, "method": "random"})
-    if real_baseline:
-        p_real = replace(p, epochs=real_epochs, labels="auto")
-        n_train = len(ds.train)
-        result.real = EvalResult(
-            runs(lambda r: (ds.train.images, ds.train.labels), p_real, "real train split", all_real(n_train)),
-            {**info, "method": "real", "epochs": real_epochs, "num_images": n_train},
-        )
-    return result
+    return EvalResult(runs(random_subset, p, "random", _all_real(p, len(syn))), {**info, "method": "random"})
 
 
 def _run_seed(seed: int, r: int, *keys: object) -> int:
-    from .rng import derive_seed
-
     return derive_seed(seed, "eval.run", r, *keys)

@@ -32,10 +32,12 @@ from ..engine import student_loss, to_device_once
 from ..models import FunctionalNet, model_for
 from ..options import check_positive
 from ..rng import generator
+from ..selection import check_ipc
 from ..synthetic import SyntheticSet
 from ..train import SGD, fit
 from .loop import Policy, Step, data_scale
 from .registry import Setup, register_method
+from .start import start_images
 
 # DC's (outer_loop, inner_loop) by IPC (its get_loops); other IPCs need both given.
 DC_LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -133,15 +135,6 @@ def mean_embedding_distance(emb_real: torch.Tensor, emb_syn: torch.Tensor) -> to
     return ((emb_real.mean(0) - emb_syn.mean(0)) ** 2).sum()
 
 
-def start_images(ds: Dataset, ipc: int, init: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class-major start images ``(K·ipc, C, H, W)``: standard normal noise, or ``ipc`` random real
-    images per class (then also their indices into ``ds.train``)."""
-    if init == "noise":
-        return torch.randn((ds.num_classes * ipc, ds.channels, *ds.im_size), generator=g).to(ds.device), None
-    idx = torch.cat(ds.sample_per_class(ipc, g))
-    return ds.train.images[idx.to(ds.device)].clone(), idx
-
-
 def real_class_batches(ds: Dataset, n: int, g: torch.Generator) -> list[torch.Tensor]:
     """Per class, ``min(n, class size)`` random indices into ``ds.train`` (drawn on the host, one copy)."""
     idx = ds.sample_per_class(n, g)
@@ -156,8 +149,6 @@ class MatchingPolicy(Policy):
     splits_classes = False  # whether the method runs under torch.distributed, each rank on whole classes
 
     def __init__(self, ds: Dataset, ipc: int, cfg: MatchingConfig, seed: int, method: str):
-        from ..selection import check_ipc
-
         cfg.validate()
         check_ipc(ds, ipc)
         net = model_for(ds, cfg.model, **cfg.model_kwargs)

@@ -22,15 +22,16 @@ on the host and copied once, the DSA parameters of every step are drawn at once
 ranks (:class:`fastdd.distributed.Shard`): every rank draws the same expert, start epoch, batches and
 DSA parameters, unrolls its part of each batch, and the engine's all-reduces (:class:`StepReduce`)
 keep θ, λ and ∂L/∂α the same everywhere; the result equals one process's to float round-off.
-Inside the unroll nothing synchronises; the iteration's checks (finite loss
-and gradients, the loss gate) read one small tensor back, and the log reads the learned rate. ``mode="auto"`` is
-resolved once
-per run (:func:`resolve_mode`) and recorded in ``syn.meta["gradient_mode"]`` and in the checkpoints.
+Inside the unroll nothing synchronises; the iteration's checks (finite loss and gradients, the loss
+gate) read one small tensor back, and the log reads the learned rate. ``mode="auto"`` is resolved once
+per run (:meth:`fastdd.engine.EngineConfig.resolve_mode`) and recorded in ``syn.meta["gradient_mode"]``
+and in the checkpoints.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,15 +40,15 @@ import torch
 from ..augment import DSAConfig, StepAugment, apply_dsa, sample_dsa, strategy_for
 from ..data import Dataset
 from ..distributed import Shard, all_reduce_, current
-from ..engine import EngineConfig, StepReduce, choose_mode, matching_loss, to_device_once, unroll_grad
+from ..engine import EngineConfig, StepReduce, matching_loss, to_device_once, unroll_grad
 from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
 from ..options import check_positive
 from ..rng import generator
 from ..synthetic import SyntheticSet
 from .loop import Policy, Step, data_scale
-from .matching import start_images
 from .registry import Setup, register_method
+from .start import start_images
 
 
 @dataclass
@@ -103,32 +104,14 @@ class MTTConfig(EngineConfig):
         self.validate_engine()
 
 
-def resolve_mode(
-    cfg,
-    net,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    theta0: torch.Tensor,
-    batches: list[torch.Tensor],
-    dsa_cfg: DSAConfig | None = None,
-) -> str:
-    """The run's gradient mode: ``cfg.mode``, or for ``"auto"`` ``"bptt"`` when the predicted BPTT graph
-    (:func:`fastdd.engine.predict_bptt_bytes` for these shapes, the largest over the DSA families when
-    ``dsa_cfg`` is given) fits ``cfg.memory_budget`` (default :data:`fastdd.engine.DEFAULT_MEMORY_BUDGET`),
-    else ``"adjoint"``. Depends on the configuration and shapes only, never on the free memory; draws
-    its probe augmentations from its own generator (the run's streams are untouched)."""
-    if cfg.mode != "auto":
-        return cfg.mode
+def dsa_probes(dsa_cfg: DSAConfig) -> list[Callable]:
+    """One augmentation per DSA family, for ``mode="auto"``'s memory prediction (the largest graph wins);
+    drawn from their own generator, so the run's streams are untouched."""
     g = torch.Generator().manual_seed(0)
-    augs = (
-        [None]
-        if dsa_cfg is None
-        else [
-            (lambda x, i, f=f: apply_dsa(x, sample_dsa(x.shape[0], tuple(x.shape[2:]), dsa_cfg, g, family=f)))
-            for f in dsa_cfg.families
-        ]
-    )
-    return choose_mode(net, images, labels, theta0, batches, augs, cfg.memory_budget)
+    return [
+        (lambda x, i, f=f: apply_dsa(x, sample_dsa(x.shape[0], tuple(x.shape[2:]), dsa_cfg, g, family=f)))
+        for f in dsa_cfg.families
+    ]
 
 
 def start_upper_bound(cfg: MTTConfig, it: int) -> int:
@@ -360,14 +343,13 @@ class MTTPolicy(Policy):
                 if cfg.soft_labels is None
                 else torch.full((self.m, self.ds.num_classes), 1.0 / self.ds.num_classes, device=dev)
             )
-            self.mode = resolve_mode(
-                cfg,
+            self.mode = cfg.resolve_mode(
                 self.net,
                 self.images,
                 probe_y,
                 self.net.init(torch.Generator().manual_seed(0), device=dev),
                 [torch.arange(self.batch, device=dev)] * cfg.syn_steps,
-                self.dsa_cfg if cfg.dsa else None,
+                dsa_probes(self.dsa_cfg) if cfg.dsa else (None,),
             )
 
     def extra_state(self) -> dict[str, Any]:

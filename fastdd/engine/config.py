@@ -4,9 +4,12 @@ inherit them, so checkpoints record them with the method's settings) and the com
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
-from .unroll import check_mode, check_theta_storage
+import torch
+
+from .unroll import check_mode, check_theta_storage, choose_mode
 
 
 @dataclass
@@ -35,6 +38,24 @@ class EngineConfig:
         budget = self.memory_budget
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
             raise ValueError(f"memory_budget must be a byte count >= 0 (an int) or None, got {budget!r}")
+
+    def resolve_mode(
+        self,
+        net,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        theta0: torch.Tensor,
+        batches: list[torch.Tensor],
+        augments: Sequence[Callable | None] = (None,),
+    ) -> str:
+        """The run's gradient mode: ``mode``, or for ``"auto"`` ``"bptt"`` when the predicted BPTT graph
+        (:func:`fastdd.engine.predict_bptt_bytes` for these shapes, the largest over ``augments``, each
+        ``None`` or a callable ``(x, step) -> x``) fits ``memory_budget`` (default
+        :data:`fastdd.engine.DEFAULT_MEMORY_BUDGET`), else ``"adjoint"``. Depends on the configuration and
+        shapes only, never on the free memory."""
+        if self.mode != "auto":
+            return self.mode
+        return choose_mode(net, images, labels, theta0, batches, list(augments), self.memory_budget)
 
     def changed(self) -> dict[str, object]:
         """The fields that differ from their defaults: what an explicit ``engine=`` overrides."""
