@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..engine import to_device_once
 from .dsa import DSAConfig, DSAParams, apply_dsa, sample_dsa
 
 
@@ -33,8 +34,6 @@ class StepAugment:
         ``sizes[j]`` images of size ``im_size``, in step order (the same numbers the lazy path draws
         when the unroll visits the steps in order), and move all of them to ``device`` with one
         asynchronous copy (:func:`fastdd.engine.to_device_once`). Returns ``self``."""
-        from ..engine.unroll import to_device_once
-
         steps = range(start, start + len(sizes))
         taken = [i for i in steps if i in self.params]
         if taken:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..rng import generator
 from .zca import ZCA
 
 
@@ -125,8 +126,6 @@ class Dataset:
             raise ValueError(f"{self.name} already has a validation split ({len(self.val)} images)")
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-        from ..rng import generator
-
         counts = [max(1, round(fraction * len(ci))) for ci in self.class_indices]
         for c, (k, ci) in enumerate(zip(counts, self.class_indices)):
             if k >= len(ci):

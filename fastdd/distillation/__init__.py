@@ -22,6 +22,7 @@ import torch
 from ..data import Dataset
 from ..distributed import check_device
 from ..engine import EngineConfig, parse_bytes
+from ..evaluation import EvalResult, evaluate, resolve_protocol
 from ..experts import ExpertBuffer
 from ..io import check_out_folder
 from ..synthetic import SyntheticSet
@@ -180,8 +181,6 @@ def _keep_best(ds: Dataset, spec: MethodSpec, select: SelectConfig, seed: int) -
             "select_every scores sets on a validation split, and this data set has none: pass "
             "ds.with_validation(fraction, seed) (never select on the test split)"
         )
-    from ..evaluation import EvalResult, evaluate, resolve_protocol
-
     protocol, opts = select.protocol, {"num_eval": 1, **select.options}
     if protocol == "dd":
         raise ValueError("select_protocol 'dd' replays a DD set's steps on the test split; use mtt, selmatch or soft")

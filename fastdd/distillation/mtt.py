@@ -45,6 +45,8 @@ from ..errors import ModelMismatchError
 from ..experts import ExpertBuffer
 from ..options import check_positive
 from ..rng import generator
+from ..scores import Scores, as_scores
+from ..selection import check_ipc, window_indices
 from ..synthetic import SyntheticSet
 from .loop import Policy, Step, data_scale
 from .registry import Setup, register_method
@@ -154,9 +156,6 @@ def _init_images(
     if cfg.init in ("noise", "real"):
         images, idx = start_images(ds, ipc, cfg.init, g)
     elif cfg.init == "window":
-        from ..scores import Scores, as_scores
-        from ..selection import window_indices
-
         if scores is None:
             raise ValueError(
                 "init='window' (SelMatch) needs difficulty scores: pass scores= (fastdd.load_scores, "
@@ -249,8 +248,6 @@ class MTTPolicy(Policy):
                 f"the latest start epoch {cfg.max_start_epoch - 1} + expert_epochs {cfg.expert_epochs} "
                 f"exceeds the {experts.num_epochs} epochs of the experts in {experts.path}"
             )
-        from ..selection import check_ipc
-
         if cfg.init == "window":
             check_ipc(ds, int(ipc * cfg.beta) + ipc)
             if int(ipc * cfg.alpha) == 0:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .registry import get_method, make_config
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -242,7 +244,5 @@ def get_preset(name: str) -> Preset:
 def check_preset(p: Preset) -> None:
     """``ValueError`` / ``TypeError`` unless ``p.method`` is registered and ``p.options`` are fields of its config
     (with their types)."""
-    from .registry import get_method, make_config
-
     spec = get_method(p.method)
     make_config(spec, dict(p.options))
