@@ -158,14 +158,18 @@ def shutdown(synchronize: bool = False) -> None:
 
     ``synchronize=True`` first waits at a barrier until every rank gets here, so no rank tears down its
     gloo connections while another still talks to it (a rank leaving early can abort the other at exit).
-    Use it only when every rank ended normally: after a failure the others are inside another collective
-    and the barrier would wait for the timeout."""
+    Use it only when this rank ended normally: after a failure the others are inside another collective
+    and the barrier would wait for the timeout. A rank that has already exited fails the barrier; that is
+    ignored."""
     global _CURRENT
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         if synchronize:
-            dist.barrier()
+            try:
+                dist.barrier()
+            except RuntimeError:  # a rank already gone (gloo: "connection closed by peer"): nothing to wait for
+                pass
         dist.destroy_process_group()
     _CURRENT = None
 

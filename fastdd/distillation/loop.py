@@ -52,7 +52,7 @@ import torch
 from ..distributed import Dist, Shard, all_reduce_
 from ..errors import CheckpointWarning, ResumeError, RunFailedError, RunInterrupted
 from ..io import check_out_folder
-from ..runs import RunDir, progress
+from ..runs import CSVLog, RunDir, progress
 from .state import load_checkpoint, save_checkpoint
 
 #: A run stops (:class:`~fastdd.errors.RunFailedError`) when a learned pixel lies more than this many standard
@@ -251,78 +251,169 @@ def run_loop(
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    d = policy.shard.dist if policy.shard is not None else None
-    main = d is None or d.is_main
-    folder = Path(out) if out is not None else None
-    if folder is not None and main:
-        check_out_folder(folder)
-    start_it, skipped = 0, 0
-    best = {k: v.detach().clone() for k, v in policy.tensors.items()} if selection is not None else {}
-    best_score, best_it = -math.inf, None
-    saved = {**policy.tensors, **{f"best.{k}": v for k, v in best.items()}}  # what checkpoints hold
-    gather, rows = _shard_transforms(policy, saved)
-    meta = None
-    if folder is not None and resume:  # read and check only: the folder is not touched yet
-        meta = load_checkpoint(folder, saved, policy.optimizers, policy.generators, transform=rows)
-        if meta is not None:
-            check_resume(policy, meta, folder, iterations, per)
-            start_it, skipped = meta["iteration"], meta["extra"].get("skipped", 0)
-            if selection is not None:
-                best_score, best_it = meta["extra"]["best_score"], meta["extra"]["best_iteration"]
-                best_score = -math.inf if best_score is None else best_score
-            policy.resume(start_it, meta["extra"])
-    policy.begin()
-    run = RunDir(out) if out is not None and main else None  # rank 0 alone writes the run folder
-    if run is not None:
-        if meta is None:  # a fresh start: fresh logs
-            (run.path / "log.csv").unlink(missing_ok=True)
-            (run.path / "selection.csv").unlink(missing_ok=True)
-        else:
-            _truncate_log(run.path / "log.csv", start_it)
-            _truncate_log(run.path / "selection.csv", start_it + 1)
-    log = (
-        run.csv("log.csv", ["iteration", "loss", *policy.log_fields, "skipped", "seconds"]) if run is not None else None
-    )
-    sel_log = run.csv("selection.csv", ["iterations", "score", "best"]) if run is not None and selection else None
-    bar = progress(
-        range(start_it, iterations),
-        desc=desc or policy.method,
-        disable=not (show_progress and main),
-        initial=start_it,
-        total=iterations,
-    )
-    if meta is not None and start_it == iterations and main:
-        bar.write(
-            f"{policy.method}: the checkpoint in {folder} has already done all {iterations // per} iterations; "
-            "nothing to run, its set is returned as saved",
-            file=sys.stderr,
-        )
-    last_saved = start_it if meta is not None and start_it else None
-    reasons: dict[str, int] = {}
+    run = _LoopRun(policy, iterations, out, checkpoint_every, selection, per)
+    run.start(resume, desc or policy.method, show_progress)
+    signals = _SignalCatcher()
+    try:
+        with signals:
+            for it in run.bar:
+                stop = run.iteration(it, stop=signals.caught is not None)
+                last = it + 1 == iterations
+                written = run.folder is not None and ((it + 1) % checkpoint_every == 0 or last or stop)
+                written = written and run.checkpoint(it + 1)
+                if stop and not last:
+                    run.interrupted(it + 1, signals, written)
+        if run.folder is None:  # with a folder the last checkpoint checked them
+            run.check_pixels(iterations)
+    finally:
+        run.close()
+    return run.finish()
 
-    def check_pixels(done: int) -> None:
+
+class _LoopRun:
+    """One run of :func:`run_loop`: the run folder and its logs, the progress bar, the skip count, the best
+    set under a :class:`KeepBest`, and the checkpoint written last."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        iterations: int,
+        out: str | os.PathLike | None,
+        checkpoint_every: int,
+        selection: KeepBest | None,
+        per: int,
+    ):
+        self.policy, self.iterations, self.selection, self.per = policy, iterations, selection, per
+        self.checkpoint_every = checkpoint_every
+        self.dist = policy.shard.dist if policy.shard is not None else None
+        self.main = self.dist is None or self.dist.is_main
+        self.folder = Path(out) if out is not None else None
+        if self.folder is not None and self.main:
+            check_out_folder(self.folder)
+        self.start_it, self.skipped = 0, 0
+        self.best = {k: v.detach().clone() for k, v in policy.tensors.items()} if selection is not None else {}
+        self.best_score: float = -math.inf
+        self.best_it: int | None = None
+        self.saved = {**policy.tensors, **{f"best.{k}": v for k, v in self.best.items()}}  # what checkpoints hold
+        self.gather, self.rows = _shard_transforms(policy, self.saved)
+        self.last_saved: int | None = None
+        self.reasons: dict[str, int] = {}
+        self.log: CSVLog | None = None
+        self.sel_log: CSVLog | None = None
+
+    def start(self, resume: bool, desc: str, show_progress: bool) -> None:
+        """Read and check the checkpoint to resume (the folder is not touched yet), begin the policy, then
+        open the logs (fresh, or cut back to the checkpoint) and the progress bar."""
+        policy, folder, meta = self.policy, self.folder, None
+        if folder is not None and resume:
+            meta = load_checkpoint(folder, self.saved, policy.optimizers, policy.generators, transform=self.rows)
+            if meta is not None:
+                check_resume(policy, meta, folder, self.iterations, self.per)
+                self.start_it, self.skipped = meta["iteration"], meta["extra"].get("skipped", 0)
+                if self.selection is not None:
+                    self.best_score, self.best_it = meta["extra"]["best_score"], meta["extra"]["best_iteration"]
+                    self.best_score = -math.inf if self.best_score is None else self.best_score
+                policy.resume(self.start_it, meta["extra"])
+        policy.begin()
+        run = RunDir(folder) if folder is not None and self.main else None  # rank 0 alone writes the run folder
+        if run is not None:
+            if meta is None:  # a fresh start: fresh logs
+                (run.path / "log.csv").unlink(missing_ok=True)
+                (run.path / "selection.csv").unlink(missing_ok=True)
+            else:
+                _truncate_log(run.path / "log.csv", self.start_it)
+                _truncate_log(run.path / "selection.csv", self.start_it + 1)
+            self.log = run.csv("log.csv", ["iteration", "loss", *policy.log_fields, "skipped", "seconds"])
+            if self.selection:
+                self.sel_log = run.csv("selection.csv", ["iterations", "score", "best"])
+        self.bar = progress(
+            range(self.start_it, self.iterations),
+            desc=desc,
+            disable=not (show_progress and self.main),
+            initial=self.start_it,
+            total=self.iterations,
+        )
+        if meta is not None and self.start_it == self.iterations and self.main:
+            self.bar.write(
+                f"{policy.method}: the checkpoint in {folder} has already done all {self.iterations // self.per} "
+                "iterations; nothing to run, its set is returned as saved",
+                file=sys.stderr,
+            )
+        self.last_saved = self.start_it if meta is not None and self.start_it else None
+
+    def iteration(self, it: int, stop: bool) -> bool:
+        """One iteration: step, read back, apply or skip, log, score. Returns whether every rank was asked
+        to stop (a signal on any of them)."""
+        policy, t0 = self.policy, time.time()
+        step = policy.step(it)
+        excess = policy.pixel_excess()  # the images this step ran on: a blow-up of an earlier update
+        loss, ok, stop, blown = read_back(step.loss, *step.grads, dist=self.dist, stop=stop, excess=excess)
+        if blown is not None:
+            raise _blown_up(policy, blown, it, self.folder, self.last_saved)
+        reason = "" if ok else "non-finite loss or gradient"
+        if ok and policy.threshold is not None and loss > policy.threshold:
+            ok, reason = False, f"loss {loss:.3f} above threshold {policy.threshold}"
+        if ok:
+            policy.apply(step)
+        else:
+            self.skipped += 1
+            kind = reason if reason.startswith("non-finite") else "loss above the threshold"
+            self.reasons[kind] = self.reasons.get(kind, 0) + 1
+            if self.main:
+                self.bar.write(f"{policy.method}: iteration {it} skipped ({reason})")
+        policy.end_iteration(it)
+        values = {**step.info, **policy.log_values(step)}
+        if self.log is not None and (it % policy.log_every == 0 or not ok):
+            fields_ = {k: values[k] for k in policy.log_fields}
+            self.log.log(iteration=it, loss=loss, **fields_, skipped=self.skipped, seconds=time.time() - t0)
+        self.bar.set_postfix(**policy.postfix(loss, values))
+        sel = self.selection
+        if sel is not None and ((it + 1) % (sel.every * self.per) == 0 or it + 1 == self.iterations):
+            self.score(it + 1)
+        return stop
+
+    def score(self, done: int) -> None:
+        """Score the current set (:class:`KeepBest`); keep a copy when it is the best so far."""
+        assert self.selection is not None
+        score = float(self.selection.score_set(self.policy.result(0, 0, None)))
+        if score > self.best_score:
+            self.best_score, self.best_it = score, done
+            with torch.no_grad():
+                for k, v in self.policy.tensors.items():
+                    self.best[k].copy_(v)
+        if self.sel_log is not None:
+            self.sel_log.log(iterations=done, score=score, best=self.best_it)
+
+    def check_pixels(self, done: int) -> None:
         """Stop with :class:`RunFailedError` when the images have blown up (one read-back, all-reduced)."""
-        excess = policy.pixel_excess()
+        excess = self.policy.pixel_excess()
         if excess is None:
             return
         flag = excess.detach().double().reshape(1)
-        if d is not None:
-            flag = all_reduce_(flag, d, op="max")
+        if self.dist is not None:
+            flag = all_reduce_(flag, self.dist, op="max")
         value = float(flag)
         if not value <= 1.0:  # NaN too
-            raise _blown_up(policy, value, done, folder, last_saved)
+            raise _blown_up(self.policy, value, done, self.folder, self.last_saved)
 
-    def checkpoint(done: int) -> bool:
+    def checkpoint(self, done: int) -> bool:
         """Write the checkpoint after ``done`` iterations; False (and a warning) when it could not be written."""
-        nonlocal last_saved
+        policy, folder = self.policy, self.folder
         assert folder is not None  # called only for a run with a folder
-        check_pixels(done)  # never write a checkpoint of blown-up images: the last one written stays good
-        extra = {"config": policy.config_dict(), "skipped": skipped, "seed": policy.seed, **policy.extra_state()}
-        if selection is not None:
-            extra.update(best_score=None if best_it is None else best_score, best_iteration=best_it)
+        self.check_pixels(done)  # never write a checkpoint of blown-up images: the last one written stays good
+        extra = {"config": policy.config_dict(), "skipped": self.skipped, "seed": policy.seed, **policy.extra_state()}
+        if self.selection is not None:
+            extra.update(best_score=None if self.best_it is None else self.best_score, best_iteration=self.best_it)
         try:
             save_checkpoint(
-                folder, done, saved, policy.optimizers, policy.generators, extra, transform=gather, write=main
+                folder,
+                done,
+                self.saved,
+                policy.optimizers,
+                policy.generators,
+                extra,
+                transform=self.gather,
+                write=self.main,
             )
         except OSError as e:
             if not folder.is_dir():
@@ -331,102 +422,57 @@ def run_loop(
                     "has vanished (it is not re-created); the run goes on and still returns its result"
                 )
             else:
-                kept = f"iteration {last_saved}" if last_saved is not None else "none yet"
+                kept = f"iteration {self.last_saved}" if self.last_saved is not None else "none yet"
                 msg = (
                     f"{policy.method}: could not write the checkpoint of iteration {done} to {folder} ({e}); the "
                     f"previous checkpoint ({kept}) is left as it was, and the run goes on"
                 )
-            bar.write(msg)
+            self.bar.write(msg)
             warnings.warn(msg, CheckpointWarning, stacklevel=3)
             return False
-        last_saved = done
+        self.last_saved = done
         return True
 
-    signals = _SignalCatcher()
-    try:
-        with signals:
-            for it in bar:
-                t0 = time.time()
-                step = policy.step(it)
-                excess = policy.pixel_excess()  # the images this step ran on: a blow-up of an earlier update
-                loss, ok, stop, blown = read_back(
-                    step.loss, *step.grads, dist=d, stop=signals.caught is not None, excess=excess
-                )
-                if blown is not None:
-                    raise _blown_up(policy, blown, it, folder, last_saved)
-                reason = "" if ok else "non-finite loss or gradient"
-                if ok and policy.threshold is not None and loss > policy.threshold:
-                    ok, reason = False, f"loss {loss:.3f} above threshold {policy.threshold}"
-                if ok:
-                    policy.apply(step)
-                else:
-                    skipped += 1
-                    kind = reason if reason.startswith("non-finite") else "loss above the threshold"
-                    reasons[kind] = reasons.get(kind, 0) + 1
-                    if main:
-                        bar.write(f"{policy.method}: iteration {it} skipped ({reason})")
-                policy.end_iteration(it)
-                values = {**step.info, **policy.log_values(step)}
-                if log is not None and (it % policy.log_every == 0 or not ok):
-                    log.log(
-                        iteration=it,
-                        loss=loss,
-                        **{k: values[k] for k in policy.log_fields},
-                        skipped=skipped,
-                        seconds=time.time() - t0,
-                    )
-                bar.set_postfix(**policy.postfix(loss, values))
-                if selection is not None and ((it + 1) % (selection.every * per) == 0 or it + 1 == iterations):
-                    score = float(selection.score_set(policy.result(0, 0, None)))
-                    if score > best_score:
-                        best_score, best_it = score, it + 1
-                        with torch.no_grad():
-                            for k, v in policy.tensors.items():
-                                best[k].copy_(v)
-                    if sel_log is not None:
-                        sel_log.log(iterations=it + 1, score=score, best=best_it)
-                last = it + 1 == iterations
-                if folder is not None and ((it + 1) % checkpoint_every == 0 or last or stop):
-                    written = checkpoint(it + 1)
-                else:
-                    written = False
-                if stop and not last:
-                    where = (
-                        (f"checkpoint of iteration {it + 1} written to {folder}; continue with resume=True (--resume)")
-                        if written
-                        else (
-                            "no checkpoint could be written" if folder is not None else "no run folder: nothing saved"
-                        )
-                    )
-                    if main:
-                        bar.write(f"{policy.method}: stopped by {signals.name} after iteration {it + 1}; {where}")
-                    raise RunInterrupted(signals.caught or signal.SIGTERM, it + 1, str(folder) if written else None)
-        if folder is None:  # with a folder the last checkpoint checked them
-            check_pixels(iterations)
-    finally:
-        bar.close()
-        for f in (log, sel_log):
+    def interrupted(self, done: int, signals: _SignalCatcher, written: bool) -> None:
+        """Say where the run stopped and raise :class:`RunInterrupted`."""
+        folder = self.folder
+        if written:
+            where = f"checkpoint of iteration {done} written to {folder}; continue with resume=True (--resume)"
+        else:
+            where = "no checkpoint could be written" if folder is not None else "no run folder: nothing saved"
+        if self.main:
+            self.bar.write(f"{self.policy.method}: stopped by {signals.name} after iteration {done}; {where}")
+        raise RunInterrupted(signals.caught or signal.SIGTERM, done, str(folder) if written else None)
+
+    def close(self) -> None:
+        if hasattr(self, "bar"):
+            self.bar.close()
+        for f in (self.log, self.sel_log):
             if f is not None:
                 f.close()
-    if skipped > MAX_SKIPPED_SHARE * iterations:
-        why = ", ".join(f"{n} for {k}" for k, n in reasons.items()) or "in earlier, resumed parts of the run"
-        hint = (
-            " A loss that is never finite means the start and target parameters coincide: check the experts "
-            "(identical snapshots?) and the learning rates."
-            if "non-finite loss or gradient" in reasons
-            else ""
-        )
-        kept = f"; its last checkpoint is in {folder}" if folder is not None else ""
-        raise RunFailedError(
-            f"{policy.method}: {skipped // per} of {iterations // per} iterations were skipped ({why}), "
-            f"more than {MAX_SKIPPED_SHARE:.0%}: the set learned nothing useful and is not returned"
-            f"{kept}.{hint}"
-        )
-    if selection is not None and best_it is not None:
-        with torch.no_grad():
-            for k, v in policy.tensors.items():
-                v.copy_(best[k])
-    return LoopResult(skipped, start_it, best_it, None if best_it is None else best_score)
+
+    def finish(self) -> LoopResult:
+        """Fail a run that skipped too much; otherwise put the best set (if selecting) in the policy's tensors."""
+        iterations, per, skipped, reasons = self.iterations, self.per, self.skipped, self.reasons
+        if skipped > MAX_SKIPPED_SHARE * iterations:
+            why = ", ".join(f"{n} for {k}" for k, n in reasons.items()) or "in earlier, resumed parts of the run"
+            hint = (
+                " A loss that is never finite means the start and target parameters coincide: check the experts "
+                "(identical snapshots?) and the learning rates."
+                if "non-finite loss or gradient" in reasons
+                else ""
+            )
+            kept = f"; its last checkpoint is in {self.folder}" if self.folder is not None else ""
+            raise RunFailedError(
+                f"{self.policy.method}: {skipped // per} of {iterations // per} iterations were skipped ({why}), "
+                f"more than {MAX_SKIPPED_SHARE:.0%}: the set learned nothing useful and is not returned"
+                f"{kept}.{hint}"
+            )
+        if self.selection is not None and self.best_it is not None:
+            with torch.no_grad():
+                for k, v in self.policy.tensors.items():
+                    v.copy_(self.best[k])
+        return LoopResult(skipped, self.start_it, self.best_it, None if self.best_it is None else self.best_score)
 
 
 class _SignalCatcher:
