@@ -294,31 +294,41 @@ def select(
     if method == "random":
         return random_indices(ds, ipc, seed)
     if method in ("window", "forgetting"):
-        if scores is None:
-            hint = (
-                "fastdd.load_scores(path, ds) or fastdd.forgetting_scores(ds)"
-                if method == "window"
-                else "fastdd.forgetting_scores(ds) or fastdd.load_scores('forgetting_*.npy', ds)"
-            )
-            raise ValueError(f"select(method={method!r}) needs scores= ({hint})")
-        if method == "window" and beta is None:
-            raise ValueError(
-                "select(method='window') needs beta= (the window starts at rank int(ipc*beta) of each "
-                "class, hardest first)"
-            )
-        if method == "forgetting" and isinstance(scores, Scores) and scores.kind == "cscore":
-            raise ValueError("select(method='forgetting') got C-scores; use method='window' for them")
-        s = as_scores(
-            scores,
-            hardest=hardest,
-            n=len(ds.train),
-            what="scores",
-            default_hardest="high" if method == "forgetting" else "low",
-        )
-        return window_indices(ds.train.labels, s, ipc, 0.0 if beta is None else beta)
+        return _by_rank(ds, method, ipc, scores, beta, hardest)
     if features is None:
         features = extract_features(ds, "train", extractor, seed=seed, show_progress=show_progress)
-    features = torch.as_tensor(features)
+    return _on_features(ds, method, ipc, torch.as_tensor(features), seed, show_progress)
+
+
+def _by_rank(ds: Dataset, method: str, ipc: int, scores: Any, beta: float | None, hardest: str | None) -> torch.Tensor:
+    """``window`` / ``forgetting``: a window of ``ipc`` ranks per class of the difficulty ``scores``."""
+    if scores is None:
+        hint = (
+            "fastdd.load_scores(path, ds) or fastdd.forgetting_scores(ds)"
+            if method == "window"
+            else "fastdd.forgetting_scores(ds) or fastdd.load_scores('forgetting_*.npy', ds)"
+        )
+        raise ValueError(f"select(method={method!r}) needs scores= ({hint})")
+    if method == "window" and beta is None:
+        raise ValueError(
+            "select(method='window') needs beta= (the window starts at rank int(ipc*beta) of each class, hardest first)"
+        )
+    if method == "forgetting" and isinstance(scores, Scores) and scores.kind == "cscore":
+        raise ValueError("select(method='forgetting') got C-scores; use method='window' for them")
+    s = as_scores(
+        scores,
+        hardest=hardest,
+        n=len(ds.train),
+        what="scores",
+        default_hardest="high" if method == "forgetting" else "low",
+    )
+    return window_indices(ds.train.labels, s, ipc, 0.0 if beta is None else beta)
+
+
+def _on_features(
+    ds: Dataset, method: str, ipc: int, features: torch.Tensor, seed: int, show_progress: bool
+) -> torch.Tensor:
+    """``herding`` / ``kcenter`` / ``kmeans`` per class on ``features`` ``(len(ds.train), D)``."""
     if features.dim() != 2 or features.shape[0] != len(ds.train):
         raise ValueError(
             f"features must be ({len(ds.train)}, D) for {ds.name}'s train split, got {tuple(features.shape)}"

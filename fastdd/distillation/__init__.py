@@ -70,44 +70,24 @@ def distill(
             counts the same units.
         preset: a name from :data:`PRESETS`; its data set and ZCA setting must match ``ds``.
         scores: difficulty scores ``(len(ds.train),)`` for SelMatch's window initialisation.
-        The run's and the engine's options below are keywords of :class:`RunConfig` and
-        :class:`~fastdd.engine.EngineConfig`:
-
-        out: run folder for the CSV log and atomic checkpoints every ``checkpoint_every`` iterations;
-            with ``resume=True`` a run continues from its last checkpoint to the same result.
-        theta_storage: where the adjoint keeps the student's parameters θ_i: ``"auto"`` (default: all of
-            them when they are small against one step's activations, else ``"checkpoint"``), ``"checkpoint"``
-            (every ⌈√N⌉-th), ``"all"`` or ``"host"`` (CPU memory, pinned on CUDA machines).
-        memory_budget: bytes (an int, or e.g. ``"8GiB"``) ``mode="auto"`` may give a BPTT graph; default
-            :data:`fastdd.engine.DEFAULT_MEMORY_BUDGET` (4 GiB). ``auto`` is resolved once per run from this
-            and the shapes (never from the free memory) and recorded in ``syn.meta["gradient_mode"]``.
-        device: run there (``"cpu"``, ``"cuda"``, ``"cuda:1"``): ``ds`` is moved if it is elsewhere; the
-            result lives there. Default: ``ds``'s device. May differ between a run and its resume.
-        deterministic: deterministic cuDNN and algorithms for the run
-            (:func:`fastdd.engine.deterministic_algorithms`), previous settings restored afterwards.
-        resident_experts: keep the expert trajectories in device memory (each read once); default:
-            on CUDA yes, on the CPU no (where it changes nothing).
-        select_every: keep the best set instead of the last: every this many iterations (and after the
-            last) the current set is evaluated on ``ds.val`` (make it with :meth:`Dataset.with_validation`;
-            never the test split) with ``evaluate(syn, ds, select_protocol, split="val", num_eval=1,
-            **select_options)``, and the best-scoring one is returned; ``syn.meta["selection"]`` records
-            which iteration it was and its score, ``out/selection.csv`` every score. Not for ``dd``.
         engine: the engine's options (:class:`~fastdd.engine.EngineConfig`: ``mode``, ``theta_storage``,
-            ``memory_budget``, ``deterministic``); the same names are accepted as keywords.
+            ``memory_budget`` (bytes, or e.g. ``"8GiB"``), ``deterministic``); also accepted as keywords.
         run: how the run is carried out (:class:`~fastdd.distillation.registry.RunConfig`: ``out``, ``resume``,
-            ``checkpoint_every``, ``show_progress``, ``device``, ``seed``, ``select``, ``resident_experts``);
-            the same names are accepted as keywords (``select_every``, ``select_protocol``,
-            ``select_options`` for ``select``), as are the engine's.
+            ``checkpoint_every``, ``show_progress``, ``device``, ``seed``, ``resident_experts``, ``select``);
+            also accepted as keywords, ``select`` as ``select_every``, ``select_protocol`` and
+            ``select_options``: every ``select_every`` iterations the set is scored on ``ds.val`` (from
+            :meth:`Dataset.with_validation`, never the test split) and the best one is returned
+            (``syn.meta["selection"]``; not for ``dd``).
         options: fields of the method's config dataclass (:class:`MTTConfig`, :class:`DDConfig`,
             :class:`DCConfig`, :class:`DMConfig`, or a registered method's), e.g. ``syn_steps=20``,
             ``batch_real=64``; checked against its fields and types.
 
     Under torch.distributed (launched by ``torchrun``, the group started by :func:`fastdd.distributed.init`
     or by the caller) the MTT family splits the synthetic set over the ranks (``dm`` splits it by class;
-    ``dd``, ``dc`` and ``dsa`` refuse): each keeps and updates its rows, the unrolled steps are all-reduced, rank 0
-    writes ``out`` (checkpoints hold the whole set, so
-    a run resumes on any number of processes), and every rank returns the whole set, equal to one
-    process's result to float round-off. ``mode="auto"`` means ``adjoint`` there; ``bptt`` is refused.
+    ``dd``, ``dc`` and ``dsa`` refuse): each keeps and updates its rows, the unrolled steps are all-reduced,
+    rank 0 writes ``out`` (checkpoints hold the whole set, so a run resumes on any number of processes), and
+    every rank returns the whole set, equal to one process's result to float round-off. ``mode="auto"``
+    means ``adjoint`` there; ``bptt`` is refused.
 
     ``theta_storage``, ``memory_budget`` and ``deterministic`` are recorded in the run's config
     (``syn.meta["config"]``, checkpoints): ``resume=True`` refuses a checkpoint made with other values.
@@ -115,17 +95,7 @@ def distill(
     run = _run_config(run, options)
     extra: dict[str, Any] = {}
     if preset is not None:
-        p = get_preset(preset)
-        if p.dataset != ds.name:
-            raise ValueError(f"preset {preset!r} is for {p.dataset}, not {ds.name}")
-        if p.zca != (ds.zca is not None):
-            raise ValueError(
-                f"preset {preset!r} trains {'with' if p.zca else 'without'} ZCA: load the data with zca={p.zca}"
-            )
-        method = p.method
-        ipc = p.ipc if ipc is None else ipc
-        iterations = p.iterations if iterations is None else iterations
-        options = {**p.options, **options}
+        method, ipc, iterations, options = _apply_preset(preset, ds, ipc, iterations, options)
         extra["preset"] = preset
     spec = get_method(method)
     iterations = 1000 if iterations is None else iterations
@@ -148,16 +118,38 @@ def distill(
             "make them with fastdd.train_experts or `fastdd experts`"
         )
     if run.device is not None:
-        device = check_device(run.device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        if ds.device != device:
-            ds = ds.to(device)
+        ds = _on_device(ds, run.device)
     keep_best = None
     if run.select is not None:  # scores on the data set where the run happens
         keep_best = _keep_best(ds, spec, run.select, run.seed)
     setup = Setup(ds, ipc, cfg, run.seed, method, iterations, experts, scores, run.resident_experts)
     return run_method(spec, setup, run, engine.deterministic, keep_best, extra)
+
+
+def _apply_preset(
+    name: str, ds: Dataset, ipc: int | None, iterations: int | None, options: dict[str, Any]
+) -> tuple[str, int | None, int | None, dict[str, Any]]:
+    """The preset's method, ipc, iterations and options, with the caller's given ones on top; ``ValueError``
+    when the preset is for another data set or ZCA setting."""
+    p = get_preset(name)
+    if p.dataset != ds.name:
+        raise ValueError(f"preset {name!r} is for {p.dataset}, not {ds.name}")
+    if p.zca != (ds.zca is not None):
+        raise ValueError(f"preset {name!r} trains {'with' if p.zca else 'without'} ZCA: load the data with zca={p.zca}")
+    return (
+        p.method,
+        p.ipc if ipc is None else ipc,
+        p.iterations if iterations is None else iterations,
+        {**p.options, **options},
+    )
+
+
+def _on_device(ds: Dataset, device: str | torch.device) -> Dataset:
+    """``ds`` on ``device`` (checked; ``"cuda"`` means the current CUDA device), moved only when elsewhere."""
+    dev = check_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return ds if ds.device == dev else ds.to(dev)
 
 
 def _run_config(run: RunConfig | None, options: dict[str, Any]) -> RunConfig:

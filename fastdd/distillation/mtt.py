@@ -223,6 +223,38 @@ def check_experts(ds: Dataset, experts: ExpertBuffer, net) -> None:
         )
 
 
+def _check_settings(ds: Dataset, ipc: int, experts: ExpertBuffer, cfg: MTTConfig) -> None:
+    """``ValueError`` when the experts are too short for the epochs asked, or a class too small for ``ipc``
+    (SelMatch: for its window, and at least one distilled image per class)."""
+    if cfg.max_start_epoch - 1 + cfg.expert_epochs > experts.num_epochs:  # the latest target epoch
+        raise ValueError(
+            f"the latest start epoch {cfg.max_start_epoch - 1} + expert_epochs {cfg.expert_epochs} "
+            f"exceeds the {experts.num_epochs} epochs of the experts in {experts.path}"
+        )
+    if cfg.init == "window":
+        check_ipc(ds, int(ipc * cfg.beta) + ipc)
+        if int(ipc * cfg.alpha) == 0:
+            raise ValueError(
+                f"selmatch: int(ipc * alpha) = int({ipc} * {cfg.alpha}) = 0 images per class would "
+                "be distilled; raise alpha or ipc"
+            )
+    else:
+        check_ipc(ds, ipc)
+
+
+def _check_distributed(method: str, net, cfg: MTTConfig) -> None:
+    """``ValueError`` for what cannot split a set over processes: batch norm, and BPTT."""
+    if net.has_batchnorm:
+        raise ValueError(
+            f"{method}: {net.name} has batch norm, whose batch statistics would differ when the "
+            "set is split over processes; use a model without it (e.g. convnet) or one process"
+        )
+    if cfg.mode == "bptt":
+        raise ValueError(
+            f"{method}: mode='bptt' cannot run under torch.distributed; use mode='adjoint' (exact) or 'tesla'"
+        )
+
+
 class MTTPolicy(Policy):
     """Trajectory matching (and SelMatch, TESLA, DATM) as a policy on :func:`fastdd.distillation.loop.run_loop`."""
 
@@ -243,34 +275,14 @@ class MTTPolicy(Policy):
         net = experts.model()
         check_experts(ds, experts, net)
         experts.verify_all()  # a corrupt shard is found now, before the run folder is touched
-        if cfg.max_start_epoch - 1 + cfg.expert_epochs > experts.num_epochs:  # the latest target epoch
-            raise ValueError(
-                f"the latest start epoch {cfg.max_start_epoch - 1} + expert_epochs {cfg.expert_epochs} "
-                f"exceeds the {experts.num_epochs} epochs of the experts in {experts.path}"
-            )
-        if cfg.init == "window":
-            check_ipc(ds, int(ipc * cfg.beta) + ipc)
-            if int(ipc * cfg.alpha) == 0:
-                raise ValueError(
-                    f"selmatch: int(ipc * alpha) = int({ipc} * {cfg.alpha}) = 0 images per class would "
-                    "be distilled; raise alpha or ipc"
-                )
-        else:
-            check_ipc(ds, ipc)
+        _check_settings(ds, ipc, experts, cfg)
         dev = ds.device
         if resident_experts is None:
             resident_experts = dev.type == "cuda"
         if resident_experts:
             experts = experts.to(dev)
-        self.ds, self.ipc, self.experts, self.config, self.seed, self.method, self.net = (
-            ds,
-            ipc,
-            experts,
-            cfg,
-            seed,
-            method,
-            net,
-        )
+        self.ds, self.ipc, self.experts, self.config, self.seed = ds, ipc, experts, cfg, seed
+        self.method, self.net = method, net
         self.threshold = cfg.threshold
         self.pixel_scale = data_scale(ds)
         g_init, g_iter, g_aug = (
@@ -282,15 +294,7 @@ class MTTPolicy(Policy):
         self.m = len(images)
         d = current()
         if d is not None:  # torch.distributed: keep this rank's rows
-            if net.has_batchnorm:
-                raise ValueError(
-                    f"{method}: {net.name} has batch norm, whose batch statistics would differ when the "
-                    "set is split over processes; use a model without it (e.g. convnet) or one process"
-                )
-            if cfg.mode == "bptt":
-                raise ValueError(
-                    f"{method}: mode='bptt' cannot run under torch.distributed; use mode='adjoint' (exact) or 'tesla'"
-                )
+            _check_distributed(method, net, cfg)
             self.shard = Shard(d, self.m, ("images",) if logits is None else ("images", "logits"))
             images, labels = self.shard.rows(images), self.shard.rows(labels)
             logits = None if logits is None else self.shard.rows(logits)

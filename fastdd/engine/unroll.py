@@ -327,6 +327,46 @@ def _step_vjp(
     return gl, hvp, gx, gy
 
 
+class _SGDStep:
+    """One student step without a graph, θ_{i+1} = θ_i − α_i·g_i(θ_i) on batch ``batches[i]`` (augmented);
+    under torch.distributed (``reduce``) this process's part of the gradient, all-reduced."""
+
+    def __init__(self, model, X, Y, eta, batches, augment, reduce: StepReduce | None):
+        self.model, self.X, self.Y, self.eta, self.batches = model, X, Y, eta, batches
+        self.augment, self.reduce = augment, reduce
+
+    def holds(self, i: int) -> bool:
+        """Whether this process holds part of step ``i``'s batch."""
+        return self.reduce is None or self.reduce.weights[i] > 0
+
+    def weight(self, i: int) -> float | None:
+        return None if self.reduce is None else self.reduce.weights[i]
+
+    def __call__(self, theta: torch.Tensor, i: int) -> torch.Tensor:
+        if not self.holds(i):
+            g = torch.zeros_like(theta)
+        else:
+            with torch.enable_grad():
+                th = theta.detach().requires_grad_(True)
+                x = self.X[self.batches[i]]
+                if self.augment is not None:
+                    x = self.augment(x, i)
+                g = _step_grad(self.model, th, x, self.Y[self.batches[i]], create_graph=False, weight=self.weight(i))
+        if self.reduce is not None:
+            g = self.reduce.all_reduce(g)
+        return (theta - self.eta[i] * g).detach()
+
+    def first(self, theta: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Step 0, and the bytes autograd saved for it (≈ one step's activations; summed over the processes,
+        which must all choose the same θ storage since recomputation makes collectives)."""
+        with saved_bytes() as saved:
+            out = self(theta, 0)
+        if self.reduce is None:
+            return out, saved[0]
+        total = self.reduce.all_reduce(torch.tensor([float(saved[0])], dtype=torch.float64, device=theta.device))
+        return out, int(total.item())
+
+
 def _adjoint(
     model,
     images,
@@ -347,42 +387,13 @@ def _adjoint(
     X, Y, eta = images.detach(), labels.detach(), lrs.detach()
     want_x, want_y = images.requires_grad, labels.requires_grad
     n = len(batches)
-
-    def share(i: int) -> bool:  # whether this process holds part of step i's batch
-        return reduce is None or reduce.weights[i] > 0
-
-    def weight(i: int) -> float | None:
-        return None if reduce is None else reduce.weights[i]
-
-    def step(theta: torch.Tensor, i: int) -> torch.Tensor:
-        if not share(i):
-            g = torch.zeros_like(theta)
-        else:
-            with torch.enable_grad():
-                th = theta.detach().requires_grad_(True)
-                x = X[batches[i]]
-                if augment is not None:
-                    x = augment(x, i)
-                g = _step_grad(model, th, x, Y[batches[i]], create_graph=False, weight=weight(i))
-        if reduce is not None:
-            g = reduce.all_reduce(g)
-        return (theta - eta[i] * g).detach()
-
-    def first_step(theta: torch.Tensor) -> tuple[torch.Tensor, int]:
-        with saved_bytes() as saved:
-            out = step(theta, 0)
-        if reduce is None:
-            return out, saved[0]
-        # every process must pick the same storage (recomputation makes collectives): the whole batch's bytes
-        total = reduce.all_reduce(torch.tensor([float(saved[0])], dtype=torch.float64, device=theta.device))
-        return out, int(total.item())
-
+    step = _SGDStep(model, X, Y, eta, batches, augment, reduce)
     store = _ThetaStore(n, theta_storage, theta0)
     theta = theta0.detach()
     for i in range(n):
         store.put(i, theta)
         if i == 0 and theta_storage == "auto":  # decided from the bytes step 0 saved (≈ one step's activations)
-            theta, activation_bytes = first_step(theta)
+            theta, activation_bytes = step.first(theta)
             store.choose(auto_theta_storage(n, theta.numel() * theta.element_size(), activation_bytes))
             continue
         theta = step(theta, i)
@@ -400,8 +411,10 @@ def _adjoint(
             segment.append(step(segment[-1], i))
         for i in range(min(seg + store.k, n) - 1, seg - 1, -1):
             idx, th_i = batches[i], segment.pop()
-            if share(i):
-                gl, hvp, gx, gy = _step_vjp(model, th_i, X, Y, idx, i, lam, augment, exact, want_x, want_y, weight(i))
+            if step.holds(i):
+                gl, hvp, gx, gy = _step_vjp(
+                    model, th_i, X, Y, idx, i, lam, augment, exact, want_x, want_y, step.weight(i)
+                )
             else:  # none of this step's batch is here: this process adds zeros to the reductions
                 gl, hvp, gx, gy = lam.new_zeros(()), lam.new_zeros(lam.shape) if exact else None, None, None
             if reduce is not None:
