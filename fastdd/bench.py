@@ -580,6 +580,56 @@ def _fmt_point(p: MemoryPoint) -> str:
     return f"{head} {p.note}"
 
 
+@dataclass
+class _Sweep:
+    """What every point of one :func:`memory_scaling` call shares: the problem's shape, where and how it is
+    measured, and the network's size."""
+
+    im_size: int
+    channels: int
+    width: int
+    depth: int
+    num_classes: int
+    dsa: bool
+    device: str
+    timeout: float  # seconds per measured point
+    max_mib: float | None  # points predicted above this are not measured
+    measure_fn: Callable[..., MemoryPoint]
+    num_params: int = field(init=False)  # of the ConvNet
+    act_per_image_mib: float = field(init=False)  # decides the "auto" θ storage of the fit
+
+    def __post_init__(self) -> None:
+        from .models import build_model
+
+        c, k, s, w, d = self.channels, self.num_classes, self.im_size, self.width, self.depth
+        self.num_params = build_model(
+            "convnet", in_channels=c, num_classes=k, im_size=(s, s), width=w, depth=d
+        ).num_params
+        self.act_per_image_mib = activations_per_image_mib(c, k, s, w, d)
+
+    def config(
+        self, steps: Sequence[int], labels: list[str], batch: int | Sequence[int] | None, ipc: Sequence[int] | None
+    ) -> dict[str, Any]:
+        """The settings of the experiment, as :class:`ScalingResult` records them."""
+        return {
+            "steps": list(steps),
+            "modes": labels,
+            "batch": batch if batch is None or isinstance(batch, int) else list(batch),
+            "ipc": None if ipc is None else list(ipc),
+            "num_classes": self.num_classes,
+            "im_size": self.im_size,
+            "channels": self.channels,
+            "width": self.width,
+            "depth": self.depth,
+            "dsa": self.dsa,
+            "device": self.device,
+            "max_mib": self.max_mib,
+            "num_params": self.num_params,
+            "model": "peak ≈ a + b · images_per_step · (steps for bptt | 1 for adjoint/tesla) "
+            "+ theta_vectors(mode, steps) · num_params · 4 bytes",
+        }
+
+
 def memory_scaling(
     steps: Sequence[int],
     modes: Sequence[str],
@@ -613,95 +663,94 @@ def memory_scaling(
     ``memory_scaling.csv``, ``.md``, ``.json``
     and ``.png`` there. ``measure_fn`` replaces :func:`measure` (same arguments; for tests).
     """
-    from .models import build_model
-
     labels = list(dict.fromkeys(mode_label(m) for m in modes))
     if not labels:
         raise ValueError("no modes to measure")
     points_spec = grid(steps, batch, ipc, num_classes)
-    num_params = build_model(
-        "convnet", in_channels=channels, num_classes=num_classes, im_size=(im_size, im_size), width=width, depth=depth
-    ).num_params
-    measure_fn = measure_fn or measure
-    act = activations_per_image_mib(channels, num_classes, im_size, width, depth)  # decides "auto" θ storage
+    sweep = _Sweep(im_size, channels, width, depth, num_classes, dsa, device, timeout, max_mib, measure_fn or measure)
     points: list[MemoryPoint] = []
     for label in labels:
-        todo = sorted(points_spec, key=lambda s: (_x(label, s[3], s[1]), s[3], s[0]))
-        measured: list[MemoryPoint] = []
-        for images, b, i, n in todo:
-            fit = fit_memory(measured, num_params, act_per_image_mib=act)
-            pred = fit.predict(n, b) if fit is not None else None
-            if max_mib is not None and len(measured) >= 2 and pred is not None and pred > max_mib:
-                p = MemoryPoint(
-                    label,
-                    n,
-                    b,
-                    None,
-                    None,
-                    device,
-                    f"{pred:.0f} MiB > {max_mib:.0f} MiB: not measured",
-                    images=images,
-                    ipc=i,
-                    source="predicted",
-                    predicted_mib=pred,
-                )
-            else:
-                p = measure_fn(
-                    label,
-                    n,
-                    b,
-                    im_size,
-                    channels,
-                    width,
-                    device,
-                    timeout,
-                    images=images,
-                    ipc=i,
-                    num_classes=num_classes,
-                    depth=depth,
-                    dsa=dsa,
-                )
-                if p.peak_mib is not None:
-                    measured.append(p)
-            points.append(p)
-            echo(_fmt_point(p))
-    fits: dict[str, MemoryFit] = {}
-    holdout: dict[str, HoldoutCheck | str] = {}
-    max_ipc: dict[str, dict[int, int | None]] = {}
-    for label in labels:
-        mine = [p for p in points if p.mode == label]
-        fit = fit_memory(mine, num_params, act_per_image_mib=act)
-        holdout[label] = holdout_check(mine, num_params, act_per_image_mib=act)
-        if fit is None:
-            continue
-        fits[label] = fit
-        for p in mine:
-            p.predicted_mib = fit.predict(p.steps, p.batch)
-        if max_gib is not None:
-            max_ipc[label] = {n: fit.max_ipc(max_gib, n, num_classes) for n in dict.fromkeys(max_ipc_steps or steps)}
-    config = {
-        "steps": list(steps),
-        "modes": labels,
-        "batch": batch if batch is None or isinstance(batch, int) else list(batch),
-        "ipc": None if ipc is None else list(ipc),
-        "num_classes": num_classes,
-        "im_size": im_size,
-        "channels": channels,
-        "width": width,
-        "depth": depth,
-        "dsa": dsa,
-        "device": device,
-        "max_mib": max_mib,
-        "num_params": num_params,
-        "model": "peak ≈ a + b · images_per_step · (steps for bptt | 1 for adjoint/tesla) "
-        "+ theta_vectors(mode, steps) · num_params · 4 bytes",
-    }
+        points += _sweep_mode(sweep, label, points_spec, echo)
+    fits, holdout, max_ipc = _fit_modes(sweep, labels, points, max_gib, list(dict.fromkeys(max_ipc_steps or steps)))
+    config = sweep.config(steps, labels, batch, ipc)
     res = ScalingResult(points, fits, holdout, max_ipc, max_gib, config)
     for line in summary_lines(res):
         echo(line)
     if out is not None:
         write_results(res, Path(out))
     return res
+
+
+def _sweep_mode(
+    sweep: _Sweep, label: str, points_spec: list[tuple[int, int, int | None, int]], echo: Callable[[str], Any]
+) -> list[MemoryPoint]:
+    """The points ``points_spec`` (``(images, batch, ipc, steps)``, see :func:`grid`) of mode ``label``,
+    cheapest first: measured, or predicted when the fit of the points measured so far (two at least) puts
+    them above ``sweep.max_mib``. Each is echoed as it is found."""
+    todo = sorted(points_spec, key=lambda s: (_x(label, s[3], s[1]), s[3], s[0]))
+    measured: list[MemoryPoint] = []
+    points: list[MemoryPoint] = []
+    for images, b, i, n in todo:
+        fit = fit_memory(measured, sweep.num_params, act_per_image_mib=sweep.act_per_image_mib)
+        pred = fit.predict(n, b) if fit is not None else None
+        if sweep.max_mib is not None and len(measured) >= 2 and pred is not None and pred > sweep.max_mib:
+            note = f"{pred:.0f} MiB > {sweep.max_mib:.0f} MiB: not measured"
+            p = MemoryPoint(
+                label,
+                n,
+                b,
+                None,
+                None,
+                sweep.device,
+                note,
+                images=images,
+                ipc=i,
+                source="predicted",
+                predicted_mib=pred,
+            )
+        else:
+            p = sweep.measure_fn(
+                label,
+                n,
+                b,
+                sweep.im_size,
+                sweep.channels,
+                sweep.width,
+                sweep.device,
+                sweep.timeout,
+                images=images,
+                ipc=i,
+                num_classes=sweep.num_classes,
+                depth=sweep.depth,
+                dsa=sweep.dsa,
+            )
+            if p.peak_mib is not None:
+                measured.append(p)
+        points.append(p)
+        echo(_fmt_point(p))
+    return points
+
+
+def _fit_modes(
+    sweep: _Sweep, labels: list[str], points: list[MemoryPoint], max_gib: float | None, max_ipc_steps: list[int]
+) -> tuple[dict[str, MemoryFit], dict[str, HoldoutCheck | str], dict[str, dict[int, int | None]]]:
+    """Per mode: the fit on all its measured points (which also sets every point's ``predicted_mib``), the
+    held-out check, and, with ``max_gib``, the largest IPC fitting that many GiB at each of ``max_ipc_steps``."""
+    fits: dict[str, MemoryFit] = {}
+    holdout: dict[str, HoldoutCheck | str] = {}
+    max_ipc: dict[str, dict[int, int | None]] = {}
+    for label in labels:
+        mine = [p for p in points if p.mode == label]
+        fit = fit_memory(mine, sweep.num_params, act_per_image_mib=sweep.act_per_image_mib)
+        holdout[label] = holdout_check(mine, sweep.num_params, act_per_image_mib=sweep.act_per_image_mib)
+        if fit is None:
+            continue
+        fits[label] = fit
+        for p in mine:
+            p.predicted_mib = fit.predict(p.steps, p.batch)
+        if max_gib is not None:
+            max_ipc[label] = {n: fit.max_ipc(max_gib, n, sweep.num_classes) for n in max_ipc_steps}
+    return fits, holdout, max_ipc
 
 
 def summary_lines(res: ScalingResult) -> list[str]:

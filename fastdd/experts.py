@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from .data import Dataset
-from .distributed import barrier, current, gather_objects
+from .distributed import Dist, barrier, current, gather_objects
 from .errors import CorruptFileError, ExpertWarning, ModelMismatchError
 from .io import (
     atomic_save_safetensors,
@@ -39,7 +39,7 @@ from .io import (
     read_json_object,
 )
 from .models import FunctionalNet, accuracy, model_for, model_from_spec
-from .options import check_positive
+from .options import check_dataclass_options, check_keywords, check_positive
 from .rng import generator
 from .runs import CSVLog, RunDir, progress
 
@@ -49,14 +49,71 @@ MANIFEST = "manifest.json"
 
 @dataclass
 class ExpertConfig:
-    """How experts are trained (SGD on the real train split). Defaults follow MTT's buffer.py."""
+    """How experts are trained (SGD on the real train split). Defaults follow MTT's buffer.py.
+
+    The one set of training settings of :func:`train_experts` (``config=``, or the same names as keywords)
+    and of ``fastdd experts``; recorded as ``"train"`` in the manifest, so a resumed run must match it.
+
+    Attributes:
+        lr: SGD learning rate (> 0).
+        momentum: SGD momentum (>= 0).
+        weight_decay: L2 weight decay (>= 0).
+        batch_size: images per SGD step (>= 1).
+        decay: multiply the learning rate by 0.1 once, at epoch ``epochs // 2 + 1``.
+        augment: ``None`` or ``"dsa"`` (MTT trains its experts with DSA).
+    """
 
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 256
-    decay: bool = False  # ×0.1 once at epoch epochs // 2 + 1
-    augment: str | None = None  # None | "dsa"
+    decay: bool = False
+    augment: str | None = None
+
+    def validate(self) -> None:
+        """``ValueError`` naming the field whose value is out of range, ``TypeError`` naming one of another type."""
+        _check_count("batch_size", self.batch_size)
+        check_positive(self, "lr")
+        check_positive(self, "momentum", "weight_decay", allow_zero=True)
+        if self.augment not in (None, "none", "dsa"):
+            raise ValueError(f"augment must be None or 'dsa', got {self.augment!r}")
+        check_dataclass_options(ExpertConfig, asdict(self), "ExpertConfig")
+
+
+TRAIN_FIELDS = tuple(f.name for f in fields(ExpertConfig))
+
+
+def expert_config(config: ExpertConfig | None = None, **options: Any) -> ExpertConfig:
+    """The training settings :func:`train_experts` uses: ``config`` (default :class:`ExpertConfig`) with the
+    keyword ``options`` (names of its fields) set on it, checked (:meth:`ExpertConfig.validate`).
+
+    Raises ``TypeError`` naming a keyword that is no field of :class:`ExpertConfig`, ``ValueError`` naming a
+    field that ``config`` sets (to other than its default) and a keyword sets to another value."""
+    check_keywords(options, dict.fromkeys(TRAIN_FIELDS, Any), "train_experts: ExpertConfig")
+    if config is None:
+        cfg = ExpertConfig(**options)
+    elif not isinstance(config, ExpertConfig):
+        raise TypeError(f"train_experts: config must be an ExpertConfig, got {type(config).__name__}")
+    else:
+        default = ExpertConfig()
+        clash = [k for k, v in options.items() if getattr(default, k) != getattr(config, k) != v]
+        if clash:
+            raise ValueError(
+                "train_experts: "
+                + ", ".join(
+                    f"{k}={options[k]!r} (keyword) differs from config.{k}={getattr(config, k)!r}" for k in clash
+                )
+                + "; give each setting once: in config= or as a keyword"
+            )
+        cfg = replace(config, **options)
+    cfg.validate()
+    return cfg
+
+
+def _check_count(name: str, value: Any) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is an integer >= 1 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def train_one(
@@ -116,48 +173,79 @@ def train_experts(
     out: str | os.PathLike | None = "runs/experts",
     seed: int = 0,
     *,
-    lr: float = 0.01,
-    momentum: float = 0.0,
-    weight_decay: float = 0.0,
-    batch_size: int = 256,
-    decay: bool = False,
-    augment: str | None = None,
+    config: ExpertConfig | None = None,
     shard_size: int = 10,
     model_kwargs: dict[str, Any] | None = None,
     resume: bool = True,
     show_progress: bool = True,
     run_config: dict[str, Any] | None = None,
+    **options: Any,
 ) -> ExpertBuffer:
     """Train ``num_experts`` networks on ``ds.train`` and save their trajectories under ``out``.
 
     Args:
         model: a registry name (``"convnet"``, ...) or a built :class:`FunctionalNet`.
         epochs: snapshots are taken at init and after every epoch (``epochs + 1`` per expert).
+        out: the folder (``None``: a new temporary one; not under torch.distributed).
         seed: expert ``i`` is initialised and shuffled from streams derived from ``(seed, i)``.
-        lr, momentum, weight_decay, batch_size, decay: SGD settings (MTT: 0.01, 0, 0, 256, off).
-        augment: ``None`` or ``"dsa"`` (MTT trains experts with DSA).
+        config: the training settings (:class:`ExpertConfig`: SGD ``lr``, ``momentum``, ``weight_decay``,
+            ``batch_size``, ``decay`` and ``augment``; MTT's defaults).
         shard_size: experts per file.
+        model_kwargs: passed to the model registry when ``model`` is a name.
         resume: keep shards already in ``out`` from a run with the same settings.
+        show_progress: a progress bar (on rank 0).
         run_config: if given, written to ``out/config.yaml`` (after the folder is checked).
+        **options: any field of :class:`ExpertConfig` as a keyword (``lr=0.01``, ``augment="dsa"``, ...), set
+            on ``config``; one that ``config`` sets to another value is a ``ValueError`` (see
+            :func:`expert_config`).
 
     Returns the :class:`ExpertBuffer` over ``out``.
     """
-    for name, value in (
-        ("num_experts", num_experts),
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("shard_size", shard_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    cfg = ExpertConfig(
-        lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, decay=decay, augment=augment
-    )
-    check_positive(cfg, "lr")
-    check_positive(cfg, "momentum", "weight_decay", allow_zero=True)
-    if augment not in (None, "none", "dsa"):
-        raise ValueError(f"augment must be None or 'dsa', got {augment!r}")
+    cfg = expert_config(config, **options)
+    for name, value in (("num_experts", num_experts), ("epochs", epochs), ("shard_size", shard_size)):
+        _check_count(name, value)
     net = model_for(ds, model, **(model_kwargs or {})) if isinstance(model, str) else model
+    job = _Job(ds, net, cfg, epochs, seed, _out_folder(out))
+    header = _header(net, ds.name, ds.zca is not None, epochs, seed, shard_size, asdict(cfg))
+    manifest = _resume_manifest(job.out, header, num_experts, resume)
+    job.out.mkdir(parents=True, exist_ok=True)
+    d = current()  # under torch.distributed each rank trains its share of every file's experts
+    main = d is None or d.is_main
+    if run_config is not None and main:  # once the folder is known usable
+        RunDir(job.out, run_config)
+    done = sum(len(s["experts"]) for s in manifest["shards"])
+    manifest["num_experts"] = max(num_experts, done)
+    _train_shards(job, manifest, list(range(done, num_experts)), shard_size, show_progress)
+    if main and not manifest["complete"]:  # num_experts already reached by resumed shards
+        manifest["complete"] = True
+        atomic_write_json(job.out / MANIFEST, manifest)
+    if d is not None:
+        barrier(d)
+    return ExpertBuffer(job.out)
+
+
+@dataclass
+class _Job:
+    """What every expert of one :func:`train_experts` call shares."""
+
+    ds: Dataset
+    net: FunctionalNet
+    cfg: ExpertConfig
+    epochs: int
+    seed: int
+    out: Path
+
+
+class _Trained(NamedTuple):
+    """One trained expert, as a rank sends it to rank 0."""
+
+    trajectory: torch.Tensor  # (epochs + 1, num_params) float32 on CPU
+    test_accuracy: float  # in [0, 1], after the last epoch
+    losses: list[float]  # mean train loss of every epoch
+
+
+def _out_folder(out: str | os.PathLike | None) -> Path:
+    """``out`` as a checked folder path (nothing created); ``None``: a new temporary folder."""
     if out is None:
         if current() is not None:
             raise ValueError("train_experts under torch.distributed needs out= (a folder every rank can read)")
@@ -166,88 +254,124 @@ def train_experts(
         out = tempfile.mkdtemp(prefix="fastdd-experts-")
     out = Path(out)
     check_out_folder(out)
-    header = {
+    return out
+
+
+def _header(
+    net: FunctionalNet,
+    dataset: str,
+    zca: bool | None,
+    epochs: int | None,
+    seed: int | None,
+    shard_size: int,
+    train: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's settings: what a resumed run must match (``None`` where an imported buffer cannot say)."""
+    return {
         "format": FORMAT,
         "model": net.name,
         "model_spec": net.spec,
         "init": net.init_scheme,
         "num_params": net.num_params,
-        "dataset": ds.name,
-        "zca": ds.zca is not None,
+        "dataset": dataset,
+        "zca": zca,
         "epochs": epochs,
         "seed": seed,
         "shard_size": shard_size,
-        "train": asdict(cfg),
+        "train": train,
     }
+
+
+def _resume_manifest(out: Path, header: dict[str, Any], num_experts: int, resume: bool) -> dict[str, Any]:
+    """The manifest to continue: a new one, or, with ``resume``, the one in ``out`` with its (checked) shards
+    when its settings equal ``header``."""
     manifest = {**header, "num_experts": num_experts, "shards": [], "test_accuracy": [], "complete": False}
     mpath = out / MANIFEST
-    if mpath.exists() and not resume:
+    if not mpath.exists():
+        return manifest
+    if not resume:
         raise ValueError(f"{out} already holds experts; pass resume=True to continue them or use another folder")
-    if mpath.exists() and resume:
-        old = read_manifest(out)
-        differ = sorted(k for k in header if old.get(k) != header[k])
-        if differ:
-            raise ValueError(
-                f"{out} holds experts trained with other settings ({', '.join(differ)} differ); resume "
-                "with the same settings or use another folder"
-            )
-        for shard in old["shards"]:  # the shards kept must be intact
-            check_file(out / shard["file"], shard, mpath, "expert shard")
-        manifest["shards"], manifest["test_accuracy"] = old["shards"], old.get("test_accuracy", [])
-    out.mkdir(parents=True, exist_ok=True)
-    if run_config is not None and (current() is None or current().is_main):  # once the folder is known usable
-        RunDir(out, run_config)
-    done = sum(len(s["experts"]) for s in manifest["shards"])
-    manifest["num_experts"] = max(num_experts, done)
-    todo = list(range(done, num_experts))
-    d = current()  # under torch.distributed each rank trains its share of every file's experts
+    old = read_manifest(out)
+    differ = sorted(k for k in header if old.get(k) != header[k])
+    if differ:
+        raise ValueError(
+            f"{out} holds experts trained with other settings ({', '.join(differ)} differ); resume "
+            "with the same settings or use another folder"
+        )
+    for shard in old["shards"]:  # the shards kept must be intact
+        check_file(out / shard["file"], shard, mpath, "expert shard")
+    manifest["shards"], manifest["test_accuracy"] = old["shards"], old.get("test_accuracy", [])
+    return manifest
+
+
+def _train_shards(job: _Job, manifest: dict[str, Any], todo: list[int], shard_size: int, show_progress: bool) -> None:
+    """Train the experts ``todo`` and write them, ``shard_size`` per file, each file followed by the manifest
+    (rank 0 writes; under torch.distributed every rank trains its share of each file's experts)."""
+    d = current()
     main = d is None or d.is_main
     mine = len(todo) if d is None else len(todo[d.rank :: d.world])
-    bar = progress(total=mine * epochs, desc=f"experts ({net.name}, {ds.name})", disable=not (show_progress and main))
-    log = CSVLog(out / "log.csv", ["expert", "epoch", "train_loss", "test_accuracy"]) if main else None
+    desc = f"experts ({job.net.name}, {job.ds.name})"
+    bar = progress(total=mine * job.epochs, desc=desc, disable=not (show_progress and main))
+    log = CSVLog(job.out / "log.csv", ["expert", "epoch", "train_loss", "test_accuracy"]) if main else None
     # one output file per chunk: shard_size experts (the last may be short), as an uninterrupted run writes them
-    chunks = [todo[j : j + shard_size] for j in range(0, len(todo), shard_size)]
-    for chunk in chunks:
-        trained: dict[int, tuple[torch.Tensor, float, list[float]]] = {}
-        for i in chunk if d is None else chunk[d.rank :: d.world]:
-            losses: list[float] = []
-
-            def on_epoch(ep: int, loss: float, i: int = i, losses: list[float] = losses) -> None:
-                bar.update(1)
-                bar.set_postfix(expert=i, loss=f"{loss:.3f}")
-                losses.append(loss)
-
-            traj, acc = train_one(net, ds, epochs, cfg, seed=_expert_seed(seed, i), on_epoch=on_epoch)
-            warn_identical(traj, f"expert {i} ({out})")
-            trained[i] = (traj, acc, losses)
+    for j in range(0, len(todo), shard_size):
+        chunk = todo[j : j + shard_size]
+        trained = _train_share(job, chunk if d is None else chunk[d.rank :: d.world], bar)
         if d is not None:  # rank 0 writes the file: only it receives the trajectories
-            parts = gather_objects(trained, d)
-            trained = {i: v for part in parts for i, v in part.items()} if main else {}
-        if main:
-            for i in chunk:
-                for ep, loss in enumerate(trained[i][2]):
-                    log.log(expert=i, epoch=ep + 1, train_loss=loss, test_accuracy="")
-                log.log(expert=i, epoch=epochs, train_loss="", test_accuracy=trained[i][1])
-            k = len(manifest["shards"])
-            fname = f"experts_{k:04d}.safetensors"
-            record = atomic_save_safetensors(
-                out / fname, {f"expert_{i}": trained[i][0] for i in chunk}, metadata={"format": FORMAT}
-            )
-            manifest["shards"].append({"file": fname, "experts": list(chunk), **record})
-            manifest["test_accuracy"].extend(trained[i][1] for i in chunk)
-            manifest["complete"] = sum(len(s["experts"]) for s in manifest["shards"]) >= num_experts
-            atomic_write_json(mpath, manifest)
+            trained = _gather_trained(trained, d)
+        if log is not None:  # rank 0
+            _write_shard(job, manifest, chunk, trained, log)
         if d is not None:
             barrier(d)
     bar.close()
     if log is not None:
         log.close()
-    if main and not manifest["complete"]:  # num_experts already reached by resumed shards
-        manifest["complete"] = True
-        atomic_write_json(mpath, manifest)
-    if d is not None:
-        barrier(d)
-    return ExpertBuffer(out)
+
+
+def _train_share(job: _Job, ids: list[int], bar) -> dict[int, _Trained]:
+    """Train the experts ``ids`` (this rank's share of one file's), advancing ``bar`` every epoch."""
+    trained: dict[int, _Trained] = {}
+    for i in ids:
+        losses: list[float] = []
+
+        def on_epoch(ep: int, loss: float, i: int = i, losses: list[float] = losses) -> None:
+            bar.update(1)
+            bar.set_postfix(expert=i, loss=f"{loss:.3f}")
+            losses.append(loss)
+
+        traj, acc = train_one(job.net, job.ds, job.epochs, job.cfg, seed=_expert_seed(job.seed, i), on_epoch=on_epoch)
+        warn_identical(traj, f"expert {i} ({job.out})", stacklevel=5)  # attributed to train_experts' caller
+        trained[i] = _Trained(traj, acc, losses)
+    return trained
+
+
+def _gather_trained(trained: dict[int, _Trained], d: Dist) -> dict[int, _Trained]:
+    """Every rank's experts on rank 0 (the one that writes the file); the other ranks keep none."""
+    parts = gather_objects(trained, d)
+    return {i: v for part in parts for i, v in part.items()} if parts is not None else {}
+
+
+def _write_shard(
+    job: _Job, manifest: dict[str, Any], chunk: list[int], trained: dict[int, _Trained], log: CSVLog
+) -> None:
+    """Log the experts ``chunk``, write them to the next shard and rewrite the manifest (both atomically)."""
+    for i in chunk:
+        for ep, loss in enumerate(trained[i].losses):
+            log.log(expert=i, epoch=ep + 1, train_loss=loss, test_accuracy="")
+        log.log(expert=i, epoch=job.epochs, train_loss="", test_accuracy=trained[i].test_accuracy)
+    trajs = {i: trained[i].trajectory for i in chunk}
+    manifest["shards"].append(_save_shard(job.out, len(manifest["shards"]), chunk, trajs))
+    manifest["test_accuracy"].extend(trained[i].test_accuracy for i in chunk)
+    manifest["complete"] = sum(len(s["experts"]) for s in manifest["shards"]) >= manifest["num_experts"]
+    atomic_write_json(job.out / MANIFEST, manifest)
+
+
+def _save_shard(out: Path, k: int, ids: list[int], trajs: Mapping[int, torch.Tensor]) -> dict[str, Any]:
+    """Write shard ``k`` of ``out`` (tensors ``expert_<i>`` for ``i`` in ``ids``) atomically; returns its
+    manifest entry (file, experts, bytes, sha256)."""
+    fname = f"experts_{k:04d}.safetensors"
+    record = atomic_save_safetensors(out / fname, {f"expert_{i}": trajs[i] for i in ids}, metadata={"format": FORMAT})
+    return {"file": fname, "experts": list(ids), **record}
 
 
 def _expert_seed(seed: int, i: int) -> int:
@@ -301,9 +425,9 @@ def identical_snapshots(traj: torch.Tensor) -> list[int]:
     return (torch.nonzero(same).flatten() + 1).tolist()
 
 
-def warn_identical(traj: torch.Tensor, what: str) -> None:
+def warn_identical(traj: torch.Tensor, what: str, stacklevel: int = 3) -> None:
     """An :class:`~fastdd.errors.ExpertWarning` naming ``what`` and the epochs when :func:`identical_snapshots`
-    finds any."""
+    finds any, attributed ``stacklevel`` frames up (3: the caller of this function's caller)."""
     eps = identical_snapshots(traj)
     if not eps:
         return
@@ -314,7 +438,7 @@ def warn_identical(traj: torch.Tensor, what: str) -> None:
         "cannot learn from an expert that does not move (a buffer saved on a CPU by the reference code "
         "holds the final weights in every snapshot: re-save it with .clone())",
         ExpertWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
@@ -531,37 +655,12 @@ def import_reference_buffer(
         raise ValueError("import_reference_buffer needs at least one replay_buffer_*.pt file")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    import re
-
-    files = sorted(files, key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.fspath(f))])
-    shapes = [p.shape for p in net.params]
+    files = _natural_order(files)
     trajs: list[torch.Tensor] = []
     epochs = None
     for fpath in files:
-        try:
-            data = torch.load(fpath, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # unpickling errors, truncated zip, ...
-            raise CorruptFileError(f"{fpath} is not a readable replay buffer (torch.load weights_only): {e}") from e
-        if not isinstance(data, list) or not all(isinstance(x, list) for x in data):
-            raise CorruptFileError(f"{fpath}: expected a list of experts, each a list of epochs")
-        if not data:
-            raise CorruptFileError(f"{fpath} holds an empty list: no experts to import")
-        for ei, expert in enumerate(data):
-            snaps = []
-            if not expert:
-                raise CorruptFileError(f"{fpath}: expert {ei} has no snapshots")
-            for ep, params in enumerate(expert):
-                if not isinstance(params, (list, tuple)) or not all(torch.is_tensor(t) for t in params):
-                    raise CorruptFileError(f"{fpath}: expert {ei} epoch {ep} must be a list of parameter tensors")
-                if len(params) != len(shapes) or any(tuple(t.shape) != s for t, s in zip(params, shapes)):
-                    got = [tuple(t.shape) for t in params][:4]
-                    raise ModelMismatchError(
-                        f"{fpath}: expert {ei} epoch {ep} has {len(params)} tensors {got}..., which does not match "
-                        f"{net.describe()} ({len(shapes)} tensors {shapes[:4]}...)"
-                    )
-                snaps.append(torch.cat([t.detach().float().reshape(-1) for t in params]))
+        for ei, expert in enumerate(_load_reference_file(fpath)):
+            snaps = _reference_snapshots(fpath, ei, expert, net)
             if epochs is None:
                 epochs = len(snaps) - 1
             elif len(snaps) - 1 != epochs:
@@ -574,29 +673,63 @@ def import_reference_buffer(
     out = Path(out)
     check_out_folder(out)
     out.mkdir(parents=True, exist_ok=True)
+    train = {"imported_from": [os.fspath(f) for f in files]}
     manifest = {
-        "format": FORMAT,
-        "model": net.name,
-        "model_spec": net.spec,
-        "init": net.init_scheme,
-        "num_params": net.num_params,
-        "dataset": dataset,
-        "zca": None,
-        "epochs": epochs,
-        "seed": None,
-        "shard_size": shard_size,
-        "train": {"imported_from": [os.fspath(f) for f in files]},
+        **_header(net, dataset, None, epochs, None, shard_size, train),
         "num_experts": len(trajs),
         "shards": [],
         "test_accuracy": [],
         "complete": True,
     }
+    by_id = dict(enumerate(trajs))
     for k in range(0, len(trajs), shard_size):
-        fname = f"experts_{k // shard_size:04d}.safetensors"
         ids = list(range(k, min(k + shard_size, len(trajs))))
-        record = atomic_save_safetensors(
-            out / fname, {f"expert_{i}": trajs[i] for i in ids}, metadata={"format": FORMAT}
-        )
-        manifest["shards"].append({"file": fname, "experts": ids, **record})
+        manifest["shards"].append(_save_shard(out, k // shard_size, ids, by_id))
     atomic_write_json(out / "manifest.json", manifest)
     return ExpertBuffer(out)
+
+
+def _natural_order(files: Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+    """``files`` sorted with the digit runs of their paths compared as numbers (``_2`` before ``_10``)."""
+    import re
+
+    return sorted(files, key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.fspath(f))])
+
+
+def _load_reference_file(fpath: str | os.PathLike) -> list[list[Any]]:
+    """The experts of one ``replay_buffer_*.pt`` (a non-empty list of lists of epochs), read with
+    ``torch.load(weights_only=True)``; :class:`CorruptFileError` naming the file otherwise."""
+    try:
+        data = torch.load(fpath, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # unpickling errors, truncated zip, ...
+        raise CorruptFileError(f"{fpath} is not a readable replay buffer (torch.load weights_only): {e}") from e
+    if not isinstance(data, list) or not all(isinstance(x, list) for x in data):
+        raise CorruptFileError(f"{fpath}: expected a list of experts, each a list of epochs")
+    if not data:
+        raise CorruptFileError(f"{fpath} holds an empty list: no experts to import")
+    return data
+
+
+def _reference_snapshots(
+    fpath: str | os.PathLike, ei: int, expert: list[Any], net: FunctionalNet
+) -> list[torch.Tensor]:
+    """Expert ``ei`` of file ``fpath`` (a list of epochs, each a list of parameter tensors in
+    ``nn.Module.parameters()`` order) as flat float32 vectors ``(num_params,)``, one per epoch;
+    :class:`ModelMismatchError` when an epoch's tensors do not have ``net``'s shapes."""
+    shapes = [p.shape for p in net.params]
+    snaps = []
+    if not expert:
+        raise CorruptFileError(f"{fpath}: expert {ei} has no snapshots")
+    for ep, params in enumerate(expert):
+        if not isinstance(params, (list, tuple)) or not all(torch.is_tensor(t) for t in params):
+            raise CorruptFileError(f"{fpath}: expert {ei} epoch {ep} must be a list of parameter tensors")
+        if len(params) != len(shapes) or any(tuple(t.shape) != s for t, s in zip(params, shapes)):
+            got = [tuple(t.shape) for t in params][:4]
+            raise ModelMismatchError(
+                f"{fpath}: expert {ei} epoch {ep} has {len(params)} tensors {got}..., which does not match "
+                f"{net.describe()} ({len(shapes)} tensors {shapes[:4]}...)"
+            )
+        snaps.append(torch.cat([t.detach().float().reshape(-1) for t in params]))
+    return snaps

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -338,19 +339,10 @@ def forgetting_scores(
         from .augment import DSA, DSAConfig, strategy_for
 
         dsa = DSA(DSAConfig(strategy=strategy_for(ds.name)))
-    from .augment import crop_flip
-
     sgd = SGD(lr, momentum, weight_decay)
     bar = progress(total=runs * epochs, desc=f"forgetting ({net.name}, {ds.name})", disable=not show_progress)
     for r in range(runs):
-        g_aug = generator(seed, "forgetting", r, "augment")
-        augment_fn = (
-            (lambda x, idx, g_aug=g_aug: dsa(x, g_aug))
-            if dsa is not None
-            else (lambda x, idx, g_aug=g_aug: crop_flip(x, g_aug))
-            if augment == "crop_flip"
-            else None
-        )
+        augment_fn = _run_augment(augment, dsa, generator(seed, "forgetting", r, "augment"))
         fit(
             net,
             net.init(generator(seed, "forgetting", r, "init"), device=dev),
@@ -368,6 +360,18 @@ def forgetting_scores(
         tracker.end_run()
     bar.close()
     return tracker.scores().cpu()
+
+
+def _run_augment(augment: str | None, dsa: Any, g: torch.Generator) -> Callable | None:
+    """The augmentation ``(images, indices) -> images`` of one :func:`forgetting_scores` run, drawing from
+    ``g``: ``dsa`` (a :class:`~fastdd.augment.DSA`) when given, pad-4 crop + flip for ``"crop_flip"``, else none."""
+    from .augment import crop_flip
+
+    if dsa is not None:
+        return lambda x, idx: dsa(x, g)
+    if augment == "crop_flip":
+        return lambda x, idx: crop_flip(x, g)
+    return None
 
 
 __all__ = [

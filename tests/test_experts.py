@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fastdd
-from fastdd.experts import ExpertBuffer, import_reference_buffer, train_experts
+from fastdd.experts import ExpertBuffer, ExpertConfig, import_reference_buffer, train_experts
 from fastdd.models import build_model
 
 SMALL = {"width": 8, "depth": 2}
@@ -69,6 +69,39 @@ def test_same_seed_same_trajectories_and_resume_matches(tiny_ds, tmp_path):
     assert torch.equal(resumed.load_all(), a) and len(part) == 1
     with pytest.raises(ValueError, match="other settings"):
         _train(tiny_ds, tmp_path / "c", num_experts=3, lr=0.5)
+
+
+SETTINGS = dict(lr=0.05, momentum=0.5, weight_decay=1e-3, batch_size=16, decay=True)
+
+
+def test_config_and_keywords_train_the_same_experts(tiny_ds, tmp_path):
+    """config=ExpertConfig(...), the same settings as keywords, or both (agreeing, or split between them): the
+    same bits and the same manifest settings."""
+    want = _train(tiny_ds, tmp_path / "kw", **SETTINGS)
+    ways = {
+        "config": dict(config=ExpertConfig(**SETTINGS)),
+        "both": dict(config=ExpertConfig(**SETTINGS), **SETTINGS),
+        "split": dict(config=ExpertConfig(lr=0.05, momentum=0.5), weight_decay=1e-3, batch_size=16, decay=True),
+    }
+    for name, kw in ways.items():
+        got = _train(tiny_ds, tmp_path / name, **kw)
+        assert torch.equal(got.load_all(), want.load_all()), name
+        assert got.manifest["train"] == want.manifest["train"] == {**vars(ExpertConfig()), **SETTINGS}, name
+    assert not torch.equal(want.load_all(), _train(tiny_ds, tmp_path / "default").load_all())
+
+
+def test_conflicting_and_unknown_keywords_name_the_field(tiny_ds, tmp_path):
+    with pytest.raises(ValueError, match=r"lr=0\.1 \(keyword\) differs from config\.lr=0\.05"):
+        _train(tiny_ds, tmp_path / "a", config=ExpertConfig(lr=0.05), lr=0.1)
+    with pytest.raises(TypeError, match="no option 'lrr'"):
+        _train(tiny_ds, tmp_path / "a", lrr=0.1)
+    with pytest.raises(TypeError, match="'decay' must be true or false"):
+        _train(tiny_ds, tmp_path / "a", decay="yes")
+    with pytest.raises(TypeError, match="config must be an ExpertConfig"):
+        _train(tiny_ds, tmp_path / "a", config={"lr": 0.05})
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        _train(tiny_ds, tmp_path / "a", config=ExpertConfig(batch_size=0))
+    assert not (tmp_path / "a").exists(), "nothing written on error"
 
 
 def test_truncated_and_corrupt_shards(tiny_ds, tmp_path):
