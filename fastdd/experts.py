@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .augment import DSA, DSAConfig, strategy_for
 from .data import Dataset
 from .distributed import Dist, barrier, current, gather_objects
 from .errors import CorruptFileError, ExpertWarning, ModelMismatchError
@@ -40,8 +41,9 @@ from .io import (
 )
 from .models import FunctionalNet, accuracy, model_for, model_from_spec
 from .options import check_dataclass_options, check_keywords, check_positive
-from .rng import generator
+from .rng import derive_seed, generator
 from .runs import CSVLog, RunDir, progress
+from .train import SGD, fit
 
 FORMAT = "fastdd.experts/1"
 MANIFEST = "manifest.json"
@@ -121,15 +123,12 @@ def train_one(
 ) -> tuple[torch.Tensor, float]:
     """Train one expert with :func:`fastdd.train.fit`; returns ``(trajectory (epochs + 1, P) float32 on
     CPU, final test accuracy)``. ``on_epoch(epoch, loss)`` is called after every epoch."""
-    from .train import SGD, fit
 
     dev = ds.device
     theta0 = net.init(generator(seed, "init"), device=dev)
     buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
     augment = None
     if cfg.augment == "dsa":
-        from .augment import DSA, DSAConfig, strategy_for
-
         dsa, g_aug = DSA(DSAConfig(strategy=strategy_for(ds.name))), generator(seed, "augment")
         augment = lambda x, idx: dsa(x, g_aug)  # noqa: E731
     elif cfg.augment not in (None, "none"):
@@ -375,7 +374,6 @@ def _save_shard(out: Path, k: int, ids: list[int], trajs: Mapping[int, torch.Ten
 
 
 def _expert_seed(seed: int, i: int) -> int:
-    from .rng import derive_seed
 
     return derive_seed(seed, "expert", i)
 

@@ -25,10 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .augment import DSA, DSAConfig, crop_flip, strategy_for
 from .data import Dataset
 from .errors import CorruptFileError
+from .models import model_for
 from .rng import generator
 from .runs import progress
+from .train import SGD, fit
 
 HARDEST = ("low", "high")
 
@@ -322,13 +325,11 @@ def forgetting_scores(
     Returns ``(N,)`` float32 counts on the CPU in ``[0, epochs]`` (high = hard). Never-learned
     examples count ``epochs``.
     """
-    from .models import model_for
 
     if epochs < 1 or runs < 1 or batch_size < 1:
         raise ValueError(f"epochs, runs and batch_size must be >= 1, got {epochs}, {runs}, {batch_size}")
     if augment not in (None, "none", "crop_flip", "dsa"):
         raise ValueError(f"augment must be None, 'crop_flip' or 'dsa', got {augment!r}")
-    from .train import SGD, fit
 
     dev = ds.device
     net = model_for(ds, model, **(model_kwargs or {}))
@@ -336,8 +337,6 @@ def forgetting_scores(
     tracker = ForgettingTracker(len(y_all), device=dev)
     dsa = None
     if augment == "dsa":
-        from .augment import DSA, DSAConfig, strategy_for
-
         dsa = DSA(DSAConfig(strategy=strategy_for(ds.name)))
     sgd = SGD(lr, momentum, weight_decay)
     bar = progress(total=runs * epochs, desc=f"forgetting ({net.name}, {ds.name})", disable=not show_progress)
@@ -365,7 +364,6 @@ def forgetting_scores(
 def _run_augment(augment: str | None, dsa: Any, g: torch.Generator) -> Callable | None:
     """The augmentation ``(images, indices) -> images`` of one :func:`forgetting_scores` run, drawing from
     ``g``: ``dsa`` (a :class:`~fastdd.augment.DSA`) when given, pad-4 crop + flip for ``"crop_flip"``, else none."""
-    from .augment import crop_flip
 
     if dsa is not None:
         return lambda x, idx: dsa(x, g)
