@@ -27,6 +27,7 @@ from .scores import forgetting_scores, load_scores
 from .selection import real_subset, select, window_indices
 from .synthetic import SyntheticSet
 from .version import __version__
+from .window_sweep import sweep_window
 
 __all__ = [
     "__version__",
@@ -53,6 +54,7 @@ __all__ = [
     "real_subset",
     "SyntheticSet",
     "window_indices",
+    "sweep_window",
     "coverage",
     "coverage_of",
     "forgetting_scores",

@@ -8,13 +8,17 @@ import os
 import sys
 import traceback
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .distributed import is_main
 from .errors import FastDDError
 from .io import atomic_write_json, check_out_folder
 from .options import parse_json_object
 from .version import __version__
+
+Subparsers = argparse._SubParsersAction  # what add_subparsers returns: each command adds its parser to it
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -109,6 +113,20 @@ def _load(args):
     return load_dataset(args.dataset, args.root, download=args.download, zca=args.zca, device=args.device)
 
 
+def _extractor(args, ds):
+    """--extractor (an expert folder) or, without it, the default ConvNet trained --extractor-epochs epochs."""
+    from .features import default_extractor, resolve_extractor
+
+    if args.extractor:
+        return resolve_extractor(ds, args.extractor)
+    return default_extractor(ds, args.seed, epochs=args.extractor_epochs, show_progress=True)
+
+
+def _overrides(args) -> dict:
+    """The evaluation protocol's overrides (``None``: the protocol's own value)."""
+    return {k: getattr(args, k) for k in ("epochs", "lr", "model", "batch_size")}
+
+
 def cmd_experts(args) -> int:
     from .experts import train_experts
     from .models import model_for
@@ -148,7 +166,7 @@ def cmd_select(args) -> int:
 
     check_out_folder(args.out, "--out")
     ds = _load(args)
-    extra = {}
+    extra: dict[str, Any] = {}
     if getattr(args, "scores", None):
         from .scores import load_scores
 
@@ -157,14 +175,10 @@ def cmd_select(args) -> int:
         if getattr(args, k, None) is not None:
             extra[k] = getattr(args, k)
     if args.method in ("herding", "kcenter", "kmeans"):
-        from .selection import check_ipc, default_extractor, resolve_extractor
+        from .selection import check_ipc
 
         check_ipc(ds, args.ipc)  # before training an extractor
-        extra["extractor"] = (
-            resolve_extractor(ds, args.extractor)
-            if args.extractor
-            else default_extractor(ds, args.seed, epochs=args.extractor_epochs, show_progress=True)
-        )
+        extra["extractor"] = _extractor(args, ds)
     try:
         idx = select(ds, args.method, args.ipc, seed=args.seed, show_progress=True, **extra)
     except TypeError as e:  # an option the method does not use
@@ -205,7 +219,6 @@ def cmd_evaluate(args) -> int:
             )
         res = evaluate(syn, ds, "dd", num_eval=args.num_eval, seed=args.seed, experts=args.experts)
     else:
-        overrides = {k: getattr(args, k) for k in ("epochs", "lr", "model", "batch_size")}
         res = evaluate(
             syn,
             ds,
@@ -217,7 +230,7 @@ def cmd_evaluate(args) -> int:
             real_epochs=args.real_epochs,
             split="val" if args.val_fraction else "test",
             models=args.models,
-            **overrides,
+            **_overrides(args),
         )
     if not is_main():
         return 0
@@ -260,77 +273,64 @@ def _scores_for(args, ds):
 
 
 def cmd_sweep_window(args) -> int:
-    from .evaluation import evaluate
-    from .plots import save_curves
-    from .runs import RunDir, progress
-    from .selection import beta_grid, check_ipc, real_subset, window_indices
+    from .evaluation import EvalResult
+    from .runs import RunDir
+    from .scores import Scores
+    from .selection import check_ipc
+    from .window_sweep import sweep_window, window_betas
 
     check_out_folder(args.out, "--out")
     ds = _load(args)
     check_ipc(ds, args.ipc)
     scores = _scores_for(args, ds) if args.scores != "forgetting" else None  # a bad file fails before --out is made
-    run = RunDir(args.out, _config(args) | {"command": "sweep window"})
+    RunDir(args.out, _config(args) | {"command": "sweep window"})
     if scores is None:
         scores = _scores_for(args, ds)
     if args.hardest is not None and args.hardest != scores.hardest:
-        from .scores import Scores
-
         scores = Scores(scores.values, hardest=args.hardest, kind=scores.kind, source=scores.source)
-    betas = args.betas if args.betas else beta_grid(min(ds.class_counts()), args.ipc, args.beta_step, args.beta_max)
+    betas = window_betas(ds, args.ipc, args.betas, args.beta_step, args.beta_max)
     print(
         f"window sweep on {ds.name}, ipc {args.ipc}, {scores.kind} scores (hardest={scores.hardest}), "
         f"{len(betas)} betas: {', '.join(f'{b:g}' for b in betas)}"
     )
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "model", "batch_size")}
-    log = run.csv("sweep.csv", ["beta", "mean", "std"])
-    rows = []
-    bar = progress(betas, desc="beta sweep")
-    for beta in bar:
-        idx = window_indices(ds.train.labels, scores, args.ipc, beta)
-        syn = real_subset(ds, idx, method="window", ipc=args.ipc, beta=beta)
-        res = evaluate(syn, ds, args.protocol, num_eval=args.num_eval, seed=args.seed, show_progress=False, **overrides)
-        log.log(beta=beta, mean=res.mean, std=res.std)
-        rows.append({"beta": beta, "start_rank": int(args.ipc * beta), **res.to_dict()})
-        bar.set_postfix(beta=beta, acc=f"{100 * res.mean:.2f}%")
-        print(f"beta {beta:g} (ranks {int(args.ipc * beta)}..{int(args.ipc * beta) + args.ipc - 1}): {res}")
-    log.close()
-    best = max(rows, key=lambda r: r["mean"])
-    atomic_write_json(
-        run / "sweep.json",
-        {
-            "ipc": args.ipc,
-            "scores": scores.source,
-            "hardest": scores.hardest,
-            "best_beta": best["beta"],
-            "results": rows,
-        },
+
+    def report(beta: float, res: EvalResult, val: EvalResult | None) -> None:
+        start = int(args.ipc * beta)
+        also = "" if val is None else f"; validation {100 * val.mean:.2f} ± {100 * val.std:.2f} %"
+        print(f"beta {beta:g} (ranks {start}..{start + args.ipc - 1}): {res}{also}")
+
+    sweep = sweep_window(
+        ds,
+        args.ipc,
+        scores,
+        betas,
+        protocol=args.protocol,
+        num_eval=args.num_eval,
+        seed=args.seed,
+        out=args.out,
+        on_result=report,
+        **_overrides(args),
     )
-    save_curves(
-        run / "sweep.png",
-        {f"ipc {args.ipc}": ([r["beta"] for r in rows], [100 * r["mean"] for r in rows])},
-        xlabel="beta (window start / ipc)",
-        ylabel="test accuracy (%)",
-        title=f"window selection on {ds.name}, protocol {args.protocol}",
-    )
+    best, run = sweep.best, Path(args.out)
+    on = "the validation split" if sweep.best_beta_on == "val" else "the test split (no validation split)"
     print(
-        f"best beta: {best['beta']:g} ({100 * best['mean']:.2f} ± {100 * best['std']:.2f} %) -> "
+        f"best beta: {sweep.best_beta:g} ({100 * best.mean:.2f} ± {100 * best.std:.2f} %), chosen on {on} -> "
         f"{run / 'sweep.csv'}, {run / 'sweep.png'}"
     )
     return 0
 
 
 def cmd_coverage(args) -> int:
-    from .knn_coverage import coverage_from_features, mean_nn_distance
-    from .plots import save_curves
-    from .runs import RunDir, progress
-    from .selection import default_extractor, extract_features, random_indices, real_subset, resolve_extractor
+    from .knn_coverage import coverage
+    from .runs import RunDir
+    from .selection import random_indices, real_subset
     from .synthetic import SyntheticSet
 
     if not args.syn and not args.random_ipc:
         raise ValueError("give --syn FOLDER [FOLDER ...] and/or --random-ipc N [N ...]")
     check_out_folder(args.out, "--out")
     ds = _load(args)
-    sets = []
+    sets = []  # (name, method, set)
     for path in args.syn or []:
         syn = SyntheticSet.load(path, device=args.device)
         sets.append((str(path), syn.meta.get("method", "unknown"), syn))
@@ -342,73 +342,49 @@ def cmd_coverage(args) -> int:
         from .scores import load_scores
 
         scores = load_scores(args.scores, ds)
-    if args.extractor:
-        fn = resolve_extractor(ds, args.extractor)
-    else:
-        fn = default_extractor(ds, args.seed, epochs=args.extractor_epochs, show_progress=True)
+    fn = _extractor(args, ds)
     print(f"feature space: {getattr(fn, 'description', fn)}")
-    train_f = extract_features(ds, "train", fn, show_progress=True)
-    test_f = extract_features(ds, "test", fn, show_progress=True) if args.split != "train" else None
-    radius = mean_nn_distance(train_f, show_progress=True)
-    print(f"radius r = {radius:.6g} (mean nearest-neighbour distance among {len(train_f)} train features)")
+    results = coverage([syn for _, _, syn in sets], ds, fn, scores, split=args.split, show_progress=True)
+    radius = results[0].radius
+    print(f"radius r = {radius:.6g} (mean nearest-neighbour distance among {len(ds.train)} train features)")
     fields = ["set", "method", "ipc", "num_images", "radius", "train", "train_easy", "train_hard", "test"]
     log = run.csv("coverage.csv", fields)
-    results = []
-    for name, method, syn in progress(sets, desc="coverage"):
-        res = coverage_from_features(
-            train_f,
-            extract_features(ds, extractor=fn, images=syn.images),
-            train_labels=ds.train.labels,
-            test_features=test_f,
-            scores=scores,
-            radius=radius,
-            split=args.split,
-        )
-        row = {
-            "set": name,
-            "method": method,
-            "ipc": syn.ipc,
-            "num_images": len(syn),
-            "radius": radius,
-            **{k: ("" if getattr(res, k) is None else getattr(res, k)) for k in fields[5:]},
-        }
+    rows = []
+    for (name, method, syn), res in zip(sets, results):
+        row = {"set": name, "method": method, "ipc": syn.ipc, "num_images": len(syn), "radius": radius}
+        row |= {k: ("" if getattr(res, k) is None else getattr(res, k)) for k in fields[5:]}
         log.log(**row)
-        results.append(row)
+        rows.append(row)
         print(f"{name}: {res}")
     log.close()
-    by_method: dict[str, list[dict]] = {}
-    for r in results:
-        by_method.setdefault(r["method"], []).append(r)
-    series = {}
-    for method, rs in by_method.items():
-        rs = sorted(rs, key=lambda r: r["ipc"])
-        for split in ("train", "test"):
-            if rs[0][split] != "":
-                series[f"{method} ({split})"] = ([r["ipc"] for r in rs], [100 * r[split] for r in rs])
-    save_curves(
-        run / "coverage_vs_ipc.png",
-        series,
-        xlabel="images per class",
-        ylabel="coverage (%)",
-        title=f"coverage of {ds.name} (r = {radius:.3g})",
-    )
-    pngs = [run / "coverage_vs_ipc.png"]
-    if scores is not None and args.split != "test":
-        series = {}
-        for method, rs in by_method.items():
-            rs = sorted(rs, key=lambda r: r["ipc"])
-            for group in ("easy", "hard"):
-                series[f"{method} {group}"] = ([r["ipc"] for r in rs], [100 * r[f"train_{group}"] for r in rs])
-        save_curves(
-            run / "coverage_easy_hard.png",
-            series,
-            xlabel="images per class",
-            ylabel="coverage (%)",
-            title=f"{ds.name} train: easy vs hard half ({scores.kind})",
-        )
-        pngs.append(run / "coverage_easy_hard.png")
+    pngs = _coverage_plots(run, ds.name, rows, radius, None if scores is None or args.split == "test" else scores.kind)
     print(f"-> {run / 'coverage.csv'}, " + ", ".join(str(p) for p in pngs))
     return 0
+
+
+def _coverage_plots(run, ds_name: str, rows: list[dict], radius: float, scores_kind: str | None) -> list[Path]:
+    """coverage_vs_ipc.png (coverage in % against IPC, per method and split) and, when scores of this kind split
+    the train split into halves, coverage_easy_hard.png; returns the paths written."""
+    from .plots import save_curves
+
+    by_method: dict[str, list[dict]] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], []).append(r)
+    plots = [
+        ("coverage_vs_ipc.png", {"train": "(train)", "test": "(test)"}, f"coverage of {ds_name} (r = {radius:.3g})")
+    ]
+    if scores_kind is not None:
+        halves = {"train_easy": "easy", "train_hard": "hard"}
+        plots.append(("coverage_easy_hard.png", halves, f"{ds_name} train: easy vs hard half ({scores_kind})"))
+    for name, columns, title in plots:
+        series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
+        for method, rs in by_method.items():
+            rs = sorted(rs, key=lambda r: r["ipc"])
+            for key, label in columns.items():
+                if rs[0][key] != "":  # a split not measured (--split)
+                    series[f"{method} {label}"] = ([r["ipc"] for r in rs], [100 * r[key] for r in rs])
+        save_curves(run / name, series, xlabel="images per class", ylabel="coverage (%)", title=title)
+    return [run / name for name, _, _ in plots]
 
 
 def cmd_import_buffer(args) -> int:
@@ -587,10 +563,47 @@ def cmd_datasets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fastdd`` parser: one sub-command per ``cmd_*`` function; every option's ``--help`` says its default."""
     ap = argparse.ArgumentParser(prog="fastdd", description="Fast, memory-scalable dataset distillation.")
     ap.add_argument("--version", action="version", version=f"fastdd {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="command")
+    for add in (
+        _add_quickstart,
+        _add_distill,
+        _add_bench,
+        _add_experts,
+        _add_select,
+        _add_evaluate,
+        _add_sweep,
+        _add_coverage,
+        _add_import_buffer,
+        _add_datasets,
+    ):
+        add(sub)
+    _show_defaults(ap)
+    return ap
 
+
+def _seed_and_out(p: argparse.ArgumentParser, **out: Any) -> None:
+    """``--seed`` (default 0) and ``--out`` with the command's own ``required`` / ``default`` / ``help``."""
+    p.add_argument("--seed", type=_at_least(0), default=0)
+    p.add_argument("--out", **out)
+
+
+def _extractor_args(p: argparse.ArgumentParser, used_by: str = "") -> None:
+    """``--extractor`` and ``--extractor-epochs``: the feature space (``used_by`` prefixes the help)."""
+    p.add_argument(
+        "--extractor",
+        default=None,
+        help=f"{used_by}expert folder whose final snapshot gives the features "
+        "(default: a ConvNet trained --extractor-epochs epochs on the train split)",
+    )
+    p.add_argument(
+        "--extractor-epochs", type=_at_least(1), default=5, help="epochs of the default extractor (default: 5)"
+    )
+
+
+def _add_quickstart(sub: Subparsers) -> None:
     p = sub.add_parser(
         "quickstart",
         help="the whole pipeline on the embedded MNIST digits, with a report",
@@ -626,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_quickstart)
 
+
+def _add_distill(sub: Subparsers) -> None:
     from .distillation.registry import get_method, methods
 
     names = methods()
@@ -653,10 +668,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations", type=_at_least(1), default=None, help="outer iterations (default: the preset's, else 1000)"
     )
     p.add_argument("--options", default=None, help='JSON method options, e.g. \'{"syn_steps": 20, "mode": "adjoint"}\'')
-    p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--out", required=True)
+    _seed_and_out(p, required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--checkpoint-every", type=_at_least(1), default=100)
+    _engine_args(p)
+    _distill_selection_args(p)
+    p.add_argument("--evaluate", action="store_true", help="evaluate the result (and a random subset) afterwards")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        choices=["mtt", "selmatch", "soft", "dd"],
+        help="evaluation protocol (default: dd for a DD set, soft for a soft-label set, else mtt)",
+    )
+    p.add_argument("--num-eval", type=_at_least(1), default=3)
+    p.set_defaults(func=cmd_distill)
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    """distill's engine flags (they win over the same keys in ``--options``)."""
     p.add_argument(
         "--theta-storage",
         default=None,
@@ -678,6 +707,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="deterministic cuDNN / algorithms for the run (on CUDA: adjoint equals bptt, reruns agree)",
     )
+
+
+def _distill_selection_args(p: argparse.ArgumentParser) -> None:
+    """distill's validation split and the choice of the kept set on it."""
     p.add_argument(
         "--val-fraction",
         type=_fraction,
@@ -701,16 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--select-options", default=None, help="JSON evaluate() overrides for the scoring, e.g. '{\"epochs\": 300}'"
     )
-    p.add_argument("--evaluate", action="store_true", help="evaluate the result (and a random subset) afterwards")
-    p.add_argument(
-        "--protocol",
-        default=None,
-        choices=["mtt", "selmatch", "soft", "dd"],
-        help="evaluation protocol (default: dd for a DD set, soft for a soft-label set, else mtt)",
-    )
-    p.add_argument("--num-eval", type=_at_least(1), default=3)
-    p.set_defaults(func=cmd_distill)
 
+
+def _add_bench(sub: Subparsers) -> None:
     p = sub.add_parser(
         "bench", help="benchmarks (memory-scaling)", description="Benchmarks that write a table and a plot."
     )
@@ -758,6 +784,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--depth", type=_at_least(1), default=3)
     b.add_argument("--dsa", action="store_true", help="DSA augmentation at every step (as distillation runs)")
     b.add_argument("--device", default="cpu", help="cpu (peak resident memory) or cuda (max_memory_allocated)")
+    _memory_limit_args(b)
+    b.add_argument("--timeout", type=_positive, default=3600, help="seconds allowed per measured point")
+    b.add_argument("--out", default="runs/bench/memory_scaling")
+    b.set_defaults(func=cmd_bench)
+
+
+def _memory_limit_args(b: argparse.ArgumentParser) -> None:
+    """bench memory-scaling's limits: which points are measured, and the IPC that fits a memory size."""
     b.add_argument(
         "--max-mib",
         type=_positive,
@@ -780,10 +814,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="unrolled steps at which --max-gib is answered (default: --steps; any N, from the fit)",
     )
-    b.add_argument("--timeout", type=_positive, default=3600, help="seconds allowed per measured point")
-    b.add_argument("--out", default="runs/bench/memory_scaling")
-    b.set_defaults(func=cmd_bench)
 
+
+def _add_experts(sub: Subparsers) -> None:
     p = sub.add_parser(
         "experts",
         help="train expert trajectories",
@@ -802,11 +835,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay", action="store_true", help="lr x0.1 once at epoch epochs//2+1")
     p.add_argument("--augment", choices=["dsa"], default=None)
     p.add_argument("--shard-size", type=_at_least(1), default=10)
-    p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--out", default="runs/experts", help="folder for the trajectories (resumes if it has some)")
+    _seed_and_out(p, default="runs/experts", help="folder for the trajectories (resumes if it has some)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue experts already in --out")
     p.set_defaults(func=cmd_experts)
 
+
+def _add_select(sub: Subparsers) -> None:
     p = sub.add_parser(
         "select",
         help="select real images per class and save them as a set",
@@ -825,19 +859,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="which end of the scores is hard (default: the file type's convention)",
     )
-    p.add_argument(
-        "--extractor",
-        default=None,
-        help="herding / kcenter / kmeans: expert folder whose final snapshot "
-        "gives the features (default: a ConvNet trained --extractor-epochs epochs on the train split)",
-    )
-    p.add_argument(
-        "--extractor-epochs", type=_at_least(1), default=5, help="epochs of the default extractor (default: 5)"
-    )
-    p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--out", required=True)
+    _extractor_args(p, used_by="herding / kcenter / kmeans: ")
+    _seed_and_out(p, required=True)
     p.set_defaults(func=cmd_select)
 
+
+def _add_evaluate(sub: Subparsers) -> None:
     p = sub.add_parser(
         "evaluate",
         help="evaluate a saved set (or a random subset) under a protocol",
@@ -875,10 +902,11 @@ def build_parser() -> argparse.ArgumentParser:
         "this fraction of train (seeded by --seed) instead of test, for tuning",
     )
     p.add_argument("--experts", default=None, help="protocol dd: experts of a DD set made with pretrained inits")
-    p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--out", default=None, help="run folder for config.yaml and result.json")
+    _seed_and_out(p, default=None, help="run folder for config.yaml and result.json")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_sweep(sub: Subparsers) -> None:
     p = sub.add_parser(
         "sweep",
         help="hyper-parameter sweeps (window: SelMatch's sliding-window search over beta)",
@@ -912,10 +940,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta-step", type=_positive, default=0.1)
     p.add_argument("--beta-max", type=_non_negative, default=None, help="cap the default grid")
     _eval_args(p)
-    p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--out", required=True, help="run folder")
+    _seed_and_out(p, required=True, help="run folder")
     p.set_defaults(func=cmd_sweep_window)
 
+
+def _add_coverage(sub: Subparsers) -> None:
     p = sub.add_parser(
         "coverage",
         help="coverage of the real data by saved sets / random subsets",
@@ -929,20 +958,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-ipc", type=_at_least(1), nargs="+", default=None, help="also random real subsets of these IPCs"
     )
     p.add_argument("--scores", default=None, help="score file for the easy / hard halves of the train split")
-    p.add_argument(
-        "--extractor",
-        default=None,
-        help="expert folder whose final snapshot gives the features "
-        "(default: a ConvNet trained --extractor-epochs epochs on the train split)",
-    )
-    p.add_argument(
-        "--extractor-epochs", type=_at_least(1), default=5, help="epochs of the default extractor (default: 5)"
-    )
+    _extractor_args(p)
     p.add_argument("--split", choices=["train", "test", "both"], default="both")
-    p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--out", required=True, help="run folder")
+    _seed_and_out(p, required=True, help="run folder")
     p.set_defaults(func=cmd_coverage)
 
+
+def _add_import_buffer(sub: Subparsers) -> None:
     p = sub.add_parser(
         "import-buffer",
         help="convert the reference code's replay_buffer_*.pt files",
@@ -959,10 +981,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_import_buffer)
 
+
+def _add_datasets(sub: Subparsers) -> None:
     p = sub.add_parser("datasets", help="list the data sets fastdd can load")
     p.set_defaults(func=cmd_datasets)
-    _show_defaults(ap)
-    return ap
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:

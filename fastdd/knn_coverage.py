@@ -25,8 +25,9 @@ the easy half), on the train and test splits.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -164,8 +165,8 @@ def nearest_distances(
         qq = qc[s : s + chunk].double()
         cand = search(qq - centre, k)  # (B, k) indices, nearest first; -1 never happens: k <= M
         if exclude_self:
-            rows = torch.arange(s, s + len(qq), device=dev)[:, None]
-            is_self = cand == rows
+            own = torch.arange(s, s + len(qq), device=dev)[:, None]
+            is_self = cand == own
             # drop the own index; if the search did not return it (many duplicates), drop the last candidate
             drop = torch.where(is_self.any(1), is_self.float().argmax(1), torch.full((len(qq),), k - 1, device=dev))
             keep = torch.ones_like(cand, dtype=torch.bool)
@@ -318,8 +319,12 @@ def coverage_from_features(
     return res
 
 
+@overload
+def coverage(syn: SyntheticSet, ds: Dataset, *args: Any, **kwargs: Any) -> CoverageResult: ...
+@overload
+def coverage(syn: Sequence[SyntheticSet], ds: Dataset, *args: Any, **kwargs: Any) -> list[CoverageResult]: ...
 def coverage(
-    syn: SyntheticSet,
+    syn: SyntheticSet | Sequence[SyntheticSet],
     ds: Dataset,
     extractor: Extractor = None,
     scores: Any = None,
@@ -331,11 +336,13 @@ def coverage(
     radius: float | None = None,
     chunk: int = DEFAULT_CHUNK,
     show_progress: bool = True,
-) -> CoverageResult:
+) -> CoverageResult | list[CoverageResult]:
     """Coverage of the real data by ``syn`` in a feature space.
 
     Args:
-        syn: the synthetic (or selected) set; its images must be in ``ds``'s training space.
+        syn: the synthetic (or selected) set; its images must be in ``ds``'s training space. A sequence of
+            sets gives one result per set, all in one feature space with one radius: the real features
+            and the radius are computed once.
         ds: the data set; ``radius`` defaults to the mean nearest-neighbour distance among its
             train features (self excluded).
         extractor: the feature space (see :func:`fastdd.selection.resolve_extractor`): ``None`` trains
@@ -347,14 +354,19 @@ def coverage(
             plain tensors.
         split: ``"train"``, ``"test"`` or ``"both"``.
 
-    Returns a :class:`CoverageResult`.
+    Returns a :class:`CoverageResult` (a list of them, in order, for a sequence of sets).
     """
     if split not in ("train", "test", "both"):
         raise ValueError(f"split must be 'train', 'test' or 'both', got {split!r}")
-    if tuple(syn.images.shape[1:]) != (ds.channels, *ds.im_size):
-        raise ValueError(
-            f"the synthetic images {tuple(syn.images.shape[1:])} do not match {ds.name}'s {(ds.channels, *ds.im_size)}"
-        )
+    sets = [syn] if isinstance(syn, SyntheticSet) else list(syn)
+    if not sets:
+        raise ValueError("syn is an empty sequence: give at least one set")
+    for one in sets:
+        if tuple(one.images.shape[1:]) != (ds.channels, *ds.im_size):
+            raise ValueError(
+                f"the synthetic images {tuple(one.images.shape[1:])} do not match {ds.name}'s "
+                f"{(ds.channels, *ds.im_size)}"
+            )
     if scores is not None:
         scores = as_scores(scores, hardest=hardest, n=len(ds.train), what="scores")
     if test_scores is not None:
@@ -362,22 +374,25 @@ def coverage(
     fn = resolve_extractor(ds, extractor, seed, show_progress=show_progress)
     train_f = extract_features(ds, "train", fn, show_progress=show_progress)
     test_f = extract_features(ds, "test", fn, show_progress=show_progress) if split != "train" else None
-    syn_f = extract_features(ds, extractor=fn, images=syn.images)
-    res = coverage_from_features(
-        train_f,
-        syn_f,
-        train_labels=ds.train.labels,
-        test_features=test_f,
-        test_labels=ds.test.labels,
-        scores=scores,
-        test_scores=test_scores,
-        radius=radius,
-        split=split,
-        chunk=chunk,
-        show_progress=show_progress,
-    )
-    res.extractor = getattr(fn, "description", repr(fn))
-    return res
+    results = []
+    for one in progress(sets, desc="coverage", disable=not show_progress or len(sets) == 1):
+        res = coverage_from_features(
+            train_f,
+            extract_features(ds, extractor=fn, images=one.images),
+            train_labels=ds.train.labels,
+            test_features=test_f,
+            test_labels=ds.test.labels,
+            scores=scores,
+            test_scores=test_scores,
+            radius=radius,
+            split=split,
+            chunk=chunk,
+            show_progress=show_progress,
+        )
+        res.extractor = getattr(fn, "description", repr(fn))
+        radius = res.radius  # the train features' self k-NN, computed for the first set, is the expensive part
+        results.append(res)
+    return results[0] if isinstance(syn, SyntheticSet) else results
 
 
 __all__ = [

@@ -120,3 +120,39 @@ def test_help_shows_every_default():
     assert checked > 60
     out = subprocess.run([sys.executable, "-m", "fastdd", "experts", "--help"], capture_output=True, text=True)
     assert "(default: 20)" in out.stdout and "(default: runs/experts)" in " ".join(out.stdout.split())  # rendered
+
+
+@pytest.mark.parametrize("cmd", ["sweep window", "bench memory-scaling", "coverage", "distill"])
+def test_help_of_nested_and_long_commands(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd.split(), "--help"])
+    assert e.value.code == 0
+    assert "usage: fastdd " + cmd in capsys.readouterr().out
+
+
+def test_coverage_command_reports_what_fastdd_coverage_computes(tmp_path, capsys):
+    import csv
+
+    import numpy as np
+
+    import fastdd
+    from fastdd.features import default_extractor
+    from fastdd.scores import load_scores
+    from fastdd.selection import random_indices, real_subset
+
+    ds = fastdd.load_dataset("digits")
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).random(len(ds.train)).astype(np.float32))
+    args = ["--dataset", "digits", "--random-ipc", "1", "2", "--scores", str(tmp_path / "f.npy"), "--seed", "2"]
+    assert main(["coverage", *args, "--extractor-epochs", "1", "--out", str(tmp_path / "cov")]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "cov" / "coverage.csv")))
+    sets = [real_subset(ds, random_indices(ds, ipc, seed=2)) for ipc in (1, 2)]
+    fn = default_extractor(ds, 2, epochs=1)
+    scores = load_scores(tmp_path / "f.npy", ds)
+    results = fastdd.coverage(sets, ds, fn, scores, show_progress=False)
+    assert fastdd.coverage(sets[1], ds, fn, scores, show_progress=False) == results[1]  # one set: the same numbers
+    for row, res in zip(rows, results):
+        for key in ("radius", "train", "train_easy", "train_hard", "test"):
+            assert row[key] == f"{getattr(res, key):.6g}", key
+        assert f"{row['set']}: {res}" in printed
+    assert f"radius r = {results[0].radius:.6g} " in printed
