@@ -19,7 +19,7 @@ from .errors import (
     UnsafePathError,
 )
 from .evaluation import PROTOCOLS, EvalResult, Protocol, evaluate
-from .experts import ExpertBuffer, import_reference_buffer, train_experts
+from .experts import ExpertBuffer, ExpertConfig, import_reference_buffer, train_experts
 from .kernels import use_backend
 from .knn_coverage import coverage, coverage_of
 from .models import FunctionalNet, build_model
@@ -44,6 +44,7 @@ __all__ = [
     "build_model",
     "FunctionalNet",
     "train_experts",
+    "ExpertConfig",
     "ExpertBuffer",
     "import_reference_buffer",
     "evaluate",
