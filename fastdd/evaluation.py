@@ -334,21 +334,12 @@ def evaluate(
         if protocol == "dd":
             raise ValueError("protocol 'dd' replays the set's own network; it cannot change architectures")
         base = resolve_protocol(protocol, **overrides)
+        common: dict[str, Any] = dict(num_eval=num_eval, seed=seed, random_baseline=random_baseline)
+        common.update(real_baseline=real_baseline, real_epochs=real_epochs, split=split, show_progress=show_progress)
         return CrossArchResult(
             {
-                name: evaluate(
-                    syn,
-                    ds,
-                    replace(base, model=name, model_kwargs=dict(kw)),
-                    num_eval=num_eval,
-                    seed=seed,
-                    random_baseline=random_baseline,
-                    real_baseline=real_baseline,
-                    real_epochs=real_epochs,
-                    split=split,
-                    show_progress=show_progress,
-                )
-                for name, kw in _architectures(models, base)
+                name: evaluate(syn, ds, replace(base, model=name, model_kwargs=dict(mk)), **common)
+                for name, mk in _architectures(models, base)
             }
         )
     if protocol == "dd":
