@@ -43,7 +43,7 @@ from .models import FunctionalNet, accuracy, model_for, model_from_spec
 from .options import check_dataclass_options, check_keywords, check_positive
 from .rng import derive_seed, generator
 from .runs import CSVLog, RunDir, progress
-from .train import SGD, fit
+from .train import SAM, SGD, fit
 
 FORMAT = "fastdd.experts/1"
 MANIFEST = "manifest.json"
@@ -63,6 +63,16 @@ class ExpertConfig:
         batch_size: images per SGD step (>= 1).
         decay: multiply the learning rate by 0.1 once, at epoch ``epochs // 2 + 1``.
         augment: ``None`` or ``"dsa"`` (MTT trains its experts with DSA).
+        sam_rho: sharpness-aware minimisation's radius ρ (>= 0; FTD's flat experts: 0.01); 0 (the default)
+            trains with plain SGD, bit for bit as before these fields existed. Each step then costs two
+            forward/backward passes (:class:`fastdd.train.SAM`, :func:`fastdd.train.sam_direction`).
+        sam_alpha: GSAM's α (>= 0): the share of the gradient's component orthogonal to the perturbed
+            gradient taken out of the step; 0 is plain SAM (FTD's code: 0.4).
+        sam_adaptive: ASAM's parameter-scaled perturbation ``ρ·θ²⊙g/‖|θ|⊙g‖`` instead of SAM's
+            ``ρ·g/‖g‖`` (FTD's code: on).
+
+    A manifest written before the ``sam_*`` fields existed counts as having their defaults (a resumed run
+    continues it).
     """
 
     lr: float = 0.01
@@ -71,12 +81,15 @@ class ExpertConfig:
     batch_size: int = 256
     decay: bool = False
     augment: str | None = None
+    sam_rho: float = 0.0
+    sam_alpha: float = 0.0
+    sam_adaptive: bool = False
 
     def validate(self) -> None:
         """``ValueError`` naming the field whose value is out of range, ``TypeError`` naming one of another type."""
         _check_count("batch_size", self.batch_size)
         check_positive(self, "lr")
-        check_positive(self, "momentum", "weight_decay", allow_zero=True)
+        check_positive(self, "momentum", "weight_decay", "sam_rho", "sam_alpha", allow_zero=True)
         if self.augment not in (None, "none", "dsa"):
             raise ValueError(f"augment must be None or 'dsa', got {self.augment!r}")
         check_dataclass_options(ExpertConfig, asdict(self), "ExpertConfig")
@@ -122,7 +135,9 @@ def train_one(
     net: FunctionalNet, ds: Dataset, epochs: int, cfg: ExpertConfig, seed: int, on_epoch=None
 ) -> tuple[torch.Tensor, float]:
     """Train one expert with :func:`fastdd.train.fit`; returns ``(trajectory (epochs + 1, P) float32 on
-    CPU, final test accuracy)``. ``on_epoch(epoch, loss)`` is called after every epoch."""
+    CPU, final test accuracy)``. ``on_epoch(epoch, loss)`` is called after every epoch. With
+    ``cfg.sam_rho > 0`` every step is sharpness-aware (:class:`~fastdd.train.SAM`), on the same DSA draw for
+    both of its passes."""
 
     dev = ds.device
     theta0 = net.init(generator(seed, "init"), device=dev)
@@ -159,6 +174,7 @@ def train_one(
         buffers=buffers,
         augment=augment,
         on_epoch=snapshot,
+        sam=SAM(cfg.sam_rho, cfg.sam_alpha, cfg.sam_adaptive) if cfg.sam_rho > 0 else None,
     )
     acc = accuracy(net, theta, buffers, ds.test.images, ds.test.labels)
     return torch.stack(snaps), acc
@@ -188,7 +204,8 @@ def train_experts(
         out: the folder (``None``: a new temporary one; not under torch.distributed).
         seed: expert ``i`` is initialised and shuffled from streams derived from ``(seed, i)``.
         config: the training settings (:class:`ExpertConfig`: SGD ``lr``, ``momentum``, ``weight_decay``,
-            ``batch_size``, ``decay`` and ``augment``; MTT's defaults).
+            ``batch_size``, ``decay`` and ``augment``, MTT's defaults; ``sam_rho``, ``sam_alpha`` and
+            ``sam_adaptive`` for FTD's sharpness-aware experts, off by default).
         shard_size: experts per file.
         model_kwargs: passed to the model registry when ``model`` is a name.
         resume: keep shards already in ``out`` from a run with the same settings.
@@ -291,6 +308,7 @@ def _resume_manifest(out: Path, header: dict[str, Any], num_experts: int, resume
     if not resume:
         raise ValueError(f"{out} already holds experts; pass resume=True to continue them or use another folder")
     old = read_manifest(out)
+    old["train"] = train_with_defaults(old.get("train"))
     differ = sorted(k for k in header if old.get(k) != header[k])
     if differ:
         raise ValueError(
@@ -301,6 +319,15 @@ def _resume_manifest(out: Path, header: dict[str, Any], num_experts: int, resume
         check_file(out / shard["file"], shard, mpath, "expert shard")
     manifest["shards"], manifest["test_accuracy"] = old["shards"], old.get("test_accuracy", [])
     return manifest
+
+
+def train_with_defaults(train: Any) -> Any:
+    """A manifest's ``"train"`` settings with the :class:`ExpertConfig` fields it predates (added later, e.g.
+    ``sam_rho``) at their defaults, so that a folder written before they existed resumes; anything else
+    (``None``, an imported buffer's record) is returned as it is."""
+    if not isinstance(train, dict) or "imported_from" in train:
+        return train
+    return {**asdict(ExpertConfig()), **train}
 
 
 def _train_shards(job: _Job, manifest: dict[str, Any], todo: list[int], shard_size: int, show_progress: bool) -> None:

@@ -3,10 +3,13 @@
 Experts (:mod:`fastdd.experts`), evaluation (:mod:`fastdd.evaluate`), forgetting scores
 (:mod:`fastdd.scores`) and DC's inner network updates (:mod:`fastdd.distillation.matching`) all train
 through :func:`fit`; they differ only in the :class:`SGD` settings, the augmentation and the callbacks.
+With a :class:`SAM` (FTD's flat experts) every SGD step follows the sharpness-aware direction of
+:func:`sam_direction` instead of the plain gradient.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +57,68 @@ class SGD:
             [theta], lr=self.lr if lr is None else lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
 
+    def scheduler(self, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The per-epoch scheduler of ``opt`` (cosine annealing), ``None`` for the other schedules."""
+        if self.schedule != "cosine":
+            return None
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.cosine_epochs, eta_min=self.eta_min)
+
+
+@dataclass(frozen=True)
+class SAM:
+    """Sharpness-aware minimisation around the base :class:`SGD` step, in GSAM's form (Zhuang et al. 2022), as
+    FTD (Du et al. 2023) trains its flat experts. See :func:`sam_direction` for the step.
+
+    - ``rho``: the perturbation radius ρ (>= 0; 0 turns SAM off: :func:`fit` takes its plain SGD steps).
+    - ``alpha``: GSAM's α (>= 0), the share of the component of ``g`` orthogonal to ``g_p`` taken out of the
+      direction; 0 is plain SAM (Foret et al. 2021).
+    - ``adaptive``: ASAM's perturbation ``e = ρ·θ²⊙g / ‖|θ|⊙g‖`` instead of SAM's ``e = ρ·g / ‖g‖``.
+
+    FTD's code trains with ``SAM(0.01, 0.4, adaptive=True)``.
+    """
+
+    rho: float
+    alpha: float = 0.0
+    adaptive: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("rho", "alpha"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"SAM {name} must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"SAM adaptive must be True or False, got {self.adaptive!r}")
+
+
+def sam_direction(
+    grad_at: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, g: torch.Tensor, sam: SAM
+) -> torch.Tensor:
+    """The GSAM update direction ``d`` ``(P,)`` at flat parameters ``theta`` ``(P,)``, for the base SGD step.
+
+    ``g`` ``(P,)`` is ``∇L(θ)`` (the first pass); ``grad_at(w)`` returns ``∇L(w)`` ``(P,)`` on the same
+    minibatch (the second pass, at ``w = θ + e``). With ``ρ = sam.rho`` and ``α = sam.alpha``:
+
+    - ``e = ρ·g/‖g‖`` (SAM), or ``e = ρ·θ²⊙g/‖|θ|⊙g‖`` with ``sam.adaptive`` (ASAM);
+    - ``g_p = ∇L(θ + e)``;
+    - ``g_⊥ = g − cos(g, g_p)·‖g‖·g_p/‖g_p‖``, the part of ``g`` orthogonal to ``g_p``;
+    - ``d = g_p − α·g_⊥``.
+
+    A pure function: ``theta`` is not changed (nothing to undo). A zero norm in a denominator counts as the
+    smallest positive float (a zero gradient gives ``e = 0``). Nothing is read back to the host."""
+    theta, g = theta.detach(), g.detach()
+    tiny = torch.finfo(g.dtype).tiny
+    if sam.adaptive:
+        e = sam.rho * theta * theta * g / (theta.abs() * g).norm().clamp_min(tiny)
+    else:
+        e = sam.rho * g / g.norm().clamp_min(tiny)
+    gp = grad_at(theta + e).detach()
+    if sam.alpha == 0:
+        return gp
+    g_norm, gp_norm = g.norm(), gp.norm().clamp_min(tiny)
+    cos = (g * gp).sum() / (g_norm * gp_norm).clamp_min(tiny)
+    g_perp = g - cos * g_norm * gp / gp_norm
+    return gp - sam.alpha * g_perp
+
 
 def fit(
     net: FunctionalNet,
@@ -69,6 +134,7 @@ def fit(
     augment: Augment | None = None,
     on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    sam: SAM | None = None,
 ) -> torch.Tensor:
     """Train ``net`` from ``theta`` for ``epochs`` passes over ``(images, labels)``; return the final parameters.
 
@@ -83,6 +149,8 @@ def fit(
             random parameters from its own generator).
         on_batch: ``(idx, logits)`` after each forward, before the optimiser step (forgetting counts).
         on_epoch: ``(epoch, last minibatch loss, current parameters)`` after each epoch.
+        sam: with ``rho > 0``, SGD steps along :func:`sam_direction` (a second pass on the same augmented
+            minibatch, batch-norm statistics frozen; callbacks see the first pass). ``None``: plain SGD.
 
     The loop never reads a tensor back to the host; the callbacks may.
     """
@@ -91,11 +159,8 @@ def fit(
     dev = images.device
     theta = torch.nn.Parameter(theta.detach().clone())
     opt = sgd.optimizer(theta)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sgd.cosine_epochs, eta_min=sgd.eta_min)
-        if sgd.schedule == "cosine"
-        else None
-    )
+    sched = sgd.scheduler(opt)
+    sharp = sam if sam is not None and sam.rho > 0 else None
     min_last = 2 if net.has_batchnorm else 1
     for ep in range(epochs):
         if sgd.schedule == "step" and ep == sgd.decay_epoch:
@@ -110,6 +175,8 @@ def fit(
             loss = student_loss(logits, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if sharp is not None:
+                theta.grad = _sam_grad(net, theta, x, labels[idx], buffers, sharp)
             opt.step()
         if sched is not None:
             sched.step()
@@ -118,4 +185,25 @@ def fit(
     return theta.detach()
 
 
-__all__ = ["SGD", "fit", "Augment"]
+def _sam_grad(
+    net: FunctionalNet,
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    buffers: torch.Tensor | None,
+    sam: SAM,
+) -> torch.Tensor:
+    """:func:`sam_direction` for :func:`fit`'s minibatch ``(x, y)`` (already augmented), from ``theta.grad``
+    (the first pass's gradient); the second pass runs on a copy of the batch-norm ``buffers`` (frozen, as
+    GSAM does)."""
+
+    def grad_at(w: torch.Tensor) -> torch.Tensor:
+        w = w.requires_grad_(True)
+        bufs = buffers.clone() if buffers is not None else None
+        return torch.autograd.grad(student_loss(net(x, w, bufs, train=True), y), w)[0]
+
+    assert theta.grad is not None  # the first pass's backward set it
+    return sam_direction(grad_at, theta, theta.grad, sam)
+
+
+__all__ = ["SGD", "SAM", "fit", "sam_direction", "Augment"]

@@ -30,7 +30,7 @@ from .dd import DDConfig
 from .loop import KeepBest
 from .matching import DCConfig, DMConfig
 from .mtt import MTTConfig
-from .presets import PRESETS, Preset, get_preset
+from .presets import PRESETS, Preset, check_preset_experts, get_preset
 from .registry import (
     RUN_KEYWORDS,
     MethodSpec,
@@ -117,6 +117,8 @@ def distill(
             f"{method} matches expert trajectories: pass experts= (a buffer or its folder); "
             "make them with fastdd.train_experts or `fastdd experts`"
         )
+    if preset is not None and experts is not None:
+        check_preset_experts(get_preset(preset), experts)  # e.g. ftd-* on experts trained without SAM: a warning
     if run.device is not None:
         ds = _on_device(ds, run.device)
     keep_best = None

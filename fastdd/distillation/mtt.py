@@ -1,4 +1,4 @@
-"""Trajectory matching (MTT) and the methods that are policies on it: SelMatch, TESLA, DATM.
+"""Trajectory matching (MTT) and the methods that are policies on it: SelMatch, TESLA, DATM, FTD.
 
 One outer iteration: pick a random expert and a start epoch ``s``; the student starts at the
 expert's parameters after epoch ``s`` and takes ``syn_steps`` SGD steps on (augmented) synthetic
@@ -14,6 +14,9 @@ Policies:
   ``soft_labels="datm"``: learnable logits initialised from experts that classify the image correctly.
 - DATM's start-epoch schedule (``current_max_start_epoch`` → ``max_start_epoch`` by ``expansion_end``)
   and loss-threshold gate (``threshold``).
+- ``ema_decay=d`` (FTD): an exponential moving average of the images, ``ema ← d·ema + (1−d)·x`` after every
+  applied update, is kept beside them and is the set the run returns. FTD's other half, flat experts, is
+  expert training (``train_experts(..., sam_rho=0.01)``); its matching loss is MTT's.
 
 Per iteration the host→device traffic is O(1) in ``syn_steps``: the student's index batches are drawn
 on the host and copied once, the DSA parameters of every step are drawn at once
@@ -80,6 +83,8 @@ class MTTConfig(EngineConfig):
     threshold: float | None = None  # DATM: skip the update when the loss exceeds this
     current_max_start_epoch: int | None = None  # DATM: upper bound starts here ...
     expansion_end: int | None = None  # ... and grows linearly to max_start_epoch by this iteration
+    # FTD: the returned images are an EMA of the learned ones (see MTTPolicy.apply / result); None: off
+    ema_decay: float | None = None
 
     def validate(self) -> None:
         if self.init not in ("real", "noise", "window", "correct"):
@@ -94,6 +99,8 @@ class MTTConfig(EngineConfig):
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be a finite number (or None), got {self.threshold}")
         check_positive(self, "beta", allow_zero=True)
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) (or None: no EMA), got {self.ema_decay}")
         if self.batch_syn is not None and self.batch_syn < 1:
             raise ValueError(f"batch_syn must be >= 1 (or None: the whole set), got {self.batch_syn}")
         for name in ("current_max_start_epoch", "expansion_end"):
@@ -256,7 +263,16 @@ def _check_distributed(method: str, net, cfg: MTTConfig) -> None:
 
 
 class MTTPolicy(Policy):
-    """Trajectory matching (and SelMatch, TESLA, DATM) as a policy on :func:`fastdd.distillation.loop.run_loop`."""
+    """Trajectory matching (and SelMatch, TESLA, DATM, FTD) as a policy on
+    :func:`fastdd.distillation.loop.run_loop`.
+
+    With ``config.ema_decay = d`` (FTD's EMA of the synthetic images, its ModelEmaV2 on the images only)
+    ``tensors["ema"]`` ``(K·ipc, C, H, W)`` starts equal to the initial images and, after every *applied*
+    update (:meth:`apply`), becomes ``d·ema + (1−d)·images``; an iteration the loop skips (non-finite, or
+    above ``threshold``) leaves it as it was. Labels and the learned rate are not averaged. It is
+    checkpointed with the images (split by rows like them under torch.distributed), and :meth:`result`
+    returns it as the set's images: FTD evaluates the EMA. The raw images stay in the run's checkpoints
+    (tensor ``images``)."""
 
     log_fields = ("syn_lr", "expert", "start_epoch")
     seed: int
@@ -295,7 +311,8 @@ class MTTPolicy(Policy):
         d = current()
         if d is not None:  # torch.distributed: keep this rank's rows
             _check_distributed(method, net, cfg)
-            self.shard = Shard(d, self.m, ("images",) if logits is None else ("images", "logits"))
+            split = (("images", images), ("logits", logits), ("ema", cfg.ema_decay))  # the EMA: rows like images
+            self.shard = Shard(d, self.m, tuple(name for name, t in split if t is not None))
             images, labels = self.shard.rows(images), self.shard.rows(labels)
             logits = None if logits is None else self.shard.rows(logits)
             frozen = None if frozen is None else self.shard.rows(frozen)
@@ -311,6 +328,9 @@ class MTTPolicy(Policy):
             logits.requires_grad_(True)
             self.optimizers["y"] = torch.optim.SGD([logits], lr=cfg.lr_y, momentum=0.9)
             self.tensors["logits"] = logits
+        self.ema = None if cfg.ema_decay is None else images.detach().clone()
+        if self.ema is not None:
+            self.tensors["ema"] = self.ema
         self.batch = self.m if cfg.batch_syn is None else min(cfg.batch_syn, self.m)
         self.dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
         self.generators = {"iter": g_iter, "augment": g_aug}
@@ -426,6 +446,10 @@ class MTTPolicy(Policy):
             assert self.logits is not None
             self.logits.grad = torch.autograd.grad(y_probs, self.logits, res.labels)[0]
             self.optimizers["y"].step()
+        if self.ema is not None:  # FTD: after the update, in place (the checkpointed tensor)
+            assert self.config.ema_decay is not None
+            with torch.no_grad():
+                self.ema.mul_(self.config.ema_decay).add_(self.images.detach(), alpha=1.0 - self.config.ema_decay)
 
     def log_values(self, step: Step) -> dict[str, Any]:
         return {"syn_lr": float(self.syn_lr.detach())}
@@ -434,8 +458,10 @@ class MTTPolicy(Policy):
         return {"loss": f"{loss:.4f}", "lr": f"{values['syn_lr']:.2e}"}
 
     def result(self, iterations: int, skipped: int, extra_meta: dict[str, Any] | None) -> SyntheticSet:
-        """The whole set (under torch.distributed gathered from every rank, on every rank)."""
-        images, labels = self.whole(self.images.detach()), self.whole(self.labels)
+        """The whole set (under torch.distributed gathered from every rank, on every rank); its images are the
+        EMA ``tensors["ema"]`` when ``ema_decay`` is set (FTD), else the learned images."""
+        images = self.whole(self.ema if self.ema is not None else self.images.detach())
+        labels = self.whole(self.labels)
         labels_out = torch.softmax(self.whole(self.logits.detach()), 1) if self.logits is not None else labels
         frozen = None if self.frozen is None else self.whole(self.frozen.to(torch.uint8)).bool()
         meta = self.run_meta(

@@ -1,23 +1,35 @@
 """The papers' settings by name: ``fastdd.distill(ds, preset="mtt-cifar10-ipc10", experts=...)``.
 
 Sources (see ../shared/reference): MTT — the author-provided table reprinted by DC-BENCH; SelMatch —
-its scripts; DATM — its configs; TESLA — its README; DD — the official code's README commands; DC, DSA,
-DM — their code's defaults (VICO-UoE/DatasetCondensation: 1000 DC/DSA iterations with DC's
-(outer_loop, inner_loop) table, 20000 DM iterations, lr_img 0.1 / 0.1 / 1, 256 real images per class).
+its scripts; DATM — its configs; TESLA — its README; FTD — its paper's appendix Tab 7; DD — the official
+code's README commands; DC, DSA, DM — their code's defaults (VICO-UoE/DatasetCondensation: 1000 DC/DSA
+iterations with DC's (outer_loop, inner_loop) table, 20000 DM iterations, lr_img 0.1 / 0.1 / 1, 256 real
+images per class).
 Every preset records the data set, ipc, method, whether the paper trained in ZCA space, the number
-of iterations and the method's hyper-parameters.
+of iterations and the method's hyper-parameters; a preset whose paper trained its experts in a way of its
+own (FTD: sharpness-aware) records those settings too (:attr:`Preset.experts`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..errors import ExpertWarning
+from ..experts import ExpertBuffer, expert_config, train_with_defaults
 from .registry import get_method, make_config
 
 
 @dataclass(frozen=True)
 class Preset:
+    """A paper's settings for one data set and ipc.
+
+    ``options`` are the method's config fields; ``experts`` the expert-training settings the paper's experts
+    need beyond MTT's (:class:`~fastdd.experts.ExpertConfig` fields, and ``epochs``): make them with
+    ``fastdd.train_experts(ds, **preset.experts)`` (``--sam-rho`` ... on ``fastdd experts``);
+    :func:`check_preset_experts` says where a buffer differs. Empty: MTT's experts."""
+
     name: str
     method: str
     dataset: str
@@ -27,6 +39,7 @@ class Preset:
     options: dict[str, Any] = field(default_factory=dict)
     eval_protocol: str = "mtt"
     source: str = ""
+    experts: dict[str, Any] = field(default_factory=dict)
 
 
 def _mtt(ds, ipc, n, m, t, batch, zca, lr_img, lr_lr, lr_init):
@@ -119,6 +132,20 @@ def _datm(ds, ipc, n, m, lr_img, lr_lr, lr_y, batch, t_min, t_cur, t_max, expans
     return Preset(f"datm-{ds}-ipc{ipc}", "datm", ds, ipc, True, 10000, opts, "mtt", "DATM configs (ConvIN)")
 
 
+def _ftd(ds, ipc, n, m, t, batch, lr_img, lr_lr, lr_init, alpha, ema):
+    """FTD (Du et al. 2023) = MTT with an EMA of the images, on sharpness-aware (GSAM) experts: its appendix
+    Tab 7, with ZCA and 5000 iterations (its README and run_distill.sh)."""
+    mtt = _mtt(ds, ipc, n, m, t, batch, True, lr_img, lr_lr, lr_init)
+    return replace(
+        mtt,
+        name=f"ftd-{ds}-ipc{ipc}",
+        options={**mtt.options, "ema_decay": ema},
+        source="FTD paper appendix Tab 7; experts: GSAM rho 0.01 with Tab 7's alpha, adaptive, DSA, 50 epochs "
+        "(FTD's buffer script itself trains with alpha 0.4)",
+        experts=dict(epochs=50, augment="dsa", sam_rho=0.01, sam_alpha=alpha, sam_adaptive=True),
+    )
+
+
 _ALL = [
     # MTT: dataset, ipc, N, M, T+, batch_syn (None = all), ZCA, lr_img, lr_lr, lr_teacher
     _mtt("cifar10", 1, 50, 2, 2, None, True, 100, 1e-7, 0.01),
@@ -130,6 +157,15 @@ _ALL = [
     _mtt("tinyimagenet", 1, 10, 2, 10, None, False, 10000, 1e-4, 0.01),
     _mtt("tinyimagenet", 10, 20, 2, 40, 200, False, 10000, 1e-4, 0.01),
     _mtt("tinyimagenet", 50, 20, 2, 40, 300, False, 10000, 1e-4, 0.01),
+    # FTD: dataset, ipc, N, M, T+, batch_syn (None = all), lr_img, lr_lr, lr_teacher, experts' GSAM alpha, EMA
+    _ftd("cifar10", 1, 50, 2, 2, None, 100, 1e-7, 0.01, 0.3, 0.9999),
+    _ftd("cifar10", 10, 30, 2, 20, None, 100, 1e-5, 0.001, 0.3, 0.9995),
+    _ftd("cifar10", 50, 30, 2, 40, None, 1000, 1e-5, 0.01, 1.0, 0.999),
+    _ftd("cifar100", 1, 40, 3, 20, None, 1000, 1e-5, 0.01, 1.0, 0.9995),
+    _ftd("cifar100", 10, 20, 2, 40, None, 1000, 1e-5, 0.01, 1.0, 0.9995),
+    _ftd("cifar100", 50, 80, 2, 40, 1000, 1000, 1e-5, 0.01, 1.0, 0.999),
+    _ftd("tinyimagenet", 1, 30, 2, 10, None, 10000, 1e-4, 0.01, 1.0, 0.999),
+    _ftd("tinyimagenet", 10, 20, 2, 40, 500, 10000, 1e-4, 0.01, 1.0, 0.999),
     # SelMatch: dataset, ipc, alpha, beta, lr_img
     _selmatch("cifar10", 250, 0.6, 0.5, 1000),
     _selmatch("cifar10", 500, 0.2, 0.3, 1000),
@@ -242,7 +278,32 @@ def get_preset(name: str) -> Preset:
 
 
 def check_preset(p: Preset) -> None:
-    """``ValueError`` / ``TypeError`` unless ``p.method`` is registered and ``p.options`` are fields of its config
-    (with their types)."""
+    """``ValueError`` / ``TypeError`` unless ``p.method`` is registered, ``p.options`` are fields of its config
+    (with their types) and ``p.experts`` are :class:`~fastdd.experts.ExpertConfig` fields (and ``epochs``)."""
     spec = get_method(p.method)
     make_config(spec, dict(p.options))
+    train = dict(p.experts)
+    epochs = train.pop("epochs", 1)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"preset {p.name!r}: experts epochs must be an integer >= 1, got {epochs!r}")
+    expert_config(**train)
+
+
+def check_preset_experts(p: Preset, experts: ExpertBuffer) -> list[str]:
+    """Where ``experts`` were trained otherwise than preset ``p`` asks (:attr:`Preset.experts`), one
+    ``"sam_rho 0.0 (wanted 0.01)"`` per setting, also issued as one :class:`~fastdd.errors.ExpertWarning`;
+    ``[]`` when they agree, the preset asks nothing, or the buffer does not record its training (imported).
+    A manifest that predates a setting counts as its default."""
+    train = train_with_defaults(experts.manifest.get("train"))
+    if not p.experts or not isinstance(train, dict) or "imported_from" in train:
+        return []
+    have = {**train, "epochs": experts.num_epochs}
+    differ = [f"{k} {have.get(k)!r} (wanted {v!r})" for k, v in p.experts.items() if have.get(k) != v]
+    if differ:
+        warnings.warn(
+            f"preset {p.name!r} expects experts trained with {p.experts}; those in {experts.path} differ: "
+            f"{', '.join(differ)} (train them with fastdd.train_experts(ds, **fastdd.PRESETS[{p.name!r}].experts))",
+            ExpertWarning,
+            stacklevel=2,
+        )
+    return differ
