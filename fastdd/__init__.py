@@ -23,7 +23,7 @@ from .experts import ExpertBuffer, ExpertConfig, import_reference_buffer, train_
 from .kernels import use_backend
 from .knn_coverage import coverage, coverage_of
 from .models import FunctionalNet, build_model
-from .scores import forgetting_scores, load_scores
+from .scores import el2n_scores, forgetting_scores, grand_scores, load_scores, save_scores
 from .selection import real_subset, select, window_indices
 from .synthetic import SyntheticSet
 from .version import __version__
@@ -59,7 +59,10 @@ __all__ = [
     "coverage",
     "coverage_of",
     "forgetting_scores",
+    "el2n_scores",
+    "grand_scores",
     "load_scores",
+    "save_scores",
     "distill",
     "methods",
     "register_method",

@@ -154,6 +154,9 @@ def cmd_experts(args) -> int:
         batch_size=args.batch_size,
         decay=args.decay,
         augment=args.augment,
+        sam_rho=args.sam_rho,
+        sam_alpha=args.sam_alpha,
+        sam_adaptive=args.sam_adaptive,
         shard_size=args.shard_size,
     )
     accs = buf.manifest["test_accuracy"]
@@ -174,6 +177,8 @@ def cmd_select(args) -> int:
     for k in ("beta", "hardest"):
         if getattr(args, k, None) is not None:
             extra[k] = getattr(args, k)
+    if getattr(args, "easiest", False):
+        extra["easiest"] = True
     if args.method in ("herding", "kcenter", "kmeans"):
         from .selection import check_ipc
 
@@ -249,10 +254,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _scores_for(args, ds):
-    """The --scores argument: a file, or 'forgetting' to compute forgetting counts (saved under --out)."""
-    from .scores import Scores, forgetting_scores, load_scores
+COMPUTED_SCORES = ("forgetting", "el2n", "grand")  # --scores values that compute the scores (sweep window)
 
+
+def _scores_for(args, ds):
+    """The --scores argument: a file, or 'forgetting' / 'el2n' / 'grand' to compute the scores (saved under --out)."""
+    from .scores import Scores, el2n_scores, forgetting_scores, grand_scores, load_scores, save_scores
+
+    if args.scores in ("el2n", "grand"):
+        compute = el2n_scores if args.scores == "el2n" else grand_scores
+        epochs = {} if args.score_epochs is None else {"epochs": args.score_epochs}
+        s = compute(ds, num_runs=args.score_runs, seed=args.seed, **epochs)
+        path = save_scores(s, f"{args.out}/{args.scores}.npz", labels=ds.train.labels)
+        print(f"{args.scores} scores ({s.meta['epochs']} epochs x {args.score_runs} runs) -> {path}")
+        return Scores(s.values, hardest=s.hardest, kind=s.kind, source=str(path), meta=s.meta)
     if args.scores == "forgetting":
         import io
 
@@ -282,7 +297,7 @@ def cmd_sweep_window(args) -> int:
     check_out_folder(args.out, "--out")
     ds = _load(args)
     check_ipc(ds, args.ipc)
-    scores = _scores_for(args, ds) if args.scores != "forgetting" else None  # a bad file fails before --out is made
+    scores = _scores_for(args, ds) if args.scores not in COMPUTED_SCORES else None  # a bad file fails before --out
     RunDir(args.out, _config(args) | {"command": "sweep window"})
     if scores is None:
         scores = _scores_for(args, ds)
@@ -834,6 +849,14 @@ def _add_experts(sub: Subparsers) -> None:
     p.add_argument("--batch-size", type=_at_least(1), default=256)
     p.add_argument("--decay", action="store_true", help="lr x0.1 once at epoch epochs//2+1")
     p.add_argument("--augment", choices=["dsa"], default=None)
+    p.add_argument(
+        "--sam-rho",
+        type=_non_negative,
+        default=0.0,
+        help="sharpness-aware (GSAM) radius rho; 0 = plain SGD (FTD's flat experts: 0.01)",
+    )
+    p.add_argument("--sam-alpha", type=_non_negative, default=0.0, help="GSAM alpha; 0 = plain SAM (FTD's code: 0.4)")
+    p.add_argument("--sam-adaptive", action="store_true", help="ASAM's parameter-scaled perturbation (FTD's code: on)")
     p.add_argument("--shard-size", type=_at_least(1), default=10)
     _seed_and_out(p, default="runs/experts", help="folder for the trajectories (resumes if it has some)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue experts already in --out")
@@ -848,16 +871,33 @@ def _add_select(sub: Subparsers) -> None:
     )
     _data_args(p)
     p.add_argument(
-        "--method", default="random", help="random | window | forgetting | herding | kcenter | kmeans (default: random)"
+        "--method",
+        default="random",
+        help="random | window | forgetting | el2n | grand | herding | kcenter | kmeans (default: random)",
     )
     p.add_argument("--ipc", type=_at_least(1), required=True)
-    p.add_argument("--scores", default=None, help="window / forgetting: score file (.npz C-scores, .npy forgetting)")
-    p.add_argument("--beta", type=_non_negative, default=None, help="window: start at rank int(ipc*beta) of each class")
+    p.add_argument(
+        "--scores",
+        default=None,
+        help="window / forgetting / el2n / grand: score file (.npz C-scores, .npy forgetting, .npz from "
+        "fastdd.save_scores, e.g. el2n.npz / grand.npz written by fastdd sweep window)",
+    )
+    p.add_argument(
+        "--beta",
+        type=_non_negative,
+        default=None,
+        help="window: start at rank int(ipc*beta) of each class (forgetting / el2n / grand: default 0)",
+    )
     p.add_argument(
         "--hardest",
         choices=["low", "high"],
         default=None,
         help="which end of the scores is hard (default: the file type's convention)",
+    )
+    p.add_argument(
+        "--easiest",
+        action="store_true",
+        help="forgetting / el2n / grand: rank each class easiest first (the ipc easiest at beta 0)",
     )
     _extractor_args(p, used_by="herding / kcenter / kmeans: ")
     _seed_and_out(p, required=True)
@@ -925,11 +965,19 @@ def _add_sweep(sub: Subparsers) -> None:
     p.add_argument(
         "--scores",
         required=True,
-        help="score file (.npz C-scores, .npy forgetting counts), or 'forgetting' to compute them",
+        help="score file (.npz C-scores, .npy forgetting counts, .npz from fastdd.save_scores), or "
+        "'forgetting' / 'el2n' / 'grand' to compute them",
     )
     p.add_argument("--hardest", choices=["low", "high"], default=None, help="override the scores' convention")
     p.add_argument("--forgetting-epochs", type=_at_least(1), default=20, help="with --scores forgetting (default: 20)")
     p.add_argument("--forgetting-runs", type=_at_least(1), default=1, help="with --scores forgetting (default: 1)")
+    p.add_argument(
+        "--score-epochs",
+        type=_at_least(0),
+        default=None,
+        help="with --scores el2n / grand: training epochs before scoring (default: el2n 10, grand 0 = at init)",
+    )
+    p.add_argument("--score-runs", type=_at_least(1), default=2, help="with --scores el2n / grand (default: 2)")
     p.add_argument(
         "--betas",
         type=_non_negative,

@@ -6,10 +6,12 @@ order 0..K-1):
 - ``random``: uniform without replacement per class (seeded).
 - ``window``: SelMatch's sliding window over a difficulty ranking (:func:`window_indices`).
 - ``forgetting``: forgetting-ranked, the most-forgotten ``ipc`` per class (a window at ``beta=0``
-  with ``hardest="high"``; ``beta`` shifts it, ``hardest="low"`` takes the least-forgotten).
+  with ``hardest="high"``; ``beta`` shifts it, ``easiest=True`` takes the least-forgotten).
+- ``el2n``, ``grand``: the same on EL2N / GraNd scores (:func:`fastdd.scores.el2n_scores`,
+  :func:`fastdd.scores.grand_scores`): the highest-scoring ``ipc`` per class by default.
 - ``herding``, ``kcenter``, ``kmeans``: on features of a network (:func:`extract_features`).
 
-Within a class, indices come in rank order (window, forgetting), pick order (herding, k-center),
+Within a class, indices come in rank order (window, forgetting, el2n, grand), pick order (herding, k-center),
 centroid order (k-means) or random order (random).
 """
 
@@ -31,16 +33,21 @@ from .features import (  # noqa: F401  (re-exported: fastdd.selection.extract_fe
 )
 from .rng import derive_seed, generator
 from .runs import progress
-from .scores import Scores, as_scores
+from .scores import KINDS, Scores, as_scores
 from .synthetic import SyntheticSet
 
-METHODS = ("random", "window", "forgetting", "herding", "kcenter", "kmeans")
+METHODS = ("random", "window", "forgetting", "el2n", "grand", "herding", "kcenter", "kmeans")
+#: The methods that take a window of a difficulty ranking: ``window`` (any scores, ``beta`` required) and one
+#: per score kind (default ``beta`` 0, ``hardest="high"``).
+RANKED = ("window", "forgetting", "el2n", "grand")
 
 # What each method reads besides (ds, ipc, seed).
 _METHOD_ARGS = {
     "random": set(),
     "window": {"scores", "beta", "hardest"},
-    "forgetting": {"scores", "beta", "hardest"},
+    "forgetting": {"scores", "beta", "hardest", "easiest"},
+    "el2n": {"scores", "beta", "hardest", "easiest"},
+    "grand": {"scores", "beta", "hardest", "easiest"},
     "herding": {"features", "extractor"},
     "kcenter": {"features", "extractor"},
     "kmeans": {"features", "extractor"},
@@ -254,6 +261,7 @@ def select(
     scores: Any = None,
     beta: float | None = None,
     hardest: str | None = None,
+    easiest: bool | None = None,
     features: torch.Tensor | None = None,
     extractor: Extractor = None,
     show_progress: bool = False,
@@ -265,12 +273,15 @@ def select(
         method: one of :data:`METHODS` (see the module docstring).
         ipc: images per class.
         seed: for ``random``, ``kmeans`` and the default feature extractor.
-        scores: ``window`` / ``forgetting``: a :class:`fastdd.scores.Scores` (from
-            :func:`fastdd.load_scores`), or a ``(N,)`` tensor/array with ``hardest``.
-        beta: ``window`` (required): the window starts at rank ``int(ipc·beta)``; ``forgetting``:
-            default 0 (the hardest ``ipc``).
+        scores: ``window`` / ``forgetting`` / ``el2n`` / ``grand``: a :class:`fastdd.scores.Scores` (from
+            :func:`fastdd.load_scores`, :func:`fastdd.el2n_scores`, ...), or a ``(N,)`` tensor/array with
+            ``hardest``. ``forgetting`` / ``el2n`` / ``grand`` refuse a :class:`Scores` of another known kind.
+        beta: ``window`` (required): the window starts at rank ``int(ipc·beta)``; ``forgetting`` /
+            ``el2n`` / ``grand``: default 0 (the hardest ``ipc``).
         hardest: ``"low"`` / ``"high"``; ``None`` uses a :class:`Scores`' own convention, else ``"low"``
-            for ``window`` and ``"high"`` for ``forgetting``.
+            for ``window`` and ``"high"`` for ``forgetting`` / ``el2n`` / ``grand``.
+        easiest: ``forgetting`` / ``el2n`` / ``grand``: rank each class easiest-first instead (``beta=0``:
+            the ``ipc`` easiest, e.g. PAD's easy → hard EL2N order). Default ``False``.
         features: ``herding`` / ``kcenter`` / ``kmeans``: ``(N, D)`` features of ``ds.train``;
             if ``None``, computed with ``extractor`` (:func:`extract_features`).
 
@@ -284,7 +295,9 @@ def select(
         raise TypeError(f"select(method={method!r}) got unexpected arguments: {', '.join(kwargs)}")
     given = {
         k
-        for k, v in dict(scores=scores, beta=beta, hardest=hardest, features=features, extractor=extractor).items()
+        for k, v in dict(
+            scores=scores, beta=beta, hardest=hardest, easiest=easiest, features=features, extractor=extractor
+        ).items()
         if v is not None
     }
     unused = given - _METHOD_ARGS[method]
@@ -293,35 +306,43 @@ def select(
     check_ipc(ds, ipc)
     if method == "random":
         return random_indices(ds, ipc, seed)
-    if method in ("window", "forgetting"):
-        return _by_rank(ds, method, ipc, scores, beta, hardest)
+    if method in RANKED:
+        return _by_rank(ds, method, ipc, scores, beta, hardest, bool(easiest))
     if features is None:
         features = extract_features(ds, "train", extractor, seed=seed, show_progress=show_progress)
     return _on_features(ds, method, ipc, torch.as_tensor(features), seed, show_progress)
 
 
-def _by_rank(ds: Dataset, method: str, ipc: int, scores: Any, beta: float | None, hardest: str | None) -> torch.Tensor:
-    """``window`` / ``forgetting``: a window of ``ipc`` ranks per class of the difficulty ``scores``."""
+def _by_rank(
+    ds: Dataset, method: str, ipc: int, scores: Any, beta: float | None, hardest: str | None, easiest: bool
+) -> torch.Tensor:
+    """``window`` / ``forgetting`` / ``el2n`` / ``grand``: a window of ``ipc`` ranks per class of the
+    difficulty ``scores``, hardest first (``easiest``: easiest first)."""
     if scores is None:
-        hint = (
-            "fastdd.load_scores(path, ds) or fastdd.forgetting_scores(ds)"
-            if method == "window"
-            else "fastdd.forgetting_scores(ds) or fastdd.load_scores('forgetting_*.npy', ds)"
-        )
+        hint = {
+            "window": "fastdd.load_scores(path, ds), fastdd.forgetting_scores(ds) or fastdd.el2n_scores(ds)",
+            "forgetting": "fastdd.forgetting_scores(ds) or fastdd.load_scores('forgetting_*.npy', ds)",
+        }.get(method, f"fastdd.{method}_scores(ds) or fastdd.load_scores(file, ds)")
         raise ValueError(f"select(method={method!r}) needs scores= ({hint})")
     if method == "window" and beta is None:
         raise ValueError(
             "select(method='window') needs beta= (the window starts at rank int(ipc*beta) of each class, hardest first)"
         )
-    if method == "forgetting" and isinstance(scores, Scores) and scores.kind == "cscore":
-        raise ValueError("select(method='forgetting') got C-scores; use method='window' for them")
+    if method != "window" and isinstance(scores, Scores) and scores.kind in KINDS and scores.kind != method:
+        other = "window" if scores.kind == "cscore" else scores.kind
+        raise ValueError(
+            f"select(method={method!r}) got {'C-' if scores.kind == 'cscore' else scores.kind + ' '}scores; "
+            f"use method={other!r} for them"
+        )
     s = as_scores(
         scores,
         hardest=hardest,
         n=len(ds.train),
         what="scores",
-        default_hardest="high" if method == "forgetting" else "low",
+        default_hardest="low" if method == "window" else "high",
     )
+    if easiest:  # the same stable sort, from the other end: ties still in ascending dataset order
+        s = Scores(s.values, hardest="low" if s.hardest == "high" else "high", kind=s.kind, source=s.source)
     return window_indices(ds.train.labels, s, ipc, 0.0 if beta is None else beta)
 
 
@@ -368,6 +389,7 @@ def real_subset(ds: Dataset, idx: torch.Tensor, method: str = "random", **meta) 
 
 __all__ = [
     "METHODS",
+    "RANKED",
     "check_ipc",
     "random_indices",
     "window_indices",

@@ -7,7 +7,7 @@ from conftest import SCORES, needs_scores  # noqa: E402
 
 import fastdd
 from fastdd.errors import CorruptFileError
-from fastdd.scores import ForgettingTracker, Scores, load_cscores, load_forgetting, load_scores
+from fastdd.scores import ForgettingTracker, Scores, load_cscores, load_forgetting, load_scores, save_scores
 
 
 # ------------------------------------------------------------------------------------- bookkeeping
@@ -123,6 +123,10 @@ def test_forgetting_loader_and_dispatch(tmp_path):
     assert load_scores(tmp_path / "f.npy").kind == "forgetting"
     _write_npz(tmp_path / "c.npz", labels=np.zeros(3, dtype=np.int64), scores=np.ones(3))
     assert load_scores(tmp_path / "c.npz").kind == "cscore"
+    for kind in ("el2n", "grand"):  # files written by save_scores: their kind, convention and metadata
+        saved = save_scores(Scores(torch.ones(3), "high", kind, meta={"seed": 1}), tmp_path / f"{kind}.npz")
+        back = load_scores(saved)
+        assert (back.kind, back.hardest, back.meta) == (kind, "high", {"seed": 1})
     (tmp_path / "s.txt").write_text("1 2 3")
     with pytest.raises(ValueError, match=r"s\.txt: unknown extension"):
         load_scores(tmp_path / "s.txt")

@@ -174,6 +174,8 @@ def test_every_method_is_class_balanced_and_seeded(tiny_ds):
         "random": {},
         "window": {"scores": scores, "beta": 0.5},
         "forgetting": {"scores": scores},
+        "el2n": {"scores": Scores(scores.values, "high", "el2n")},
+        "grand": {"scores": scores.values, "beta": 1.0},
         "herding": {"features": feats},
         "kcenter": {"extractor": extractor},
         "kmeans": {"features": feats},
@@ -192,6 +194,14 @@ def test_every_method_is_class_balanced_and_seeded(tiny_ds):
         select(tiny_ds, "forgetting", ipc, scores=scores),
         window_indices(tiny_ds.train.labels, scores.values, ipc, 0.0, hardest="high"),
     )
+    # el2n / grand: the same window on their scores; easiest=True = the window with the other end hard
+    for method in ("el2n", "grand"):
+        s = Scores(scores.values, "high", method)
+        assert torch.equal(select(tiny_ds, method, ipc, scores=s), window_indices(tiny_ds.train.labels, s, ipc, 0.0))
+        assert torch.equal(
+            select(tiny_ds, method, ipc, scores=s, beta=1.5, easiest=True),
+            window_indices(tiny_ds.train.labels, scores.values, ipc, 1.5, hardest="low"),
+        )
 
 
 def test_default_extractor_is_seeded(tiny_ds):
