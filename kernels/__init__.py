@@ -12,6 +12,9 @@ op                     what                                         Triton modul
                        (the transpose) and its backward
 =====================  ==========================================  =================================
 
+Torch-only ops (no Triton twin): :func:`cf_discrepancy` (:mod:`.cf_loss`), NCFM's characteristic-function
+discrepancy between two feature sets at sampled frequencies.
+
 The backend (``FASTDD_BACKEND`` or :func:`use_backend`): ``auto`` (default) runs Triton on CUDA
 tensors and torch on CPU tensors; ``triton`` forces the kernels (CUDA, or CPU under
 ``TRITON_INTERPRET=1``); ``torch`` forces the torch ops. Convolutions always stay on cuDNN / oneDNN. The torch path of
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import BACKENDS, current_backend, interpreting, resolve, triton_available, use_backend
+from .cf_loss import cf_discrepancy, characteristic_function
 from .convnet_block_torch import norm_act_pool_closed
 from .dsa_torch import apply_dsa_torch
 
@@ -87,4 +91,6 @@ __all__ = [
     "norm_act_pool_closed",
     "apply_dsa",
     "apply_dsa_torch",
+    "cf_discrepancy",
+    "characteristic_function",
 ]

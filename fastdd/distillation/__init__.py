@@ -30,6 +30,7 @@ from .dd import DDConfig
 from .loop import KeepBest
 from .matching import DCConfig, DMConfig
 from .mtt import MTTConfig
+from .ncfm import NCFMConfig as NCFMConfig  # registers "ncfm"
 from .presets import PRESETS, Preset, check_preset_experts, get_preset
 from .registry import (
     RUN_KEYWORDS,
