@@ -1,10 +1,10 @@
 """The papers' settings by name: ``fastdd.distill(ds, preset="mtt-cifar10-ipc10", experts=...)``.
 
 Sources (see ../shared/reference): MTT — the author-provided table reprinted by DC-BENCH; SelMatch —
-its scripts; DATM — its configs; TESLA — its README; FTD — its paper's appendix Tab 7; DD — the official
-code's README commands; DC, DSA, DM — their code's defaults (VICO-UoE/DatasetCondensation: 1000 DC/DSA
-iterations with DC's (outer_loop, inner_loop) table, 20000 DM iterations, lr_img 0.1 / 0.1 / 1, 256 real
-images per class).
+its scripts; DATM — its configs; TESLA — its README; FTD — its paper's appendix Tab 7; NCFM — its configs
+(config/ipc{1,10,50}/{cifar10,cifar100,tinyimagenet}.yaml); DD — the official code's README commands; DC,
+DSA, DM — their code's defaults (VICO-UoE/DatasetCondensation: 1000 DC/DSA iterations with DC's
+(outer_loop, inner_loop) table, 20000 DM iterations, lr_img 0.1 / 0.1 / 1, 256 real images per class).
 Every preset records the data set, ipc, method, whether the paper trained in ZCA space, the number
 of iterations and the method's hyper-parameters; a preset whose paper trained its experts in a way of its
 own (FTD: sharpness-aware) records those settings too (:attr:`Preset.experts`).
@@ -146,6 +146,37 @@ def _ftd(ds, ipc, n, m, t, batch, lr_img, lr_lr, lr_init, alpha, ema):
     )
 
 
+def _ncfm(ds, ipc, sgd=False):
+    """NCFM (Wang et al. 2025): its shipped configs. The model is the experts' (ConvNet-IN width 128, depth 3;
+    depth 4 for Tiny-ImageNet: train the experts with model_kwargs={"depth": 4}); 20 experts (num_premodel)."""
+    opts = dict(
+        num_freqs=4096,
+        alpha=0.5,
+        beta=0.5,
+        loss_scale=300.0,
+        batch_real=1024,
+        dsa=True,
+        lr_img=0.01,
+        optimizer_img="sgd" if sgd else "adamw",
+        weight_decay_img=0.0 if sgd else 5e-4,
+        momentum_img=0.5,
+        init="mix",
+        factor=2,
+        iter_calib=1,
+        calib_weight=1.0,
+        sampling_net=False,
+    )
+    experts = dict(epochs=60, lr=0.01, momentum=0.9, weight_decay=5e-4, augment="dsa")
+    source = (
+        "NCFM configs (20000 iterations, 20 experts, ConvNet-IN depth 3, Tiny depth 4); experts: its "
+        "pretrain_script.py (SGD 0.01, momentum 0.9, wd 5e-4, 60 epochs, DSA; its x0.2 decays at epochs 40 and 50 "
+        "and CutMix are not reproduced); CIFAR-100 IPC 10 steps the images with SGD (wd not given: 0 here); "
+        "not reproduced: ReduceLROnPlateau on the images, the [0, 1] pixel clamp; the paper evaluates with AdamW "
+        "1e-3, DSA + CutMix, 2000 epochs (Tiny IPC 10: 300, IPC 50: 40)"
+    )
+    return Preset(f"ncfm-{ds}-ipc{ipc}", "ncfm", ds, ipc, False, 20000, opts, "mtt", source, experts)
+
+
 _ALL = [
     # MTT: dataset, ipc, N, M, T+, batch_syn (None = all), ZCA, lr_img, lr_lr, lr_teacher
     _mtt("cifar10", 1, 50, 2, 2, None, True, 100, 1e-7, 0.01),
@@ -265,6 +296,12 @@ _ALL += [
 _ALL += [
     _matching("dm", ds, ipc) for ds in ("mnist", "fashionmnist", "svhn", "cifar10", "cifar100") for ipc in (1, 10, 50)
 ] + [_matching("dm", "cifar10", ipc) for ipc in (100, 200, 500, 1000)]
+
+_ALL += [
+    _ncfm(ds, ipc, sgd=ds == "cifar100" and ipc == 10)
+    for ds in ("cifar10", "cifar100", "tinyimagenet")
+    for ipc in (1, 10, 50)
+]
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
 
