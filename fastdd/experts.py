@@ -16,9 +16,11 @@ Nothing is unpickled on load. ``import_reference_buffer`` converts the reference
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -49,6 +51,87 @@ FORMAT = "fastdd.experts/1"
 MANIFEST = "manifest.json"
 
 
+@dataclass(frozen=True)
+class Curriculum:
+    """PAD's difficulty schedule for expert training (Li et al. 2024, §3.2; the phases of its code's
+    ``buffer_CL.py``, with the real per-class counts): which examples each epoch trains on.
+
+    Per class ``c`` with its ``n_c`` training examples sorted easy → hard by the difficulty scores given to
+    :func:`train_experts`, in epoch ``e`` (0-based, as :func:`fastdd.train.fit` counts):
+
+    - ``e <= add_end_epoch``: the easiest ``⌈p·n_c⌉`` with ``p = min(1, init_ratio + (1 − init_ratio)·e /
+      add_end_epoch)`` (``p = 1`` when ``add_end_epoch`` is 0);
+    - after that, all ``n_c`` until ``remove_epochs[0]``;
+    - ``e > remove_epochs[k]`` (the largest such ``k``): all but the easiest ``⌊remove_ratios[k]·n_c⌋``.
+
+    ``⌈·⌉`` and ``⌊·⌋`` forgive float round-off of 1e-9 (``0.3·10`` counts as 3). PAD's README (CIFAR-10):
+    ``Curriculum(0.75, 20, (40, 60), (0.1, 0.2))``, the defaults; ``remove_epochs=()`` never removes.
+    """
+
+    init_ratio: float = 0.75
+    add_end_epoch: int = 20
+    remove_epochs: tuple[int, ...] = (40, 60)
+    remove_ratios: tuple[float, ...] = (0.1, 0.2)
+
+    def __post_init__(self) -> None:
+        check_dataclass_options(Curriculum, {f.name: getattr(self, f.name) for f in fields(self)}, "Curriculum")
+        object.__setattr__(self, "remove_epochs", tuple(self.remove_epochs))
+        object.__setattr__(self, "remove_ratios", tuple(self.remove_ratios))
+        if not 0 < self.init_ratio <= 1:
+            raise ValueError(f"Curriculum init_ratio must be in (0, 1], got {self.init_ratio!r}")
+        if self.add_end_epoch < 0:
+            raise ValueError(f"Curriculum add_end_epoch must be >= 0, got {self.add_end_epoch!r}")
+        rm, ratios = self.remove_epochs, self.remove_ratios
+        if len(rm) != len(ratios):
+            raise ValueError(f"Curriculum remove_epochs {list(rm)} and remove_ratios {list(ratios)} differ in length")
+        if any(b <= a for a, b in zip(rm, rm[1:])) or (rm and rm[0] < self.add_end_epoch):
+            raise ValueError(
+                f"Curriculum remove_epochs {list(rm)} must increase, from add_end_epoch {self.add_end_epoch} on"
+            )
+        if not all(0 <= r < 1 for r in ratios):
+            raise ValueError(f"Curriculum remove_ratios must be in [0, 1), got {list(ratios)}")
+
+    @classmethod
+    def of(cls, value: Curriculum | Mapping[str, Any]) -> Curriculum:
+        """``value`` itself, or the curriculum a mapping of its fields describes (missing fields: defaults)."""
+        if isinstance(value, Curriculum):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"a curriculum must be a Curriculum or a dict of its fields, got {value!r:.60}")
+        check_keywords(value, {f.name: Any for f in fields(cls)}, "Curriculum")
+        return cls(**value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (lists, every field): what :class:`ExpertConfig` and the manifest hold."""
+        return {
+            "init_ratio": float(self.init_ratio),
+            "add_end_epoch": int(self.add_end_epoch),
+            "remove_epochs": [int(e) for e in self.remove_epochs],
+            "remove_ratios": [float(r) for r in self.remove_ratios],
+        }
+
+    def window(self, n: int, epoch: int) -> tuple[int, int]:
+        """``(start, stop)``: epoch ``epoch`` trains on ranks ``start:stop`` of a class of ``n`` sorted easy → hard."""
+        aee, ir = self.add_end_epoch, self.init_ratio
+        if epoch <= aee:
+            p = 1.0 if aee == 0 else min(1.0, ir + (1 - ir) * epoch / aee)
+            return 0, min(n, math.ceil(p * n - 1e-9))
+        drop = 0.0
+        for e, r in zip(self.remove_epochs, self.remove_ratios):
+            if epoch > e:
+                drop = r
+        return min(n - 1, math.floor(drop * n + 1e-9)) if n else 0, n
+
+    def subset(self, order: Sequence[torch.Tensor], epoch: int) -> torch.Tensor:
+        """The sorted training indices of epoch ``epoch``: :meth:`window` of each class's ``order`` (its indices
+        sorted easy → hard, :func:`curriculum_order`)."""
+        parts = []
+        for o in order:
+            a, b = self.window(len(o), epoch)
+            parts.append(o[a:b])
+        return torch.cat(parts).sort().values
+
+
 @dataclass
 class ExpertConfig:
     """How experts are trained (SGD on the real train split). Defaults follow MTT's buffer.py.
@@ -70,9 +153,13 @@ class ExpertConfig:
             gradient taken out of the step; 0 is plain SAM (FTD's code: 0.4).
         sam_adaptive: ASAM's parameter-scaled perturbation ``ρ·θ²⊙g/‖|θ|⊙g‖`` instead of SAM's
             ``ρ·g/‖g‖`` (FTD's code: on).
+        curriculum: PAD's difficulty schedule (:class:`Curriculum`, or a dict of its fields; held as the dict
+            of :meth:`Curriculum.as_dict`): each epoch trains on a per-class window of the examples sorted
+            by the difficulty ``scores=`` given to :func:`train_experts`. ``None`` (the default): every
+            example every epoch, bit for bit as before the field existed.
 
-    A manifest written before the ``sam_*`` fields existed counts as having their defaults (a resumed run
-    continues it).
+    A manifest written before the ``sam_*`` or ``curriculum`` fields existed counts as having their defaults
+    (a resumed run continues it).
     """
 
     lr: float = 0.01
@@ -84,6 +171,11 @@ class ExpertConfig:
     sam_rho: float = 0.0
     sam_alpha: float = 0.0
     sam_adaptive: bool = False
+    curriculum: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.curriculum, (Curriculum, Mapping)):  # one spelling: Curriculum.as_dict()
+            self.curriculum = Curriculum.of(self.curriculum).as_dict()
 
     def validate(self) -> None:
         """``ValueError`` naming the field whose value is out of range, ``TypeError`` naming one of another type."""
@@ -131,13 +223,67 @@ def _check_count(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def curriculum_order(scores: Any, labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
+    """Per class ``c < num_classes``, its training indices (int64, CPU) sorted easy → hard by ``scores``: a
+    :class:`fastdd.scores.Scores` (``values`` ``(N,)``, ``hardest`` ``"low"`` / ``"high"``); ties keep index order.
+    """
+    values, hardest = _difficulty_values(scores, len(labels))
+    labels = labels.cpu()
+    order = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        order.append(idx[torch.sort(values[idx], descending=hardest == "low", stable=True).indices])
+    return order
+
+
+def difficulty_record(scores: Any, n: int) -> dict[str, Any]:
+    """What the manifest keeps of a curriculum's ``scores`` (not the values): kind, source, convention, length and
+    the SHA-256 of the values as little-endian float64."""
+    values, hardest = _difficulty_values(scores, n)
+    digest = hashlib.sha256(values.double().contiguous().numpy().astype("<f8").tobytes()).hexdigest()
+    source = getattr(scores, "source", None)
+    return {
+        "kind": str(getattr(scores, "kind", "scores")),
+        "source": None if source is None else os.fspath(source),
+        "hardest": hardest,
+        "n": n,
+        "sha256": digest,
+    }
+
+
+def _difficulty_values(scores: Any, n: int) -> tuple[torch.Tensor, str]:
+    """``(values (n,) on the CPU, hardest)`` of a :class:`fastdd.scores.Scores` (read by its attributes: this
+    layer does not import :mod:`fastdd.scores`); ``TypeError`` / ``ValueError`` naming what is wrong."""
+    values, hardest = getattr(scores, "values", None), getattr(scores, "hardest", None)
+    if not isinstance(values, torch.Tensor) or hardest not in ("low", "high"):
+        raise TypeError(
+            "train_experts: scores must be a fastdd.scores.Scores (fastdd.el2n_scores(ds), "
+            "fastdd.load_scores(path, ds), or fastdd.scores.as_scores(values, hardest='high' | 'low') for a "
+            "plain (N,) tensor), "
+            f"got {scores!r:.60}"
+        )
+    values = values.detach().cpu()
+    if values.shape != (n,) or not torch.isfinite(values.double()).all():
+        raise ValueError(
+            f"train_experts: scores must be {n} finite values (the train split), got {tuple(values.shape)} "
+        )
+    return values, hardest
+
+
 def train_one(
-    net: FunctionalNet, ds: Dataset, epochs: int, cfg: ExpertConfig, seed: int, on_epoch=None
+    net: FunctionalNet,
+    ds: Dataset,
+    epochs: int,
+    cfg: ExpertConfig,
+    seed: int,
+    on_epoch=None,
+    order: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Train one expert with :func:`fastdd.train.fit`; returns ``(trajectory (epochs + 1, P) float32 on
     CPU, final test accuracy)``. ``on_epoch(epoch, loss)`` is called after every epoch. With
     ``cfg.sam_rho > 0`` every step is sharpness-aware (:class:`~fastdd.train.SAM`), on the same DSA draw for
-    both of its passes."""
+    both of its passes. With ``cfg.curriculum`` each epoch trains on :meth:`Curriculum.subset` of ``order``
+    (:func:`curriculum_order`, required then)."""
 
     dev = ds.device
     theta0 = net.init(generator(seed, "init"), device=dev)
@@ -175,9 +321,20 @@ def train_one(
         augment=augment,
         on_epoch=snapshot,
         sam=SAM(cfg.sam_rho, cfg.sam_alpha, cfg.sam_adaptive) if cfg.sam_rho > 0 else None,
+        epoch_subset=_epoch_subset(cfg, order),
     )
     acc = accuracy(net, theta, buffers, ds.test.images, ds.test.labels)
     return torch.stack(snaps), acc
+
+
+def _epoch_subset(cfg: ExpertConfig, order: Sequence[torch.Tensor] | None) -> Callable[[int], torch.Tensor] | None:
+    """``epoch -> indices`` of ``cfg.curriculum`` over ``order`` for :func:`fastdd.train.fit`; ``None`` without one."""
+    if cfg.curriculum is None:
+        return None
+    if order is None:
+        raise ValueError("an expert curriculum needs the examples' difficulty order (train_experts(..., scores=))")
+    cur = Curriculum.of(cfg.curriculum)
+    return lambda ep: cur.subset(order, ep)
 
 
 def train_experts(
@@ -194,6 +351,7 @@ def train_experts(
     resume: bool = True,
     show_progress: bool = True,
     run_config: dict[str, Any] | None = None,
+    scores: Any = None,
     **options: Any,
 ) -> ExpertBuffer:
     """Train ``num_experts`` networks on ``ds.train`` and save their trajectories under ``out``.
@@ -205,12 +363,17 @@ def train_experts(
         seed: expert ``i`` is initialised and shuffled from streams derived from ``(seed, i)``.
         config: the training settings (:class:`ExpertConfig`: SGD ``lr``, ``momentum``, ``weight_decay``,
             ``batch_size``, ``decay`` and ``augment``, MTT's defaults; ``sam_rho``, ``sam_alpha`` and
-            ``sam_adaptive`` for FTD's sharpness-aware experts, off by default).
+            ``sam_adaptive`` for FTD's sharpness-aware experts, off by default; ``curriculum`` for PAD's
+            difficulty-scheduled experts, off by default).
         shard_size: experts per file.
         model_kwargs: passed to the model registry when ``model`` is a name.
         resume: keep shards already in ``out`` from a run with the same settings.
         show_progress: a progress bar (on rank 0).
         run_config: if given, written to ``out/config.yaml`` (after the folder is checked).
+        scores: the difficulty of every training example, which a ``curriculum`` needs (and nothing else
+            takes): a :class:`fastdd.scores.Scores` such as ``fastdd.el2n_scores(ds)`` (PAD's choice). They are
+            data, not settings: the manifest records their kind, source, convention and SHA-256 under
+            ``"difficulty"`` (:func:`difficulty_record`), and a resumed run must bring the same.
         **options: any field of :class:`ExpertConfig` as a keyword (``lr=0.01``, ``augment="dsa"``, ...), set
             on ``config``; one that ``config`` sets to another value is a ``ValueError`` (see
             :func:`expert_config`).
@@ -220,9 +383,12 @@ def train_experts(
     cfg = expert_config(config, **options)
     for name, value in (("num_experts", num_experts), ("epochs", epochs), ("shard_size", shard_size)):
         _check_count(name, value)
+    order, record = _difficulty(cfg, scores, ds)
     net = model_for(ds, model, **(model_kwargs or {})) if isinstance(model, str) else model
-    job = _Job(ds, net, cfg, epochs, seed, _out_folder(out))
+    job = _Job(ds, net, cfg, epochs, seed, _out_folder(out), order)
     header = _header(net, ds.name, ds.zca is not None, epochs, seed, shard_size, asdict(cfg))
+    if record is not None:  # only with a curriculum: the header of every other run is as it was
+        header["difficulty"] = record
     manifest = _resume_manifest(job.out, header, num_experts, resume)
     job.out.mkdir(parents=True, exist_ok=True)
     d = current()  # under torch.distributed each rank trains its share of every file's experts
@@ -250,6 +416,21 @@ class _Job:
     epochs: int
     seed: int
     out: Path
+    order: list[torch.Tensor] | None = None  # a curriculum's per-class easy → hard order (curriculum_order)
+
+
+def _difficulty(cfg: ExpertConfig, scores: Any, ds: Dataset) -> tuple[list[torch.Tensor] | None, dict | None]:
+    """``(per-class order, manifest record)`` of ``scores`` for ``cfg.curriculum``; ``(None, None)`` without one.
+    ``ValueError`` for a curriculum without scores, or scores without a curriculum."""
+    if cfg.curriculum is None:
+        if scores is not None:
+            raise ValueError("train_experts: scores= are read by a curriculum only; set curriculum= (or drop scores=)")
+        return None, None
+    if scores is None:
+        raise ValueError(
+            "train_experts: a curriculum needs difficulty scores= (a fastdd.scores.Scores, e.g. fastdd.el2n_scores(ds))"
+        )
+    return curriculum_order(scores, ds.train.labels, ds.num_classes), difficulty_record(scores, len(ds.train))
 
 
 class _Trained(NamedTuple):
@@ -323,7 +504,7 @@ def _resume_manifest(out: Path, header: dict[str, Any], num_experts: int, resume
 
 def train_with_defaults(train: Any) -> Any:
     """A manifest's ``"train"`` settings with the :class:`ExpertConfig` fields it predates (added later, e.g.
-    ``sam_rho``) at their defaults, so that a folder written before they existed resumes; anything else
+    ``sam_rho``, ``curriculum``) at their defaults, so that a folder written before they existed resumes; anything else
     (``None``, an imported buffer's record) is returned as it is."""
     if not isinstance(train, dict) or "imported_from" in train:
         return train
@@ -365,7 +546,8 @@ def _train_share(job: _Job, ids: list[int], bar) -> dict[int, _Trained]:
             bar.set_postfix(expert=i, loss=f"{loss:.3f}")
             losses.append(loss)
 
-        traj, acc = train_one(job.net, job.ds, job.epochs, job.cfg, seed=_expert_seed(job.seed, i), on_epoch=on_epoch)
+        seed = _expert_seed(job.seed, i)
+        traj, acc = train_one(job.net, job.ds, job.epochs, job.cfg, seed=seed, on_epoch=on_epoch, order=job.order)
         warn_identical(traj, f"expert {i} ({job.out})", stacklevel=5)  # attributed to train_experts' caller
         trained[i] = _Trained(traj, acc, losses)
     return trained

@@ -135,6 +135,7 @@ def fit(
     on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     sam: SAM | None = None,
+    epoch_subset: Callable[[int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Train ``net`` from ``theta`` for ``epochs`` passes over ``(images, labels)``; return the final parameters.
 
@@ -151,6 +152,10 @@ def fit(
         on_epoch: ``(epoch, last minibatch loss, current parameters)`` after each epoch.
         sam: with ``rho > 0``, SGD steps along :func:`sam_direction` (a second pass on the same augmented
             minibatch, batch-norm statistics frozen; callbacks see the first pass). ``None``: plain SGD.
+        epoch_subset: ``epoch -> (n_e,)`` int64 indices into ``images``: epoch ``epoch`` (0-based) passes over
+            those examples only (a curriculum, :class:`fastdd.experts.Curriculum`); the permutation is one of
+            ``range(n_e)`` mapped through them, and ``on_batch`` / ``augment`` see the mapped indices. ``None``
+            (the default): every example, every epoch.
 
     The loop never reads a tensor back to the host; the callbacks may.
     """
@@ -165,7 +170,10 @@ def fit(
     for ep in range(epochs):
         if sgd.schedule == "step" and ep == sgd.decay_epoch:
             opt = sgd.optimizer(theta, sgd.lr * sgd.decay_factor)
-        for idx in minibatches(len(images), batch_size, generator, dev, min_last=min_last):
+        sub = None if epoch_subset is None else epoch_subset(ep).to(dev)
+        for idx in minibatches(len(images) if sub is None else len(sub), batch_size, generator, dev, min_last=min_last):
+            if sub is not None:
+                idx = sub[idx]
             x = images[idx]
             if augment is not None:
                 x = augment(x, idx)

@@ -31,6 +31,7 @@ from .loop import KeepBest
 from .matching import DCConfig, DMConfig
 from .mtt import MTTConfig
 from .ncfm import NCFMConfig as NCFMConfig  # registers "ncfm"
+from .pad import PADConfig as PADConfig  # registers "pad"
 from .presets import PRESETS, Preset, check_preset_experts, get_preset
 from .registry import (
     RUN_KEYWORDS,

@@ -17,6 +17,8 @@ Policies:
 - ``ema_decay=d`` (FTD): an exponential moving average of the images, ``ema ← d·ema + (1−d)·x`` after every
   applied update, is kept beside them and is the set the run returns. FTD's other half, flat experts, is
   expert training (``train_experts(..., sam_rho=0.01)``); its matching loss is MTT's.
+- :meth:`MTTPolicy.outer_loss` builds the matching loss; PAD (:mod:`fastdd.distillation.pad`) overrides it
+  with a mask over the parameters.
 
 Per iteration the host→device traffic is O(1) in ``syn_steps``: the student's index batches are drawn
 on the host and copied once, the DSA parameters of every step are drawn at once
@@ -421,7 +423,7 @@ class MTTPolicy(Policy):
             lrs,
             theta0,
             batches,
-            matching_loss(theta0, target),
+            self.outer_loss(theta0, target),
             aug,
             self.mode,
             memory_budget=cfg.memory_budget,
@@ -430,6 +432,13 @@ class MTTPolicy(Policy):
         )
         assert res.images is not None and res.lrs is not None  # both ask for gradients
         return Step(res.loss, (res.images, res.lrs), {"expert": e, "start_epoch": start}, (res, y_probs))
+
+    def outer_loss(self, theta0: torch.Tensor, target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The iteration's outer loss ``θ_N -> L`` from the start ``theta0`` and target ``target`` parameters
+        ``(P,)``: MTT's :func:`~fastdd.engine.matching_loss`. A policy that matches otherwise overrides it (PAD's
+        masked loss, :mod:`fastdd.distillation.pad`); it reaches the engine only as :func:`unroll_grad`'s
+        ``outer``, so every gradient mode, the kernels and torch.distributed work unchanged."""
+        return matching_loss(theta0, target)
 
     def apply(self, step: Step) -> None:
         res, y_probs = step.payload
@@ -498,9 +507,11 @@ _register_family(
     soft_labels=True,
     description="MTT with the direct-term gradient, soft labels optional (Cui et al. 2023)",
 )
+#: DATM's changes from MTTConfig's defaults (PAD, a policy on DATM, registers with them too)
+DATM_DEFAULTS: dict[str, Any] = {"init": "correct", "soft_labels": "datm", "threshold": 1.0}
 _register_family(
     "datm",
-    defaults={"init": "correct", "soft_labels": "datm", "threshold": 1.0},
+    defaults=DATM_DEFAULTS,
     soft_labels=True,
     description="MTT with learnable soft labels and a start-epoch schedule (Guo et al. 2024)",
 )
