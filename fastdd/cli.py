@@ -675,9 +675,18 @@ def _add_distill(sub: Subparsers) -> None:
     )
     p.add_argument("--preset", default=None, help="a name from fastdd.PRESETS (sets method, ipc, options)")
     p.add_argument("--ipc", type=_at_least(1), default=None, help="images per class (default: the preset's)")
-    p.add_argument("--experts", default=None, help="expert folder (MTT family)")
+    need_experts = [n for n in names if get_method(n).needs_experts]
     p.add_argument(
-        "--scores", default=None, help="difficulty score file (.npz C-scores / .npy forgetting) for SelMatch"
+        "--experts",
+        default=None,
+        help=f"expert folder (fastdd experts / import-buffer); required by {', '.join(need_experts) or 'none'} "
+        "and by dd with init_mode 'pretrained'",
+    )
+    p.add_argument(
+        "--scores",
+        default=None,
+        help="difficulty score file for SelMatch (.npz C-scores, .npy forgetting counts, or .npz from "
+        "fastdd.save_scores, e.g. EL2N / GraNd)",
     )
     p.add_argument(
         "--iterations", type=_at_least(1), default=None, help="outer iterations (default: the preset's, else 1000)"
