@@ -19,7 +19,7 @@ from .errors import (
     UnsafePathError,
 )
 from .evaluation import PROTOCOLS, EvalResult, Protocol, evaluate
-from .experts import ExpertBuffer, ExpertConfig, import_reference_buffer, train_experts
+from .experts import Curriculum, ExpertBuffer, ExpertConfig, import_reference_buffer, train_experts
 from .kernels import use_backend
 from .knn_coverage import coverage, coverage_of
 from .models import FunctionalNet, build_model
@@ -45,6 +45,7 @@ __all__ = [
     "FunctionalNet",
     "train_experts",
     "ExpertConfig",
+    "Curriculum",
     "ExpertBuffer",
     "import_reference_buffer",
     "evaluate",

@@ -134,10 +134,16 @@ def cmd_experts(args) -> int:
     check_out_folder(args.out, "--out")
     ds = _load(args)
     kw = parse_json_object(args.model_kwargs, "--model-kwargs")
+    curriculum = None if args.curriculum is None else parse_json_object(args.curriculum, "--curriculum")
+    if (curriculum is None) != (args.scores is None):
+        raise ValueError("--curriculum and --scores go together (PAD: --curriculum '{}' --scores el2n)")
+    if args.scores == "forgetting":
+        raise ValueError("--scores forgetting: compute them with `fastdd sweep window` first and pass the .npy")
     try:
         model_for(ds, args.model, **kw)  # a model that does not fit the data fails here, before anything is written
     except TypeError as e:
         raise ValueError(f"--model-kwargs: {e}") from None
+    scores = None if args.scores is None else _scores_for(args, ds)  # a bad file fails before training
     buf = train_experts(
         ds,
         args.model,
@@ -157,6 +163,8 @@ def cmd_experts(args) -> int:
         sam_rho=args.sam_rho,
         sam_alpha=args.sam_alpha,
         sam_adaptive=args.sam_adaptive,
+        curriculum=curriculum,
+        scores=scores,
         shard_size=args.shard_size,
     )
     accs = buf.manifest["test_accuracy"]
@@ -840,6 +848,17 @@ def _memory_limit_args(b: argparse.ArgumentParser) -> None:
     )
 
 
+def _score_args(p: argparse.ArgumentParser) -> None:
+    """``--score-epochs`` and ``--score-runs``: how ``--scores el2n | grand`` computes the scores."""
+    p.add_argument(
+        "--score-epochs",
+        type=_at_least(0),
+        default=None,
+        help="with --scores el2n / grand: training epochs before scoring (default: el2n 10, grand 0 = at init)",
+    )
+    p.add_argument("--score-runs", type=_at_least(1), default=2, help="with --scores el2n / grand (default: 2)")
+
+
 def _add_experts(sub: Subparsers) -> None:
     p = sub.add_parser(
         "experts",
@@ -866,6 +885,21 @@ def _add_experts(sub: Subparsers) -> None:
     )
     p.add_argument("--sam-alpha", type=_non_negative, default=0.0, help="GSAM alpha; 0 = plain SAM (FTD's code: 0.4)")
     p.add_argument("--sam-adaptive", action="store_true", help="ASAM's parameter-scaled perturbation (FTD's code: on)")
+    p.add_argument(
+        "--curriculum",
+        default=None,
+        help='PAD\'s difficulty curriculum as JSON, e.g. \'{"init_ratio": 0.75, "add_end_epoch": 20, '
+        "\"remove_epochs\": [40, 60], \"remove_ratios\": [0.1, 0.2]}' ('{}' = those, PAD's README); needs --scores "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--scores",
+        default=None,
+        help="with --curriculum: the difficulty of every training example: a score file (.npz from "
+        "fastdd.save_scores, .npz C-scores, .npy forgetting counts) or 'el2n' / 'grand' to compute them "
+        "(saved as --out/el2n.npz; resume with that file) (default: none)",
+    )
+    _score_args(p)
     p.add_argument("--shard-size", type=_at_least(1), default=10)
     _seed_and_out(p, default="runs/experts", help="folder for the trajectories (resumes if it has some)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue experts already in --out")
@@ -980,13 +1014,7 @@ def _add_sweep(sub: Subparsers) -> None:
     p.add_argument("--hardest", choices=["low", "high"], default=None, help="override the scores' convention")
     p.add_argument("--forgetting-epochs", type=_at_least(1), default=20, help="with --scores forgetting (default: 20)")
     p.add_argument("--forgetting-runs", type=_at_least(1), default=1, help="with --scores forgetting (default: 1)")
-    p.add_argument(
-        "--score-epochs",
-        type=_at_least(0),
-        default=None,
-        help="with --scores el2n / grand: training epochs before scoring (default: el2n 10, grand 0 = at init)",
-    )
-    p.add_argument("--score-runs", type=_at_least(1), default=2, help="with --scores el2n / grand (default: 2)")
+    _score_args(p)
     p.add_argument(
         "--betas",
         type=_non_negative,

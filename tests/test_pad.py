@@ -322,7 +322,6 @@ def test_pad_from_the_command_line(digits_pad, tmp_path):
     assert syn.meta["method"] == "pad" and syn.meta["config"]["pad_depth_ratio"] == 0.5
 
 
-@pytest.mark.skipif(not any(n.startswith("pad-") for n in fastdd.PRESETS), reason="pad-* presets not merged yet")
 def test_pad_presets():
     from fastdd.distillation.presets import get_preset
 
@@ -332,3 +331,17 @@ def test_pad_presets():
     assert p.experts["curriculum"] == Curriculum(0.75, 20, (40, 60), (0.1, 0.2)).as_dict()
     assert get_preset("pad-cifar100-ipc1").options["pad_depth_ratio"] == 0.0
     assert get_preset("pad-tinyimagenet-ipc50").options["pad_depth_ratio"] == 0.5
+
+
+def test_experts_command_takes_the_curriculum(tmp_path):
+    from fastdd.cli import main
+
+    out = tmp_path / "e"
+    args = ["experts", "--dataset", "digits", "--num-experts", "1", "--epochs", "2", "--out", str(out)]
+    cur = '{"add_end_epoch": 1, "remove_epochs": [], "remove_ratios": []}'
+    args += ["--model-kwargs", '{"width": 4, "depth": 1}', "--curriculum", cur]
+    assert main([*args, "--scores", "el2n", "--score-epochs", "1", "--score-runs", "1"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["train"]["curriculum"] == Curriculum(0.75, 1, (), ()).as_dict() and m["difficulty"]["kind"] == "el2n"
+    assert m["difficulty"]["source"] == str(out / "el2n.npz")
+    assert main(args) == 2  # a curriculum without scores
