@@ -1,5 +1,7 @@
-"""The GPU check and the bytes-moved model run (tiny settings); the CPU-only answer of the GPU check."""
+"""The GPU check, the bytes-moved model and the gradient-error script run (tiny settings); the CPU-only answer of
+the GPU check."""
 
+import json
 import os
 import subprocess
 import sys
@@ -43,3 +45,18 @@ def test_bytes_model_fused_moves_fewer_bytes():
             assert unfused[phase].total > fused[phase].total > 0, (op, phase)
     # the counter sees the composite's operators: group norm's double backward is dozens of them
     assert res["norm_act_pool (3 blocks)"][0]["double backward"].ops > 100
+
+
+def test_gradient_error_tiny_run_writes_the_table_and_json(tmp_path):
+    """Two points (the adjoint reference and truncation at W = N), each in its own process."""
+    out = _run(
+        str(BENCH / "gradient_error.py"),
+        *("--dataset", "digits", "--ipc", "1", "--width", "4", "--steps", "3", "--batch", "5"),
+        *("--expert-steps", "2", "--rounds", "1", "--modes", "truncated", "--windows", "3"),
+        *("--json", str(tmp_path / "e.json")),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| truncated | 3 |" in out.stdout and "gradient_error.py --dataset digits" in out.stdout
+    rows = {(r["mode"], r["window"]): r for r in json.loads((tmp_path / "e.json").read_text())["rows"]}
+    assert set(rows) == {("adjoint", None), ("truncated", 3)}
+    assert rows["truncated", 3]["rel_x"] == 0.0 and rows["truncated", 3]["rel_eta"] == 0.0  # W = N: the adjoint

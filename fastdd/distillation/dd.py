@@ -10,6 +10,15 @@ Images and ρ are learned with Adam (lr 0.01, betas (0.5, 0.999)), the rate halv
 
 ``mode="auto"`` is resolved once per run from ``memory_budget`` and the shapes (recorded in
 ``syn.meta["gradient_mode"]`` and the checkpoints); the iteration's checks read one tensor back.
+
+Truncated unrolls: ``mode="truncated", window=W`` differentiates through the last W of the T = steps ×
+epochs steps only (the first T − W run without a graph). ``rat_bptt=True`` adds RaT-BPTT's random-length
+unroll (Feng, Vedantam & Kempe, ICLR 2024): every iteration draws N₀ uniformly from
+[``min_prefix``, T − W] with the run's seeded generator (checkpointed with the others), runs N₀ steps
+without a graph and W differentiable steps, and evaluates the outer loss after those N₀ + W steps (the
+later steps and their rates are not used that iteration). Unlike RaT-BPTT, whose inner optimiser is Adam
+(differentiated through its state), the inner steps here stay Wang et al.'s plain SGD steps with one
+learned rate each; the outer update stays this method's Adam, without RaT-BPTT's gradient clipping.
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ class DDConfig(EngineConfig):
     n_nets: int = 1  # inits per iteration (fixed: drawn once)
     init: str = "default"  # weight init scheme of the network ("default" | "xavier")
     attack: tuple[int, int] | None = None  # poisoning: relabel real class a as b in the outer loss
+    rat_bptt: bool = False  # RaT-BPTT: unroll N0 + window steps, N0 ~ U[min_prefix, T - window] per iteration
+    min_prefix: int = 0  # rat_bptt: the fewest steps run before the window
 
     def validate(self, num_classes: int) -> None:
         if self.init_mode not in ("fixed", "random", "pretrained"):
@@ -71,7 +82,28 @@ class DDConfig(EngineConfig):
             a, b = self.attack
             if not (0 <= a < num_classes and 0 <= b < num_classes and a != b):
                 raise ValueError(f"attack=(a, b) needs two different classes in [0, {num_classes}), got {self.attack}")
+        self.validate_truncation()
         self.validate_engine()
+
+    def validate_truncation(self) -> None:
+        """``rat_bptt`` needs ``mode="truncated"`` with a ``window`` of at most T = steps × epochs, and
+        0 <= ``min_prefix`` <= T − window; ``min_prefix`` is refused without it."""
+        if not self.rat_bptt:
+            if self.min_prefix != 0:
+                raise ValueError(f"min_prefix={self.min_prefix} applies to rat_bptt=True only")
+            return
+        total = self.steps * self.epochs
+        if self.mode != "truncated" or not isinstance(self.window, int) or not 1 <= self.window <= total:
+            raise ValueError(
+                f"rat_bptt=True needs mode='truncated' and a window in [1, steps × epochs = {total}], "
+                f"got mode={self.mode!r}, window={self.window!r}"
+            )
+        if isinstance(self.min_prefix, bool) or not isinstance(self.min_prefix, int):
+            raise ValueError(f"min_prefix must be an int, got {self.min_prefix!r}")
+        if not 0 <= self.min_prefix <= total - self.window:
+            raise ValueError(
+                f"min_prefix must be in [0, steps × epochs − window = {total - self.window}], got {self.min_prefix}"
+            )
 
 
 def inverse_softplus(x: float) -> float:
@@ -108,7 +140,7 @@ class DDPolicy(Policy):
     """Wang et al.'s method as a policy on :func:`fastdd.distillation.loop.run_loop`."""
 
     method = "dd"
-    log_fields = ("mean_lr",)
+    log_fields: tuple[str, ...] = ("mean_lr",)
     pixel_lr = "lr"  # Adam's rate on the images (and the rates)
     seed: int
 
@@ -150,6 +182,9 @@ class DDPolicy(Policy):
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=self.decay, gamma=cfg.decay_factor)
         self.tensors, self.optimizers = {"images": self.images, "rho": self.rho}, {"adam": self.opt}
         self.generators = {"iter": g_iter}
+        if cfg.rat_bptt:  # N0 per iteration; a default run keeps exactly the streams it had
+            self.generators["rat_bptt"] = generator(seed, "dd", "rat_bptt")
+            self.log_fields = ("mean_lr", "unroll")
         self.per_epoch = -(-len(ds.train) // cfg.real_batch)
         self.real_batches: list[torch.Tensor] = []
         self.mode: str | None = None
@@ -204,6 +239,7 @@ class DDPolicy(Policy):
             if self.fixed is not None
             else dd_inits(self.net, cfg, self.seed, it, dev, self.experts, self.generators["iter"])
         )
+        length = self.unroll_length()
         eta = F.softplus(self.rho.detach())
         g_x, g_eta = torch.zeros_like(self.images), torch.zeros_like(eta)
         loss_t: torch.Tensor | None = None
@@ -221,6 +257,8 @@ class DDPolicy(Policy):
                 mode=self.mode,
                 memory_budget=cfg.memory_budget,
                 theta_storage=cfg.theta_storage,
+                window=cfg.window,
+                length=length,
             )
             assert res.images is not None and res.lrs is not None  # both ask for gradients
             g_x += res.images / len(thetas)
@@ -228,7 +266,19 @@ class DDPolicy(Policy):
             term = res.loss.double() / len(thetas)
             loss_t = term if loss_t is None else loss_t + term
         assert loss_t is not None  # n_nets >= 1
-        return Step(loss_t, (g_x, g_eta), payload=(g_x, g_eta))
+        info = {} if length is None else {"unroll": length}
+        return Step(loss_t, (g_x, g_eta), info, payload=(g_x, g_eta))
+
+    def unroll_length(self) -> int | None:
+        """RaT-BPTT: this iteration's N₀ + window, N₀ drawn uniformly from [min_prefix, T − window];
+        ``None`` (all T steps) otherwise."""
+        cfg = self.config
+        if not cfg.rat_bptt:
+            return None
+        assert cfg.window is not None  # validate_truncation
+        high = cfg.steps * cfg.epochs - cfg.window
+        n0 = int(torch.randint(cfg.min_prefix, high + 1, (1,), generator=self.generators["rat_bptt"]))
+        return n0 + cfg.window
 
     def apply(self, step: Step) -> None:
         g_x, g_eta = step.payload

@@ -428,6 +428,7 @@ class MTTPolicy(Policy):
             self.mode,
             memory_budget=cfg.memory_budget,
             theta_storage=cfg.theta_storage,
+            window=cfg.window,
             reduce=reduce,
         )
         assert res.images is not None and res.lrs is not None  # both ask for gradients

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .unroll import check_mode, check_theta_storage, choose_mode
+from .unroll import check_mode, check_theta_storage, check_window, choose_mode
 
 
 @dataclass
@@ -18,22 +18,27 @@ class EngineConfig:
 
     Attributes:
         mode: ``"auto"`` (resolved once per run from the shapes and ``memory_budget``: ``bptt`` when its
-            graph fits, else ``adjoint``), ``"bptt"``, ``"adjoint"`` (exact, activation memory of one step) or
-            ``"tesla"`` (the direct-term approximation).
+            graph fits, else ``adjoint``; never ``truncated``), ``"bptt"``, ``"adjoint"`` (exact, activation
+            memory of one step), ``"tesla"`` (the direct-term approximation) or ``"truncated"`` (exact
+            back-propagation through the last ``window`` steps only, the earlier ones run without a graph).
         theta_storage: where the adjoint keeps the student's parameters θ_i: ``"auto"``, ``"checkpoint"``
             (every ⌈√N⌉-th, the rest recomputed), ``"all"`` or ``"host"`` (CPU memory, pinned on CUDA).
         memory_budget: bytes ``mode="auto"`` may give a BPTT graph (``None``: 4 GiB).
         deterministic: deterministic cuDNN and algorithms for the run (previous settings restored after).
+        window: ``mode="truncated"`` only (and required there): the number W >= 1 of last unrolled steps
+            differentiated; W >= N is the whole unroll (the same gradients as ``adjoint``).
     """
 
     mode: str = "auto"
     theta_storage: str = "auto"
     memory_budget: int | None = None
     deterministic: bool = False
+    window: int | None = None
 
     def validate_engine(self) -> None:
         """``ValueError`` naming the option when one is not one of its allowed values."""
         check_mode(self.mode)
+        check_window(self.mode, self.window)
         check_theta_storage(self.theta_storage)
         budget = self.memory_budget
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):

@@ -17,6 +17,11 @@ and an outer loss ``L(θ_N)`` (trajectory matching, or Wang et al.'s loss on rea
 ``tesla``
     the direct-term approximation (TESLA): the same backward walk with λ frozen at ∂L/∂θ_N, i.e.
     no Hessian terms. Exact for the last step, approximate for earlier ones.
+``truncated``
+    truncated back-propagation through the last ``window`` = W steps: θ_0 → θ_{N−W} without a graph
+    (θ_{N−W} is then a constant), and the exact adjoint over steps N−W .. N−1 only. The gradient of
+    L(θ_N) as a function of the last W steps' images, labels and rates; images used only before and the
+    first N−W rates get zero. ``window >= N`` is ``adjoint`` (bitwise). Activation memory of one step.
 ``auto``
     ``bptt`` when its predicted graph memory fits ``memory_budget`` bytes (default
     :data:`DEFAULT_MEMORY_BUDGET`, a constant: never the machine's free memory), else ``adjoint``.
@@ -51,7 +56,7 @@ import torch.nn.functional as F
 
 from ..models import FunctionalNet
 
-MODES = ("bptt", "adjoint", "tesla", "auto")
+MODES = ("bptt", "adjoint", "tesla", "truncated", "auto")
 Augment = Callable[[torch.Tensor, int], torch.Tensor]
 #: What ``mode="auto"`` may spend on a BPTT graph when no ``memory_budget`` is given: 4 GiB.
 DEFAULT_MEMORY_BUDGET = 4 << 30
@@ -67,7 +72,7 @@ class UnrollGrads:
     labels: torch.Tensor | None  # (M, K) for soft labels
     theta_final: torch.Tensor  # (P,) detached θ_N
     mode: str  # the mode actually used ("auto" resolved)
-    theta_storage: str | None = None  # adjoint / tesla: the θ_i storage used ("auto" resolved); bptt: None
+    theta_storage: str | None = None  # adjoint / tesla / truncated: the θ_i storage ("auto" resolved); bptt: None
 
 
 @dataclass
@@ -134,6 +139,17 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"unknown gradient mode {mode!r}; choose one of: {', '.join(MODES)}")
 
 
+def check_window(mode: str, window: int | None) -> None:
+    """``ValueError`` naming ``window`` unless it is ``None`` or an int >= 1, given exactly when ``mode`` is
+    ``"truncated"``."""
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"window must be an int >= 1 (the number of last steps differentiated), got {window!r}")
+    if mode == "truncated" and window is None:
+        raise ValueError("mode='truncated' needs window=W, the number of last unrolled steps differentiated (>= 1)")
+    if mode != "truncated" and window is not None:
+        raise ValueError(f"window={window} applies to mode='truncated' only, not mode={mode!r}")
+
+
 def check_theta_storage(theta_storage: str) -> None:
     """``ValueError`` unless ``theta_storage`` is one of :data:`THETA_STORAGE`."""
     if theta_storage not in THETA_STORAGE:
@@ -154,6 +170,7 @@ def unroll_grad(
     memory_budget: int | None = None,
     theta_storage: str = "auto",
     reduce: StepReduce | None = None,
+    window: int | None = None,
 ) -> UnrollGrads:
     """Run the student unroll and return the outer loss and its gradients.
 
@@ -166,11 +183,12 @@ def unroll_grad(
         batches: ``N`` index tensors into ``images``, one per step.
         outer: ``θ_N -> L`` differentiable outer loss (a 0-d tensor).
         augment: ``None`` or ``(x, step) -> x`` deterministic per step.
-        mode: ``"bptt"``, ``"adjoint"``, ``"tesla"`` or ``"auto"`` (decided by :func:`choose_mode` from
-            ``memory_budget``; a run that calls this many times should resolve it once itself).
+        mode: ``"bptt"``, ``"adjoint"``, ``"tesla"``, ``"truncated"`` (needs ``window``) or ``"auto"``
+            (decided by :func:`choose_mode` from ``memory_budget``, never ``truncated``; a run that calls
+            this many times should resolve it once itself).
         memory_budget: bytes ``auto`` may spend on a BPTT graph (default :data:`DEFAULT_MEMORY_BUDGET`;
             the free memory is never read, so the choice is reproducible).
-        theta_storage: where adjoint / tesla keep the parameters θ_i of the forward pass: ``"auto"``
+        theta_storage: where adjoint / tesla / truncated keep the parameters θ_i of the forward pass: ``"auto"``
             (default: ``"all"`` when N·P floats are small against one step's activations, see
             :func:`auto_theta_storage`, else ``"checkpoint"``), ``"checkpoint"``
             (every ⌈√N⌉-th, the others recomputed on the way back: memory flat in N, about one extra
@@ -179,9 +197,13 @@ def unroll_grad(
             CUDA is available; on a CPU-only machine the same as ``"all"``).
         reduce: for a set split over processes: ``images``/``labels`` are this process's rows,
             ``batches`` index them (possibly empty) and ``reduce`` gives the weights and the all-reduce
-            (:class:`StepReduce`). ``mode`` must be ``adjoint`` or ``tesla`` (``auto`` means ``adjoint``).
+            (:class:`StepReduce`). ``mode`` must be ``adjoint``, ``tesla`` or ``truncated`` (``auto`` means
+            ``adjoint``).
+        window: ``mode="truncated"`` only: differentiate through the last ``window`` steps (an int >= 1;
+            ``window >= N`` is the whole unroll, the same numbers as ``adjoint``).
     """
     check_mode(mode)
+    check_window(mode, window)
     _check(model, images, labels, lrs, theta0, batches)
     if reduce is not None:
         if len(reduce.weights) != len(batches):
@@ -198,19 +220,11 @@ def unroll_grad(
     if mode == "bptt":
         return _bptt(model, images, labels, lrs, theta0, batches, outer, augment)
     check_theta_storage(theta_storage)
-    return _adjoint(
-        model,
-        images,
-        labels,
-        lrs,
-        theta0,
-        batches,
-        outer,
-        augment,
-        exact=(mode == "adjoint"),
-        theta_storage=theta_storage,
-        reduce=reduce,
-    )
+    if mode == "truncated":
+        assert window is not None  # check_window
+        return _truncated(model, images, labels, lrs, theta0, batches, outer, augment, window, theta_storage, reduce)
+    exact = mode == "adjoint"
+    return _adjoint(model, images, labels, lrs, theta0, batches, outer, augment, exact, theta_storage, reduce)
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
@@ -430,6 +444,49 @@ def _adjoint(
     return UnrollGrads(loss.detach(), gX, g_eta, gY, theta_n, "adjoint" if exact else "tesla", store.storage)
 
 
+class _Shifted:
+    """``augment`` seen from step ``start`` on: step ``i`` of the tail is step ``start + i`` of the unroll."""
+
+    def __init__(self, augment: Augment, start: int):
+        self.augment, self.start = augment, start
+
+    def __call__(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        return self.augment(x, self.start + i)
+
+
+def _truncated(
+    model,
+    images,
+    labels,
+    lrs,
+    theta0,
+    batches,
+    outer,
+    augment,
+    window: int,
+    theta_storage: str,
+    reduce: StepReduce | None,
+) -> UnrollGrads:
+    """Truncated back-propagation: with s = max(N − W, 0), the prefix θ_0 → θ_s runs without a graph (the
+    adjoint's forward step), then :func:`_adjoint` runs on the tail, steps s .. N−1 from the constant θ_s
+    (their batches, rates, augmentation and, under torch.distributed, their weights). ∂L/∂η_i = 0 for
+    i < s; images and labels only the prefix uses get zero. With s = 0 it is exactly :func:`_adjoint`."""
+    start = max(len(batches) - window, 0)
+    step = _SGDStep(model, images.detach(), labels.detach(), lrs.detach(), batches, augment, reduce)
+    theta = theta0.detach()
+    for i in range(start):
+        theta = step(theta, i)
+    tail_aug = _Shifted(augment, start) if augment is not None and start else augment
+    tail_reduce = None if reduce is None else StepReduce(reduce.weights[start:], reduce.all_reduce)
+    res = _adjoint(
+        model, images, labels, lrs[start:], theta, batches[start:], outer, tail_aug, True, theta_storage, tail_reduce
+    )
+    if res.lrs is not None and start:
+        res.lrs = torch.cat([res.lrs.new_zeros(start), res.lrs])
+    res.mode = "truncated"
+    return res
+
+
 def predict_bptt_bytes(
     model: FunctionalNet,
     images: torch.Tensor,
@@ -639,7 +696,8 @@ def trajectory_matching_grad(
     The student takes ``len(batches)`` SGD steps with the one learning rate ``syn_lr`` (0-d) from
     ``start_params`` on ``images[b]``; the loss is ``‖θ_N − θ*‖² / ‖θ_0 − θ*‖²`` with
     ``θ* = target_params``. ``mode``: ``"bptt"``, ``"adjoint"`` (exact, constant activation
-    memory), ``"tesla"`` (approximate) or ``"auto"``. Extra keyword arguments go to :func:`unroll_grad`.
+    memory), ``"tesla"`` (approximate), ``"truncated"`` (the last ``window=`` steps only) or ``"auto"``.
+    Extra keyword arguments (``window``, ``theta_storage``, ...) go to :func:`unroll_grad`.
     """
     if syn_lr.dim() != 0:
         raise ValueError(f"syn_lr must be a 0-d tensor, got shape {tuple(syn_lr.shape)}")
@@ -683,24 +741,34 @@ def dd_grad(
     y_real: torch.Tensor,
     epochs: int = 1,
     mode: str = "adjoint",
+    *,
+    length: int | None = None,
     **kwargs,
 ) -> UnrollGrads:
     """Wang et al.'s objective: ``S`` steps of images ``step_images`` ``(S, n, C, H, W)`` (labels
     ``(S, n)`` or ``(S, n, K)``) cycled ``epochs`` times with one learning rate per applied step
     (``lrs`` ``(S·epochs,)``), then cross-entropy on ``(x_real, y_real)``.
 
+    ``length``: apply only the first ``length`` of the S·epochs steps (RaT-BPTT's random-length unroll;
+    ``None``: all of them); the rates of the steps not applied get zero gradient. Extra keyword arguments
+    (``window``, ``theta_storage``, ...) go to :func:`unroll_grad`.
+
     Returns :class:`UnrollGrads` whose ``images`` has the shape of ``step_images``.
     """
     s, n = step_images.shape[:2]
     if lrs.shape != (s * epochs,):
         raise ValueError(f"lrs must have shape ({s * epochs},) = steps × epochs, got {tuple(lrs.shape)}")
+    total = s * epochs if length is None else length
+    if not 1 <= total <= s * epochs:
+        raise ValueError(f"length must be in [1, {s * epochs}] (steps × epochs), got {length}")
     flat_x = step_images.reshape(s * n, *step_images.shape[2:])
     flat_y = step_labels.reshape(s * n, *step_labels.shape[2:])
     ar = torch.arange(s * n, device=step_images.device).view(s, n)
-    batches = [ar[t % s] for t in range(s * epochs)]
-    res = unroll_grad(
-        model, flat_x, flat_y, lrs, theta0, batches, real_data_loss(model, x_real, y_real), None, mode, **kwargs
-    )
+    batches = [ar[t % s] for t in range(total)]
+    outer = real_data_loss(model, x_real, y_real)
+    res = unroll_grad(model, flat_x, flat_y, lrs[:total], theta0, batches, outer, None, mode, **kwargs)
+    if res.lrs is not None and total < s * epochs:
+        res.lrs = torch.cat([res.lrs, res.lrs.new_zeros(s * epochs - total)])
     if res.images is not None:
         res.images = res.images.view_as(step_images)
     if res.labels is not None:
