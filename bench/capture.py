@@ -4,11 +4,14 @@ refactor can show it changed nothing (run it before and after, then compare: all
     python bench/capture.py capture before.safetensors     # on the old commit (e.g. in a git worktree)
     python bench/capture.py capture after.safetensors      # on the new one
     python bench/capture.py compare before.safetensors after.safetensors
+    python bench/capture.py compare old.safetensors new.safetensors --common   # an older commit lacks newer loops
 
 What it runs (scikit-learn's digits, 8x8, a width-8 ConvNet; about a minute on 2 CPU cores): expert training
 (with and without DSA), every distillation method (dd, mtt, selmatch, tesla, datm, dc, dsa, dm; the MTT
 family in each gradient mode it supports), a checkpointed run interrupted and resumed, evaluation under the
-mtt / selmatch / soft / dd protocols with the random baseline, forgetting scores, and the selections.
+mtt / selmatch / soft / dd protocols with the random baseline, forgetting scores, and the selections; and,
+where the checked-out fastdd has them, PAD, NCFM (sampler and factor 2), FTD's EMA and SAM experts,
+curriculum experts, EL2N and GraNd, the truncated mode and RaT-BPTT (60 tensors at this commit).
 Only the public API is used, so the same script runs on older commits.
 """
 
@@ -159,11 +162,57 @@ def capture(path: str) -> dict[str, torch.Tensor]:
             extra = {} if method == "random" else {"extractor": buf}
             out[f"select.{method}"] = fastdd.select(ds, method, 2, seed=0, **extra).float()
         out["select.window"] = fastdd.select(ds, "window", 2, scores=scores, beta=1.0, hardest="high").float()
+        _newer(fastdd, ds, buf, tmp, keep, out)
     save_file({k: v.detach().contiguous().cpu() for k, v in out.items()}, path)
     return out
 
 
-def compare(a: str, b: str) -> int:
+def _newer(fastdd, ds, buf, tmp: Path, keep, out: dict[str, torch.Tensor]) -> None:
+    """The loops added after the first capture (PAD, NCFM, FTD's SAM experts and EMA, the truncated mode,
+    RaT-BPTT, EL2N/GraNd, curriculum experts), each only where the checked-out fastdd has it, so the script
+    still runs on older commits (compare those with ``--common``)."""
+    have = set(fastdd.methods()) if hasattr(fastdd, "methods") else set()
+    if hasattr(fastdd, "el2n_scores"):
+        out["el2n"] = fastdd.el2n_scores(
+            ds, epochs=1, num_runs=2, seed=0, model_kwargs=MODEL, show_progress=False
+        ).values
+        out["grand"] = fastdd.grand_scores(ds, num_runs=1, seed=0, model_kwargs=MODEL, show_progress=False).values
+    if hasattr(fastdd, "Curriculum") and "el2n" in out:
+        cur = fastdd.Curriculum(init_ratio=0.5, add_end_epoch=1, remove_epochs=(1,), remove_ratios=(0.2,))
+        el2n = fastdd.el2n_scores(ds, epochs=1, num_runs=1, seed=0, model_kwargs=MODEL, show_progress=False)
+        kw = dict(num_experts=1, epochs=2, seed=0, model_kwargs=MODEL, show_progress=False)
+        out["experts_curriculum"] = fastdd.train_experts(
+            ds, "convnet", out=tmp / "exp_cur", curriculum=cur, scores=el2n, **kw
+        ).load_all()
+        out["experts_sam"] = fastdd.train_experts(
+            ds, "convnet", out=tmp / "exp_sam", sam_rho=0.05, sam_alpha=0.4, sam_adaptive=True, **kw
+        ).load_all()
+    runs = {
+        "mtt.truncated": dict(method="mtt", mode="truncated", window=2),
+        "mtt.ema": dict(method="mtt", ema_decay=0.9),
+        "pad": dict(method="pad", threshold=None, pad_depth_ratio=0.25),
+    }
+    for name, kw in runs.items():
+        if kw["method"] in have and (name != "mtt.truncated" or "truncated" in _modes()):
+            syn = fastdd.distill(ds, ipc=2, experts=buf, iterations=3, seed=0, show_progress=False, **{**MTT, **kw})
+            keep(name, syn)
+    if "ncfm" in have:
+        ncfm = dict(num_freqs=64, batch_real=16, factor=2, init="mix", sampling_net=True)
+        keep("ncfm", fastdd.distill(ds, "ncfm", 1, experts=buf, iterations=2, seed=0, show_progress=False, **ncfm))
+    if "truncated" in _modes():
+        dd = dict(steps=2, epochs=2, model="convnet", real_batch=128, mode="truncated", window=1, rat_bptt=True)
+        keep("dd.rat_bptt", fastdd.distill(ds, "dd", iterations=3, seed=0, show_progress=False, **dd))
+
+
+def _modes() -> tuple[str, ...]:
+    from fastdd.engine import unroll
+
+    return tuple(getattr(unroll, "MODES", ()))
+
+
+def compare(a: str, b: str, common: bool = False) -> int:
+    """Print every tensor that differs; exit status 1 if one does, or (unless ``common``) if a key is in
+    one capture only."""
     x, y = load_file(a), load_file(b)
     bad = sorted(k for k in x.keys() & y.keys() if x[k].shape != y[k].shape or not torch.equal(x[k], y[k]))
     missing = sorted(x.keys() ^ y.keys())
@@ -171,10 +220,11 @@ def compare(a: str, b: str) -> int:
         diff = (x[k].double() - y[k].double()).abs().max().item() if x[k].shape == y[k].shape else "shape"
         print(f"DIFFERENT {k}: max |a - b| = {diff}")
     for k in missing:
-        print(f"ONLY IN {'A' if k in x else 'B'}: {k}")
+        print(f"ONLY IN {'A' if k in x else 'B'}: {k}" + (" (not compared)" if common else ""))
     same = len(x.keys() & y.keys()) - len(bad)
-    print(f"{same} of {len(x.keys() | y.keys())} tensors bitwise equal")
-    return 1 if bad or missing else 0
+    total = len(x.keys() & y.keys()) if common else len(x.keys() | y.keys())
+    print(f"{same} of {total} tensors bitwise equal")
+    return 1 if bad or (missing and not common) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,12 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compare", help="compare two captures bitwise")
     c.add_argument("a")
     c.add_argument("b")
+    c.add_argument("--common", action="store_true", help="compare only the tensors both captures have")
     args = ap.parse_args(argv)
     if args.cmd == "capture":
         n = len(capture(args.out))
         print(f"{n} tensors -> {args.out}")
         return 0
-    return compare(args.a, args.b)
+    return compare(args.a, args.b, args.common)
 
 
 if __name__ == "__main__":
