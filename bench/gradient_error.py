@@ -139,7 +139,7 @@ def _point(problem: str, mode: str, window: int, repeats: int, threads: int, out
     from fastdd.engine import matching_loss, unroll_grad
 
     torch.set_num_threads(threads)
-    p = torch.load(problem, weights_only=False)
+    p = torch.load(problem, weights_only=True)
     net = fastdd.build_model("convnet", **p["net"])
     x, y, theta0, batches = p["x"], p["y"], p["theta0"], p["batches"]
     aug = None
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     raise SystemExit(f"{mode} (window {w}) failed:\n{done.stderr}")
-                res[mode, w].append(torch.load(out, weights_only=False))
+                res[mode, w].append(torch.load(out, weights_only=True))
     ref = res["adjoint", 0]
     c_ref = statistics.median(c for r in ref for _, c in r["times"])
     m_ref = statistics.median(r["growth"] for r in ref)

@@ -251,7 +251,7 @@ def run_loop(
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    run = _LoopRun(policy, iterations, out, checkpoint_every, selection, per)
+    run = _LoopRun(policy, iterations, out, selection, per)
     run.start(resume, desc or policy.method, show_progress)
     signals = _SignalCatcher()
     try:
@@ -279,12 +279,10 @@ class _LoopRun:
         policy: Policy,
         iterations: int,
         out: str | os.PathLike | None,
-        checkpoint_every: int,
         selection: KeepBest | None,
         per: int,
     ):
         self.policy, self.iterations, self.selection, self.per = policy, iterations, selection, per
-        self.checkpoint_every = checkpoint_every
         self.dist = policy.shard.dist if policy.shard is not None else None
         self.main = self.dist is None or self.dist.is_main
         self.folder = Path(out) if out is not None else None
@@ -445,8 +443,7 @@ class _LoopRun:
         raise RunInterrupted(signals.caught or signal.SIGTERM, done, str(folder) if written else None)
 
     def close(self) -> None:
-        if hasattr(self, "bar"):
-            self.bar.close()
+        self.bar.close()  # start() made it: run_loop closes only a started run
         for f in (self.log, self.sel_log):
             if f is not None:
                 f.close()
