@@ -6,9 +6,10 @@ ConvNet far better than one random real digit per class does under the same prot
 ``report.md`` with the two accuracies and their spread, the start images beside the distilled ones, and
 the loss curve.
 
-:func:`selmatch_example` (``fastdd quickstart --example selmatch``, about 15 minutes) runs the longer
-pipeline: ConvNet experts, forgetting scores from their snapshots, SelMatch at IPC 10 (window
-initialisation, frozen hard part, trajectory matching), evaluated beside a random subset.
+:func:`selmatch_example` (``fastdd quickstart --example selmatch``, about 12 minutes) runs the longer
+pipeline at IPC 10, where a random real subset is already strong: ConvNet experts, forgetting scores from
+their snapshots, then SelMatch (window initialisation, frozen real part, trajectory matching) and plain MTT
+with the same settings, all three sets evaluated under one protocol.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import torch
 
 from .data import Dataset, load_dataset
 from .distillation import distill
-from .evaluation import EvalResult, evaluate
+from .evaluation import EvalResult, evaluate, resolve_protocol
 from .experts import ExpertBuffer, train_experts
 from .io import atomic_write_text
 from .plots import save_curves, save_image_grid
 from .runs import RunDir
-from .scores import Scores, forgetting_from_experts
+from .scores import Scores, forgetting_from_experts, load_scores, save_scores
 from .synthetic import SyntheticSet
 
 WIDTH = 32  # a ConvNet of width 32 for distillation and evaluation: the whole run fits a few CPU minutes
@@ -95,7 +96,7 @@ def quickstart(
     res = _dm_evaluate(step, syn, eval_epochs, num_eval, seed)
     _dm_figure(step, syn, start, res)
     _finish(step, _dm_report(step.ds, res, iterations, eval_epochs, num_eval, time.time() - t0), t0)
-    step.echo("next: `fastdd quickstart --example selmatch` (SelMatch at IPC 10 with experts, ~15 min)")
+    step.echo("next: `fastdd quickstart --example selmatch` (SelMatch against MTT and random at IPC 10, ~12 min)")
     return {"dm": res.to_dict(), "seconds": time.time() - t0, "out": str(Path(out))}
 
 
@@ -192,7 +193,8 @@ def _dm_report(
         "",
         "![start images, distilled images, loss](quickstart.png)",
         "",
-        "Larger example (experts, forgetting scores, SelMatch at IPC 10; about 15 minutes on 2 cores): "
+        "Larger example (experts, forgetting scores, SelMatch against MTT and random at IPC 10; about 12 minutes "
+        "on 2 cores): "
         "`fastdd quickstart --example selmatch`. Longer runs and every method: docs/results.md.",
         "",
         f"Total time: {seconds:.0f} s.",
@@ -201,7 +203,8 @@ def _dm_report(
 
 @dataclass
 class _SelMatchExample:
-    """The settings of :func:`selmatch_example` (as written to ``config.yaml``, after the data set's name)."""
+    """The settings of :func:`selmatch_example` (as written to ``config.yaml``, after the data set's name).
+    The defaults are docs/results.md's table at IPC 10 (one distillation seed instead of three)."""
 
     ipc: int
     num_experts: int
@@ -213,41 +216,69 @@ class _SelMatchExample:
     num_eval: int
     seed: int
 
+    def matching(self) -> dict[str, Any]:
+        """The trajectory-matching settings SelMatch and MTT share here (the table's; the network is the
+        experts' ConvNet-32)."""
+        return dict(
+            syn_steps=10,
+            expert_epochs=2,
+            max_start_epoch=max(1, self.expert_epochs - 2),
+            batch_syn=min(10 * self.ipc, 100),
+            lr_img=1000.0,
+            lr_lr=1e-5,
+            lr_init=0.01,
+        )
+
+
+def equal_compute_epochs(ipc: int, class_size: int = 400, full_epochs: int = 20) -> int:
+    """SelMatch's equal-compute rule with ``full_epochs`` epochs of the full split (SelMatch: 50):
+    ``min(1000, round(full_epochs · class_size / ipc))``; 800 at IPC 10 on mnist5k."""
+    return min(1000, round(full_epochs * class_size / ipc))
+
 
 def selmatch_example(
     out: str | os.PathLike = "runs/quickstart-selmatch",
     *,
     ipc: int = 10,
-    num_experts: int = 2,
-    expert_epochs: int = 4,
-    iterations: int = 20,
+    num_experts: int = 5,
+    expert_epochs: int = 8,
+    iterations: int = 100,
     alpha: float = 0.5,
     beta: float = 6.0,
-    eval_epochs: int = 150,
-    num_eval: int = 2,
+    eval_epochs: int | None = None,
+    num_eval: int = 3,
     seed: int = 0,
     show_progress: bool = True,
     echo=None,
 ) -> dict:
-    """Run the quickstart into ``out``; returns the numbers it reported."""
+    """SelMatch against MTT and a random real subset at ``ipc`` on mnist5k (about 12 minutes on 2 CPU cores);
+    writes ``out/report.md``, ``images.png``, ``loss.png`` and ``lr.png``. Returns the numbers it reported.
+
+    The experts (``out/experts``), the forgetting scores (``out/forgetting.npz``) and both distilled sets resume
+    from what ``out`` holds, so a rerun into the same folder only evaluates. ``eval_epochs=None``: SelMatch's
+    equal-compute rule (:func:`equal_compute_epochs`)."""
     t0 = time.time()
-    ex = _SelMatchExample(ipc, num_experts, expert_epochs, iterations, alpha, beta, eval_epochs, num_eval, seed)
-    step = _start(out, {"dataset": "mnist5k", **asdict(ex)}, 5, show_progress, echo)
+    epochs = equal_compute_epochs(ipc) if eval_epochs is None else eval_epochs
+    ex = _SelMatchExample(ipc, num_experts, expert_epochs, iterations, alpha, beta, epochs, num_eval, seed)
+    step = _start(out, {"dataset": "mnist5k", **asdict(ex)}, 6, show_progress, echo)
     buf = _sm_experts(step, ex)
-    scores = forgetting_from_experts(buf, step.ds)
-    step.echo(
-        f"[3/5] difficulty: forgetting events over the experts' snapshots; mean {float(scores.values.mean()):.2f}, "
-        f"{int((scores.values == 0).sum())} never forgotten"
-    )
-    syn = _sm_distill(step, ex, buf, scores)
-    res = _sm_evaluate(step, ex, syn)
-    _sm_figures(step, syn)
-    _finish(step, _sm_report(step.ds, ex, buf, syn, res, time.time() - t0), t0)
-    return {"expert_accuracy": buf.manifest["test_accuracy"], "selmatch": res.to_dict(), "out": str(Path(out))}
+    scores = _sm_scores(step, buf)
+    sets = {"selmatch": _sm_distill(step, ex, buf, "selmatch", scores), "mtt": _sm_distill(step, ex, buf, "mtt")}
+    results = _sm_evaluate(step, ex, sets)
+    _sm_figures(step, sets)
+    _finish(step, _sm_report(step.ds, ex, buf, sets, results, time.time() - t0), t0)
+    return {
+        "expert_accuracy": buf.manifest["test_accuracy"],
+        **{name: res.to_dict() for name, res in results.items()},
+        "seconds": time.time() - t0,
+        "out": str(Path(out)),
+    }
 
 
 def _sm_experts(step: _Step, ex: _SelMatchExample) -> ExpertBuffer:
-    """Step 2: ``ex.num_experts`` default ConvNets trained ``ex.expert_epochs`` epochs into ``run/experts``."""
+    """Step 2: ``ex.num_experts`` ConvNet-32 trained ``ex.expert_epochs`` epochs into ``run/experts`` (kept
+    shards are reused)."""
+    t = time.time()
     buf = train_experts(
         step.ds,
         "convnet",
@@ -255,117 +286,178 @@ def _sm_experts(step: _Step, ex: _SelMatchExample) -> ExpertBuffer:
         epochs=ex.expert_epochs,
         out=step.run / "experts",
         seed=ex.seed,
+        model_kwargs={"width": WIDTH},
+        resume=True,
         show_progress=step.show_progress,
     )
     step.echo(
-        f"[2/5] experts: {len(buf)} ConvNets x {ex.expert_epochs} epochs (SGD lr 0.01), test accuracy "
-        + ", ".join(f"{100 * a:.1f}%" for a in buf.manifest["test_accuracy"])
+        f"[2/6] experts: {len(buf)} ConvNet-{WIDTH} x {ex.expert_epochs} epochs (SGD lr 0.01) in "
+        f"{time.time() - t:.0f} s, test accuracy " + ", ".join(f"{100 * a:.1f}%" for a in buf.manifest["test_accuracy"])
     )
     return buf
 
 
-def _sm_distill(step: _Step, ex: _SelMatchExample, buf: ExpertBuffer, scores: Scores) -> SyntheticSet:
-    """Step 4: SelMatch at ``ex.ipc`` into ``run/selmatch`` (saved as ``run/selmatch/synthetic``)."""
+def _sm_scores(step: _Step, buf: ExpertBuffer) -> Scores:
+    """Step 3: forgetting events over the experts' snapshots, cached in ``run/forgetting.npz``."""
+    path = step.run / "forgetting.npz"
+    if path.exists():
+        scores = load_scores(path, step.ds)
+    else:
+        scores = forgetting_from_experts(buf, step.ds)
+        save_scores(scores, path, labels=step.ds.train.labels)
+    step.echo(
+        f"[3/6] difficulty: forgetting events over the experts' snapshots; mean {float(scores.values.mean()):.2f}, "
+        f"{int((scores.values == 0).sum())} of {len(scores.values)} digits never forgotten"
+    )
+    return scores
+
+
+def _sm_distill(
+    step: _Step, ex: _SelMatchExample, buf: ExpertBuffer, method: str, scores: Scores | None = None
+) -> SyntheticSet:
+    """Steps 4 and 5: ``method`` ("selmatch" or "mtt") at ``ex.ipc`` into ``run/<method>`` (resumed from its
+    checkpoint; saved as ``run/<method>/synthetic``)."""
     t = time.time()
+    extra: dict[str, Any] = dict(scores=scores, alpha=ex.alpha, beta=ex.beta) if method == "selmatch" else {}
     syn = distill(
         step.ds,
-        "selmatch",
+        method,
         ipc=ex.ipc,
         experts=buf,
-        scores=scores,
         iterations=ex.iterations,
         seed=ex.seed,
-        alpha=ex.alpha,
-        beta=ex.beta,
-        syn_steps=10,
-        expert_epochs=1,
-        max_start_epoch=max(1, ex.expert_epochs - 1),
-        batch_syn=50,
-        lr_img=100.0,
-        lr_lr=1e-5,
-        lr_init=0.01,
-        out=step.run / "selmatch",
-        checkpoint_every=10,
+        out=step.run / method,
+        checkpoint_every=max(1, ex.iterations // 4),
+        resume=True,
         show_progress=step.show_progress,
+        **ex.matching(),
+        **extra,
     )
-    syn.save(step.run / "selmatch" / "synthetic", denormalize=step.ds.denormalize)
-    n_frozen = int(syn.frozen.sum())
-    step.echo(
-        f"[4/5] SelMatch: {len(syn)} images ({n_frozen} real frozen, {len(syn) - n_frozen} distilled), "
-        f"{ex.iterations} iterations in {time.time() - t:.0f} s, learned lr {float(syn.lr):.4f}"
-    )
+    syn.save(step.run / method / "synthetic", denormalize=step.ds.denormalize)
+    if method == "selmatch":
+        n_frozen = int(syn.frozen.sum())
+        what = f"[4/6] SelMatch: {len(syn)} images ({n_frozen} real frozen, {len(syn) - n_frozen} distilled)"
+    else:
+        what = f"[5/6] MTT: {len(syn)} images, all distilled from random real digits"
+    step.echo(f"{what}, {ex.iterations} iterations in {time.time() - t:.0f} s, learned lr {float(syn.lr):.4f}")
     return syn
 
 
-def _sm_evaluate(step: _Step, ex: _SelMatchExample, syn: SyntheticSet) -> EvalResult:
-    """Step 5: the SelMatch set and a random real one under the MTT protocol, said as accuracies in %."""
-    res = evaluate(
-        syn,
-        step.ds,
-        protocol="mtt",
-        num_eval=ex.num_eval,
-        seed=ex.seed,
-        epochs=ex.eval_epochs,
-        random_baseline=True,
-        show_progress=step.show_progress,
-    )
-    assert isinstance(res, EvalResult)  # one architecture
+def _sm_evaluate(step: _Step, ex: _SelMatchExample, sets: dict[str, SyntheticSet]) -> dict[str, EvalResult]:
+    """Step 6: each set, and a random real subset beside SelMatch's, under one protocol (the lr fixed at 0.01,
+    not each set's learned one, so every row trains the same way); said as accuracies in %."""
+    t = time.time()
+    p = resolve_protocol("mtt", model_kwargs={"width": WIDTH}, lr=0.01, epochs=ex.eval_epochs)
+    results = {}
+    for name, syn in sets.items():
+        res = evaluate(
+            syn, step.ds, p, num_eval=ex.num_eval, seed=ex.seed, random_baseline=name == "selmatch",
+            show_progress=step.show_progress,
+        )  # fmt: skip
+        assert isinstance(res, EvalResult)  # one architecture
+        results[name] = res
+    sm, mtt = results["selmatch"], results["mtt"]
+    rnd = sm.random
+    assert rnd is not None
     step.echo(
-        f"[5/5] evaluation (MTT protocol, {ex.eval_epochs} epochs, {ex.num_eval} runs, final-epoch test accuracy): "
-        f"SelMatch {100 * res.mean:.2f} ± {100 * res.std:.2f} %, random real {100 * res.random.mean:.2f} ± "
-        f"{100 * res.random.std:.2f} %"
+        f"[6/6] evaluation (a fresh ConvNet-{WIDTH}, {ex.eval_epochs} epochs, {ex.num_eval} runs per set, "
+        f"final-epoch test accuracy) in {time.time() - t:.0f} s:"
     )
-    return res
+    step.echo(f"      SelMatch:    {100 * sm.mean:.1f} ± {100 * sm.std:.1f} %  (IOR {100 * sm.ior:+.1f})")
+    mtt_ior = 100 * (mtt.mean - rnd.mean)
+    step.echo(f"      MTT:         {100 * mtt.mean:.1f} ± {100 * mtt.std:.1f} %  (IOR {mtt_ior:+.1f})")
+    step.echo(f"      random real: {100 * rnd.mean:.1f} ± {100 * rnd.std:.1f} %")
+    step.echo("      " + separation(sm.mean, max(rnd.mean, mtt.mean), max(sm.std, mtt.std, rnd.std)))
+    return results
 
 
-def _sm_figures(step: _Step, syn: SyntheticSet) -> None:
-    """``loss.png`` and ``lr.png`` (per iteration, from ``selmatch/log.csv``) and ``images.png`` (the set)."""
-    rows = _log_rows(step.run / "selmatch" / "log.csv")
-    its = [int(r["iteration"]) for r in rows]
+def _sm_figures(step: _Step, sets: dict[str, SyntheticSet]) -> None:
+    """``loss.png`` and ``lr.png`` (per iteration, from each method's ``log.csv``) and ``images.png``
+    (SelMatch's set)."""
+    names = {"selmatch": "SelMatch", "mtt": "MTT"}
+    logs = {m: _log_rows(step.run / m / "log.csv") for m in sets}
+    curves = {m: [int(r["iteration"]) for r in rows] for m, rows in logs.items()}
     save_curves(
         step.run / "loss.png",
-        {"matching loss": (its, [float(r["loss"]) for r in rows])},
+        {names[m]: (curves[m], [float(r["loss"]) for r in rows]) for m, rows in logs.items()},
         xlabel="iteration",
-        ylabel="loss",
-        title="SelMatch on mnist5k",
+        ylabel="matching loss",
+        title="trajectory matching on mnist5k",
     )
     save_curves(
         step.run / "lr.png",
-        {"learned lr": (its, [float(r["syn_lr"]) for r in rows])},
+        {names[m]: (curves[m], [float(r["syn_lr"]) for r in rows]) for m, rows in logs.items()},
         xlabel="iteration",
-        ylabel="student learning rate",
+        ylabel="learned student lr",
     )
+    syn = sets["selmatch"]
     save_image_grid(step.ds.denormalize(syn.images), step.run / "images.png", labels=syn.labels, mean=[0.0], std=[1.0])
 
 
+def separation(mean: float, best_other: float, spread: float) -> str:
+    """One sentence on whether SelMatch's ``mean`` accuracy is ahead of ``best_other`` (the better of random
+    and MTT) by more than ``spread`` (the largest std of the three rows); fractions, said in points."""
+    ahead = mean - best_other
+    if ahead > spread:
+        what = "ahead of the better of random and MTT by more than the largest spread"
+    elif ahead < -spread:
+        what = "behind the better of random and MTT by more than the largest spread"
+    else:
+        what = "within the largest spread of the better of random and MTT: this run does not separate them"
+    return f"SelMatch {100 * ahead:+.1f} points: {what} ({100 * spread:.1f})."
+
+
 def _sm_report(
-    ds: Dataset, ex: _SelMatchExample, buf: ExpertBuffer, syn: SyntheticSet, res: EvalResult, seconds: float
+    ds: Dataset,
+    ex: _SelMatchExample,
+    buf: ExpertBuffer,
+    sets: dict[str, SyntheticSet],
+    results: dict[str, EvalResult],
+    seconds: float,
 ) -> list[str]:
     """The lines of the SelMatch example's ``report.md`` (``seconds``: the total time)."""
-    accs = buf.manifest["test_accuracy"]
+    sm, mtt = results["selmatch"], results["mtt"]
+    rnd = sm.random
+    assert rnd is not None
+    verdict = separation(sm.mean, max(rnd.mean, mtt.mean), max(sm.std, mtt.std, rnd.std))
+    rule = " (SelMatch's equal-compute rule)" if ex.eval_epochs == equal_compute_epochs(ex.ipc) else ""
+    n_frozen = int(sets["selmatch"].frozen.sum())
+    first = int(ex.ipc * ex.beta)
     return [
-        "# fastdd quickstart (mnist5k)",
+        f"# fastdd quickstart: SelMatch against MTT and random real digits, {ex.ipc} images per class (mnist5k)",
         "",
         f"Data: {ds.describe()}.",
         "",
-        f"Experts: {len(buf)} ConvNets trained {ex.expert_epochs} epochs, final test accuracy "
-        + ", ".join(f"{100 * a:.1f}%" for a in accs)
-        + ".",
+        f"Experts: {len(buf)} ConvNet-{WIDTH} trained {ex.expert_epochs} epochs (SGD lr 0.01), final test accuracy "
+        + ", ".join(f"{100 * a:.1f}%" for a in buf.manifest["test_accuracy"])
+        + ". Difficulty: forgetting events over their snapshots.",
         "",
-        f"SelMatch: IPC {ex.ipc}, alpha {ex.alpha} (distilled fraction), beta {ex.beta} (window start), difficulty = "
-        f"forgetting over the expert snapshots, {ex.iterations} iterations, learned lr {float(syn.lr):.4f}.",
+        f"MTT: {ex.ipc} random real digits per class, matched for {ex.iterations} iterations to the experts' "
+        "trajectories (10 unrolled steps, 2 expert epochs, lr_img 1000). SelMatch: the same matching, started "
+        f"from each class's digits of difficulty rank {first}–{first + ex.ipc - 1} (hardest first; beta {ex.beta}), "
+        f"with {n_frozen} of its {len(sets['selmatch'])} images kept real and frozen (alpha {ex.alpha}).",
         "",
-        f"Evaluation: MTT protocol shortened to {ex.eval_epochs} epochs, {ex.num_eval} runs, final-epoch test "
-        "accuracy.",
+        f"Evaluation: a fresh ConvNet-{WIDTH} trained {ex.eval_epochs} epochs on each set{rule} (SGD lr 0.01, "
+        f"momentum 0.9, ×0.1 at mid-training, DSA), {ex.num_eval} runs per set; the random "
+        "subset is a fresh class-balanced one per run. Final-epoch accuracy on the 1,000 test digits.",
         "",
-        "| set | IPC | accuracy (%) |",
-        "|---|---|---|",
-        f"| random real | {ex.ipc} | {100 * res.random.mean:.2f} ± {100 * res.random.std:.2f} |",
-        f"| SelMatch | {ex.ipc} | {100 * res.mean:.2f} ± {100 * res.std:.2f} |",
+        "| set | IPC | test accuracy (%) | IOR (points) |",
+        "|---|---|---|---|",
+        f"| random real | {ex.ipc} | {100 * rnd.mean:.1f} ± {100 * rnd.std:.1f} | — |",
+        f"| MTT | {ex.ipc} | {100 * mtt.mean:.1f} ± {100 * mtt.std:.1f} | {100 * (mtt.mean - rnd.mean):+.1f} |",
+        f"| SelMatch | {ex.ipc} | {100 * sm.mean:.1f} ± {100 * sm.std:.1f} | {100 * sm.ior:+.1f} |",
         "",
-        "![images](images.png) ![loss](loss.png) ![lr](lr.png)",
+        verdict,
         "",
-        "Short CPU run: the point is the pipeline, not the papers' numbers (see docs/results.md).",
+        "What the example is about: at IPC 10 a random real subset is already strong. In docs/results.md's table "
+        "(3 seeds, these settings) MTT's short run moves its real start images away from real digits before they "
+        "learn much and lands at random's level, while SelMatch, which starts from a window of harder digits and "
+        "keeps half of them real (Lee et al. 2024), ends ahead of both.",
+        "",
+        "![SelMatch's images](images.png) ![loss](loss.png) ![lr](lr.png)",
+        "",
+        "A short CPU run with one distillation seed: the same settings as docs/results.md's table at IPC 10, which "
+        "has three seeds per method and every other method.",
         "",
         f"Total time: {seconds:.0f} s.",
     ]
