@@ -32,6 +32,33 @@ def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
     assert not (tmp_path / "g.json").exists()
 
 
+def test_gpu_check_quick_dry_run_on_the_cpu(tmp_path):
+    """--quick: every part's code at tiny shapes on the CPU, backend torch only: the self-check says it is skipped,
+    the whole-iteration table has MTT (adjoint, bptt), DM and DC, and the JSON holds it all."""
+    out = _run(str(BENCH / "gpu_check.py"), "--quick", "--out", str(tmp_path / "g.json"), env={"TRITON_INTERPRET": "0"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (
+        "| method | mode | unit | torch ms/it | triton ms/it | ratio | peak MiB torch | peak MiB triton |" in out.stdout
+    )
+    res = json.loads((tmp_path / "g.json").read_text())
+    assert [(r["method"], r["mode"]) for r in res["distill"]] == [
+        ("mtt", "adjoint"),
+        ("mtt", "bptt"),
+        ("dm", "-"),
+        ("dc", "-"),
+    ]
+    for r in res["distill"]:
+        assert r["torch_ms"] > 0 and r["triton_ms"] is None and r["ratio"] is None, r
+        assert r["torch_loss"] == r["torch_loss"], r  # finite: the iterations ran
+    sections = {r["section"] for r in res["rows"]}
+    assert sections == {"selfcheck", "correct", "distill", "kernel", "mtt"}
+    (check,) = [r for r in res["rows"] if r["section"] == "selfcheck"]
+    assert check["check"].startswith("skipped: no CUDA device")
+    assert res["env"]["torch"] == torch.__version__ and res["env"]["self_check"].startswith("no CUDA device")
+    assert set(res["kernels"]["ops"]) == {"norm_act_pool", "apply_dsa"}
+    assert not [r for r in res["rows"] if r.get("ok") is False]
+
+
 def test_bytes_model_fused_moves_fewer_bytes():
     sys.path.insert(0, str(BENCH))
     try:
