@@ -166,6 +166,7 @@ def cmd_experts(args) -> int:
         curriculum=curriculum,
         scores=scores,
         shard_size=args.shard_size,
+        loggers=args.log,
     )
     accs = buf.manifest["test_accuracy"]
     _say(f"{buf}\nfinal test accuracy per expert: " + ", ".join(f"{100 * a:.2f}%" for a in accs))
@@ -212,11 +213,15 @@ def cmd_evaluate(args) -> int:
     from .runs import RunDir
     from .selection import random_indices, real_subset
     from .synthetic import SyntheticSet
+    from .tracking import Tracker
 
     if (args.syn is None) == (args.random_ipc is None):
         raise ValueError("give exactly one of --syn FOLDER or --random-ipc N")
     if args.out:
         check_out_folder(args.out, "--out")
+    if args.log and not args.out:
+        raise ValueError("--log writes into the run folder: give --out")
+    tracker = Tracker(args.log)  # a missing extra fails before the evaluation runs
     ds = _load(args)
     if args.val_fraction:  # carved first, so that a --random-ipc subset comes from what is left
         ds = ds.with_validation(args.val_fraction, seed=args.seed)
@@ -258,6 +263,10 @@ def cmd_evaluate(args) -> int:
                 for i, a in enumerate(r.accuracies if r is not None else []):
                     log.log(set=name if model is None else f"{model}: {name}", run=i, test_accuracy=a)
         log.close()
+        with tracker:
+            tracker.start(run.path)
+            tracker.log_config(_config(args))
+            tracker.log_evaluation(res)  # each run's accuracy at its index, the means and scores as the summary
         print(f"result -> {run / 'result.json'}")
     return 0
 
@@ -458,6 +467,13 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_distill(args) -> int:
+    from .tracking import Tracker
+
+    with Tracker(args.log) as tracker:  # the loop starts the loggers; they close after the evaluation
+        return _distill(args, tracker)
+
+
+def _distill(args, tracker) -> int:
     from .distillation import distill
     from .distillation.registry import RunConfig, SelectConfig
     from .engine import EngineConfig
@@ -494,6 +510,8 @@ def cmd_distill(args) -> int:
         device=args.device,
         seed=args.seed,
         select=select,
+        loggers=tracker.loggers,
+        log_images_every=args.log_images_every,
     )
     try:
         syn = distill(
@@ -524,6 +542,7 @@ def cmd_distill(args) -> int:
         else:
             res = evaluate(syn, ds, protocol, num_eval=args.num_eval, seed=args.seed, random_baseline=True)
         _say(str(res))
+        tracker.log_evaluation(res, runs=False)  # rank 0's loggers: the means and scores as the summary
     return 0
 
 
@@ -585,6 +604,16 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    import json
+
+    from .environment import format_report, report
+
+    r = report(self_check=not args.no_check)
+    print(json.dumps(r, indent=1) if args.json else format_report(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fastdd`` parser: one sub-command per ``cmd_*`` function; every option's ``--help`` says its default."""
     ap = argparse.ArgumentParser(prog="fastdd", description="Fast, memory-scalable dataset distillation.")
@@ -601,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_coverage,
         _add_import_buffer,
         _add_datasets,
+        _add_env,
     ):
         add(sub)
     _show_defaults(ap)
@@ -718,7 +748,33 @@ def _add_distill(sub: Subparsers) -> None:
         help="evaluation protocol (default: dd for a DD set, soft for a soft-label set, else mtt)",
     )
     p.add_argument("--num-eval", type=_at_least(1), default=3)
+    _log_args(p, images=True)
     p.set_defaults(func=cmd_distill)
+
+
+def _log_args(p: argparse.ArgumentParser, images: bool = False) -> None:
+    """``--log`` (experiment tracking into --out, docs/tracking.md) and, with ``images``, ``--log-images-every``."""
+    from .tracking import LOGGER_NAMES
+
+    p.add_argument(
+        "--log",
+        nargs="+",
+        action="extend",
+        choices=LOGGER_NAMES,
+        default=None,
+        metavar="LOGGER",
+        help="experiment tracking into the run folder: tensorboard (--out/tensorboard), wandb (--out/wandb; "
+        "WANDB_MODE=offline needs no account), csv (--out/csv); several as --log tensorboard csv or --log "
+        'tensorboard --log csv; tensorboard and wandb need pip install "fastdd[tensorboard]" / '
+        '"fastdd[wandb]" (default: none)',
+    )
+    if images:
+        p.add_argument(
+            "--log-images-every",
+            type=_at_least(0),
+            default=None,
+            help="with --log: iterations between pictures of the set (default: --checkpoint-every; 0: none)",
+        )
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -908,6 +964,7 @@ def _add_experts(sub: Subparsers) -> None:
     p.add_argument("--shard-size", type=_at_least(1), default=10)
     _seed_and_out(p, default="runs/experts", help="folder for the trajectories (resumes if it has some)")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue experts already in --out")
+    _log_args(p)
     p.set_defaults(func=cmd_experts)
 
 
@@ -991,6 +1048,7 @@ def _add_evaluate(sub: Subparsers) -> None:
     )
     p.add_argument("--experts", default=None, help="protocol dd: experts of a DD set made with pretrained inits")
     _seed_and_out(p, default=None, help="run folder for config.yaml and result.json")
+    _log_args(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -1075,6 +1133,19 @@ def _add_import_buffer(sub: Subparsers) -> None:
 def _add_datasets(sub: Subparsers) -> None:
     p = sub.add_parser("datasets", help="list the data sets fastdd can load")
     p.set_defaults(func=cmd_datasets)
+
+
+def _add_env(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "env",
+        help="versions, devices, backends and the kernels' self-check, for bug reports",
+        description="Report fastdd's, Python's, torch's, Triton's, CUDA's and cuDNN's versions, the GPUs, the "
+        "backend each op uses on each device, the FAISS build, thread counts, the environment variables fastdd "
+        "reads, and the Triton kernels' self-check on each CUDA device.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--no-check", action="store_true", help="do not run the kernels' self-check on the GPUs")
+    p.set_defaults(func=cmd_env)
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:

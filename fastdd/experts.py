@@ -45,6 +45,7 @@ from .models import FunctionalNet, accuracy, model_for, model_from_spec
 from .options import check_dataclass_options, check_keywords, check_positive
 from .rng import derive_seed, generator
 from .runs import CSVLog, RunDir, progress
+from .tracking import Logger, Tracker
 from .train import SAM, SGD, fit
 
 FORMAT = "fastdd.experts/1"
@@ -352,6 +353,7 @@ def train_experts(
     show_progress: bool = True,
     run_config: dict[str, Any] | None = None,
     scores: Any = None,
+    loggers: str | Logger | Sequence[str | Logger] | None = None,
     **options: Any,
 ) -> ExpertBuffer:
     """Train ``num_experts`` networks on ``ds.train`` and save their trajectories under ``out``.
@@ -374,6 +376,11 @@ def train_experts(
             takes): a :class:`fastdd.scores.Scores` such as ``fastdd.el2n_scores(ds)`` (PAD's choice). They are
             data, not settings: the manifest records their kind, source, convention and SHA-256 under
             ``"difficulty"`` (:func:`difficulty_record`), and a resumed run must bring the same.
+        loggers: experiment tracking (docs/tracking.md): names (``"tensorboard"``, ``"wandb"``, ``"csv"``,
+            writing into ``out``) or :class:`fastdd.tracking.Logger` objects. Each saved expert's per-epoch
+            train loss (``expert/train_loss``, step ``expert × epochs + epoch``) and final test accuracy
+            (``expert/test_accuracy``), then a summary; a resumed run continues at its first expert to train.
+            Not part of the manifest's settings.
         **options: any field of :class:`ExpertConfig` as a keyword (``lr=0.01``, ``augment="dsa"``, ...), set
             on ``config``; one that ``config`` sets to another value is a ``ValueError`` (see
             :func:`expert_config`).
@@ -383,6 +390,7 @@ def train_experts(
     cfg = expert_config(config, **options)
     for name, value in (("num_experts", num_experts), ("epochs", epochs), ("shard_size", shard_size)):
         _check_count(name, value)
+    tracker = Tracker(loggers)  # unknown names and missing extras fail here, before anything is written
     order, record = _difficulty(cfg, scores, ds)
     net = model_for(ds, model, **(model_kwargs or {})) if isinstance(model, str) else model
     job = _Job(ds, net, cfg, epochs, seed, _out_folder(out), order)
@@ -397,10 +405,33 @@ def train_experts(
         RunDir(job.out, run_config)
     done = sum(len(s["experts"]) for s in manifest["shards"])
     manifest["num_experts"] = max(num_experts, done)
-    _train_shards(job, manifest, list(range(done, num_experts)), shard_size, show_progress)
-    if main and not manifest["complete"]:  # num_experts already reached by resumed shards
-        manifest["complete"] = True
-        atomic_write_json(job.out / MANIFEST, manifest)
+    with tracker:
+        if main and tracker:  # a resumed run continues at its first expert to train
+            tracker.start(job.out, done * epochs)
+            tracker.log_config(
+                {
+                    "model": net.name,
+                    "dataset": ds.name,
+                    "num_experts": num_experts,
+                    "epochs": epochs,
+                    "seed": seed,
+                    **asdict(cfg),
+                }
+            )
+        _train_shards(job, manifest, list(range(done, num_experts)), shard_size, show_progress, tracker)
+        if main and not manifest["complete"]:  # num_experts already reached by resumed shards
+            manifest["complete"] = True
+            atomic_write_json(job.out / MANIFEST, manifest)
+        if main and tracker:
+            accs = manifest["test_accuracy"]
+            mean = sum(accs) / max(len(accs), 1)
+            tracker.log_summary(
+                {
+                    "expert/num_experts": len(accs),
+                    "expert/test_accuracy_mean": mean,
+                    "expert/test_accuracy_std": math.sqrt(sum((a - mean) ** 2 for a in accs) / max(len(accs), 1)),
+                }
+            )
     if d is not None:
         barrier(d)
     return ExpertBuffer(job.out)
@@ -511,9 +542,17 @@ def train_with_defaults(train: Any) -> Any:
     return {**asdict(ExpertConfig()), **train}
 
 
-def _train_shards(job: _Job, manifest: dict[str, Any], todo: list[int], shard_size: int, show_progress: bool) -> None:
+def _train_shards(
+    job: _Job,
+    manifest: dict[str, Any],
+    todo: list[int],
+    shard_size: int,
+    show_progress: bool,
+    tracker: Tracker | None = None,
+) -> None:
     """Train the experts ``todo`` and write them, ``shard_size`` per file, each file followed by the manifest
-    (rank 0 writes; under torch.distributed every rank trains its share of each file's experts)."""
+    (rank 0 writes, and logs each file's experts to ``tracker`` once they are saved; under torch.distributed
+    every rank trains its share of each file's experts)."""
     d = current()
     main = d is None or d.is_main
     mine = len(todo) if d is None else len(todo[d.rank :: d.world])
@@ -528,6 +567,8 @@ def _train_shards(job: _Job, manifest: dict[str, Any], todo: list[int], shard_si
             trained = _gather_trained(trained, d)
         if log is not None:  # rank 0
             _write_shard(job, manifest, chunk, trained, log)
+            if tracker:
+                _track_shard(job, chunk, trained, tracker)
         if d is not None:
             barrier(d)
     bar.close()
@@ -572,6 +613,18 @@ def _write_shard(
     manifest["test_accuracy"].extend(trained[i].test_accuracy for i in chunk)
     manifest["complete"] = sum(len(s["experts"]) for s in manifest["shards"]) >= manifest["num_experts"]
     atomic_write_json(job.out / MANIFEST, manifest)
+
+
+def _track_shard(job: _Job, chunk: list[int], trained: dict[int, _Trained], tracker: Tracker) -> None:
+    """The saved experts ``chunk`` for the loggers: per epoch the mean train loss at step ``i × epochs + epoch``
+    (0-based), and the final test accuracy at the expert's last step."""
+    for i in chunk:
+        losses = trained[i].losses
+        for ep, loss in enumerate(losses):
+            values = {"expert/train_loss": loss, "expert/index": i, "expert/epoch": ep + 1}
+            if ep == len(losses) - 1:
+                values["expert/test_accuracy"] = trained[i].test_accuracy
+            tracker.log_scalars(i * job.epochs + ep, values)
 
 
 def _save_shard(out: Path, k: int, ids: list[int], trajs: Mapping[int, torch.Tensor]) -> dict[str, Any]:

@@ -38,7 +38,23 @@ def save_image_grid(
 
     Images are un-normalised with ``mean``/``std`` when given (else min-max scaled) and clipped to [0, 1].
     """
-    from torchvision.utils import make_grid, save_image
+    from torchvision.utils import save_image
+
+    tmp = f"{os.fspath(path)}.tmp.png"
+    save_image(image_grid(images, labels, mean, std, max_per_class), tmp)
+    os.replace(tmp, path)
+
+
+def image_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    max_per_class: int = 10,
+) -> torch.Tensor:
+    """The picture :func:`save_image_grid` saves, as a float tensor ``(C, H', W')`` in [0, 1] on the CPU (what
+    experiment trackers log, :mod:`fastdd.tracking`)."""
+    from torchvision.utils import make_grid
 
     x = images.detach().float().cpu()
     if mean is not None and std is not None:
@@ -54,9 +70,7 @@ def save_image_grid(
         x = torch.cat([torch.cat([r, blank.expand(ncol - len(r), *x.shape[1:])]) for r in rows])
     else:
         ncol = min(len(x), max_per_class)
-    tmp = f"{os.fspath(path)}.tmp.png"
-    save_image(make_grid(x, nrow=ncol, padding=1, pad_value=1.0), tmp)
-    os.replace(tmp, path)
+    return make_grid(x, nrow=ncol, padding=1, pad_value=1.0)
 
 
 def save_curves(

@@ -21,6 +21,11 @@ tensors and torch on CPU tensors; ``triton`` forces the kernels (CUDA, or CPU un
 :func:`norm_act_pool` has closed-form backward and double backward (:mod:`.convnet_block_torch`);
 :func:`norm_act_pool_reference` is eager's composite, the reference of the tests.
 
+Self-check (:mod:`._selfcheck`): the first time a Triton op would run on a device (per op, device, dtype) it is
+compared with its torch twin on a small input (forward, backward, double backward); one that fails runs the torch
+path there for the rest of the process, with one :class:`KernelCheckWarning` (backend ``triton`` forced: a
+:class:`KernelCheckError`). ``FASTDD_KERNEL_CHECK=0`` skips it; :func:`kernel_report` says what each op used.
+
 This folder sits at the top of the repository and is mapped onto the subpackage ``fastdd.kernels``
 by ``pyproject.toml``; it never becomes a top-level ``kernels`` module. Triton is imported only when
 a Triton path runs, so the package also imports where Triton is not installed.
@@ -32,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import BACKENDS, current_backend, interpreting, resolve, triton_available, use_backend
+from ._selfcheck import KernelCheckError, KernelCheckWarning, check_kernels, kernel_report
+from ._selfcheck import reset as reset_kernel_checks
 from .cf_loss import cf_discrepancy, characteristic_function
 from .convnet_block_torch import norm_act_pool_closed
 from .dsa_torch import apply_dsa_torch
@@ -85,6 +92,11 @@ __all__ = [
     "resolve",
     "triton_available",
     "use_backend",
+    "kernel_report",
+    "check_kernels",
+    "reset_kernel_checks",
+    "KernelCheckWarning",
+    "KernelCheckError",
     "norm_act_pool",
     "norm_act_pool_torch",
     "norm_act_pool_reference",

@@ -6,6 +6,10 @@ interpreter is on (``TRITON_INTERPRET=1``, how the kernels are tested without a 
 it is an error. ``torch`` forces the torch implementation everywhere. The choice is read from
 ``FASTDD_BACKEND`` at import (an unknown value is an error then) and changed with
 :func:`use_backend`.
+
+Where Triton is picked, the op's kernel is first checked against its torch twin, once per (op, device,
+dtype) (:mod:`._selfcheck`): a kernel that fails runs the torch path instead (backend ``auto``, with one
+:class:`~._selfcheck.KernelCheckWarning`) or raises (backend ``triton``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import os
 
 import torch
+
+from . import _selfcheck
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -55,17 +61,23 @@ def current_backend() -> str:
     return _selected()
 
 
+def _auto_uses_triton(x: torch.Tensor) -> bool:
+    """Backend ``auto``: Triton for CUDA tensors (where Triton is installed), torch for the rest."""
+    return x.is_cuda and triton_available()
+
+
 def resolve(x: torch.Tensor, op: str = "op") -> str:
-    """The implementation ``op`` runs on tensor ``x``: ``"torch"`` or ``"triton"``."""
+    """The implementation ``op`` runs on tensor ``x``: ``"torch"`` or ``"triton"``. Where it would be Triton, the
+    op's self-check decides (run on the first such call per device and dtype; :mod:`._selfcheck`)."""
     b = _selected()
     if b == "torch":
         return "torch"
     if b == "auto":
-        return "triton" if x.is_cuda and triton_available() else "torch"
+        return _selfcheck.gate(x, op, forced=False) if _auto_uses_triton(x) else "torch"
     if not triton_available():
         raise RuntimeError(f"backend 'triton' was selected for {op}, but Triton is not installed")
     if x.is_cuda or (x.device.type == "cpu" and interpreting()):
-        return "triton"
+        return _selfcheck.gate(x, op, forced=True)
     raise RuntimeError(
         f"backend 'triton' was selected for {op} on a {x.device.type} tensor: Triton kernels run on "
         "CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (its interpreter, for tests); "

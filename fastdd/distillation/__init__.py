@@ -26,6 +26,7 @@ from ..evaluation import EvalResult, evaluate, resolve_protocol
 from ..experts import ExpertBuffer
 from ..io import check_out_folder
 from ..synthetic import SyntheticSet
+from ..tracking import Tracker
 from .dd import DDConfig
 from .loop import KeepBest
 from .matching import DCConfig, DMConfig
@@ -79,7 +80,9 @@ def distill(
             also accepted as keywords, ``select`` as ``select_every``, ``select_protocol`` and
             ``select_options``: every ``select_every`` iterations the set is scored on ``ds.val`` (from
             :meth:`Dataset.with_validation`, never the test split) and the best one is returned
-            (``syn.meta["selection"]``; not for ``dd``).
+            (``syn.meta["selection"]``; not for ``dd``). ``loggers`` (``["tensorboard"]``, ``"wandb"``, ``"csv"``
+            or :class:`fastdd.tracking.Logger` objects) and ``log_images_every``: experiment tracking into
+            ``out`` (docs/tracking.md); a missing extra fails here, before anything runs.
         options: fields of the method's config dataclass (:class:`MTTConfig`, :class:`DDConfig`,
             :class:`DCConfig`, :class:`DMConfig`, or a registered method's), e.g. ``syn_steps=20``,
             ``batch_real=64``; checked against its fields and types.
@@ -104,6 +107,10 @@ def distill(
     for name, value in (("iterations", iterations), ("ipc", ipc), ("checkpoint_every", run.checkpoint_every)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    every = run.log_images_every
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise ValueError(f"log_images_every must be an integer >= 0 (0: no pictures), got {every!r}")
+    Tracker(run.loggers).check(run.out)  # unknown names, missing extras, no folder: now, not after the setup
     if ipc is None and spec.needs_ipc:
         raise ValueError(f"{method}: pass ipc= (images per class)")
     if isinstance(options.get("memory_budget"), str):

@@ -42,7 +42,7 @@ import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from ..distributed import Dist, Shard, all_reduce_
 from ..errors import CheckpointWarning, ResumeError, RunFailedError, RunInterrupted
 from ..io import check_out_folder
 from ..runs import CSVLog, RunDir, progress
+from ..tracking import Logger, Tracker
 from .state import load_checkpoint, save_checkpoint
 
 #: A run stops (:class:`~fastdd.errors.RunFailedError`) when a learned pixel lies more than this many standard
@@ -132,6 +133,8 @@ class Policy(ABC):
         """The metadata every method's set carries (for a policy with ``ds`` and ``net``): method, ipc, data
         set (name, ZCA, classes, normalisation), seed, iterations and skips, network and config; ``more``
         (the method's own fields, then the runner's) is appended."""
+        from ..kernels import kernel_report
+
         ds, net = self.ds, self.net
         return {
             "method": self.method,
@@ -147,6 +150,7 @@ class Policy(ABC):
             "model": net.name,
             "model_spec": net.spec,
             "config": self.config_dict(),
+            "kernels": kernel_report(),  # the op layer's backend per op and its self-check (fastdd.kernels)
             **more,
         }
 
@@ -228,6 +232,8 @@ def run_loop(
     desc: str | None = None,
     selection: KeepBest | None = None,
     per: int = 1,
+    loggers: str | Logger | Sequence[str | Logger] | None = None,
+    log_images_every: int | None = None,
 ) -> LoopResult:
     """Run ``policy`` for ``iterations`` iterations (continuing a checkpoint in ``out`` when ``resume``).
 
@@ -246,12 +252,22 @@ def run_loop(
     Nothing in ``out`` changes before the resumed checkpoint (if any) was read and checked
     (:func:`check_resume`). Images that blow up, or more than :data:`MAX_SKIPPED_SHARE` of the iterations
     skipped, end the run with :class:`~fastdd.errors.RunFailedError`.
+
+    ``loggers`` (names or :class:`~fastdd.tracking.Logger` objects; docs/tracking.md) get, on rank 0, the
+    settings once, the log row's numbers of every logged iteration (``distill/<column>``, plus
+    ``distill/grad_norm`` in one process, ``distill/images_per_s`` and, on CUDA, ``distill/peak_memory_mib``),
+    the set's picture every ``log_images_every`` loop iterations (default: ``checkpoint_every``; 0: never) and
+    a summary at the end; a resumed run starts them at the checkpoint's iteration. With no loggers the run
+    computes exactly what it computes without this feature.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    run = _LoopRun(policy, iterations, out, selection, per)
+    if log_images_every is not None and log_images_every < 0:
+        raise ValueError(f"log_images_every must be >= 0, got {log_images_every}")
+    run = _LoopRun(policy, iterations, out, selection, per, Tracker(loggers).check(out))
+    run.images_every = checkpoint_every if log_images_every is None else log_images_every
     run.start(resume, desc or policy.method, show_progress)
     signals = _SignalCatcher()
     try:
@@ -265,6 +281,7 @@ def run_loop(
                     run.interrupted(it + 1, signals, written)
         if run.folder is None:  # with a folder the last checkpoint checked them
             run.check_pixels(iterations)
+        run.summarize()
     finally:
         run.close()
     return run.finish()
@@ -281,8 +298,12 @@ class _LoopRun:
         out: str | os.PathLike | None,
         selection: KeepBest | None,
         per: int,
+        tracker: Tracker | None = None,
     ):
         self.policy, self.iterations, self.selection, self.per = policy, iterations, selection, per
+        self.tracker = tracker if tracker is not None else Tracker()  # made on every rank; rank 0 starts it
+        self.tracking = bool(self.tracker)  # the same on every rank: the pictures gather the set on all of them
+        self.images_every = 0
         self.dist = policy.shard.dist if policy.shard is not None else None
         self.main = self.dist is None or self.dist.is_main
         self.folder = Path(out) if out is not None else None
@@ -298,6 +319,8 @@ class _LoopRun:
         self.reasons: dict[str, int] = {}
         self.log: CSVLog | None = None
         self.sel_log: CSVLog | None = None
+        self.last_loss: float | None = None
+        self.t_start = time.time()
 
     def start(self, resume: bool, desc: str, show_progress: bool) -> None:
         """Read and check the checkpoint to resume (the folder is not touched yet), begin the policy, then
@@ -324,6 +347,9 @@ class _LoopRun:
             self.log = run.csv("log.csv", ["iteration", "loss", *policy.log_fields, "skipped", "seconds"])
             if self.selection:
                 self.sel_log = run.csv("selection.csv", ["iterations", "score", "best"])
+        if self.tracking and self.main:  # after the checks: a resumed run continues its loggers at its iteration
+            self.tracker.start(folder, self.start_it)
+            self.tracker.log_config(self.tracked_config())
         self.bar = progress(
             range(self.start_it, self.iterations),
             desc=desc,
@@ -345,7 +371,8 @@ class _LoopRun:
         policy, t0 = self.policy, time.time()
         step = policy.step(it)
         excess = policy.pixel_excess()  # the images this step ran on: a blow-up of an earlier update
-        loss, ok, stop, blown = read_back(step.loss, *step.grads, dist=self.dist, stop=stop, excess=excess)
+        norm = self.tracking and self.main and self.dist is None  # grad norm: in the same read-back, one process
+        loss, ok, stop, blown, grad_norm = _read_back(step.loss, step.grads, self.dist, stop, excess, norm)
         if blown is not None:
             raise _blown_up(policy, blown, it, self.folder, self.last_saved)
         reason = "" if ok else "non-finite loss or gradient"
@@ -361,9 +388,18 @@ class _LoopRun:
                 self.bar.write(f"{policy.method}: iteration {it} skipped ({reason})")
         policy.end_iteration(it)
         values = {**step.info, **policy.log_values(step)}
-        if self.log is not None and (it % policy.log_every == 0 or not ok):
+        track = self.tracking and self.main
+        if (self.log is not None or track) and (it % policy.log_every == 0 or not ok):
             fields_ = {k: values[k] for k in policy.log_fields}
-            self.log.log(iteration=it, loss=loss, **fields_, skipped=self.skipped, seconds=time.time() - t0)
+            seconds = time.time() - t0
+            if self.log is not None:
+                self.log.log(iteration=it, loss=loss, **fields_, skipped=self.skipped, seconds=seconds)
+            if track:
+                self.track(it, loss, fields_, seconds, grad_norm)
+        if track:
+            self.last_loss = loss
+        if self.tracking and self.images_every and ((it + 1) % self.images_every == 0 or it + 1 == self.iterations):
+            self.track_images(it)
         self.bar.set_postfix(**policy.postfix(loss, values))
         sel = self.selection
         if sel is not None and ((it + 1) % (sel.every * self.per) == 0 or it + 1 == self.iterations):
@@ -381,6 +417,64 @@ class _LoopRun:
                     self.best[k].copy_(v)
         if self.sel_log is not None:
             self.sel_log.log(iterations=done, score=score, best=self.best_it)
+
+    def tracked_config(self) -> dict[str, Any]:
+        """What the loggers get as the run's settings: the policy's config, method, seed, iterations (and ipc)."""
+        policy = self.policy
+        run = {"method": policy.method, "seed": policy.seed, "iterations": self.iterations // self.per}
+        ipc = getattr(policy, "ipc", None)
+        if isinstance(ipc, int):
+            run["ipc"] = ipc
+        return {**policy.config_dict(), **run}
+
+    def track(self, it: int, loss: float, fields_: dict[str, Any], seconds: float, grad_norm: float | None) -> None:
+        """One logged iteration for the loggers (rank 0): the log row's numbers, the gradient norm (when read),
+        synthetic images per second and, on CUDA, the peak memory allocated so far (host-side counters)."""
+        values: dict[str, Any] = {"loss": loss, **fields_, "skipped": self.skipped, "seconds": seconds}
+        if grad_norm is not None:
+            values["grad_norm"] = grad_norm
+        x = self.policy.tensors.get("images")
+        if x is not None and x.dim() >= 4 and seconds > 0:
+            shard = self.policy.shard
+            count = shard.m if shard is not None and "images" in shard.names else x.numel() // math.prod(x.shape[-3:])
+            values["images_per_s"] = count / seconds
+        if x is not None and x.is_cuda:
+            values["peak_memory_mib"] = torch.cuda.max_memory_allocated(x.device) / 2**20
+        self.tracker.log_scalars(it, {f"distill/{k}": v for k, v in values.items()})
+
+    def track_images(self, it: int) -> None:
+        """The current set's picture (one row per class) for the loggers, at step ``it``. On every rank (the
+        whole set is gathered under torch.distributed); rank 0 logs it."""
+        syn = self.policy.result(it + 1, self.skipped, None)
+        images = getattr(syn, "images", None)
+        if not self.main or not isinstance(images, torch.Tensor) or images.dim() != 4:
+            return
+        from ..plots import image_grid
+
+        ds, channels = getattr(self.policy, "ds", None), images.shape[1]
+        mean: list[float] | None = [0.0] * channels
+        std: list[float] | None = [1.0] * channels
+        if ds is not None and hasattr(ds, "denormalize"):
+            images = ds.denormalize(images.detach())
+        else:  # the set's own normalisation (or min-max scaling when it records none)
+            mean, std = getattr(syn, "meta", {}).get("mean"), getattr(syn, "meta", {}).get("std")
+        grid = image_grid(images, getattr(syn, "hard_labels", None), mean, std)
+        self.tracker.log_images(it, "distill/images", grid)
+
+    def summarize(self) -> None:
+        """The run's final numbers for the loggers (rank 0)."""
+        if not (self.tracking and self.main):
+            return
+        summary: dict[str, Any] = {
+            "distill/iterations": self.iterations // self.per,
+            "distill/skipped": self.skipped,
+            "distill/seconds": time.time() - self.t_start,
+        }
+        if self.last_loss is not None:
+            summary["distill/final_loss"] = self.last_loss
+        if self.selection is not None and self.best_it is not None:
+            summary.update({"distill/best_iteration": self.best_it // self.per, "distill/best_score": self.best_score})
+        self.tracker.log_summary(summary)
 
     def check_pixels(self, done: int) -> None:
         """Stop with :class:`RunFailedError` when the images have blown up (one read-back, all-reduced)."""
@@ -447,6 +541,7 @@ class _LoopRun:
         for f in (self.log, self.sel_log):
             if f is not None:
                 f.close()
+        self.tracker.close()  # the loggers made from names; Logger objects passed in stay open for their owner
 
     def finish(self) -> LoopResult:
         """Fail a run that skipped too much; otherwise put the best set (if selecting) in the policy's tensors."""
@@ -549,16 +644,35 @@ def read_back(
     the images have blown up (else None))`` with one device→host read. ``excess``: :meth:`Policy.pixel_excess`.
     Under torch.distributed (``dist``) one all-reduce (max) first makes them the same on every rank: the
     gradients and images are each rank's rows, the stop request may reach one rank."""
+    value, ok, halt, over, _ = _read_back(loss, grads, dist, stop, excess, False)
+    return value, ok, halt, over
+
+
+def _read_back(
+    loss: torch.Tensor,
+    grads: tuple[torch.Tensor, ...],
+    dist: Dist | None,
+    stop: bool,
+    excess: torch.Tensor | None,
+    norm: bool,
+) -> tuple[float, bool, bool, float | None, float | None]:
+    """:func:`read_back`, and with ``norm`` (one process only) the gradients' joint L2 norm read in the same
+    transfer (else ``None``); without ``norm`` it computes exactly what it computed before tracking existed."""
     finite = torch.isfinite(loss)
     for g in grads:
         finite = finite & torch.isfinite(g).all()
     zero = loss.detach().double().new_zeros(())
     big = zero if excess is None else torch.nan_to_num(excess.detach().double(), nan=math.inf)
-    flags = torch.stack([loss.detach().double(), (~finite).double(), big])
+    parts = [loss.detach().double(), (~finite).double(), big]
+    if norm and dist is None and grads:
+        parts.append(torch.stack([torch.linalg.vector_norm(g.detach()).double() for g in grads]).norm())
+    flags = torch.stack(parts)
     if dist is not None:
         flags = all_reduce_(torch.cat([flags, flags.new_tensor([float(stop)])]), dist, op="max")
-    value, bad, over, *halt = flags.tolist()
-    return (value, not bad and math.isfinite(value), bool(halt[0]) if halt else stop, over if not over <= 1.0 else None)
+    value, bad, over, *rest = flags.tolist()
+    halt = bool(rest[0]) if dist is not None else stop
+    grad_norm = rest[0] if len(parts) == 4 else None
+    return value, not bad and math.isfinite(value), halt, over if not over <= 1.0 else None, grad_norm
 
 
 def _blown_up(policy: Policy, excess: float, it: int, folder: Path | None, last_saved: int | None) -> RunFailedError:

@@ -108,6 +108,11 @@ class RunConfig:
         seed: every random stream of the run derives from it.
         select: keep the best set on a validation split (:class:`SelectConfig`), or ``None``: the last set.
         resident_experts: keep the expert trajectories in device memory (``None``: on CUDA).
+        loggers: experiment tracking (docs/tracking.md): logger names (``"tensorboard"``, ``"wandb"``,
+            ``"csv"``, writing into ``out``) or :class:`fastdd.tracking.Logger` objects; never recorded in the
+            run's settings or checkpoints, so a resume may add or drop them.
+        log_images_every: iterations between the pictures of the set sent to the loggers (``None``:
+            ``checkpoint_every``; 0: none).
     """
 
     out: str | os.PathLike | None = None
@@ -118,6 +123,8 @@ class RunConfig:
     seed: int = 0
     select: SelectConfig | None = None
     resident_experts: bool | None = None
+    loggers: Any = None
+    log_images_every: int | None = None
 
 
 #: The ``fastdd.distill`` keywords that are :class:`RunConfig` fields (and the selection's, spelled as before).
@@ -281,6 +288,8 @@ def run_method(
             desc=desc,
             selection=keep_best,
             per=per,
+            loggers=run.loggers,
+            log_images_every=None if run.log_images_every is None else run.log_images_every * per,
         )
     extra = {**(extra_meta or {}), **(keep_best.meta(done, per) if keep_best is not None else {})}
     return policy.result(setup.iterations, done.skipped, extra)
