@@ -669,7 +669,7 @@ def _add_quickstart(sub: Subparsers) -> None:
         choices=["dm", "selmatch"],
         default="dm",
         help="dm (default, about a minute on 2 CPU cores): DM at IPC 1 against random real digits; "
-        "selmatch (about 12 min): experts, forgetting scores, then SelMatch and MTT at IPC 10, each beside "
+        "selmatch (about 13 min): experts, forgetting scores, then SelMatch and MTT at IPC 10, each beside "
         "a random real subset; a rerun into the same --out reuses experts, scores and sets",
     )
     p.add_argument("--out", default=None, help="run folder (default runs/quickstart or runs/quickstart-selmatch)")

@@ -6,7 +6,7 @@ ConvNet far better than one random real digit per class does under the same prot
 ``report.md`` with the two accuracies and their spread, the start images beside the distilled ones, and
 the loss curve.
 
-:func:`selmatch_example` (``fastdd quickstart --example selmatch``, about 12 minutes) runs the longer
+:func:`selmatch_example` (``fastdd quickstart --example selmatch``, about 13 minutes) runs the longer
 pipeline at IPC 10, where a random real subset is already strong: ConvNet experts, forgetting scores from
 their snapshots, then SelMatch (window initialisation, frozen real part, trajectory matching) and plain MTT
 with the same settings, all three sets evaluated under one protocol.
@@ -96,7 +96,7 @@ def quickstart(
     res = _dm_evaluate(step, syn, eval_epochs, num_eval, seed)
     _dm_figure(step, syn, start, res)
     _finish(step, _dm_report(step.ds, res, iterations, eval_epochs, num_eval, time.time() - t0), t0)
-    step.echo("next: `fastdd quickstart --example selmatch` (SelMatch against MTT and random at IPC 10, ~12 min)")
+    step.echo("next: `fastdd quickstart --example selmatch` (SelMatch against MTT and random at IPC 10, ~13 min)")
     return {"dm": res.to_dict(), "seconds": time.time() - t0, "out": str(Path(out))}
 
 
@@ -193,7 +193,7 @@ def _dm_report(
         "",
         "![start images, distilled images, loss](quickstart.png)",
         "",
-        "Larger example (experts, forgetting scores, SelMatch against MTT and random at IPC 10; about 12 minutes "
+        "Larger example (experts, forgetting scores, SelMatch against MTT and random at IPC 10; about 13 minutes "
         "on 2 cores): "
         "`fastdd quickstart --example selmatch`. Longer runs and every method: docs/results.md.",
         "",
@@ -251,7 +251,7 @@ def selmatch_example(
     show_progress: bool = True,
     echo=None,
 ) -> dict:
-    """SelMatch against MTT and a random real subset at ``ipc`` on mnist5k (about 12 minutes on 2 CPU cores);
+    """SelMatch against MTT and a random real subset at ``ipc`` on mnist5k (about 13 minutes on 2 CPU cores);
     writes ``out/report.md``, ``images.png``, ``loss.png`` and ``lr.png``. Returns the numbers it reported.
 
     The experts (``out/experts``), the forgetting scores (``out/forgetting.npz``) and both distilled sets resume
@@ -420,7 +420,7 @@ def _sm_report(
     rnd = sm.random
     assert rnd is not None
     verdict = separation(sm.mean, max(rnd.mean, mtt.mean), max(sm.std, mtt.std, rnd.std))
-    rule = " (SelMatch's equal-compute rule)" if ex.eval_epochs == equal_compute_epochs(ex.ipc) else ""
+    rule = "SelMatch's equal-compute rule; " if ex.eval_epochs == equal_compute_epochs(ex.ipc) else ""
     n_frozen = int(sets["selmatch"].frozen.sum())
     first = int(ex.ipc * ex.beta)
     return [
@@ -437,7 +437,7 @@ def _sm_report(
         f"from each class's digits of difficulty rank {first}–{first + ex.ipc - 1} (hardest first; beta {ex.beta}), "
         f"with {n_frozen} of its {len(sets['selmatch'])} images kept real and frozen (alpha {ex.alpha}).",
         "",
-        f"Evaluation: a fresh ConvNet-{WIDTH} trained {ex.eval_epochs} epochs on each set{rule} (SGD lr 0.01, "
+        f"Evaluation: a fresh ConvNet-{WIDTH} trained {ex.eval_epochs} epochs on each set ({rule}SGD lr 0.01, "
         f"momentum 0.9, ×0.1 at mid-training, DSA), {ex.num_eval} runs per set; the random "
         "subset is a fresh class-balanced one per run. Final-epoch accuracy on the 1,000 test digits.",
         "",
