@@ -17,13 +17,11 @@ Every setting is written to the JSON files under runs/results/table (the main ta
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import results_mnist5k as base
-import torch
 
 import fastdd
 from fastdd.experts import Curriculum
@@ -192,15 +190,6 @@ def run_dd(args) -> None:
                                    "seconds": time.time() - t})  # fmt: skip
 
 
-def _cell(method: str, ipc: int) -> tuple[str, list[float] | None]:
-    path = OUT / f"eval_{method}_ipc{ipc}.json"
-    if not path.exists():
-        return "—", None
-    accs = [100 * r["accuracy"] for r in json.loads(path.read_text())["runs"]]
-    t = torch.tensor(accs, dtype=torch.float64)
-    return f"{float(t.mean()):.1f} ± {float(t.std(unbiased=False)):.1f}", accs
-
-
 def run_table(args) -> None:
     """The Markdown rows: accuracy and IOR against the main table's random cells."""
     names = {"ftd": "MTT, FTD experts + EMA", "pad": "PAD", "ncfm": "NCFM"}
@@ -208,14 +197,11 @@ def run_table(args) -> None:
     for ipcs, methods in ((IPCS, ("ftd", "pad", "ncfm")), (SELECT_IPCS, [f"{k}-{o}" for k, o in SELECTIONS])):
         print(f"| method | {' | '.join(f'IPC {i}' for i in ipcs)} | {' | '.join(f'IOR {i}' for i in ipcs)} |")
         print("|---" * (1 + 2 * len(ipcs)) + "|")
+        random = {ipc: base.cell_accuracies(OUT, "random", ipc) for ipc in ipcs}
         for m in ("random", *methods):
-            cells, iors = [], []
-            for ipc in ipcs:
-                text, accs = _cell(m, ipc)
-                _, rnd = _cell("random", ipc)
-                cells.append(text)
-                ok = accs is not None and rnd is not None and m != "random"
-                iors.append(f"{sum(accs) / len(accs) - sum(rnd) / len(rnd):+.1f}" if ok else "—")  # type: ignore[arg-type]
+            accs = {ipc: base.cell_accuracies(OUT, m, ipc) for ipc in ipcs}
+            cells = [base.cell_text(accs[ipc]) for ipc in ipcs]
+            iors = [base.ior_text(None if m == "random" else accs[ipc], random[ipc]) for ipc in ipcs]
             print(f"| {names.get(m, 'random real')} | {' | '.join(cells)} | {' | '.join(iors)} |")
         print()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 import fastdd
-from fastdd.evaluation import Protocol, resolve_protocol
+from fastdd.evaluation import Protocol, resolve_protocol, selmatch_epochs
 
 
 def _save(out: Path, name: str, obj: dict) -> None:
@@ -160,9 +161,7 @@ def table_protocol(ipc: int, class_size: int = 400) -> Protocol:
     """One protocol for every cell: ConvNet-32, SGD lr 0.01 momentum 0.9 wd 5e-4, ×0.1 at mid-training,
     DSA, batch 256, and SelMatch's equal-compute epoch rule with 20 (not 50) full-data epochs:
     epochs = min(1000, round(20 · class_size / ipc)) (IPC 1: 1000, 10: 800, 40: 200, full: 20)."""
-    return resolve_protocol(
-        "mtt", model_kwargs={"width": WIDTH}, lr=0.01, epochs=min(1000, round(20 * class_size / ipc))
-    )
+    return resolve_protocol("mtt", model_kwargs={"width": WIDTH}, lr=0.01, epochs=selmatch_epochs(ipc, class_size, 20))
 
 
 def run_table_experts(args) -> None:
@@ -514,24 +513,32 @@ def summarize(out: Path = Path("runs")) -> str:
     return "\n".join(lines)
 
 
+def cell_accuracies(out: Path, method: str, ipc: int) -> list[float] | None:
+    """The runs' test accuracies (%) of one table cell (``out/eval_<method>_ipc<ipc>.json``), or ``None``."""
+    p = out / f"eval_{method}_ipc{ipc}.json"
+    return [100 * r["accuracy"] for r in json.loads(p.read_text())["runs"]] if p.exists() else None
+
+
+def cell_text(accs: list[float] | None) -> str:
+    """``mean ± std`` (population) of a cell's accuracies, or a dash."""
+    return "—" if accs is None else f"{statistics.mean(accs):.1f} ± {statistics.pstdev(accs):.1f}"
+
+
+def ior_text(accs: list[float] | None, random: list[float] | None) -> str:
+    """A cell's IOR in points (its mean minus random's at the same IPC), or a dash."""
+    return "—" if accs is None or random is None else f"{statistics.mean(accs) - statistics.mean(random):+.1f}"
+
+
 def summarize_table(out: Path = Path("runs/results/table")) -> str:
     """Markdown of the accuracy table (eval_*.json) and the coverage table (coverage.json)."""
-    import statistics as st
+    st = statistics
 
     def cell(method: str, ipc: int) -> str:
-        p = out / f"eval_{method}_ipc{ipc}.json"
-        if not p.exists():
-            return "—"
-        accs = [100 * r["accuracy"] for r in json.loads(p.read_text())["runs"]]
-        return f"{st.mean(accs):.1f} ± {st.pstdev(accs):.1f}"
-
-    def accs(method: str, ipc: int) -> list[float] | None:
-        p = out / f"eval_{method}_ipc{ipc}.json"
-        return [100 * r["accuracy"] for r in json.loads(p.read_text())["runs"]] if p.exists() else None
+        return cell_text(cell_accuracies(out, method, ipc))
 
     def ior(method: str, ipc: int) -> str:
-        a, r = accs(method, ipc), accs("random", ipc)
-        return "—" if a is None or r is None or method == "random" else f"{st.mean(a) - st.mean(r):+.1f}"
+        a = None if method == "random" else cell_accuracies(out, method, ipc)
+        return ior_text(a, cell_accuracies(out, "random", ipc))
 
     lines = [
         "| method | IPC 1 | IPC 10 | IPC 40 | full train split (400 per class) | IOR 1 | IOR 10 | IOR 40 |",

@@ -172,9 +172,10 @@ class CrossArchResult:
         return {name: r.to_dict() for name, r in self.results.items()}
 
 
-def selmatch_epochs(ipc: int, class_size: int) -> int:
-    """SelMatch's epoch budget: 1000/500/250/167 at 5/10/20/30 % of a class; capped at 1000 below 5 %."""
-    return min(1000, max(1, round(50 / (ipc / class_size))))
+def selmatch_epochs(ipc: int, class_size: int, full_epochs: int = 50) -> int:
+    """SelMatch's equal-compute epoch budget: the compute of ``full_epochs`` epochs of the full class (SelMatch:
+    50), so 1000/500/250/167 at 5/10/20/30 % of a class; capped at 1000."""
+    return min(1000, max(1, round(full_epochs / (ipc / class_size))))
 
 
 def resolve_protocol(protocol: str | Protocol, **overrides: Any) -> Protocol:

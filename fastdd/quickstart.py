@@ -26,7 +26,7 @@ import torch
 
 from .data import Dataset, load_dataset
 from .distillation import distill
-from .evaluation import EvalResult, evaluate, resolve_protocol
+from .evaluation import EvalResult, evaluate, resolve_protocol, selmatch_epochs
 from .experts import ExpertBuffer, train_experts
 from .io import atomic_write_text
 from .plots import save_curves, save_image_grid
@@ -231,9 +231,9 @@ class _SelMatchExample:
 
 
 def equal_compute_epochs(ipc: int, class_size: int = 400, full_epochs: int = 20) -> int:
-    """SelMatch's equal-compute rule with ``full_epochs`` epochs of the full split (SelMatch: 50):
-    ``min(1000, round(full_epochs · class_size / ipc))``; 800 at IPC 10 on mnist5k."""
-    return min(1000, round(full_epochs * class_size / ipc))
+    """SelMatch's equal-compute rule (:func:`~fastdd.evaluation.selmatch_epochs`) with ``full_epochs`` epochs of
+    the full split (SelMatch: 50): ``min(1000, round(full_epochs · class_size / ipc))``; 800 at IPC 10 on mnist5k."""
+    return selmatch_epochs(ipc, class_size, full_epochs)
 
 
 def selmatch_example(
@@ -367,7 +367,7 @@ def _sm_evaluate(step: _Step, ex: _SelMatchExample, sets: dict[str, SyntheticSet
     mtt_ior = 100 * (mtt.mean - rnd.mean)
     step.echo(f"      MTT:         {100 * mtt.mean:.1f} ± {100 * mtt.std:.1f} %  (IOR {mtt_ior:+.1f})")
     step.echo(f"      random real: {100 * rnd.mean:.1f} ± {100 * rnd.std:.1f} %")
-    step.echo("      " + separation(sm.mean, max(rnd.mean, mtt.mean), max(sm.std, mtt.std, rnd.std)))
+    step.echo("      " + _verdict(results))
     return results
 
 
@@ -407,6 +407,14 @@ def separation(mean: float, best_other: float, spread: float) -> str:
     return f"SelMatch {100 * ahead:+.1f} points: {what} ({100 * spread:.1f})."
 
 
+def _verdict(results: dict[str, EvalResult]) -> str:
+    """:func:`separation` of the SelMatch example's three rows."""
+    sm, mtt = results["selmatch"], results["mtt"]
+    rnd = sm.random
+    assert rnd is not None
+    return separation(sm.mean, max(rnd.mean, mtt.mean), max(sm.std, mtt.std, rnd.std))
+
+
 def _sm_report(
     ds: Dataset,
     ex: _SelMatchExample,
@@ -419,7 +427,7 @@ def _sm_report(
     sm, mtt = results["selmatch"], results["mtt"]
     rnd = sm.random
     assert rnd is not None
-    verdict = separation(sm.mean, max(rnd.mean, mtt.mean), max(sm.std, mtt.std, rnd.std))
+    verdict = _verdict(results)
     rule = "SelMatch's equal-compute rule; " if ex.eval_epochs == equal_compute_epochs(ex.ipc) else ""
     n_frozen = int(sets["selmatch"].frozen.sum())
     first = int(ex.ipc * ex.beta)
