@@ -6,6 +6,7 @@ stored and replayed exactly. See :mod:`fastdd.augment.dsa` and :mod:`fastdd.augm
 
 from __future__ import annotations
 
+from .crops import ResizedCrops, apply_resized_crops, bilinear_matrix, sample_resized_crops
 from .dsa import (
     DSA,
     FAMILIES,
@@ -32,6 +33,10 @@ from .simple import (
 )
 
 __all__ = [
+    "ResizedCrops",
+    "apply_resized_crops",
+    "bilinear_matrix",
+    "sample_resized_crops",
     "StepAugment",
     "FAMILIES",
     "FULL_STRATEGY",

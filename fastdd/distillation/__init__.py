@@ -26,6 +26,7 @@ from ..evaluation import EvalResult, evaluate, resolve_protocol
 from ..experts import ExpertBuffer
 from ..io import check_out_folder
 from ..synthetic import SyntheticSet
+from ..teacher import Teacher, load_teacher
 from ..tracking import Tracker
 from .dd import DDConfig
 from .loop import KeepBest
@@ -60,6 +61,7 @@ def distill(
     scores=None,
     engine: EngineConfig | None = None,
     run: RunConfig | None = None,
+    teacher: Teacher | str | os.PathLike | None = None,
     **options: Any,
 ) -> SyntheticSet:
     """Distil ``ds`` into a :class:`SyntheticSet` of ``ipc`` images per class.
@@ -73,6 +75,8 @@ def distill(
             counts the same units.
         preset: a name from :data:`PRESETS`; its data set and ZCA setting must match ``ds``.
         scores: difficulty scores ``(len(ds.train),)`` for SelMatch's window initialisation.
+        teacher: a :class:`~fastdd.teacher.Teacher` or its folder (:func:`fastdd.train_teacher`) for the methods
+            that distil against one (``sre2l``, ``rded``); checked against ``ds`` (data set, class order).
         engine: the engine's options (:class:`~fastdd.engine.EngineConfig`: ``mode``, ``theta_storage``,
             ``memory_budget`` (bytes, or e.g. ``"8GiB"``), ``deterministic``); also accepted as keywords.
         run: how the run is carried out (:class:`~fastdd.distillation.registry.RunConfig`: ``out``, ``resume``,
@@ -103,6 +107,8 @@ def distill(
         method, ipc, iterations, options = _apply_preset(preset, ds, ipc, iterations, options)
         extra["preset"] = preset
     spec = get_method(method)
+    if not spec.takes_iterations and iterations is not None:
+        raise TypeError(f"{method} sets its own number of iterations: do not pass iterations={iterations!r}")
     iterations = 1000 if iterations is None else iterations
     for name, value in (("iterations", iterations), ("ipc", ipc), ("checkpoint_every", run.checkpoint_every)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -128,12 +134,19 @@ def distill(
         )
     if preset is not None and experts is not None:
         check_preset_experts(get_preset(preset), experts)  # e.g. ftd-* on experts trained without SAM: a warning
+    if spec.needs_teacher and teacher is None:
+        raise ValueError(
+            f"{method} distils against a trained network: pass teacher= (a Teacher or its folder); "
+            "make one with fastdd.train_teacher or `fastdd teacher`"
+        )
     if run.device is not None:
         ds = _on_device(ds, run.device)
+    if teacher is not None:
+        teacher = load_teacher(teacher, ds)
     keep_best = None
     if run.select is not None:  # scores on the data set where the run happens
         keep_best = _keep_best(ds, spec, run.select, run.seed)
-    setup = Setup(ds, ipc, cfg, run.seed, method, iterations, experts, scores, run.resident_experts)
+    setup = Setup(ds, ipc, cfg, run.seed, method, iterations, experts, scores, run.resident_experts, teacher)
     return run_method(spec, setup, run, engine.deterministic, keep_best, extra)
 
 

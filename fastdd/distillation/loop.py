@@ -105,6 +105,7 @@ class Policy(ABC):
     pixel_lr: str = "lr_img"  # the option that sets the pixel step, named when images blow up
     pixel_scale: tuple[float, float] | None = None  # (mean, std) of the real images (data_scale); None: no guard
     steps_per_iteration: int = 1  # loop steps per method iteration (DC: pixel updates per network)
+    num_iterations: int | None = None  # set by a policy that fixes its own count (rded: one per class)
     ds: Any  # the data set and the network (run_meta reads them)
     net: Any
 

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..augment import DSAConfig, apply_dsa, sample_dsa, strategy_for
+from ..augment.crops import bilinear_matrix
 from ..data import Dataset
 from ..distributed import Shard, all_reduce_, current, split_rows
 from ..experts import ExpertBuffer
@@ -124,18 +125,6 @@ class NCFMConfig:
     def calibration_steps(self) -> int:
         """Calibration pixel updates per iteration (0 when ``calib_weight`` is 0)."""
         return self.iter_calib if self.calib_weight > 0 else 0
-
-
-def bilinear_matrix(out: int, inp: int, dtype: torch.dtype, device: torch.device | str) -> Tensor:
-    """``(out, inp)``: the weights with which ``F.interpolate(mode="bilinear", align_corners=False)`` resizes one
-    axis of length ``inp`` to ``out`` (source position ``(i + 0.5)·inp/out − 0.5``, clamped at 0)."""
-    src = ((torch.arange(out, dtype=torch.float64) + 0.5) * (inp / out) - 0.5).clamp_min(0)
-    i0 = src.floor().long().clamp_max(inp - 1)
-    i1, w1, rows = (i0 + 1).clamp_max(inp - 1), src - src.floor(), torch.arange(out)
-    m = torch.zeros(out, inp, dtype=torch.float64)
-    m[rows, i0] += 1 - w1
-    m[rows, i1] += w1
-    return m.to(dtype=dtype, device=device)
 
 
 def decode(x: Tensor, factor: int) -> Tensor:

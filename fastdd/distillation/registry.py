@@ -45,6 +45,10 @@ class MethodSpec:
         selection: it can keep the best set on a validation split (``select_every``).
         description: one line for ``--help`` and docs.
         needs_ipc: ``ipc=`` is required (``dd`` derives its size from its own options when it is not given).
+        needs_teacher: it distils against a trained network (``teacher=``: a :class:`~fastdd.teacher.Teacher` or
+            its folder, from :func:`fastdd.train_teacher`).
+        takes_iterations: ``iterations=`` means something for it; ``False`` for a method whose policy fixes its
+            own count (:attr:`Policy.num_iterations`, e.g. ``rded``: one per class), which refuses the keyword.
     """
 
     name: str
@@ -57,6 +61,8 @@ class MethodSpec:
     selection: bool = True
     description: str = ""
     needs_ipc: bool = True
+    needs_teacher: bool = False
+    takes_iterations: bool = True
 
     @property
     def engine(self) -> bool:
@@ -72,7 +78,8 @@ class Setup:
     applied (and, for an engine method, the engine's options); ``ipc`` images per class (``None`` for a
     method that defines its own size); ``experts`` an :class:`~fastdd.experts.ExpertBuffer` or ``None``;
     ``scores`` difficulty scores or ``None``; ``resident_experts`` whether to keep the experts on the device
-    (``None``: on CUDA)."""
+    (``None``: on CUDA); ``teacher`` a :class:`~fastdd.teacher.Teacher` (checked against ``ds``, on its device)
+    or ``None``."""
 
     ds: Dataset
     ipc: int | None
@@ -83,6 +90,7 @@ class Setup:
     experts: ExpertBuffer | None = None
     scores: Any = None
     resident_experts: bool | None = None
+    teacher: Any = None
 
 
 @dataclass
@@ -146,6 +154,8 @@ def register_method(
     selection: bool = True,
     description: str = "",
     needs_ipc: bool = True,
+    needs_teacher: bool = False,
+    takes_iterations: bool = True,
     replace: bool = False,
 ):
     """Register a distillation method under ``name``.
@@ -174,7 +184,18 @@ def register_method(
                 "pass replace=True to replace it"
             )
         spec = MethodSpec(
-            name, config, cls, defaults, needs_experts, soft_labels, distributed, selection, description, needs_ipc
+            name,
+            config,
+            cls,
+            defaults,
+            needs_experts,
+            soft_labels,
+            distributed,
+            selection,
+            description,
+            needs_ipc,
+            needs_teacher,
+            takes_iterations,
         )
         _REGISTRY[name] = spec
         return spec
@@ -277,10 +298,11 @@ def run_method(
         if current() is not None and spec.distributed is None and policy.shard is None:
             raise ValueError(f"{spec.name} runs on one process; launch it without torchrun")
         per = policy.steps_per_iteration
+        iterations = setup.iterations if policy.num_iterations is None else policy.num_iterations
         desc = setup.method if setup.ipc is None else f"{setup.method} ipc={setup.ipc}"
         done = run_loop(
             policy,
-            setup.iterations * per,
+            iterations * per,
             out=run.out,
             resume=run.resume,
             checkpoint_every=run.checkpoint_every * per,
@@ -292,7 +314,7 @@ def run_method(
             log_images_every=None if run.log_images_every is None else run.log_images_every * per,
         )
     extra = {**(extra_meta or {}), **(keep_best.meta(done, per) if keep_best is not None else {})}
-    return policy.result(setup.iterations, done.skipped, extra)
+    return policy.result(iterations, done.skipped, extra)
 
 
 def engine_from_keywords(options: dict[str, Any], engine: EngineConfig | None) -> tuple[EngineConfig, set[str]]:

@@ -177,7 +177,7 @@ class FunctionalNet:
         """Logits ``(B, num_classes)`` for images ``x`` ``(B, C, H, W)`` under parameters ``theta``."""
         return self.forward(x, theta, buffers, train)
 
-    def forward(self, x, theta, buffers=None, train=True, features_only=False):
+    def forward(self, x, theta, buffers=None, train=True, features_only=False, record=None):
         self._check_input(x)
         if self.has_batchnorm and not train and buffers is None:
             raise ValueError(
@@ -186,8 +186,26 @@ class FunctionalNet:
             )
         ps = iter(self.unflatten(theta))
         bs = self._unflatten_buffers(buffers)
-        ctx = _Ctx(ps, iter(bs) if bs is not None else None, train)
+        ctx = _Ctx(ps, iter(bs) if bs is not None else None, train, record)
         return self._forward(x, ctx, features_only)
+
+    def bn_moments(
+        self, x: torch.Tensor, theta: torch.Tensor, buffers: torch.Tensor
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Logits ``(B, num_classes)`` of an evaluation-mode forward (running statistics ``buffers``) and, per
+        batch-norm layer in order, the batch moments of its *input*: per-channel mean ``(C,)`` and biased
+        variance ``(C,)`` over the batch and spatial axes. Differentiable in ``x`` (SRe2L's statistics loss)."""
+        if not self.has_batchnorm:
+            raise ValueError(f"{self.describe()} has no batch norm: it has no batch-norm statistics to match")
+        record: list[tuple[torch.Tensor, torch.Tensor]] = []
+        logits = self.forward(x, theta, buffers, train=False, record=record)
+        return logits, record
+
+    def bn_running_stats(self, buffers: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch-norm layer in order, ``(running_mean, running_var)`` ``(C,)`` views of ``buffers``."""
+        bs = self._unflatten_buffers(buffers)
+        assert bs is not None
+        return list(zip(bs[0::2], bs[1::2]))
 
     def embed(
         self, x: torch.Tensor, theta: torch.Tensor, buffers: torch.Tensor | None = None, train: bool = True
@@ -239,8 +257,14 @@ class FunctionalNet:
 class _Ctx:
     """Hands out parameter views in declaration order during one forward pass."""
 
-    def __init__(self, params: Iterator[torch.Tensor], buffers: Iterator[torch.Tensor] | None, train: bool):
-        self.params, self.buffers, self.train = params, buffers, train
+    def __init__(
+        self,
+        params: Iterator[torch.Tensor],
+        buffers: Iterator[torch.Tensor] | None,
+        train: bool,
+        record: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ):
+        self.params, self.buffers, self.train, self.record = params, buffers, train, record
 
     def take(self, n: int = 1) -> list[torch.Tensor]:
         return [next(self.params) for _ in range(n)]
@@ -269,6 +293,9 @@ class _Ctx:
             return F.layer_norm(x, tuple(x.shape[1:]), w, b, eps=1e-5)
         if kind == "batchnorm":
             w, b = self.take(2)
+            if self.record is not None:  # the input's batch moments (bn_moments)
+                dims = [0, *range(2, x.dim())]
+                self.record.append((x.mean(dims), x.var(dims, unbiased=False)))
             if self.buffers is None:
                 return F.batch_norm(x, None, None, w, b, training=True, eps=1e-5)
             rm, rv = next(self.buffers), next(self.buffers)
