@@ -26,6 +26,7 @@ from .models import FunctionalNet, build_model
 from .scores import el2n_scores, forgetting_scores, grand_scores, load_scores, save_scores
 from .selection import real_subset, select, window_indices
 from .synthetic import SyntheticSet
+from .teacher import Teacher, TeacherConfig, train_teacher
 from .version import __version__
 from .window_sweep import sweep_window
 
@@ -55,6 +56,9 @@ __all__ = [
     "select",
     "real_subset",
     "SyntheticSet",
+    "Teacher",
+    "TeacherConfig",
+    "train_teacher",
     "window_indices",
     "sweep_window",
     "coverage",

@@ -173,6 +173,28 @@ def cmd_experts(args) -> int:
     return 0
 
 
+def cmd_teacher(args) -> int:
+    from .teacher import train_teacher
+
+    check_out_folder(args.out, "--out")
+    ds = _load(args)
+    teacher = train_teacher(
+        ds,
+        args.model,
+        model_kwargs=parse_json_object(args.model_kwargs, "--model-kwargs"),
+        out=args.out,
+        seed=args.seed,
+        epochs=args.epochs,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        augment=args.augment,
+    )
+    _say(f"{teacher} -> {args.out}")
+    return 0
+
+
 def cmd_select(args) -> int:
     from .selection import real_subset, select
 
@@ -524,6 +546,7 @@ def _distill(args, tracker) -> int:
             scores=scores,
             engine=engine,
             run=run,
+            teacher=args.teacher,
             **options,
         )
     except TypeError as e:  # an --options key the method does not have, or a value of the wrong type
@@ -624,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_distill,
         _add_bench,
         _add_experts,
+        _add_teacher,
         _add_select,
         _add_evaluate,
         _add_sweep,
@@ -724,6 +748,13 @@ def _add_distill(sub: Subparsers) -> None:
         default=None,
         help=f"expert folder (fastdd experts / import-buffer); required by {', '.join(need_experts) or 'none'} "
         "and by dd with init_mode 'pretrained'",
+    )
+    need_teacher = [n for n in names if get_method(n).needs_teacher]
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help=f"teacher folder (fastdd teacher); required by {', '.join(need_teacher) or 'none'}, "
+        "and used by --evaluate with --protocol kd",
     )
     p.add_argument(
         "--scores",
@@ -966,6 +997,31 @@ def _add_experts(sub: Subparsers) -> None:
     p.add_argument("--no-resume", action="store_true", help="refuse to continue experts already in --out")
     _log_args(p)
     p.set_defaults(func=cmd_experts)
+
+
+def _add_teacher(sub: Subparsers) -> None:
+    from .teacher import AUGMENTS, TeacherConfig
+
+    d = TeacherConfig()
+    p = sub.add_parser(
+        "teacher",
+        help="train a teacher for sre2l, rded and the kd protocol",
+        description="Train one network on the real train split (SGD with momentum, cosine to 0) and save it "
+        "(teacher.safetensors + teacher.json with its data set, class order, recipe and test accuracy).",
+    )
+    _data_args(p)
+    p.add_argument(
+        "--model", default=d.model, help="network (batch norm for sre2l, which matches its running statistics)"
+    )
+    p.add_argument("--model-kwargs", default=None, help="JSON model options, e.g. '{\"width\": 32}'")
+    p.add_argument("--epochs", type=_at_least(1), default=d.epochs)
+    p.add_argument("--lr", type=_positive, default=d.lr)
+    p.add_argument("--momentum", type=_non_negative, default=d.momentum)
+    p.add_argument("--weight-decay", type=_non_negative, default=d.weight_decay)
+    p.add_argument("--batch-size", type=_at_least(1), default=d.batch_size)
+    p.add_argument("--augment", choices=list(AUGMENTS), default=d.augment)
+    _seed_and_out(p, default="runs/teacher", help="folder for the teacher")
+    p.set_defaults(func=cmd_teacher)
 
 
 def _add_select(sub: Subparsers) -> None:

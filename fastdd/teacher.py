@@ -18,7 +18,7 @@ data set whose classes differ (RDED's known failure is a teacher whose class ind
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class TeacherConfig:
     strategy), ``"crop_flip"`` (pad 4; flips only where DSA's strategy flips) or ``"none"``."""
 
     model: str = "convnetbn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"width": 32}
     epochs: int = 20
     lr: float = 0.01
     momentum: float = 0.9
@@ -108,10 +109,10 @@ class Teacher:
         return self.net(x, self.theta, self.buffers, train=self.buffers is None)
 
     def logits(self, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-        """Logits ``(B, K)`` float32 of ``x`` ``(B, C, H, W)``, without gradients, ``batch`` images per forward
-        (so a large set never needs one huge activation), on ``x``'s device."""
+        """Logits ``(B, K)`` (the teacher's dtype) of ``x`` ``(B, C, H, W)``, without gradients, ``batch`` images per
+        forward (so a large set never needs one huge activation), on ``x``'s device."""
         with torch.no_grad():
-            outs = [self(chunk.to(self.device)).float() for chunk in x.split(batch)]
+            outs = [self(chunk.to(self.device)) for chunk in x.split(batch)]
         return torch.cat(outs).to(x.device) if outs else x.new_zeros(0, self.num_classes)
 
     def bn_statistics(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -150,7 +151,8 @@ class Teacher:
 
     def accuracy(self, ds: Dataset) -> float:
         """Top-1 accuracy on ``ds.test`` (evaluation mode)."""
-        return accuracy(self.net, self.theta.to(ds.device), _to(self.buffers, ds.device), ds.test.images, ds.test.labels)
+        bufs = _to(self.buffers, ds.device)
+        return accuracy(self.net, self.theta.to(ds.device), bufs, ds.test.images, ds.test.labels)
 
     # ------------------------------------------------------------------ io
     def save(self, path: str | os.PathLike) -> Path:
@@ -195,7 +197,9 @@ class Teacher:
         try:
             net = model_from_spec(name, spec, meta.get("init", "default"))
         except (TypeError, ValueError) as e:
-            raise CorruptFileError(f"{jfile}: 'model' / 'model_spec' do not describe a network fastdd builds: {e}") from e
+            raise CorruptFileError(
+                f"{jfile}: 'model' / 'model_spec' do not describe a network fastdd builds: {e}"
+            ) from e
         try:
             t = load_file(str(tfile))
         except (SafetensorError, OSError, ValueError) as e:
@@ -274,7 +278,7 @@ def train_teacher(
     if out is not None:
         check_out_folder(out)
     dev = ds.device
-    net = model_for(ds, cfg.model)
+    net = model_for(ds, cfg.model, **cfg.model_kwargs)
     theta0 = net.init(generator(seed, "teacher.init"), device=dev)
     buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
     g_aug = generator(seed, "teacher.augment")

@@ -157,7 +157,7 @@ def test_a_plugin_package_runs_through_the_cli(tmp_path):
             [sys.executable, "-m", "fastdd", *args], capture_output=True, text=True, env=env, timeout=300
         )
 
-    help_text = fastdd_cli("distill", "--help").stdout
+    help_text = " ".join(fastdd_cli("distill", "--help").stdout.split())  # argparse wraps lines by width
     assert "meanmatch" in help_text and "class means matched under random projections" in help_text
     distill = ("distill", "--dataset", "digits", "--method", "meanmatch", "--ipc", "1")
     run = fastdd_cli(*distill, "--iterations", "3", "--options", '{"batch_real": 16}', "--out", str(tmp_path / "run"))

@@ -28,6 +28,7 @@ from ..io import check_out_folder
 from ..synthetic import SyntheticSet
 from ..teacher import Teacher, load_teacher
 from ..tracking import Tracker
+from . import rded as rded  # registers "rded"
 from .dd import DDConfig
 from .loop import KeepBest
 from .matching import DCConfig, DMConfig
@@ -48,6 +49,7 @@ from .registry import (
     register_method,
     run_method,
 )
+from .sre2l import SRe2LConfig as SRe2LConfig  # registers "sre2l"
 
 
 def distill(

@@ -36,7 +36,7 @@ class Preset:
     dataset: str
     ipc: int
     zca: bool
-    iterations: int
+    iterations: int | None  # None: the method fixes its own count (rded: one per class)
     options: dict[str, Any] = field(default_factory=dict)
     eval_protocol: str = "mtt"
     source: str = ""
@@ -176,6 +176,15 @@ def _ncfm(ds, ipc, sgd=False):
         "1e-3, DSA + CutMix, 2000 epochs (Tiny IPC 10: 300, IPC 50: 40)"
     )
     return Preset(f"ncfm-{ds}-ipc{ipc}", "ncfm", ds, ipc, False, 20000, opts, "mtt", source, experts)
+
+
+def _rded(ds, ipc, factor):
+    """RDED (Sun et al. 2024): its scripts (``scripts/*.sh``): mipc 300, 5 crops per image, factor 1 on CIFAR and
+    Tiny ImageNet (2 at ImageNet scale); evaluated with the ``kd`` protocol (its online region soft labels). The
+    teacher (its "observer") is the user's: ``fastdd.train_teacher`` with the evaluation's architecture."""
+    opts = dict(factor=factor, num_crop=5, mipc=300)
+    source = "RDED scripts/*.sh (factor, num_crop 5, mipc 300); observers: ConvNet-BN (conv3 CIFAR, conv4 Tiny)"
+    return Preset(f"rded-{ds}-ipc{ipc}", "rded", ds, ipc, False, None, opts, "kd", source)
 
 
 _ALL = [
@@ -429,6 +438,30 @@ _PAD = [
 ]
 
 _ALL += _PAD
+
+
+def _sre2l(ds, ipc, lr, r_bn, iterations, multicrop, cda=False):
+    """SRe2L (Yin et al. 2023) recovery, or CDA's (Yin & Shen 2024) crop curriculum on it: their recover scripts.
+    The teacher is the user's (``fastdd.train_teacher`` with batch norm; the papers use a ResNet-18 with a 3×3
+    stride-1 stem on CIFAR-100 and Tiny ImageNet); evaluated with the ``kd`` protocol."""
+    opts: dict[str, Any] = dict(lr=lr, r_bn=r_bn, jitter=4, multicrop=multicrop, first_bn_multiplier=10.0)
+    if cda:
+        opts.update(crop_schedule="cosine", milestone=1.0)
+    name = "cda" if cda else "sre2l"
+    source = (
+        "CDA recover_cda_tiny (lr 0.4, r_bn 0.05, 4K iterations, cosine crop curriculum, milestone 1)"
+        if cda
+        else "SRe2L recover_cifar.sh (lr 0.25, r_bn 0.01, 1K iterations, jitter 4, no multi-crop)"
+        if not multicrop
+        else "SRe2L recover_tiny.sh (lr 0.1, r_bn 1, 4K iterations; the jitter, not given there, is 4 here)"
+    )
+    return Preset(f"{name}-{ds}-ipc{ipc}", "sre2l", ds, ipc, False, iterations, opts, "kd", source)
+
+
+_ALL += [_sre2l("cifar100", ipc, 0.25, 0.01, 1000, False) for ipc in (1, 10, 50)]
+_ALL += [_sre2l("tinyimagenet", ipc, 0.1, 1.0, 4000, True) for ipc in (50, 100)]
+_ALL += [_sre2l("tinyimagenet", ipc, 0.4, 0.05, 4000, True, cda=True) for ipc in (50, 100)]
+_ALL += [_rded(ds, ipc, 1) for ds in ("cifar10", "cifar100", "tinyimagenet") for ipc in (1, 10, 50)]
 
 PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
 

@@ -1,0 +1,123 @@
+"""The teacher (fastdd.teacher): training, evaluation-mode logits and batch-norm moments against torch.nn,
+the saved folder checked on load, the class order pinned, and an expert's last snapshot as a teacher."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import fastdd
+from fastdd.cli import main
+from fastdd.errors import CorruptFileError
+from fastdd.teacher import Teacher, train_teacher
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return fastdd.load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    return train_teacher(digits, epochs=2, show_progress=False, seed=0)
+
+
+def _module(t: Teacher) -> nn.Module:
+    m = t.net.module().double()
+    t.net.load_into_module(m, t.theta.double(), t.buffers.double())
+    return m.eval()
+
+
+def test_logits_and_bn_moments_equal_torch_nn(teacher, digits):
+    """Evaluation-mode logits equal the nn.Module's in eval mode; the recorded moments equal each BatchNorm2d
+    input's per-channel mean and biased variance, read with forward hooks; the running statistics are the
+    module's buffers."""
+    x = digits.train.images[:7].double()
+    t = Teacher(teacher.net, teacher.theta.double(), teacher.buffers.double(), teacher.meta)
+    module = _module(teacher)
+    inputs = []
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    hooks = [m.register_forward_hook(lambda m, i, o: inputs.append(i[0])) for m in bns]
+    with torch.no_grad():
+        want = module(x)
+    for h in hooks:
+        h.remove()
+    logits, moments = t.bn_moments(x)
+    torch.testing.assert_close(logits, want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(t.logits(x, batch=3), want, rtol=1e-10, atol=1e-10)
+    assert len(moments) == len(bns) == 3
+    for (mean, var), inp in zip(moments, inputs):
+        torch.testing.assert_close(mean, inp.mean((0, 2, 3)), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(var, inp.var((0, 2, 3), unbiased=False), rtol=1e-10, atol=1e-12)
+    for (rm, rv), bn in zip(t.bn_statistics(), bns):
+        assert torch.equal(rm, bn.running_mean) and torch.equal(rv, bn.running_var)
+    assert moments[0][0].requires_grad is False  # x needs no grad here; with one it flows:
+    xg = x.clone().requires_grad_(True)
+    _, m2 = t.bn_moments(xg)
+    assert torch.autograd.grad(m2[1][1].sum(), xg)[0].abs().sum() > 0
+
+
+def test_training_is_seeded_and_tested(teacher, digits):
+    again = train_teacher(digits, epochs=2, show_progress=False, seed=0)
+    other = train_teacher(digits, epochs=2, show_progress=False, seed=1)
+    assert torch.equal(again.theta, teacher.theta) and torch.equal(again.buffers, teacher.buffers)
+    assert not torch.equal(other.theta, teacher.theta)
+    module = _module(teacher)
+    with torch.no_grad():
+        pred = module(digits.test.images.double()).argmax(1)
+    assert teacher.meta["accuracy"] == pytest.approx(float((pred == digits.test.labels).double().mean()))
+    assert teacher.meta["class_names"] == digits.class_names and teacher.meta["recipe"]["epochs"] == 2
+
+
+def test_save_load_checked(teacher, digits, tmp_path):
+    teacher.save(tmp_path / "t")
+    back = Teacher.load(tmp_path / "t")
+    assert torch.equal(back.theta, teacher.theta) and torch.equal(back.buffers, teacher.buffers)
+    assert back.meta["accuracy"] == teacher.meta["accuracy"]
+    f = tmp_path / "t" / "teacher.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="teacher.safetensors"):
+        Teacher.load(tmp_path / "t")
+    teacher.save(tmp_path / "u")
+    j = tmp_path / "u" / "teacher.json"
+    meta = json.loads(j.read_text())
+    meta["model_spec"]["width"] = 7
+    j.write_text(json.dumps(meta))
+    with pytest.raises(CorruptFileError, match="teacher"):
+        Teacher.load(tmp_path / "u")
+    with pytest.raises(FileNotFoundError, match="not a teacher folder"):
+        Teacher.load(tmp_path)
+
+
+def test_class_order_is_pinned(teacher, digits):
+    teacher.check(digits)
+    shuffled = Teacher(teacher.net, teacher.theta, teacher.buffers, {**teacher.meta, "class_names": list("abcdefghij")})
+    with pytest.raises(ValueError, match="class_names"):
+        shuffled.check(digits)
+    with pytest.raises(ValueError, match="dataset"):
+        Teacher(teacher.net, teacher.theta, teacher.buffers, {**teacher.meta, "dataset": "cifar10"}).check(digits)
+    with pytest.raises(ValueError, match="teacher="):
+        fastdd.distill(digits, "rded", ipc=1, show_progress=False)  # needs a teacher
+
+
+def test_from_experts_and_no_batchnorm(digits, tmp_path):
+    buf = fastdd.train_experts(digits, "convnet", num_experts=1, epochs=1, out=tmp_path / "e", show_progress=False)
+    t = Teacher.from_experts(buf)
+    assert torch.equal(t.theta, buf[0][-1]) and t.buffers is None and not t.has_batchnorm
+    with pytest.raises(ValueError, match="no batch norm"):
+        t.bn_statistics()
+    t.check(digits)
+    bn = fastdd.train_experts(digits, "convnetbn", num_experts=1, epochs=1, out=tmp_path / "b", show_progress=False)
+    with pytest.raises(ValueError, match="running statistics"):
+        Teacher.from_experts(bn)
+
+
+def test_cli_teacher(tmp_path):
+    assert main(["teacher", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "t")]) == 0
+    t = Teacher.load(tmp_path / "t")
+    assert t.meta["dataset"] == "digits" and t.has_batchnorm
