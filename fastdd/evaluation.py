@@ -14,6 +14,10 @@ Protocols (named presets; every field can be overridden by keyword):
   hard labels. ``mtt`` itself uses whatever labels the set carries; ``labels="hard"`` trains any set on
   its argmax labels.
 - ``dd``: a DD set's own evaluation: replay its learned steps on held-out start weights.
+- ``kd`` (SRe2L / RDED, :class:`fastdd.relabel.KDProtocol`): a student (the teacher's architecture) trained by
+  knowledge distillation on a teacher's region soft labels (``teacher=``), online or from a relabel store; AdamW,
+  300 epochs, T = 20, RandomResizedCrop + ShufflePatches + CutMix. A random real subset relabelled by the same
+  teacher under the same protocol is evaluated by default (``result.random``, ``result.ior``).
 
 The reported number is the **final-epoch** test accuracy, mean ± std (population std) over
 ``num_eval`` runs with independent seeds; no test-set model selection. ``split="val"`` scores on a
@@ -27,8 +31,10 @@ rank gets every run's accuracy: the same numbers one process reports.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -41,10 +47,12 @@ from .experts import ExpertBuffer
 from .metrics import hlr, ior, lrs
 from .models import accuracy, model_for
 from .options import check_dataclass_options, check_positive
+from .relabel import KD, KDProtocol, RelabelStore, format_bytes, kd_protocol, kd_storage, kd_train_on, resolve_kd
 from .rng import derive_seed, generator
 from .runs import progress
 from .selection import random_indices, real_subset
 from .synthetic import SyntheticSet, check_lr
+from .teacher import Teacher, load_teacher
 from .train import SGD, fit
 
 
@@ -65,7 +73,7 @@ class Protocol:
     labels: str = "auto"  # "auto" (the set's own) | "hard" (argmax of soft labels) | "soft" (must be soft)
 
 
-PROTOCOLS: dict[str, Protocol] = {
+PROTOCOLS: dict[str, Protocol | KDProtocol] = {
     "mtt": Protocol("mtt", model="convnet"),
     "soft": Protocol("soft", model="convnet", labels="soft"),
     "selmatch": Protocol(
@@ -78,6 +86,7 @@ PROTOCOLS: dict[str, Protocol] = {
         eta_min=0.001,
         augment="combined",
     ),
+    "kd": KD,
 }
 
 
@@ -119,19 +128,20 @@ class EvalResult:
         return None if self.ior is None or self.hlr is None else lrs(self.ior, self.hlr, weight)
 
     def __str__(self) -> str:
-        runs = f"{len(self.accuracies)} runs, protocol {self.protocol['name']}"
+        runs = f"{len(self.accuracies)} runs, protocol {self.protocol['name']}" + _kd_note(self.protocol)
         s = f"{100 * self.mean:.2f} ± {100 * self.std:.2f} % ({runs})"
         if self.hard is not None:
             s += f"; with hard labels: {100 * self.hard.mean:.2f} ± {100 * self.hard.std:.2f} %"
-        if self.random is not None:
+        ior, hlr, score = self.ior, self.hlr, self.lrs()
+        if self.random is not None and ior is not None:
             s += (
                 f"; random real subset: {100 * self.random.mean:.2f} ± {100 * self.random.std:.2f} % "
-                f"(IOR {100 * self.ior:+.2f})"
+                f"(IOR {100 * ior:+.2f})"
             )
-        if self.real is not None:
-            s += f"; real train split: {100 * self.real.mean:.2f} % (HLR {100 * self.hlr:.2f})"
-        if self.lrs() is not None:
-            s += f"; LRS {100 * self.lrs():.2f}"
+        if self.real is not None and hlr is not None:
+            s += f"; real train split: {100 * self.real.mean:.2f} % (HLR {100 * hlr:.2f})"
+        if score is not None:
+            s += f"; LRS {100 * score:.2f}"
         return s
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +153,19 @@ class EvalResult:
             if value is not None:
                 d[key] = value
         return d
+
+
+def _kd_note(info: dict[str, Any]) -> str:
+    """``": teacher convnet (91.20 %), T 20, online labels (1.2 MB of logits for 2.6 kB of images)"`` for the
+    ``kd`` protocol's record, ``""`` for the others."""
+    if "teacher" not in info or "label_bytes" not in info:
+        return ""
+    t = info["teacher"]
+    acc = f" ({100 * t['accuracy']:.2f} %)" if isinstance(t.get("accuracy"), float) else ""
+    return (
+        f": teacher {t.get('model')}{acc}, T {info.get('temperature'):g}, {info.get('label_mode')} labels "
+        f"({format_bytes(info['label_bytes'])} of logits for {format_bytes(info['image_bytes'])} of images)"
+    )
 
 
 @dataclass
@@ -178,11 +201,24 @@ def selmatch_epochs(ipc: int, class_size: int, full_epochs: int = 50) -> int:
     return min(1000, max(1, round(full_epochs / (ipc / class_size))))
 
 
-def resolve_protocol(protocol: str | Protocol, **overrides: Any) -> Protocol:
+@overload
+def resolve_protocol(protocol: Literal["kd"] | KDProtocol, **overrides: Any) -> KDProtocol: ...
+
+
+@overload
+def resolve_protocol(protocol: str | Protocol, **overrides: Any) -> Protocol: ...
+
+
+def resolve_protocol(protocol: str | Protocol | KDProtocol, **overrides: Any) -> Protocol | KDProtocol:
+    """The named preset (or ``protocol`` itself) with ``overrides`` (its fields, checked; ``None`` values
+    ignored) applied and checked. ``"kd"`` gives a :class:`~fastdd.relabel.KDProtocol`, the rest a
+    :class:`Protocol`."""
     if isinstance(protocol, str):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
         protocol = PROTOCOLS[protocol]
+    if isinstance(protocol, KDProtocol):
+        return kd_protocol(protocol, **overrides)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     check_dataclass_options(Protocol, overrides, f"protocol {protocol.name!r}")
     p = replace(protocol, **overrides)
@@ -293,16 +329,18 @@ def train_on(
 def evaluate(
     syn: SyntheticSet,
     ds: Dataset,
-    protocol: str | Protocol = "mtt",
+    protocol: str | Protocol | KDProtocol = "mtt",
     num_eval: int = 5,
     seed: int = 0,
     *,
-    random_baseline: bool = False,
+    random_baseline: bool | None = None,
     real_baseline: bool = False,
     real_epochs: int = 20,
     split: str = "test",
     models: list | None = None,
     show_progress: bool = True,
+    teacher: Teacher | str | os.PathLike | None = None,
+    store: RelabelStore | str | os.PathLike | None = None,
     **overrides: Any,
 ) -> EvalResult | CrossArchResult:
     """Train ``num_eval`` fresh networks on ``syn`` under ``protocol`` and test them on ``ds.test``.
@@ -310,11 +348,13 @@ def evaluate(
     Args:
         syn: the set to evaluate (distilled, selected or real).
         ds: the data set it came from (its test split is used; its train split only for the baselines).
-        protocol: ``"mtt"``, ``"selmatch"``, ``"soft"``, a :class:`Protocol`, or ``"dd"`` (a DD set: replay
-            its learned steps with its learned rates on held-out start weights).
+        protocol: ``"mtt"``, ``"selmatch"``, ``"soft"``, a :class:`Protocol`, ``"dd"`` (a DD set: replay
+            its learned steps with its learned rates on held-out start weights), or ``"kd"`` / a
+            :class:`~fastdd.relabel.KDProtocol` (knowledge distillation from ``teacher``).
         num_eval: independent runs (network init, batch order, augmentation all seeded per run).
         random_baseline: also evaluate, under the same protocol and lr, a random class-balanced real
             subset with the same per-class counts (a fresh subset per run); ``result.random``, ``result.ior``.
+            ``None`` (the default): on for ``kd`` (the subset relabelled by the same teacher), off otherwise.
         real_baseline: also train on the whole real train split with hard labels, the same protocol
             but ``real_epochs`` epochs; ``result.real``, ``result.hlr`` and ``result.lrs()``. A soft-label
             set is then also evaluated on its hard (argmax) labels (``result.hard``), as HLR asks.
@@ -322,7 +362,13 @@ def evaluate(
             choices on the validation split, report on test.
         models: evaluate on each of these architectures (names, or ``(name, model_kwargs)`` pairs) and
             return a :class:`CrossArchResult`; the protocol's ``model_kwargs`` apply to its own model only.
-        overrides: any :class:`Protocol` field, e.g. ``epochs=300``, ``lr=0.01``, ``model="convnetbn"``.
+        teacher: ``kd`` only, and required there: a :class:`~fastdd.teacher.Teacher` or its folder, checked
+            against ``ds`` (data set, classes and their order).
+        store: ``kd`` only: a :class:`~fastdd.relabel.RelabelStore` (or its folder) of ``syn``'s images made by
+            that teacher with this protocol's settings (:func:`fastdd.relabel.relabel_set`); implies
+            ``label_mode="stored"``. Every run replays it; the random baseline is relabelled per run.
+        overrides: any :class:`Protocol` (or :class:`~fastdd.relabel.KDProtocol`) field, e.g. ``epochs=300``,
+            ``lr=0.01``, ``model="convnetbn"``.
 
     Returns an :class:`EvalResult` (``mean``, ``std``, ``accuracies``, ``random``, ``ior``, ...).
     """
@@ -331,18 +377,37 @@ def evaluate(
     if real_epochs < 1:
         raise ValueError(f"real_epochs must be >= 1, got {real_epochs}")
     _check_set(syn, ds, split)
+    is_kd = protocol == "kd" or isinstance(protocol, KDProtocol)
+    if not is_kd and (teacher is not None or store is not None):
+        what = "teacher=" if teacher is not None else "store="
+        raise TypeError(f"{what} is for protocol 'kd' (knowledge distillation from a teacher), not {_name(protocol)!r}")
+    if random_baseline is None:
+        random_baseline = is_kd
+    if is_kd:
+        kd = resolve_protocol(protocol if isinstance(protocol, KDProtocol) else "kd", **overrides)
+        kw: dict[str, Any] = dict(num_eval=num_eval, seed=seed, random_baseline=random_baseline)
+        kw.update(real_baseline=real_baseline, split=split, show_progress=show_progress, teacher=teacher, store=store)
+        if models is not None:
+            return CrossArchResult(
+                {
+                    name: _evaluate_kd(syn, ds, replace(kd, model=name, model_kwargs=dict(mk)), **kw)
+                    for name, mk in _architectures(models, kd)
+                }
+            )
+        return _evaluate_kd(syn, ds, kd, **kw)
+    assert not isinstance(protocol, KDProtocol)  # handled above
     if models is not None:
         if protocol == "dd":
             raise ValueError("protocol 'dd' replays the set's own network; it cannot change architectures")
         base = resolve_protocol(protocol, **overrides)
         common: dict[str, Any] = dict(num_eval=num_eval, seed=seed, random_baseline=random_baseline)
         common.update(real_baseline=real_baseline, real_epochs=real_epochs, split=split, show_progress=show_progress)
-        return CrossArchResult(
-            {
-                name: evaluate(syn, ds, replace(base, model=name, model_kwargs=dict(mk)), **common)
-                for name, mk in _architectures(models, base)
-            }
-        )
+        results = {}
+        for name, mk in _architectures(models, base):
+            one = evaluate(syn, ds, replace(base, model=name, model_kwargs=dict(mk)), **common)
+            assert isinstance(one, EvalResult)  # one architecture each
+            results[name] = one
+        return CrossArchResult(results)
     if protocol == "dd":
         if random_baseline or real_baseline or split != "test":
             raise TypeError("protocol 'dd' replays the learned steps on the test split; it takes no baselines or split")
@@ -370,7 +435,90 @@ def evaluate(
     return result
 
 
-def _architectures(models: list, base: Protocol) -> list[tuple[str, dict[str, Any]]]:
+def _name(protocol: str | Protocol | KDProtocol) -> str:
+    return protocol if isinstance(protocol, str) else protocol.name
+
+
+def _evaluate_kd(
+    syn: SyntheticSet,
+    ds: Dataset,
+    p: KDProtocol,
+    *,
+    num_eval: int,
+    seed: int,
+    random_baseline: bool,
+    real_baseline: bool,
+    split: str,
+    show_progress: bool,
+    teacher: Teacher | str | os.PathLike | None,
+    store: RelabelStore | str | os.PathLike | None,
+) -> EvalResult:
+    """``protocol="kd"``: ``num_eval`` students of ``p`` (resolved for ``syn`` with the teacher) and, by default,
+    as many on random real subsets of the same per-class size relabelled by the same teacher."""
+    if teacher is None:
+        raise ValueError(
+            "protocol 'kd' trains on a teacher's soft labels: pass teacher= (a fastdd.Teacher or its folder, e.g. "
+            "made by fastdd.train_teacher(ds, out=...))"
+        )
+    if real_baseline:
+        raise ValueError(
+            "protocol 'kd' takes no real_baseline: HLR compares hard labels with hard labels; evaluate the set "
+            "under 'mtt' with real_baseline=True for it"
+        )
+    t = load_teacher(teacher, ds, "kd teacher")
+    if store is not None:
+        store = store if isinstance(store, RelabelStore) else RelabelStore.load(store)
+        p = replace(p, label_mode="stored")
+    q = resolve_kd(p, syn, ds, t)
+    if store is not None:
+        images = syn.images.to(ds.device)
+        store.check(images, t, augment=q.augment(), batch_size=q.batch_size, dtype=q.label_dtype, epochs=q.epochs)
+    info: dict[str, Any] = {
+        **asdict(q),
+        "ipc": syn.ipc,
+        "num_images": len(syn),
+        "seed": seed,
+        "split": split,
+        "teacher": {
+            "model": t.net.name,
+            "model_kwargs": {k: v for k, v in t.net.spec.items() if k not in ("in_channels", "num_classes", "im_size")},
+            "accuracy": t.meta.get("accuracy"),
+            "dataset": t.meta.get("dataset"),
+            "source": t.meta.get("source"),
+        },
+        **kd_storage(q, syn, ds.num_classes),
+    }
+    if isinstance(store, RelabelStore):
+        info.update(store_bytes=store.store_bytes, store=str(store.folder) if store.folder is not None else "memory")
+    held_out = ds.val if split == "val" else ds.test
+
+    def trainer(given: RelabelStore | None):
+        def train_one(images, labels, ds_, p_, lr, *, seed, distilled, show_progress, desc, test_images, test_labels):
+            return kd_train_on(
+                images,
+                ds_,
+                p_,
+                t,
+                seed,
+                store=given,
+                show_progress=show_progress,
+                desc=desc,
+                test_images=test_images,
+                test_labels=test_labels,
+            )
+
+        return train_one
+
+    own = _Runs(ds, q.lr, num_eval, seed, held_out, show_progress, trainer(store))
+    result = EvalResult(own(lambda r: (syn.images, syn.hard_labels), q, "kd"), info)
+    if random_baseline:
+        fresh = _Runs(ds, q.lr, num_eval, seed, held_out, show_progress, trainer(None))
+        kept = {k: v for k, v in info.items() if k not in ("store", "store_bytes")}  # the subsets are relabelled
+        result.random = _random_baseline(syn, ds, q, fresh, kept)
+    return result
+
+
+def _architectures(models: list, base: Protocol | KDProtocol) -> list[tuple[str, dict[str, Any]]]:
     """``(name, model_kwargs)`` per entry of ``models`` (names or pairs); the protocol's own ``model_kwargs``
     apply to its own model only."""
     out = []
@@ -447,25 +595,35 @@ def _training_lr(syn: SyntheticSet, p: Protocol) -> float:
     return learned if learned is not None else p.lr_default
 
 
-def _all_real(p: Protocol, n: int) -> torch.Tensor | None:
+def _all_real(p: Protocol | KDProtocol, n: int) -> torch.Tensor | None:
     """The distilled mask for real images: the combined augmentation treats every one as selected real."""
-    return None if p.augment != "combined" else torch.zeros(n, dtype=torch.bool)
+    return None if not isinstance(p, Protocol) or p.augment != "combined" else torch.zeros(n, dtype=torch.bool)
 
 
 class _Runs:
     """``num_eval`` seeded training runs of one kind, each tested on ``held_out``; under torch.distributed
     each rank trains every world-th run and all ranks get every accuracy."""
 
-    def __init__(self, ds: Dataset, lr: float, num_eval: int, seed: int, held_out, show_progress: bool):
+    def __init__(
+        self,
+        ds: Dataset,
+        lr: float,
+        num_eval: int,
+        seed: int,
+        held_out,
+        show_progress: bool,
+        train_one: Callable[..., float] | None = None,
+    ):
         self.ds, self.lr, self.num_eval, self.seed, self.held_out = ds, lr, num_eval, seed, held_out
+        self.train_one: Callable[..., float] = train_on if train_one is None else train_one  # kd passes its own
         self.dist = current()
         self.show_progress = show_progress and (self.dist is None or self.dist.is_main)
 
-    def __call__(self, pick, p: Protocol, what: str, mask: torch.Tensor | None = None) -> list[float]:
+    def __call__(self, pick, p: Protocol | KDProtocol, what: str, mask: torch.Tensor | None = None) -> list[float]:
         """Run ``r`` trains on ``pick(r) = (images, labels)`` under ``p``; returns the ``num_eval`` accuracies."""
         d, n = self.dist, self.num_eval
         mine = {
-            r: train_on(
+            r: self.train_one(
                 *pick(r),
                 self.ds,
                 p,
@@ -484,7 +642,9 @@ class _Runs:
         return [mine[r] for r in range(n)]
 
 
-def _random_baseline(syn: SyntheticSet, ds: Dataset, p: Protocol, runs: _Runs, info: dict[str, Any]) -> EvalResult:
+def _random_baseline(
+    syn: SyntheticSet, ds: Dataset, p: Protocol | KDProtocol, runs: _Runs, info: dict[str, Any]
+) -> EvalResult:
     """A fresh random class-balanced real subset per run, as many per class as ``syn`` has, under ``p``."""
     counts = syn.per_class_counts()
     if len(set(counts)) != 1:

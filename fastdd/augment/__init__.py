@@ -1,7 +1,9 @@
-"""Augmentation: DSA (differentiable siamese augmentation), crop + flip, SelMatch's combined scheme.
+"""Augmentation: DSA (differentiable siamese augmentation), crop + flip, SelMatch's combined scheme, random
+resized crops, and batch mixing (CutMix, Mixup) with ShufflePatches.
 
 All sampling uses an explicit ``torch.Generator``; every call's parameters are an object that can be
-stored and replayed exactly. See :mod:`fastdd.augment.dsa` and :mod:`fastdd.augment.simple`.
+stored and replayed exactly. See :mod:`fastdd.augment.dsa`, :mod:`fastdd.augment.simple`,
+:mod:`fastdd.augment.crops` and :mod:`fastdd.augment.mix`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,18 @@ from .dsa import (
     siamese_dsa,
     strategy_for,
 )
+from .mix import (
+    CutMixParams,
+    MixupParams,
+    ShufflePatchesParams,
+    apply_cutmix,
+    apply_mixup,
+    apply_shuffle_patches,
+    sample_beta,
+    sample_cutmix,
+    sample_mixup,
+    sample_shuffle_patches,
+)
 from .replay import StepAugment
 from .simple import (
     CombinedParams,
@@ -37,6 +51,16 @@ __all__ = [
     "apply_resized_crops",
     "bilinear_matrix",
     "sample_resized_crops",
+    "CutMixParams",
+    "MixupParams",
+    "ShufflePatchesParams",
+    "apply_cutmix",
+    "apply_mixup",
+    "apply_shuffle_patches",
+    "sample_beta",
+    "sample_cutmix",
+    "sample_mixup",
+    "sample_shuffle_patches",
     "StepAugment",
     "FAMILIES",
     "FULL_STRATEGY",
