@@ -36,8 +36,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--protocol",
         default="mtt",
-        choices=["mtt", "selmatch", "soft", "dd"],
-        help="mtt (DC/DSA/DM/MTT), selmatch, soft (train on the set's soft labels), dd (replay a DD set)",
+        choices=["mtt", "selmatch", "soft", "kd", "dd"],
+        help="mtt (DC/DSA/DM/MTT), selmatch, soft (train on the set's soft labels), kd (a student on a "
+        "teacher's region soft labels: needs --teacher; SRe2L, RDED), dd (replay a DD set)",
     )
     p.add_argument("--num-eval", type=_at_least(1), default=5)
     p.add_argument(
@@ -49,6 +50,33 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=_positive, default=None, help="override the learning rate")
     p.add_argument("--model", default=None, help="override the protocol's network")
     p.add_argument("--batch-size", type=_at_least(1), default=None)
+    _kd_args(p)
+
+
+def _kd_args(p: argparse.ArgumentParser) -> None:
+    """The ``kd`` protocol's teacher and settings (docs/evaluate.md)."""
+    from .relabel import KDProtocol
+
+    d = KDProtocol()
+    p.add_argument("--teacher", default=None, help="kd: the teacher's folder (fastdd teacher)")
+    p.add_argument(
+        "--label-mode",
+        choices=["online", "stored"],
+        default=None,
+        help=f"kd: the teacher labels each augmented batch (online) or a relabel store replays "
+        f"(default: {d.label_mode})",
+    )
+    p.add_argument("--store", default=None, help="kd: a relabel store of the set (fastdd relabel); implies stored")
+    p.add_argument("--temperature", type=_positive, default=None, help=f"kd: T (default: {d.temperature:g})")
+    p.add_argument(
+        "--schedule",
+        choices=["cosine", "half_cosine", "constant"],
+        default=None,
+        help=f"kd: AdamW's schedule (default: {d.schedule}; RDED's: half_cosine)",
+    )
+    p.add_argument(
+        "--mix", choices=["cutmix", "mixup", "none"], default=None, help=f"kd: batch mixing (default: {d.mix})"
+    )
 
 
 def _at_least(low: int):
@@ -123,8 +151,19 @@ def _extractor(args, ds):
 
 
 def _overrides(args) -> dict:
-    """The evaluation protocol's overrides (``None``: the protocol's own value)."""
-    return {k: getattr(args, k) for k in ("epochs", "lr", "model", "batch_size")}
+    """The evaluation protocol's overrides (``None``: the protocol's own value); ``kd``: its settings, teacher and
+    store (refused with the other protocols)."""
+    over = {k: getattr(args, k) for k in ("epochs", "lr", "model", "batch_size")}
+    kd = {k: getattr(args, k, None) for k in ("label_mode", "temperature", "schedule", "mix")}
+    kd = {k: v for k, v in kd.items() if v is not None}
+    if args.protocol != "kd":
+        given = [f"--{k.replace('_', '-')}" for k in ("teacher", "store", *kd) if getattr(args, k, None) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: for --protocol kd only")
+        return over
+    if args.teacher is None:
+        raise ValueError("--protocol kd trains on a teacher's soft labels: give --teacher FOLDER (fastdd teacher)")
+    return {**over, **kd, "teacher": args.teacher, "store": args.store}
 
 
 def cmd_experts(args) -> int:
@@ -192,6 +231,23 @@ def cmd_teacher(args) -> int:
         augment=args.augment,
     )
     _say(f"{teacher} -> {args.out}")
+    return 0
+
+
+def cmd_relabel(args) -> int:
+    from .relabel import relabel_set
+    from .synthetic import SyntheticSet
+    from .teacher import load_teacher
+
+    check_out_folder(args.out, "--out")
+    ds = _load(args)
+    syn = SyntheticSet.load(args.syn, device=args.device)
+    teacher = load_teacher(args.teacher, ds)
+    over = {k: getattr(args, k) for k in ("epochs", "batch_size", "temperature", "schedule", "mix")}
+    store = relabel_set(
+        syn, ds, teacher, args.out, seed=args.seed, show_progress=True, **{k: v for k, v in over.items() if v}
+    )
+    _say(f"{store.describe()} -> {args.out}")
     return 0
 
 
@@ -265,7 +321,7 @@ def cmd_evaluate(args) -> int:
             args.protocol,
             num_eval=args.num_eval,
             seed=args.seed,
-            random_baseline=args.random_baseline,
+            random_baseline=True if args.random_baseline else None,  # None: on for kd (relabelled), else off
             real_baseline=args.real_baseline,
             real_epochs=args.real_epochs,
             split="val" if args.val_fraction else "test",
@@ -559,9 +615,21 @@ def _distill(args, tracker) -> int:
     if args.evaluate:  # every rank takes its share of the evaluation runs
         from .evaluation import evaluate
 
-        protocol = args.protocol or ("dd" if syn.meta["method"] == "dd" else "soft" if syn.labels.dim() == 2 else "mtt")
+        protocol = args.protocol or (
+            "dd"
+            if syn.meta["method"] == "dd"
+            else "kd"
+            if args.teacher is not None
+            else "soft"
+            if syn.labels.dim() == 2
+            else "mtt"
+        )
         if protocol == "dd":
             res = evaluate(syn, ds, "dd", num_eval=args.num_eval, seed=args.seed, experts=args.experts)
+        elif protocol == "kd":
+            if args.teacher is None:
+                raise ValueError("--protocol kd needs --teacher FOLDER")
+            res = evaluate(syn, ds, "kd", num_eval=args.num_eval, seed=args.seed, teacher=args.teacher)
         else:
             res = evaluate(syn, ds, protocol, num_eval=args.num_eval, seed=args.seed, random_baseline=True)
         _say(str(res))
@@ -648,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
         _add_experts,
         _add_teacher,
+        _add_relabel,
         _add_select,
         _add_evaluate,
         _add_sweep,
@@ -775,8 +844,9 @@ def _add_distill(sub: Subparsers) -> None:
     p.add_argument(
         "--protocol",
         default=None,
-        choices=["mtt", "selmatch", "soft", "dd"],
-        help="evaluation protocol (default: dd for a DD set, soft for a soft-label set, else mtt)",
+        choices=["mtt", "selmatch", "soft", "kd", "dd"],
+        help="evaluation protocol (default: dd for a DD set, kd with --teacher (a random subset relabelled by the "
+        "same teacher beside it), soft for a soft-label set, else mtt)",
     )
     p.add_argument("--num-eval", type=_at_least(1), default=3)
     _log_args(p, images=True)
@@ -1024,6 +1094,26 @@ def _add_teacher(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_teacher)
 
 
+def _add_relabel(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "relabel",
+        help="store a teacher's per-crop soft labels for a set (the kd protocol's stored mode)",
+        description="For every epoch of the kd protocol: the crops, flips, mixes and batch order, and the "
+        "teacher's fp16 logits on them, one checked safetensors file per epoch (FKD-style, as SRe2L stores them). "
+        "Evaluate with: fastdd evaluate --protocol kd --teacher T --store OUT (the same settings and --seed).",
+    )
+    _data_args(p)
+    p.add_argument("--syn", required=True, help="folder of a saved SyntheticSet")
+    p.add_argument("--teacher", required=True, help="the teacher's folder (fastdd teacher)")
+    p.add_argument("--epochs", type=_at_least(1), default=None, help="passes to label (default: the kd protocol's 300)")
+    p.add_argument("--batch-size", type=_at_least(1), default=None, help="default: RDED's rule by IPC")
+    p.add_argument("--temperature", type=_positive, default=None, help="recorded; applied at training (default 20)")
+    p.add_argument("--schedule", choices=["cosine", "half_cosine", "constant"], default=None)
+    p.add_argument("--mix", choices=["cutmix", "mixup", "none"], default=None)
+    _seed_and_out(p, required=True, help="folder for the store")
+    p.set_defaults(func=cmd_relabel)
+
+
 def _add_select(sub: Subparsers) -> None:
     p = sub.add_parser(
         "select",
@@ -1078,7 +1168,10 @@ def _add_evaluate(sub: Subparsers) -> None:
     )
     _eval_args(p)
     p.add_argument(
-        "--random-baseline", action="store_true", help="also evaluate random real subsets of the same IPC (gives IOR)"
+        "--random-baseline",
+        action="store_true",
+        help="also evaluate random real subsets of the same IPC (gives IOR; always on with --protocol kd, "
+        "relabelled by the same teacher)",
     )
     p.add_argument(
         "--real-baseline",

@@ -214,7 +214,7 @@ def test_resume_is_bitwise_and_iterations_are_the_classes(ds, teacher, tmp_path)
 def test_what_rded_refuses(ds, teacher, tmp_path):
     spec = get_method("rded")
     assert spec.needs_teacher and not spec.takes_iterations and spec.distributed == "classes" and not spec.selection
-    with pytest.raises(TypeError, match="sets its own number of iterations"):
+    with pytest.raises(ValueError, match="sets its own number of iterations"):
         fastdd.distill(ds, "rded", ipc=1, teacher=teacher, iterations=5, show_progress=False)
     with pytest.raises(ValueError, match="teacher="):
         fastdd.distill(ds, "rded", ipc=1, show_progress=False)

@@ -121,3 +121,26 @@ def test_cli_teacher(tmp_path):
     assert main(["teacher", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "t")]) == 0
     t = Teacher.load(tmp_path / "t")
     assert t.meta["dataset"] == "digits" and t.has_batchnorm
+
+
+def test_cli_decoupled_pipeline(tmp_path, capsys):
+    """teacher → distill rded → relabel → evaluate --protocol kd --store: the stored labels replay, the relabelled
+    random baseline is there by default, and kd flags are refused with another protocol."""
+    t, r, store = (str(tmp_path / n) for n in ("t", "r", "store"))
+    data = ["--dataset", "digits"]
+    assert main(["teacher", *data, "--epochs", "1", "--model-kwargs", '{"width": 16}', "--out", t]) == 0
+    assert main(["distill", *data, "--method", "rded", "--ipc", "1", "--teacher", t, "--out", r]) == 0
+    assert main(["relabel", *data, "--syn", f"{r}/synthetic", "--teacher", t, "--epochs", "3", "--out", store]) == 0
+    out = str(tmp_path / "eval")
+    args = ["--syn", f"{r}/synthetic", "--protocol", "kd", "--teacher", t, "--store", store, "--epochs", "3"]
+    assert main(["evaluate", *data, *args, "--num-eval", "1", "--out", out]) == 0
+    res = json.loads((tmp_path / "eval" / "result.json").read_text())
+    assert res["protocol"]["label_mode"] == "stored" and res["protocol"]["label_bytes"] > 0
+    assert "random" in res and "ior" in res
+    capsys.readouterr()
+    assert main(["evaluate", *data, "--syn", f"{r}/synthetic", "--teacher", t, "--num-eval", "1"]) == 2
+    assert "--teacher: for --protocol kd only" in capsys.readouterr().err
+    assert (
+        main(["distill", *data, "--method", "rded", "--ipc", "1", "--teacher", t, "--iterations", "3", "--out", r]) == 2
+    )
+    assert "rded sets its own number of iterations" in capsys.readouterr().err

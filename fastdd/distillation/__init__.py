@@ -110,7 +110,7 @@ def distill(
         extra["preset"] = preset
     spec = get_method(method)
     if not spec.takes_iterations and iterations is not None:
-        raise TypeError(f"{method} sets its own number of iterations: do not pass iterations={iterations!r}")
+        raise ValueError(f"{method} sets its own number of iterations: do not pass iterations={iterations!r}")
     iterations = 1000 if iterations is None else iterations
     for name, value in (("iterations", iterations), ("ipc", ipc), ("checkpoint_every", run.checkpoint_every)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
