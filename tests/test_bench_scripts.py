@@ -87,3 +87,19 @@ def test_gradient_error_tiny_run_writes_the_table_and_json(tmp_path):
     rows = {(r["mode"], r["window"]): r for r in json.loads((tmp_path / "e.json").read_text())["rows"]}
     assert set(rows) == {("adjoint", None), ("truncated", 3)}
     assert rows["truncated", 3]["rel_x"] == 0.0 and rows["truncated", 3]["rel_eta"] == 0.0  # W = N: the adjoint
+
+
+def test_decoupled_scaling_tiny_run_writes_the_table(tmp_path):
+    """bench/decoupled_scaling.py at tiny settings: one row per method and IPC, from fresh processes, with seconds
+    per iteration (SRe2L) or the whole run (RDED) and a peak memory reading."""
+    out = _run(
+        str(BENCH / "decoupled_scaling.py"),
+        *("--ipc", "1", "--methods", "rded", "sre2l", "--per-class", "20", "--width", "8"),
+        *("--sre2l-iterations", "1", "--out", str(tmp_path)),
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["method"], r["ipc"]) for r in rows] == [("rded", 1), ("sre2l", 1)]
+    assert all("error" not in r and r["peak_mib"] >= 0 for r in rows)
+    assert rows[0]["iterations"] is None and rows[1]["iterations"] == 1 and "per_iteration" in rows[1]
+    assert "| sre2l | 1 |" in (tmp_path / "table.md").read_text()
