@@ -26,6 +26,7 @@ network of a resolved :class:`KDProtocol` and tests it, as :func:`fastdd.evaluat
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import tempfile
@@ -78,6 +79,7 @@ from .version import __version__
 
 FORMAT = "fastdd.relabel/1"
 INDEX = "relabel.json"  # the store's index: a fixed name, never read from JSON
+PARTIAL = "relabel.partial.json"  # the epochs written so far, while relabelling (a rerun continues them)
 MIXES = ("cutmix", "mixup", "none")
 SCHEDULES = ("cosine", "half_cosine", "constant")
 LABEL_MODES = ("online", "stored")
@@ -515,6 +517,28 @@ def format_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _finished_epochs(folder: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
+    """The epoch records an interrupted :func:`relabel` into ``folder`` left (``relabel.partial.json``), each file
+    checked against its size and SHA-256; ``[]`` when there is none. ``ValueError`` when that run had other
+    settings, images or teacher."""
+    part = folder / PARTIAL
+    if not part.is_file():
+        return []
+    prev = read_json_object(part, "relabel store")
+    if {key: prev.get(key) for key in header} != header:
+        raise ValueError(
+            f"{part}: an interrupted relabelling with other settings, images or teacher is in {folder}; "
+            "rerun it with those, or choose another folder"
+        )
+    files = json_field(prev, "files", list, part)
+    for i, rec in enumerate(files):
+        if not isinstance(rec, dict) or rec.get("file") != f"epoch_{i:05d}.safetensors":
+            raise CorruptFileError(f"{part}: files[{i}] must name epoch_{i:05d}.safetensors, got {rec!r:.80}")
+        f = inside(folder, rec["file"], source=part, field=f"files[{i}].file")
+        check_file(f, {"bytes": rec.get("bytes"), "sha256": rec.get("sha256")}, part, "relabel epoch")
+    return files
+
+
 def relabel(
     images: Tensor,
     teacher: Teacher,
@@ -543,7 +567,9 @@ def relabel(
     comes only at training time.
 
     With ``out``, each epoch is written to ``out/epoch_EEEEE.safetensors`` as soon as it is labelled (atomically;
-    never more than one epoch in memory) and ``out/relabel.json`` last; without, the store is kept in memory.
+    never more than one epoch in memory) and ``out/relabel.json`` last; without, the store is kept in memory. A call
+    that dies part way leaves ``relabel.partial.json``: the same call into the same folder checks the epochs written
+    (size, SHA-256) and continues after them, to the files an uninterrupted call writes.
     Returns the :class:`RelabelStore` (its ``store_bytes`` / ``label_bytes`` beside ``image_bytes``)."""
     alpha = MIX_ALPHA.get(mix, 1.0) if mix_alpha is None else mix_alpha
     aug = KDAugment(scale, ratio, prob_flip, shuffle_factor, mix, alpha)
@@ -554,20 +580,43 @@ def relabel(
     if images.dim() != 4 or len(images) < 1:
         raise ValueError(f"relabel needs images (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
     teacher.net._check_input(images[:1])
-    folder = None
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        **{key: list(v) if isinstance(v, tuple) else v for key, v in asdict(aug).items()},
+        "dtype": dtype,
+        "teacher_batch": teacher_batch,
+    }
+    k = teacher.num_classes
+    header: dict[str, Any] = {
+        "format": FORMAT,
+        "settings": settings,
+        "images": {"shape": list(images.shape), "sha256": tensor_sha256(images.float()), "bytes": images.numel() * 4},
+        "num_classes": k,
+        "teacher": teacher_identity(teacher),
+    }
+    header = json.loads(json.dumps(header))  # the form it has once read back
+    folder, done = None, []
     if out is not None:
         check_out_folder(out)
         folder = Path(out)
         if (folder / INDEX).exists():
             raise FileExistsError(f"{folder} already holds a relabel store ({INDEX}): choose another folder")
+        done = _finished_epochs(folder, header)
         folder.mkdir(parents=True, exist_ok=True)
     x_all = images.detach().to(teacher.device)
-    n, k, hw = len(images), teacher.num_classes, images.shape[2:]
+    n, hw = len(images), images.shape[2:]
     mem: list[dict[str, Tensor]] = []
     files: list[dict[str, Any]] = []
     store_bytes = 0
     bar = progress(total=epochs, desc="relabel", disable=not show_progress)
     for e in range(epochs):
+        if e < len(done):  # labelled by an interrupted call with the same settings (checked): kept
+            files.append(done[e])
+            store_bytes += done[e]["bytes"]
+            bar.update(1)
+            continue
         plans = aug.plan(n, hw, batch_size, seed, e)
         logits = [teacher.logits(p.apply(x_all), teacher_batch).to(dt).cpu() for p in plans]
         tensors = _pack_epoch(plans, logits, aug)
@@ -576,35 +625,22 @@ def relabel(
             rec = atomic_save_safetensors(folder / name, tensors, metadata={"format": FORMAT, "epoch": str(e)})
             files.append({"file": name, **rec})
             store_bytes += rec["bytes"]
+            atomic_write_json(folder / PARTIAL, {**header, "files": files})  # what a rerun may keep
         else:
             mem.append(tensors)
             store_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
         bar.update(1)
     bar.close()
     index: dict[str, Any] = {
-        "format": FORMAT,
+        **header,
         "fastdd_version": __version__,
-        "settings": {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "seed": seed,
-            **{key: list(v) if isinstance(v, tuple) else v for key, v in asdict(aug).items()},
-            "dtype": dtype,
-            "teacher_batch": teacher_batch,
-        },
-        "images": {
-            "shape": list(images.shape),
-            "sha256": tensor_sha256(images.float()),
-            "bytes": images.numel() * 4,
-        },
-        "num_classes": k,
-        "teacher": teacher_identity(teacher),
         "label_bytes": epochs * n * k * dt.itemsize,
         "store_bytes": store_bytes,
         "files": files,
     }
     if folder is not None:
         atomic_write_json(folder / INDEX, index)
+        (folder / PARTIAL).unlink(missing_ok=True)
         return RelabelStore(index, folder=folder)
     return RelabelStore(index, tensors=mem)
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import fastdd
 from fastdd.augment import (
@@ -262,6 +263,44 @@ def test_store_is_checked_on_read(tmp_path, teacher, syn):
         RelabelStore.load(folder)
     with pytest.raises(FileExistsError):
         relabel(syn.images, teacher, folder, epochs=1)
+
+
+def test_an_interrupted_relabelling_continues_to_the_same_files(tmp_path, teacher, syn, monkeypatch):
+    """A relabelling that dies after two epochs leaves them (and relabel.partial.json); the same call continues
+    after them, and the files equal an uninterrupted call's byte for byte. Other settings are refused there."""
+    kw = dict(epochs=4, batch_size=10, seed=3)
+    whole = relabel(syn.images, teacher, tmp_path / "whole", **kw)
+    calls = {"n": 0}
+    real_logits = type(teacher).logits
+
+    def dies_in_epoch_3(self, x, batch=512):
+        calls["n"] += 1
+        if calls["n"] > 2 * 2:  # 20 images in batches of 10: two teacher calls per epoch
+            raise KeyboardInterrupt
+        return real_logits(self, x, batch)
+
+    monkeypatch.setattr(type(teacher), "logits", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        relabel(syn.images, teacher, tmp_path / "cut", **kw)
+    monkeypatch.setattr(type(teacher), "logits", real_logits)
+    cut = tmp_path / "cut"
+    assert sorted(f.name for f in cut.iterdir()) == [
+        "epoch_00000.safetensors",
+        "epoch_00001.safetensors",
+        "relabel.partial.json",
+    ]
+    with pytest.raises(ValueError, match="other settings"):
+        relabel(syn.images, teacher, cut, **{**kw, "seed": 4})
+    calls["n"] = 0
+    resumed = relabel(syn.images, teacher, cut, **kw)
+    assert not (cut / "relabel.partial.json").exists()
+    for e in range(4):  # (safetensors writes its metadata in no fixed order: the tensors are compared)
+        name = f"epoch_{e:05d}.safetensors"
+        a, b = load_file(str(cut / name)), load_file(str(tmp_path / "whole" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ia, ib = (json.loads((f / "relabel.json").read_text()) for f in (cut, tmp_path / "whole"))
+    assert [f["file"] for f in ia.pop("files")] == [f["file"] for f in ib.pop("files")]
+    assert ia == ib and resumed.label_bytes == whole.label_bytes
 
 
 def test_stored_training_replays_online_training_bitwise(tmp_path, digits, teacher, syn):
