@@ -18,15 +18,16 @@ peak of ``max_memory_allocated`` above what was allocated before). What a point 
 - ``mtt:adjoint`` / ``mtt:bptt``: ``--mtt-iterations`` MTT iterations with ``--syn-steps`` unrolled steps
   (batch_syn = the whole set, as at high IPC), projected to 5,000 (MTT's CIFAR setting).
 
-Seconds per iteration are the difference between a run of n and one of 2n iterations, divided by n (so set-up,
-data loading and first-call costs drop out); the "projected run" column is set-up + seconds per iteration × the
-method's usual iteration count: a projection, marked as such. Timings are noisy on shared machines: compare
-columns within one run.
+Seconds per iteration are the median of the loop's own per-iteration times (``log.csv``), leaving out the first
+(first-call costs); the "projected run" column is the set-up (the whole call less its iterations) + seconds per
+iteration × the method's usual iteration count: a projection, marked as such. Timings are noisy on shared
+machines: compare columns within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -74,11 +75,11 @@ def _child(spec: dict) -> dict:
         g = torch.Generator().manual_seed(0)
         kw["teacher"] = Teacher(net, net.init(g, device=device), net.init_buffers(device=device), {"dataset": ds.name})
         if method == "sre2l":
-            iterations = spec["sre2l_iterations"] * spec.get("repeat", 1)
+            iterations = spec["sre2l_iterations"]
     else:
         kw.update(experts=spec["experts"], mode=method.split(":")[1], syn_steps=spec["syn_steps"], batch_syn=ipc * 10)
         kw.update(expert_epochs=1, max_start_epoch=1)
-        iterations = spec["mtt_iterations"] * spec.get("repeat", 1)
+        iterations = spec["mtt_iterations"]
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -89,12 +90,23 @@ def _child(spec: dict) -> dict:
             f.write("5")
         base = _status_bytes("VmRSS:")
     t = time.perf_counter()
-    fastdd.distill(ds, method.split(":")[0], ipc, iterations=iterations, **kw)
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t
-    peak = (torch.cuda.max_memory_allocated() if cuda else _status_bytes("VmHWM:")) - base
-    return {"seconds": seconds, "peak": peak, "iterations": iterations}
+    with tempfile.TemporaryDirectory() as out:
+        fastdd.distill(ds, method.split(":")[0], ipc, iterations=iterations, out=out, checkpoint_every=10**6, **kw)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t
+        peak = (torch.cuda.max_memory_allocated() if cuda else _status_bytes("VmHWM:")) - base
+        with open(Path(out) / "log.csv") as f:
+            steps = [float(row["seconds"]) for row in csv.DictReader(f)]
+    later = sorted(steps[1:] or steps)  # the loop's own per-iteration times; the first carries first-call costs
+    per = later[len(later) // 2]
+    return {
+        "seconds": seconds,
+        "peak": peak,
+        "iterations": iterations,
+        "per_iteration": per,
+        "loop_iterations": len(steps),
+    }
 
 
 def _run_point(spec: dict, memory: bool, timeout: float) -> dict:
@@ -143,11 +155,11 @@ def table(rows: list[dict]) -> str:
             continue
         it = r["iterations"]
         usual = USUAL_ITERATIONS[r["method"]]
-        per = r.get("per_iteration")
-        what = f"{it} iterations" if it else "whole run"
-        setup = r["seconds"] - per * it if per is not None else 0.0
-        proj = f"{setup + per * usual:.0f} (×{usual})" if per is not None and usual else f"{r['seconds']:.1f}"
-        per_s = f"{per:.3f}" if per is not None else "—"
+        per = r["per_iteration"]
+        what = f"{it} iterations" if it else f"whole run ({r['loop_iterations']} classes)"
+        setup = r["seconds"] - per * r["loop_iterations"]
+        proj = f"{setup + per * usual:.0f} (×{usual})" if usual else f"{r['seconds']:.1f}"
+        per_s = f"{per:.3f}" if it else f"{per:.3f} per class"
         lines.append(
             f"| {r['method']} | {r['ipc']} | {what}, {r['seconds']:.1f} s | {per_s} | {proj} | {r['peak_mib']:.0f} |"
         )
@@ -162,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         "--per-class", type=int, default=500, help="real images per class of the generated set (default 500)"
     )
     ap.add_argument("--width", type=int, default=64, help="ConvNet width of teacher and experts (default 64)")
-    ap.add_argument("--sre2l-iterations", type=int, default=5)
-    ap.add_argument("--mtt-iterations", type=int, default=2)
+    ap.add_argument("--sre2l-iterations", type=int, default=6)
+    ap.add_argument("--mtt-iterations", type=int, default=4)
     ap.add_argument("--syn-steps", type=int, default=20)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--timeout", type=float, default=1800)
@@ -189,12 +201,6 @@ def main(argv: list[str] | None = None) -> int:
                 syn_steps=args.syn_steps,
             )
             timed = _run_point(spec, memory=False, timeout=args.timeout)
-            if "error" not in timed and timed["iterations"]:  # per iteration: the difference of n and 2n iterations
-                twice = _run_point({**spec, "repeat": 2}, memory=False, timeout=args.timeout)
-                if "error" in twice:
-                    timed = twice
-                else:
-                    timed["per_iteration"] = (twice["seconds"] - timed["seconds"]) / timed["iterations"]
             mem = _run_point(spec, memory=True, timeout=args.timeout) if "error" not in timed else timed
             row = {"method": method, "ipc": ipc, **timed}
             if "error" in mem:

@@ -95,11 +95,12 @@ def test_decoupled_scaling_tiny_run_writes_the_table(tmp_path):
     out = _run(
         str(BENCH / "decoupled_scaling.py"),
         *("--ipc", "1", "--methods", "rded", "sre2l", "--per-class", "20", "--width", "8"),
-        *("--sre2l-iterations", "1", "--out", str(tmp_path)),
+        *("--sre2l-iterations", "2", "--out", str(tmp_path)),
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(r["method"], r["ipc"]) for r in rows] == [("rded", 1), ("sre2l", 1)]
     assert all("error" not in r and r["peak_mib"] >= 0 for r in rows)
-    assert rows[0]["iterations"] is None and rows[1]["iterations"] == 1 and "per_iteration" in rows[1]
+    assert rows[0]["iterations"] is None and rows[0]["loop_iterations"] == 10  # rded: one loop iteration per class
+    assert rows[1]["iterations"] == rows[1]["loop_iterations"] == 2 and rows[1]["per_iteration"] > 0
     assert "| sre2l | 1 |" in (tmp_path / "table.md").read_text()
