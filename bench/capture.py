@@ -11,7 +11,8 @@ What it runs (scikit-learn's digits, 8x8, a width-8 ConvNet; about a minute on 2
 family in each gradient mode it supports), a checkpointed run interrupted and resumed, evaluation under the
 mtt / selmatch / soft / dd protocols with the random baseline, forgetting scores, and the selections; and,
 where the checked-out fastdd has them, PAD, NCFM (sampler and factor 2), FTD's EMA and SAM experts,
-curriculum experts, EL2N and GraNd, the truncated mode and RaT-BPTT (60 tensors at this commit).
+curriculum experts, EL2N and GraNd, the truncated mode and RaT-BPTT, and the teacher, SRe2L, RDED and the kd
+protocol (67 tensors at this commit).
 Only the public API is used, so the same script runs on older commits.
 """
 
@@ -202,6 +203,14 @@ def _newer(fastdd, ds, buf, tmp: Path, keep, out: dict[str, torch.Tensor]) -> No
     if "truncated" in _modes():
         dd = dict(steps=2, epochs=2, model="convnet", real_batch=128, mode="truncated", window=1, rat_bptt=True)
         keep("dd.rat_bptt", fastdd.distill(ds, "dd", iterations=3, seed=0, show_progress=False, **dd))
+    if hasattr(fastdd, "train_teacher") and {"sre2l", "rded"} <= have:  # the decoupled family and kd
+        teacher = fastdd.train_teacher(ds, "convnetbn", model_kwargs=MODEL, epochs=1, seed=0, show_progress=False)
+        out["teacher.theta"], out["teacher.buffers"] = teacher.theta, teacher.buffers
+        keep("sre2l", fastdd.distill(ds, "sre2l", 2, teacher=teacher, iterations=3, seed=0, show_progress=False))
+        rded = fastdd.distill(ds, "rded", 1, teacher=teacher, seed=0, show_progress=False, factor=2, mipc=20)
+        keep("rded", rded)
+        res = fastdd.evaluate(rded, ds, "kd", teacher=teacher, num_eval=1, epochs=2, show_progress=False)
+        out["kd.accuracies"] = torch.tensor([*res.accuracies, *res.random.accuracies], dtype=torch.float64)
 
 
 def _modes() -> tuple[str, ...]:
