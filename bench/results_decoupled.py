@@ -6,7 +6,8 @@ hard-label table's protocol beside the table's random rows. Same folders as the 
     python bench/results_decoupled.py teacher                       # ConvNet-32-BN teacher, 20 epochs, seed 0
     python bench/results_decoupled.py distill --method sre2l --ipc 1 10 --seeds 0 1 2
     python bench/results_decoupled.py distill --method rded --ipc 1 10 --seeds 0 1 2
-    python bench/results_decoupled.py eval                          # kd (+ relabelled random) and hard-label
+    python bench/results_decoupled.py eval                          # kd (+ relabelled random) and hard-label;
+                                                                    # also kd on bench/results_2024.py's FTD sets
     python bench/results_decoupled.py table                         # the Markdown rows of docs/results.md
 
 Every setting is written to the JSON files under runs/results/table/decoupled.
@@ -55,6 +56,14 @@ def _set_dir(method: str, ipc: int, seed: int) -> Path:
     return OUT / f"{method}_ipc{ipc}_seed{seed}"
 
 
+def _set_file(method: str, ipc: int, seed: int) -> Path:
+    """Where a set lives: the decoupled ones here, ``ftd`` (MTT on FTD's experts, with the EMA) in
+    bench/results_2024.py's folder, evaluated here under kd only."""
+    if method == "ftd":
+        return OUT.parent / f"ftd_ipc{ipc}_seed{seed}" / "synthetic"
+    return _set_dir(method, ipc, seed) / "synthetic"
+
+
 def run_distill(args) -> None:
     ds = fastdd.load_dataset("mnist5k")
     teacher = Teacher.load(OUT / "teacher")
@@ -76,13 +85,13 @@ def run_distill(args) -> None:
 def run_eval(args) -> None:
     ds = fastdd.load_dataset("mnist5k")
     teacher = Teacher.load(OUT / "teacher")
-    for method in ("sre2l", "rded"):
+    for method in ("sre2l", "rded", "ftd"):
         for ipc in IPCS:
             for seed in SEEDS:
                 folder = _set_dir(method, ipc, seed)
-                if not (folder / "synthetic" / "synthetic.json").exists():
+                if not (_set_file(method, ipc, seed) / "synthetic.json").exists():
                     continue
-                syn = SyntheticSet.load(folder / "synthetic")
+                syn = SyntheticSet.load(_set_file(method, ipc, seed))
                 kd_file = folder / "kd.json"
                 if not kd_file.exists():
                     t0 = time.time()
@@ -90,7 +99,7 @@ def run_eval(args) -> None:
                     _save(kd_file, {**res.to_dict(), "seconds": time.time() - t0})
                     print(method, ipc, seed, "kd", res, flush=True)
                 hard_file = folder / "hard.json"
-                if not hard_file.exists():
+                if method != "ftd" and not hard_file.exists():  # ftd's hard-label cells: bench/results_2024.py
                     t0 = time.time()
                     res = fastdd.evaluate(syn, ds, base.table_protocol(ipc), num_eval=1, seed=seed)
                     _save(hard_file, {**res.to_dict(), "seconds": time.time() - t0})
@@ -111,7 +120,7 @@ def run_table(args) -> None:
         "| label bytes / image bytes |",
         "|---|---|---|---|---|---|---|",
     ]
-    for method in ("sre2l", "rded"):
+    for method in ("sre2l", "rded", "ftd"):
         for ipc in IPCS:
             kd, rnd, hard, ratio = [], [], [], []
             for seed in SEEDS:
