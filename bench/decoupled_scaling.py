@@ -33,7 +33,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -52,16 +51,10 @@ def _data(per_class: int):
     return from_pixels("generated", x, y, x[:100], y[:100], 10)
 
 
-def _status_bytes(key: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
 def _child(spec: dict) -> dict:
     """One point, in this (fresh) process: set up, reset the peak, distil, report seconds and peak bytes."""
     import fastdd
+    from fastdd.bench import PeakMemory
     from fastdd.models import model_for
     from fastdd.teacher import Teacher
 
@@ -80,29 +73,16 @@ def _child(spec: dict) -> dict:
         kw.update(experts=spec["experts"], mode=method.split(":")[1], syn_steps=spec["syn_steps"], batch_syn=ipc * 10)
         kw.update(expert_epochs=1, max_start_epoch=1)
         iterations = spec["mtt_iterations"]
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_bytes("VmRSS:")
-    t = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        fastdd.distill(ds, method.split(":")[0], ipc, iterations=iterations, out=out, checkpoint_every=10**6, **kw)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t
-        peak = (torch.cuda.max_memory_allocated() if cuda else _status_bytes("VmHWM:")) - base
+        with PeakMemory(device) as m:
+            fastdd.distill(ds, method.split(":")[0], ipc, iterations=iterations, out=out, checkpoint_every=10**6, **kw)
         with open(Path(out) / "log.csv") as f:
             steps = [float(row["seconds"]) for row in csv.DictReader(f)]
     later = sorted(steps[1:] or steps)  # the loop's own per-iteration times; the first carries first-call costs
     per = later[len(later) // 2]
     return {
-        "seconds": seconds,
-        "peak": peak,
+        "seconds": m.seconds,
+        "peak": m.peak,
         "iterations": iterations,
         "per_iteration": per,
         "loop_iterations": len(steps),

@@ -211,33 +211,53 @@ def _status_bytes(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
+class PeakMemory:
+    """``with PeakMemory(device) as m: ...`` → ``m.peak`` (bytes) and ``m.seconds``: on CUDA the peak of
+    ``torch.cuda.max_memory_allocated`` above what was allocated at entry (synchronised at both ends); on the CPU
+    the process's peak resident memory (``VmHWM``, reset through ``/proc/self/clear_refs`` at entry) above its
+    resident memory then. Meant for a fresh process (:func:`measure`) with ``MALLOC_MMAP_THRESHOLD_`` fixed."""
+
+    def __init__(self, device: str):
+        self.cuda = str(device).startswith("cuda")
+        self.base = self.peak = 0
+        self.seconds = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        import time
+
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.base = _status_bytes("VmRSS:")
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import time
+
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self._t
+        self.peak = (torch.cuda.max_memory_allocated() if self.cuda else _status_bytes("VmHWM:")) - self.base
+
+
 def _child(spec_json: str) -> None:
     """Run in the measuring subprocess: build the problem, reset the peak, run it once, print JSON."""
-    import time
-
-    import torch
-
     spec = json.loads(spec_json)
     device, mode = spec.pop("device"), spec.pop("mode")
     fn = load_impl(spec.pop("impl"))
     prob = build_problem(Problem(**spec), device)
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_bytes("VmRSS:")
-    t = time.perf_counter()
-    call_problem(fn, prob, mode)
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _status_bytes("VmHWM:") - base
-    print(json.dumps({"peak": peak, "seconds": time.perf_counter() - t, "base": base}))
+    with PeakMemory(device) as m:
+        call_problem(fn, prob, mode)
+    print(json.dumps({"peak": m.peak, "seconds": m.seconds, "base": m.base}))
 
 
 _CHILD = "import sys, fastdd.bench as b; b._child(sys.argv[1])"

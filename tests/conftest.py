@@ -45,3 +45,14 @@ def tiny_ds():
         for c in range(k):
             x[y == c, :, (c // 2) * 4 : (c // 2) * 4 + 4, (c % 2) * 4 : (c % 2) * 4 + 4] += 1.0
     return from_pixels("tiny", tx, ty, vx, vy, k)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread for a whole test module, as the ranks of the distributed tests run (CPU kernels' float sums
+    depend on the thread count); the count is restored afterwards. Use: ``pytestmark =
+    pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

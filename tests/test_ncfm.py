@@ -21,13 +21,7 @@ from fastdd.kernels import cf_discrepancy
 TINY = dict(num_freqs=16, batch_real=16, sampler_tile=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, as the ranks of the distributed test run: tiny ops, and the same sums in the same order."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread, as the ranks of the distributed test run
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ from fastdd.teacher import Teacher
 TINY = dict(mipc=12, num_crop=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, as the ranks of the distributed test run: the same sums in the same order."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread, as the ranks of the distributed test run
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from fastdd.distillation.sre2l import SRe2LConfig, SRe2LPolicy, cosine_lr, crop_
 from fastdd.models import model_for
 from fastdd.teacher import Teacher
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread, as the ranks of the distributed test run
 
 
 @pytest.fixture(scope="module")
