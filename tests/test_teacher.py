@@ -144,3 +144,33 @@ def test_cli_decoupled_pipeline(tmp_path, capsys):
         main(["distill", *data, "--method", "rded", "--ipc", "1", "--teacher", t, "--iterations", "3", "--out", r]) == 2
     )
     assert "rded sets its own number of iterations" in capsys.readouterr().err
+
+
+def test_presets_and_the_cli_run_sre2l_and_rded(tmp_path):
+    """A preset applies to a data set of its name (generated CIFAR-shaped tensors named "cifar10" here: no data
+    is read), with the caller's options on top; sre2l runs from the CLI with --teacher."""
+    from fastdd.data import from_pixels
+    from fastdd.models import model_for
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(10).repeat_interleave(6)
+    x = torch.rand(len(y), 3, 32, 32, generator=g)
+    ds = from_pixels("cifar10", x, y, x[:20], y[:20], 10)
+    net = model_for(ds, "convnetbn", width=8)
+    t = Teacher(net, net.init(g), net.init_buffers(), {"dataset": "cifar10", "num_classes": 10})
+    syn = fastdd.distill(ds, preset="rded-cifar10-ipc1", teacher=t, mipc=4, show_progress=False)
+    assert syn.meta["preset"] == "rded-cifar10-ipc1" and syn.meta["num_crop"] == 5 and len(syn) == 10
+    assert fastdd.PRESETS["sre2l-cifar100-ipc10"].options["multicrop"] is False
+    with pytest.raises(ValueError, match="is for cifar100"):
+        fastdd.distill(ds, preset="sre2l-cifar100-ipc1", teacher=t, iterations=1, show_progress=False)
+    teacher_dir, out = str(tmp_path / "t"), str(tmp_path / "s")
+    assert (
+        main(
+            ["teacher", "--dataset", "digits", "--epochs", "1", "--model-kwargs", '{"width": 8}', "--out", teacher_dir]
+        )
+        == 0
+    )
+    cmd = ["distill", "--dataset", "digits", "--method", "sre2l", "--ipc", "1", "--iterations", "2"]
+    assert main([*cmd, "--teacher", teacher_dir, "--options", '{"jitter": 1}', "--out", out]) == 0
+    made = fastdd.SyntheticSet.load(tmp_path / "s" / "synthetic")
+    assert made.meta["method"] == "sre2l" and made.meta["iterations"] == 2 and made.meta["config"]["jitter"] == 1
