@@ -229,6 +229,8 @@ def cmd_teacher(args) -> int:
         weight_decay=args.weight_decay,
         batch_size=args.batch_size,
         augment=args.augment,
+        resume=not args.no_resume,
+        checkpoint_every=args.checkpoint_every,
     )
     _say(f"{teacher} -> {args.out}")
     return 0
@@ -1077,7 +1079,8 @@ def _add_teacher(sub: Subparsers) -> None:
         "teacher",
         help="train a teacher for sre2l, rded and the kd protocol",
         description="Train one network on the real train split (SGD with momentum, cosine to 0) and save it "
-        "(teacher.safetensors + teacher.json with its data set, class order, recipe and test accuracy).",
+        "(teacher.safetensors + teacher.json with its data set, class order, recipe and test accuracy). A checkpoint "
+        "is kept in --out while it trains; rerunning the same command continues it bitwise.",
     )
     _data_args(p)
     p.add_argument(
@@ -1090,7 +1093,13 @@ def _add_teacher(sub: Subparsers) -> None:
     p.add_argument("--weight-decay", type=_non_negative, default=d.weight_decay)
     p.add_argument("--batch-size", type=_at_least(1), default=d.batch_size)
     p.add_argument("--augment", choices=list(AUGMENTS), default=d.augment)
-    _seed_and_out(p, default="runs/teacher", help="folder for the teacher")
+    p.add_argument(
+        "--checkpoint-every", type=_at_least(1), default=1, help="epochs between checkpoints (a killed run resumes)"
+    )
+    _seed_and_out(
+        p, default="runs/teacher", help="folder for the teacher (resumes its checkpoint; a finished one is reused)"
+    )
+    p.add_argument("--no-resume", action="store_true", help="refuse a --out that already holds a teacher or checkpoint")
     p.set_defaults(func=cmd_teacher)
 
 

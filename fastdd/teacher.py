@@ -11,12 +11,22 @@ protocol (Yin et al. 2023; Sun et al. 2024).
 :meth:`Teacher.load` reads it back (checked; nothing unpickled). :meth:`Teacher.from_experts` takes an expert's
 last snapshot instead (networks without batch norm: expert files keep no running statistics).
 
+While it trains, :func:`train_teacher` keeps a checkpoint in the folder every ``checkpoint_every`` epochs::
+
+    teacher.partial.json                  format, the settings a resumed run must match, the epochs done, the
+                                          optimiser's and scheduler's state, and the tensor file's size + SHA-256
+    teacher.partial-<epoch>.safetensors   parameters, running statistics, momentum, generator states
+
+A run that dies resumes from it bitwise (the next tensor file is written before the index names it, so a run
+killed at any moment leaves a consistent pair); both go when the teacher is saved.
+
 The class order is pinned: a teacher records its data set's class names and :meth:`Teacher.check` refuses a
 data set whose classes differ (RDED's known failure is a teacher whose class indices do not match the data).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,11 +45,13 @@ from .models import FunctionalNet, accuracy, model_for, model_from_spec
 from .options import check_dataclass_options, check_positive
 from .rng import generator
 from .runs import progress
-from .train import SGD, fit
+from .train import SGD, FitState, fit
 from .version import __version__
 
 FORMAT = "fastdd.teacher/1"
 TENSORS, INDEX = "teacher.safetensors", "teacher.json"  # fixed names, never read from JSON
+PARTIAL_FORMAT = "fastdd.teacher-checkpoint/1"
+PARTIAL_INDEX = "teacher.partial.json"
 AUGMENTS = ("dsa", "crop_flip", "none")
 
 
@@ -263,6 +275,8 @@ def train_teacher(
     config: TeacherConfig | None = None,
     out: str | os.PathLike | None = None,
     seed: int = 0,
+    resume: bool = True,
+    checkpoint_every: int = 1,
     show_progress: bool = True,
     **options: Any,
 ) -> Teacher:
@@ -271,17 +285,40 @@ def train_teacher(
 
     Every random draw (initialisation, batch order, augmentation) derives from ``seed``. The teacher records
     its data set's name, classes and class names (the class order the methods and the ``kd`` protocol rely
-    on), the recipe and its final test accuracy (``teacher.meta["accuracy"]``)."""
+    on), the recipe and its final test accuracy (``teacher.meta["accuracy"]``).
+
+    With ``out``, a checkpoint is kept there every ``checkpoint_every`` epochs (module docstring). ``resume``
+    (the default): a run into a folder that holds a checkpoint continues it, bitwise the uninterrupted run, and
+    one that holds a finished teacher returns it without training; either must have been made with the same
+    data set, recipe and seed (``ValueError`` naming what differs). ``resume=False`` refuses a folder that holds
+    either."""
     if model is not None:
         options["model"] = model
     cfg = teacher_config(config, **options)
-    if out is not None:
-        check_out_folder(out)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1 (epochs), got {checkpoint_every!r}")
     dev = ds.device
     net = model_for(ds, cfg.model, **cfg.model_kwargs)
+    settings = _settings(ds, cfg, seed)
+    spec = json.loads(json.dumps(net.spec))  # as the checkpoint's JSON records it (tuples as lists)
+    start: FitState | None = None
+    folder = None if out is None else Path(out)
+    if folder is not None:
+        check_out_folder(folder)
+        done = _finished_teacher(folder, settings, resume)
+        if done is not None:
+            return done.to(dev)
+        start = _read_checkpoint(folder, settings, spec, resume)
     theta0 = net.init(generator(seed, "teacher.init"), device=dev)
     buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
+    g_batches = generator(seed, "teacher.batches")
     g_aug = generator(seed, "teacher.augment")
+    if start is not None:
+        assert folder is not None
+        saved = _checkpoint_tensors(folder, start.epoch)
+        _restore(folder, saved, buffers, g_batches, g_aug)
+        opt_state = _optimizer_state(start.optimizer, saved, dev)
+        start = FitState(start.epoch, saved["theta"].to(dev), opt_state, start.scheduler)
     dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
     augment = None
     if cfg.augment == "dsa":
@@ -292,10 +329,15 @@ def train_teacher(
         augment = lambda x, idx: crop_flip(x, g_aug, prob_flip=p_flip)  # noqa: E731
     sgd = SGD(cfg.lr, cfg.momentum, cfg.weight_decay, schedule="cosine", cosine_epochs=cfg.epochs)
     bar = progress(total=cfg.epochs, desc=f"teacher {net.name}", disable=not show_progress)
+    bar.update(0 if start is None else start.epoch)
 
     def on_epoch(ep: int, loss: torch.Tensor, theta: torch.Tensor) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss):.4f}")
+
+    def on_state(state: FitState) -> None:
+        if folder is not None and (state.epoch % checkpoint_every == 0 or state.epoch == cfg.epochs):
+            _write_checkpoint(folder, {**settings, "model_spec": spec}, state, buffers, g_batches, g_aug)
 
     theta = fit(
         net,
@@ -304,30 +346,188 @@ def train_teacher(
         ds.train.labels,
         cfg.epochs,
         sgd,
-        generator(seed, "teacher.batches"),
+        g_batches,
         batch_size=cfg.batch_size,
         buffers=buffers,
         augment=augment,
         on_epoch=on_epoch,
+        start=start,
+        on_state=on_state,
     )
     bar.close()
     meta = {
-        "dataset": ds.name,
-        "zca": ds.zca is not None,
+        **settings,
         "num_classes": ds.num_classes,
-        "class_names": list(ds.class_names),
         "image_shape": [ds.channels, *ds.im_size],
         "mean": list(ds.mean),
         "std": list(ds.std),
-        "seed": seed,
-        "recipe": asdict(cfg),
         "source": "train_teacher",
     }
     teacher = Teacher(net, theta, buffers, meta)
     teacher.meta["accuracy"] = teacher.accuracy(ds)
-    if out is not None:
-        teacher.save(out)
+    if folder is not None:
+        teacher.save(folder)
+        _remove_checkpoint(folder)
     return teacher
+
+
+# ---------------------------------------------------------------------------------------------- resuming
+def _settings(ds: Dataset, cfg: TeacherConfig, seed: int) -> dict[str, Any]:
+    """What a resumed or reused teacher must have been trained with, as its JSON files record them."""
+    settings = {
+        "dataset": ds.name,
+        "zca": ds.zca is not None,
+        "class_names": list(ds.class_names),
+        "seed": seed,
+        "recipe": asdict(cfg),
+    }
+    return json.loads(json.dumps(settings))
+
+
+def _differ(found: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """The names of ``settings`` (recipe fields by name) that ``found`` records otherwise."""
+    out = [k for k in settings if k != "recipe" and found.get(k) != settings[k]]
+    recipe = found.get("recipe")
+    recipe = recipe if isinstance(recipe, dict) else {}
+    return out + [k for k, v in settings["recipe"].items() if recipe.get(k) != v]
+
+
+def _finished_teacher(folder: Path, settings: dict[str, Any], resume: bool) -> Teacher | None:
+    """The teacher already saved in ``folder`` when ``resume`` and made with ``settings``; ``None`` when there is
+    none. ``ValueError`` when there is one and ``resume`` is off, or it was made otherwise."""
+    if not (folder / INDEX).exists():
+        return None
+    if not resume:
+        raise ValueError(f"{folder} already holds a teacher; pass resume=True to reuse it or use another folder")
+    t = Teacher.load(folder)
+    differ = _differ(t.meta, settings)
+    if differ:
+        raise ValueError(
+            f"{folder} holds a teacher trained with other settings ({', '.join(differ)} differ); use another folder"
+        )
+    return t
+
+
+def _read_checkpoint(folder: Path, settings: dict[str, Any], spec: Any, resume: bool) -> FitState | None:
+    """The checkpoint's index in ``folder`` as a :class:`FitState` whose ``theta`` is a placeholder (the tensors
+    are read by :func:`_checkpoint_tensors`); ``None`` when there is none. Checked against ``settings``."""
+    jfile = folder / PARTIAL_INDEX
+    if not jfile.exists():
+        return None
+    if not resume:
+        raise ValueError(
+            f"{folder} holds an unfinished teacher ({PARTIAL_INDEX}); pass resume=True to continue it or use "
+            "another folder"
+        )
+    index = read_json_object(jfile, "teacher checkpoint")
+    if index.get("format") != PARTIAL_FORMAT:
+        raise CorruptFileError(f"{jfile} is not a {PARTIAL_FORMAT} file (format {index.get('format')!r})")
+    differ = _differ(index, settings)
+    if index.get("model_spec") != spec:
+        differ.append("model_spec")
+    if differ:
+        raise ValueError(
+            f"{jfile} continues a teacher trained with other settings ({', '.join(differ)} differ); use another "
+            "folder or the same settings"
+        )
+    epoch = json_field(index, "epoch", int, jfile)
+    if not 1 <= epoch <= settings["recipe"]["epochs"]:
+        raise CorruptFileError(f"{jfile}: 'epoch' must be in 1..{settings['recipe']['epochs']}, got {epoch}")
+    optimizer = json_field(index, "optimizer", dict, jfile)
+    scheduler = json_field(index, "scheduler", dict, jfile, optional=True)
+    files = json_field(index, "files", dict, jfile)
+    name = _checkpoint_name(epoch)
+    if set(files) != {name}:
+        raise CorruptFileError(f"{jfile}: 'files' must record {name} only, got {sorted(files)}")
+    check_file(folder / name, files[name], jfile, "teacher checkpoint")
+    return FitState(epoch, torch.empty(0), optimizer, scheduler)
+
+
+def _checkpoint_name(epoch: int) -> str:
+    """The checkpoint's tensor file after ``epoch`` epochs (a name made here, never read from JSON)."""
+    return f"teacher.partial-{epoch:06d}.safetensors"
+
+
+def _checkpoint_tensors(folder: Path, epoch: int) -> dict[str, torch.Tensor]:
+    """The tensors of the (already checked) checkpoint after ``epoch`` epochs."""
+    path = folder / _checkpoint_name(epoch)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CorruptFileError(f"{path} is truncated or corrupt: {e}") from e
+
+
+def _restore(
+    folder: Path,
+    saved: dict[str, torch.Tensor],
+    buffers: torch.Tensor | None,
+    g_batches: torch.Generator,
+    g_aug: torch.Generator,
+) -> None:
+    """Put the running statistics and the two generators back where the checkpoint left them (in place)."""
+    path = folder / PARTIAL_INDEX
+    try:
+        if buffers is not None:
+            buffers.copy_(saved["buffers"].view_as(buffers))
+        g_batches.set_state(saved["gen.batches"])
+        g_aug.set_state(saved["gen.augment"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CorruptFileError(f"{path}: its tensors do not fit this teacher ({type(e).__name__}: {e})") from e
+
+
+def _optimizer_state(record: dict[str, Any], saved: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
+    """An SGD ``state_dict()`` from its JSON part ``record`` and its tensors (``"optimizer.<param>.<key>"``)."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, t in saved.items():
+        if key.startswith("optimizer."):
+            _, param, name = key.split(".", 2)
+            state.setdefault(int(param), {})[name] = t.to(device)
+    return {"state": state, "param_groups": record.get("param_groups", [])}
+
+
+def _write_checkpoint(
+    folder: Path,
+    settings: dict[str, Any],
+    state: FitState,
+    buffers: torch.Tensor | None,
+    g_batches: torch.Generator,
+    g_aug: torch.Generator,
+) -> None:
+    """Save ``state`` (and the running statistics and generators) as the folder's checkpoint (``settings``: the
+    run's, with its ``model_spec``): the new tensor
+    file first, then the index that names it (atomically), then the old tensor file goes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {"theta": state.theta, "gen.batches": g_batches.get_state(), "gen.augment": g_aug.get_state()}
+    if buffers is not None:
+        tensors["buffers"] = buffers
+    opt_state = state.optimizer["state"]
+    for param, entries in opt_state.items():
+        for name, v in entries.items():
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"optimizer state {param}.{name} is not a tensor: {v!r}")
+            tensors[f"optimizer.{param}.{name}"] = v
+    name = _checkpoint_name(state.epoch)
+    record = atomic_save_safetensors(folder / name, tensors, metadata={"format": PARTIAL_FORMAT})
+    index = {
+        "format": PARTIAL_FORMAT,
+        "fastdd_version": __version__,
+        **settings,
+        "epoch": state.epoch,
+        "optimizer": {"param_groups": state.optimizer["param_groups"]},
+        "scheduler": state.scheduler,
+        "files": {name: record},
+    }
+    atomic_write_json(folder / PARTIAL_INDEX, index)
+    for old in folder.glob("teacher.partial-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def _remove_checkpoint(folder: Path) -> None:
+    """Delete the checkpoint once the teacher is saved (the index first: a stray tensor file is never read)."""
+    (folder / PARTIAL_INDEX).unlink(missing_ok=True)
+    for old in folder.glob("teacher.partial-*.safetensors"):
+        old.unlink(missing_ok=True)
 
 
 def load_teacher(teacher: Teacher | str | os.PathLike, ds: Dataset | None = None, what: str = "teacher") -> Teacher:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -120,6 +121,23 @@ def sam_direction(
     return gp - sam.alpha * g_perp
 
 
+@dataclass
+class FitState:
+    """Where :func:`fit` stands after ``epoch`` epochs: enough to continue it bitwise (with the caller's generators
+    and batch-norm buffers, which the caller keeps).
+
+    - ``theta``: the flat parameters ``(P,)`` after ``epoch`` epochs.
+    - ``optimizer``: the :class:`torch.optim.SGD` ``state_dict()`` (momentum buffers, the current lr).
+    - ``scheduler``: the cosine scheduler's ``state_dict()``; ``None`` for the other schedules.
+
+    The tensors are :func:`fit`'s own (live): copy or save them inside the callback that receives them."""
+
+    epoch: int
+    theta: torch.Tensor
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+
+
 def fit(
     net: FunctionalNet,
     theta: torch.Tensor,
@@ -136,6 +154,8 @@ def fit(
     on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     sam: SAM | None = None,
     epoch_subset: Callable[[int], torch.Tensor] | None = None,
+    start: FitState | None = None,
+    on_state: Callable[[FitState], None] | None = None,
 ) -> torch.Tensor:
     """Train ``net`` from ``theta`` for ``epochs`` passes over ``(images, labels)``; return the final parameters.
 
@@ -156,18 +176,32 @@ def fit(
             those examples only (a curriculum, :class:`fastdd.experts.Curriculum`); the permutation is one of
             ``range(n_e)`` mapped through them, and ``on_batch`` / ``augment`` see the mapped indices. ``None``
             (the default): every example, every epoch.
+        start: continue a run from its :class:`FitState` (epochs ``start.epoch .. epochs - 1`` remain; the
+            caller restores its generators and buffers to where they stood then). With the same arguments the
+            result is bitwise the uninterrupted run's.
+        on_state: ``(FitState)`` after each epoch (after ``on_epoch``), for checkpoints.
 
     The loop never reads a tensor back to the host; the callbacks may.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     dev = images.device
-    theta = torch.nn.Parameter(theta.detach().clone())
-    opt = sgd.optimizer(theta)
+    first = 0 if start is None else start.epoch
+    if start is not None and not 0 <= first <= epochs:
+        raise ValueError(f"start.epoch must be in 0..{epochs} (the epochs to train), got {first}")
+    theta = torch.nn.Parameter((theta if start is None else start.theta).detach().clone())
+    decayed = sgd.schedule == "step" and sgd.decay_epoch is not None and first > sgd.decay_epoch
+    opt = sgd.optimizer(theta, sgd.lr * sgd.decay_factor if decayed else None)
     sched = sgd.scheduler(opt)
+    if start is not None:
+        opt.load_state_dict(start.optimizer)
+        if sched is not None:
+            if start.scheduler is None:
+                raise ValueError("start.scheduler is None but this SGD anneals (schedule='cosine')")
+            sched.load_state_dict(start.scheduler)
     sharp = sam if sam is not None and sam.rho > 0 else None
     min_last = 2 if net.has_batchnorm else 1
-    for ep in range(epochs):
+    for ep in range(first, epochs):
         if sgd.schedule == "step" and ep == sgd.decay_epoch:
             opt = sgd.optimizer(theta, sgd.lr * sgd.decay_factor)
         sub = None if epoch_subset is None else epoch_subset(ep).to(dev)
@@ -190,6 +224,8 @@ def fit(
             sched.step()
         if on_epoch is not None:
             on_epoch(ep, loss.detach(), theta.detach())
+        if on_state is not None:
+            on_state(FitState(ep + 1, theta.detach(), opt.state_dict(), None if sched is None else sched.state_dict()))
     return theta.detach()
 
 
@@ -214,4 +250,4 @@ def _sam_grad(
     return sam_direction(grad_at, theta, theta.grad, sam)
 
 
-__all__ = ["SGD", "SAM", "fit", "sam_direction", "Augment"]
+__all__ = ["SGD", "SAM", "FitState", "fit", "sam_direction", "Augment"]

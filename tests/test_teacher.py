@@ -174,3 +174,72 @@ def test_presets_and_the_cli_run_sre2l_and_rded(tmp_path):
     assert main([*cmd, "--teacher", teacher_dir, "--options", '{"jitter": 1}', "--out", out]) == 0
     made = fastdd.SyntheticSet.load(tmp_path / "s" / "synthetic")
     assert made.meta["method"] == "sre2l" and made.meta["iterations"] == 2 and made.meta["config"]["jitter"] == 1
+
+
+class _Died(Exception):
+    pass
+
+
+def test_a_teacher_killed_mid_training_resumes_bitwise(digits, tmp_path, monkeypatch):
+    """A run killed after its epoch-2 checkpoint continues from it to the uninterrupted teacher's parameters and
+    running statistics exactly; the checkpoint goes once the teacher is saved; a finished folder is reused, not
+    retrained; other settings or resume=False are refused, naming what differs; a damaged checkpoint is named."""
+    import fastdd.teacher as tm
+
+    kw = dict(epochs=4, show_progress=False, seed=3, model_kwargs={"width": 8})
+    want = train_teacher(digits, **kw)
+    write = tm._write_checkpoint
+
+    def dies_after_two(folder, settings, state, *a):
+        write(folder, settings, state, *a)
+        if state.epoch == 2:
+            raise _Died
+
+    monkeypatch.setattr(tm, "_write_checkpoint", dies_after_two)
+    out = tmp_path / "t"
+    with pytest.raises(_Died):
+        train_teacher(digits, out=out, **kw)
+    assert sorted(p.name for p in out.iterdir()) == ["teacher.partial-000002.safetensors", "teacher.partial.json"]
+    with pytest.raises(ValueError, match="epochs differ"):
+        train_teacher(digits, out=out, **{**kw, "epochs": 5})
+    with pytest.raises(ValueError, match="resume=True"):
+        train_teacher(digits, out=out, resume=False, **kw)
+    monkeypatch.setattr(tm, "_write_checkpoint", write)
+    got = train_teacher(digits, out=out, **kw)
+    assert torch.equal(got.theta, want.theta) and torch.equal(got.buffers, want.buffers)
+    assert sorted(p.name for p in out.iterdir()) == ["teacher.json", "teacher.safetensors"]
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished teacher must be reused")
+
+    monkeypatch.setattr(tm, "fit", no_training)
+    again = train_teacher(digits, out=out, **kw)
+    assert torch.equal(again.theta, want.theta)
+    with pytest.raises(ValueError, match="seed differ"):
+        train_teacher(digits, out=out, **{**kw, "seed": 4})
+    with pytest.raises(ValueError, match="already holds a teacher"):
+        train_teacher(digits, out=out, resume=False, **kw)
+    monkeypatch.undo()
+
+    monkeypatch.setattr(tm, "_write_checkpoint", dies_after_two)
+    with pytest.raises(_Died):
+        train_teacher(digits, out=tmp_path / "u", **kw)
+    f = tmp_path / "u" / "teacher.partial-000002.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-5] ^= 1
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="teacher.partial-000002.safetensors"):
+        train_teacher(digits, out=tmp_path / "u", **kw)
+
+
+def test_checkpoint_every_and_the_cli_resume(digits, tmp_path, capsys):
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train_teacher(digits, epochs=1, checkpoint_every=0, out=tmp_path / "x", show_progress=False)
+    cmd = ["teacher", "--dataset", "digits", "--model-kwargs", '{"width": 8}', "--out", str(tmp_path / "t")]
+    assert main([*cmd, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*cmd, "--epochs", "1"]) == 0  # reused
+    assert main([*cmd, "--epochs", "2"]) == 2
+    assert "epochs differ" in capsys.readouterr().err
+    assert main([*cmd, "--epochs", "1", "--no-resume"]) == 2
+    assert "already holds a teacher" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdd.models import build_model
-from fastdd.train import SGD, fit
+from fastdd.train import SGD, FitState, fit
 
 
 def _reference(net, theta0, x, y, epochs, sgd: SGD, seed, batch_size):
@@ -54,6 +54,39 @@ def test_fit_equals_plain_torch_loop(tiny_ds, sgd):
     want = _reference(net, theta0, x, y, 4, sgd, seed=7, batch_size=10)
     assert not torch.equal(got, theta0)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "sgd",
+    [
+        SGD(0.05, momentum=0.9, weight_decay=5e-4, schedule="step", decay_epoch=2),
+        SGD(0.1, momentum=0.5, schedule="cosine", cosine_epochs=4, eta_min=0.001),
+    ],
+    ids=["step-momentum-wd", "cosine"],
+)
+@pytest.mark.parametrize("stop", [1, 2, 3, 4])
+def test_fit_continued_from_its_state_is_bitwise_the_uninterrupted_run(tiny_ds, sgd, stop):
+    """The state handed to on_state after ``stop`` epochs, copied as a checkpoint would be, continues to the
+    uninterrupted run's parameters exactly (the momentum, the decayed or annealed lr and the generator carry on;
+    stop 2 is the step decay's epoch, 4 the end)."""
+    net = build_model("convnet", in_channels=1, num_classes=4, im_size=(8, 8), width=4, depth=2)
+    theta0 = net.init(torch.Generator().manual_seed(1))
+    x, y = tiny_ds.train.images, tiny_ds.train.labels
+    want = fit(net, theta0, x, y, 4, sgd, torch.Generator().manual_seed(7), batch_size=10)
+    saved = {}
+
+    def keep(state: FitState) -> None:
+        if state.epoch == stop:
+            opt = {"state": {k: {n: v.clone() for n, v in e.items()} for k, e in state.optimizer["state"].items()},
+                   "param_groups": [dict(g) for g in state.optimizer["param_groups"]]}  # fmt: skip
+            saved["state"] = FitState(stop, state.theta.clone(), opt, dict(state.scheduler or {}) or None)
+
+    g = torch.Generator().manual_seed(7)
+    fit(net, theta0, x, y, stop, sgd, g, batch_size=10, on_state=keep)
+    got = fit(net, theta0, x, y, 4, sgd, g, batch_size=10, start=saved["state"])
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="start.epoch"):
+        fit(net, theta0, x, y, stop - 1, sgd, g, batch_size=10, start=saved["state"])
 
 
 def test_fit_soft_labels_callbacks_and_augment(tiny_ds):
