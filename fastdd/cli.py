@@ -520,8 +520,19 @@ def cmd_import_buffer(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from .quickstart import quickstart, selmatch_example
+    from .quickstart import decoupled_example, quickstart, selmatch_example
 
+    if args.example == "decoupled":
+        decoupled_example(
+            args.out or "runs/quickstart-decoupled",
+            ipc=args.ipc or 1,
+            teacher_epochs=args.teacher_epochs,
+            iterations=args.iterations or 1000,
+            eval_epochs=args.eval_epochs or 300,
+            num_eval=args.num_eval or 3,
+            seed=args.seed,
+        )
+        return 0
     if args.example == "dm":
         quickstart(
             args.out or "runs/quickstart",
@@ -533,7 +544,7 @@ def cmd_quickstart(args) -> int:
         return 0
     selmatch_example(
         args.out or "runs/quickstart-selmatch",
-        ipc=args.ipc,
+        ipc=args.ipc or 10,
         num_experts=args.num_experts,
         expert_epochs=args.expert_epochs,
         iterations=args.iterations or 100,
@@ -756,30 +767,43 @@ def _add_quickstart(sub: Subparsers) -> None:
         "quickstart",
         help="the whole pipeline on the embedded MNIST digits, with a report",
         description="On mnist5k: DM at one image per class against one random real digit per class "
-        "under the same protocol (default, about a minute on 2 CPU cores), or --example "
-        "selmatch (experts, difficulty scores, SelMatch and MTT at IPC 10). Writes report.md and PNGs.",
+        "under the same protocol (default, about a minute on 2 CPU cores), --example "
+        "selmatch (experts, difficulty scores, SelMatch and MTT at IPC 10) or --example decoupled (a teacher, "
+        "RDED and SRe2L under its soft labels beside a relabelled random subset). Writes report.md and PNGs.",
     )
     p.add_argument(
         "--example",
-        choices=["dm", "selmatch"],
+        choices=["dm", "selmatch", "decoupled"],
         default="dm",
         help="dm (default, about a minute on 2 CPU cores): DM at IPC 1 against random real digits; "
         "selmatch (about 13 min): experts, forgetting scores, then SelMatch and MTT at IPC 10, each beside "
-        "a random real subset; a rerun into the same --out reuses experts, scores and sets",
+        "a random real subset; decoupled (about 2 min): a batch-norm teacher, then RDED and SRe2L at IPC 1 "
+        "under the kd protocol beside a random real subset relabelled by the same teacher; a rerun into the "
+        "same --out reuses what it made (experts, scores, teacher, sets)",
     )
-    p.add_argument("--out", default=None, help="run folder (default runs/quickstart or runs/quickstart-selmatch)")
     p.add_argument(
-        "--iterations", type=_at_least(1), default=None, help="distillation iterations (dm 300, selmatch 100)"
+        "--out",
+        default=None,
+        help="run folder (default runs/quickstart, runs/quickstart-selmatch or runs/quickstart-decoupled)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=_at_least(1),
+        default=None,
+        help="distillation iterations (dm 300, selmatch 100, decoupled: SRe2L's 1000)",
     )
     p.add_argument(
         "--eval-epochs",
         type=_at_least(1),
         default=None,
-        help="evaluation epochs (dm 300; selmatch: the equal-compute rule, 800 at IPC 10)",
+        help="evaluation epochs (dm 300; selmatch: the equal-compute rule, 800 at IPC 10; decoupled: kd's 300)",
     )
     p.add_argument("--num-eval", type=_at_least(1), default=None, help="evaluation runs per set (default 3)")
     p.add_argument("--seed", type=_at_least(0), default=0)
-    p.add_argument("--ipc", type=_at_least(1), default=10, help="selmatch example: images per class")
+    p.add_argument(
+        "--ipc", type=_at_least(1), default=None, help="images per class (selmatch example 10, decoupled example 1)"
+    )
+    p.add_argument("--teacher-epochs", type=_at_least(1), default=20, help="decoupled example: the teacher's epochs")
     p.add_argument("--num-experts", type=_at_least(1), default=5, help="selmatch example")
     p.add_argument("--expert-epochs", type=_at_least(3), default=8, help="selmatch example")
     p.add_argument("--alpha", type=_share, default=0.5, help="selmatch example: fraction of each class distilled")
