@@ -27,6 +27,7 @@ data set whose classes differ (RDED's known failure is a teacher whose class ind
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -435,12 +436,42 @@ def _read_checkpoint(folder: Path, settings: dict[str, Any], spec: Any, resume: 
         raise CorruptFileError(f"{jfile}: 'epoch' must be in 1..{settings['recipe']['epochs']}, got {epoch}")
     optimizer = json_field(index, "optimizer", dict, jfile)
     scheduler = json_field(index, "scheduler", dict, jfile, optional=True)
+    _check_optimizer_record(optimizer, scheduler, epoch, settings["recipe"], jfile)
     files = json_field(index, "files", dict, jfile)
     name = _checkpoint_name(epoch)
     if set(files) != {name}:
         raise CorruptFileError(f"{jfile}: 'files' must record {name} only, got {sorted(files)}")
     check_file(folder / name, files[name], jfile, "teacher checkpoint")
     return FitState(epoch, torch.empty(0), optimizer, scheduler)
+
+
+def _check_optimizer_record(
+    optimizer: dict[str, Any], scheduler: dict[str, Any] | None, epoch: int, recipe: dict[str, Any], jfile: Path
+) -> None:
+    """:class:`CorruptFileError` naming ``jfile`` unless its optimiser record is one SGD group over the one flat
+    parameter vector with the recipe's momentum and weight decay and a finite lr, and its scheduler record a cosine
+    schedule ``epoch`` steps in (what :func:`_write_checkpoint` writes)."""
+    groups = optimizer.get("param_groups")
+    group = groups[0] if isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict) else None
+    lr = None if group is None else group.get("lr")
+    if (
+        group is None
+        or group.get("params") != [0]
+        or isinstance(lr, bool)
+        or not isinstance(lr, (int, float))
+        or not (math.isfinite(lr) and lr >= 0)
+        or group.get("momentum") != recipe["momentum"]
+        or group.get("weight_decay") != recipe["weight_decay"]
+    ):
+        raise CorruptFileError(
+            f"{jfile}: 'optimizer' must record one SGD group over parameter 0 with a finite lr >= 0 and the recipe's "
+            f"momentum and weight decay, got {groups!r:.200}"
+        )
+    if scheduler is None or scheduler.get("last_epoch") != epoch or scheduler.get("T_max") != recipe["epochs"]:
+        raise CorruptFileError(
+            f"{jfile}: 'scheduler' must record the cosine schedule over {recipe['epochs']} epochs, {epoch} steps in, "
+            f"got {scheduler!r:.200}"
+        )
 
 
 def _checkpoint_name(epoch: int) -> str:

@@ -230,6 +230,22 @@ def test_a_teacher_killed_mid_training_resumes_bitwise(digits, tmp_path, monkeyp
     f.write_bytes(bytes(data))
     with pytest.raises(CorruptFileError, match="teacher.partial-000002.safetensors"):
         train_teacher(digits, out=tmp_path / "u", **kw)
+    with pytest.raises(_Died):
+        train_teacher(digits, out=tmp_path / "v", **kw)
+    j = tmp_path / "v" / "teacher.partial.json"
+    good = json.loads(j.read_text())
+    for edit in (
+        lambda r: r["optimizer"]["param_groups"][0].update(lr="0.1"),
+        lambda r: r["optimizer"]["param_groups"][0].update(momentum=0.5),
+        lambda r: r["scheduler"].update(last_epoch=1),
+        lambda r: r.update(scheduler=None),
+        lambda r: r.update(epoch=0),
+    ):
+        bad = json.loads(json.dumps(good))
+        edit(bad)
+        j.write_text(json.dumps(bad))
+        with pytest.raises(CorruptFileError, match="teacher.partial.json"):
+            train_teacher(digits, out=tmp_path / "v", **kw)
 
 
 def test_checkpoint_every_and_the_cli_resume(digits, tmp_path, capsys):
