@@ -24,6 +24,7 @@ from pathlib import Path
 import results_mnist5k as base
 
 import fastdd
+import fastdd.quickstart as qs
 from fastdd.synthetic import SyntheticSet
 from fastdd.teacher import Teacher
 
@@ -31,9 +32,10 @@ OUT = Path("runs/results/table/decoupled")
 IPCS = (1, 10)
 SEEDS = (0, 1, 2)
 TEACHER = dict(model="convnetbn", model_kwargs={"width": base.WIDTH}, epochs=20)
-# SRe2L's small-image setting (its CIFAR-100 recover script): 1K iterations, lr 0.25, r_bn 0.01, jitter 4, the
-# whole image (no multi-crop). RDED: its CIFAR scripts' defaults (factor 1, 5 crops, mipc 300).
-SRE2L = dict(lr=0.25, r_bn=0.01, jitter=4, multicrop=False)
+# SRe2L's small-image setting (its CIFAR-100 recover script), 1K iterations: lr 0.25, r_bn 0.01, jitter 4, the
+# whole image (no multi-crop); the decoupled quickstart uses the same. RDED: its CIFAR scripts' defaults (factor 1,
+# 5 crops, mipc 300).
+SRE2L = qs.SRE2L
 # kd's student is the teacher's architecture (batch norm); MTT's sets were learned on the instance-norm ConvNet,
 # and are also evaluated with that student (same teacher, same relabelled random subset under that protocol).
 IN_STUDENT = dict(model="convnet", model_kwargs={"width": base.WIDTH, "norm": "instancenorm"})

@@ -301,7 +301,12 @@ def train_teacher(
     dev = ds.device
     net = model_for(ds, cfg.model, **cfg.model_kwargs)
     settings = _settings(ds, cfg, seed)
-    spec = json.loads(json.dumps(net.spec))  # as the checkpoint's JSON records it (tuples as lists)
+    # what a checkpoint must match: the settings and the network, as its JSON records it (tuples as lists)
+    run_settings = {**settings, "model_spec": json.loads(json.dumps(net.spec))}
+    theta0 = net.init(generator(seed, "teacher.init"), device=dev)
+    buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
+    g_batches = generator(seed, "teacher.batches")
+    g_aug = generator(seed, "teacher.augment")
     start: FitState | None = None
     folder = None if out is None else Path(out)
     if folder is not None:
@@ -309,17 +314,7 @@ def train_teacher(
         done = _finished_teacher(folder, settings, resume)
         if done is not None:
             return done.to(dev)
-        start = _read_checkpoint(folder, settings, spec, resume)
-    theta0 = net.init(generator(seed, "teacher.init"), device=dev)
-    buffers = net.init_buffers(device=dev) if net.has_batchnorm else None
-    g_batches = generator(seed, "teacher.batches")
-    g_aug = generator(seed, "teacher.augment")
-    if start is not None:
-        assert folder is not None
-        saved = _checkpoint_tensors(folder, start.epoch)
-        _restore(folder, saved, buffers, g_batches, g_aug)
-        opt_state = _optimizer_state(start.optimizer, saved, dev)
-        start = FitState(start.epoch, saved["theta"].to(dev), opt_state, start.scheduler)
+        start = _load_checkpoint(folder, run_settings, resume, buffers, g_batches, g_aug, dev)
     dsa_cfg = DSAConfig(strategy=strategy_for(ds.name))
     augment = None
     if cfg.augment == "dsa":
@@ -338,7 +333,7 @@ def train_teacher(
 
     def on_state(state: FitState) -> None:
         if folder is not None and (state.epoch % checkpoint_every == 0 or state.epoch == cfg.epochs):
-            _write_checkpoint(folder, {**settings, "model_spec": spec}, state, buffers, g_batches, g_aug)
+            _write_checkpoint(folder, run_settings, state, buffers, g_batches, g_aug)
 
     theta = fit(
         net,
@@ -409,9 +404,18 @@ def _finished_teacher(folder: Path, settings: dict[str, Any], resume: bool) -> T
     return t
 
 
-def _read_checkpoint(folder: Path, settings: dict[str, Any], spec: Any, resume: bool) -> FitState | None:
-    """The checkpoint's index in ``folder`` as a :class:`FitState` whose ``theta`` is a placeholder (the tensors
-    are read by :func:`_checkpoint_tensors`); ``None`` when there is none. Checked against ``settings``."""
+def _load_checkpoint(
+    folder: Path,
+    settings: dict[str, Any],
+    resume: bool,
+    buffers: torch.Tensor | None,
+    g_batches: torch.Generator,
+    g_aug: torch.Generator,
+    device: torch.device,
+) -> FitState | None:
+    """The checkpoint in ``folder`` as the :class:`FitState` to continue from (on ``device``), with the running
+    statistics and both generators put back where it left them (in place); ``None`` when there is none. Its index
+    is checked against ``settings`` (with ``model_spec``), its tensor file against the recorded size and SHA-256."""
     jfile = folder / PARTIAL_INDEX
     if not jfile.exists():
         return None
@@ -424,8 +428,6 @@ def _read_checkpoint(folder: Path, settings: dict[str, Any], spec: Any, resume: 
     if index.get("format") != PARTIAL_FORMAT:
         raise CorruptFileError(f"{jfile} is not a {PARTIAL_FORMAT} file (format {index.get('format')!r})")
     differ = _differ(index, settings)
-    if index.get("model_spec") != spec:
-        differ.append("model_spec")
     if differ:
         raise ValueError(
             f"{jfile} continues a teacher trained with other settings ({', '.join(differ)} differ); use another "
@@ -441,8 +443,26 @@ def _read_checkpoint(folder: Path, settings: dict[str, Any], spec: Any, resume: 
     name = _checkpoint_name(epoch)
     if set(files) != {name}:
         raise CorruptFileError(f"{jfile}: 'files' must record {name} only, got {sorted(files)}")
-    check_file(folder / name, files[name], jfile, "teacher checkpoint")
-    return FitState(epoch, torch.empty(0), optimizer, scheduler)
+    tfile = folder / name
+    check_file(tfile, files[name], jfile, "teacher checkpoint")
+    try:
+        saved = load_file(str(tfile))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CorruptFileError(f"{tfile} is truncated or corrupt: {e}") from e
+    try:
+        if buffers is not None:
+            buffers.copy_(saved["buffers"].view_as(buffers))
+        g_batches.set_state(saved["gen.batches"])
+        g_aug.set_state(saved["gen.augment"])
+        theta = saved["theta"].to(device)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CorruptFileError(f"{tfile}: its tensors do not fit this teacher ({type(e).__name__}: {e})") from e
+    state: dict[int, dict[str, Any]] = {}  # the SGD state_dict's tensors, saved as "optimizer.<param>.<key>"
+    for key, t in saved.items():
+        if key.startswith("optimizer."):
+            _, param, entry = key.split(".", 2)
+            state.setdefault(int(param), {})[entry] = t.to(device)
+    return FitState(epoch, theta, {"state": state, "param_groups": optimizer["param_groups"]}, scheduler)
 
 
 def _check_optimizer_record(
@@ -479,43 +499,6 @@ def _checkpoint_name(epoch: int) -> str:
     return f"teacher.partial-{epoch:06d}.safetensors"
 
 
-def _checkpoint_tensors(folder: Path, epoch: int) -> dict[str, torch.Tensor]:
-    """The tensors of the (already checked) checkpoint after ``epoch`` epochs."""
-    path = folder / _checkpoint_name(epoch)
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CorruptFileError(f"{path} is truncated or corrupt: {e}") from e
-
-
-def _restore(
-    folder: Path,
-    saved: dict[str, torch.Tensor],
-    buffers: torch.Tensor | None,
-    g_batches: torch.Generator,
-    g_aug: torch.Generator,
-) -> None:
-    """Put the running statistics and the two generators back where the checkpoint left them (in place)."""
-    path = folder / PARTIAL_INDEX
-    try:
-        if buffers is not None:
-            buffers.copy_(saved["buffers"].view_as(buffers))
-        g_batches.set_state(saved["gen.batches"])
-        g_aug.set_state(saved["gen.augment"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CorruptFileError(f"{path}: its tensors do not fit this teacher ({type(e).__name__}: {e})") from e
-
-
-def _optimizer_state(record: dict[str, Any], saved: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
-    """An SGD ``state_dict()`` from its JSON part ``record`` and its tensors (``"optimizer.<param>.<key>"``)."""
-    state: dict[int, dict[str, Any]] = {}
-    for key, t in saved.items():
-        if key.startswith("optimizer."):
-            _, param, name = key.split(".", 2)
-            state.setdefault(int(param), {})[name] = t.to(device)
-    return {"state": state, "param_groups": record.get("param_groups", [])}
-
-
 def _write_checkpoint(
     folder: Path,
     settings: dict[str, Any],
@@ -525,8 +508,8 @@ def _write_checkpoint(
     g_aug: torch.Generator,
 ) -> None:
     """Save ``state`` (and the running statistics and generators) as the folder's checkpoint (``settings``: the
-    run's, with its ``model_spec``): the new tensor
-    file first, then the index that names it (atomically), then the old tensor file goes."""
+    run's, with its ``model_spec``): the new tensor file first, then the index that names it (atomically), then
+    the old tensor file goes."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {"theta": state.theta, "gen.batches": g_batches.get_state(), "gen.augment": g_aug.get_state()}
     if buffers is not None:
